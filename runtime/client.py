@@ -1,0 +1,189 @@
+"""Client.post: batching, an in-flight window, results in input order.
+
+    >>> c = Client(port=5555)
+    >>> docs = c.post(on='/index', inputs=DocList[TextDoc](...), request_size=100)
+
+The sync ``post`` runs on the toolkit's own loop (:mod:`runtime.loop`), so it
+works inside a notebook's running loop; ``await c.apost(...)`` is the async twin.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional, Union
+
+import grpc
+
+from runtime import protocol
+from runtime.loop import background_loop, run_async, run_sync
+
+
+class RemoteError(RuntimeError):
+    """An Executor (or the gateway) failed on a request; carries the remote traceback."""
+
+    def __init__(self, error: Dict[str, Any]):
+        self.type = error.get('type', 'Error')
+        self.remote_message = error.get('message', '')
+        self.remote_traceback = error.get('traceback', '')
+        self.where = error.get('where', '?')
+        text = f'{self.where}: {self.type}: {self.remote_message}'
+        if self.remote_traceback:
+            text += f'\n\nremote traceback ({self.where}):\n{self.remote_traceback.rstrip()}'
+        super().__init__(text)
+
+
+def iter_batches(inputs: Any, request_size: int) -> Iterator[List[Any]]:
+    """One doc, a list, a DocList or a generator -> lists of at most ``request_size`` docs."""
+    from docarray import BaseDoc
+    if inputs is None:
+        yield []
+        return
+    if isinstance(inputs, BaseDoc):
+        yield [inputs]
+        return
+    it = iter(inputs)
+    while True:
+        batch = list(itertools.islice(it, request_size))
+        if not batch:
+            return
+        for d in batch:
+            if not isinstance(d, BaseDoc):
+                raise TypeError(f'inputs must be docarray documents, got {type(d).__name__}: {d!r:.80}')
+        yield batch
+
+
+class Client:
+    """Talks to a gateway (or a single replica) on ``host:port``."""
+
+    def __init__(self, host: str = '127.0.0.1', port: Optional[int] = None, prefetch: int = 16,
+                 timeout: Optional[float] = None, **kwargs):
+        if port is None:
+            raise ValueError('Client needs port=..., the port of a Deployment, Flow or executor')
+        if ':' in host and host.count(':') == 1 and not kwargs.get('keep_host'):
+            host = host.replace('grpc://', '')
+        self.host = host.replace('grpc://', '')
+        self.port = int(port)
+        self.prefetch = prefetch
+        self.timeout = timeout
+        self.last_results: Dict[str, Any] = {}
+        self._channel: Optional[grpc.aio.Channel] = None
+
+    @property
+    def address(self) -> str:
+        return f'{self.host}:{self.port}'
+
+    def _stub(self, method: str):
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address, options=protocol.GRPC_OPTIONS)
+        return self._channel.unary_unary(method)
+
+    # -- posting ----------------------------------------------------------------
+    def post(self, on: str, inputs: Any = None, request_size: int = 100, parameters: Optional[dict] = None,
+             return_type: Optional[type] = None, prefetch: Optional[int] = None,
+             timeout: Optional[float] = None, **kwargs):
+        """Send ``inputs`` to endpoint ``on`` in requests of ``request_size`` docs; return a DocList."""
+        return run_sync(self._post(on, inputs, request_size, parameters, return_type, prefetch, timeout, kwargs),
+                        None, what=f'post to {on!r} at {self.address}')
+
+    async def apost(self, on: str, inputs: Any = None, request_size: int = 100,
+                    parameters: Optional[dict] = None, return_type: Optional[type] = None,
+                    prefetch: Optional[int] = None, timeout: Optional[float] = None, **kwargs):
+        """Async twin of :meth:`post` (top-level ``await`` in a notebook)."""
+        return await run_async(self._post(on, inputs, request_size, parameters, return_type,
+                                          prefetch, timeout, kwargs))
+
+    async def _post(self, on, inputs, request_size, parameters, return_type, prefetch, timeout, extra):
+        from docarray import DocList
+        from docarray.documents import TextDoc
+        from runtime.codec import decode_docs, encode_docs
+        if not isinstance(on, str) or not on.startswith('/'):
+            raise ValueError(f'on={on!r}: an endpoint is a string starting with "/", e.g. "/index"')
+        if not isinstance(request_size, int) or isinstance(request_size, bool) or request_size < 1:
+            raise ValueError(f'request_size={request_size!r}: must be an integer >= 1')
+        if parameters is not None and not isinstance(parameters, dict):
+            raise ValueError(f'parameters={parameters!r}: must be a dict')
+        header = {'endpoint': on, 'parameters': parameters or {}}
+        for key in ('consistency', 'allow_partial', 'no_reduce'):
+            if extra.get(key) is not None:
+                header[key] = extra[key]
+        if inputs is not None and isinstance(inputs, DocList):
+            in_type = inputs.doc_type
+        else:
+            in_type = None
+        window = max(1, prefetch or self.prefetch)
+        call = self._stub(protocol.CALL)
+        timeout = timeout if timeout is not None else self.timeout
+        results: Dict[int, Any] = {}
+        pending: set = set()
+        out_type = return_type
+
+        async def send(i: int, frame: bytes):
+            reply = await call(frame, timeout=timeout)
+            h, body = protocol.unpack(reply)
+            if not h.get('ok'):
+                raise RemoteError(h.get('error') or {})
+            if h.get('results'):
+                self.last_results.update(h['results'])
+            results[i] = decode_docs(bytes(body), out_type)
+
+        try:
+            for i, batch in enumerate(iter_batches(inputs, request_size)):
+                if in_type is None:
+                    in_type = type(batch[0]) if batch else (return_type or TextDoc)
+                if out_type is None:
+                    out_type = in_type
+                docs = batch if isinstance(batch, DocList) else DocList[in_type](batch)
+                pending.add(asyncio.ensure_future(send(i, protocol.pack(header, encode_docs(docs)))))
+                if len(pending) >= window:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for t in done:
+                        t.result()
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()
+        except grpc.aio.AioRpcError as e:
+            for t in pending:
+                t.cancel()
+            raise ConnectionError(f'request to {on!r} at {self.address} failed: '
+                                  f'{e.code().name}: {e.details()}') from None
+        except BaseException:
+            for t in pending:
+                t.cancel()
+            raise
+        out_type = out_type or TextDoc
+        merged = [d for i in sorted(results) for d in results[i]]
+        return DocList[out_type](merged)
+
+    # -- health -----------------------------------------------------------------
+    def info(self, timeout: float = 5.0) -> Dict[str, Any]:
+        """The server's Info record (readiness and counters)."""
+        return run_sync(self.ainfo(timeout), timeout + 1, what=f'info from {self.address}')
+
+    async def ainfo(self, timeout: float = 5.0) -> Dict[str, Any]:
+        async def go():
+            return json.loads(await self._stub(protocol.INFO)(b'', timeout=timeout))
+        return await run_async(go())
+
+    def is_ready(self, timeout: float = 2.0) -> bool:
+        try:
+            return bool(self.info(timeout).get('ready'))
+        except (grpc.aio.AioRpcError, TimeoutError, ValueError):
+            return False
+
+    def close(self) -> None:
+        if self._channel is not None:
+            ch, self._channel = self._channel, None
+            try:
+                run_sync(ch.close(), 5, what='closing a client channel')
+            except Exception:
+                pass
+
+    def __del__(self):
+        ch = self._channel
+        if ch is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(ch.close(), background_loop())
+            except Exception:
+                pass

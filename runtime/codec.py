@@ -1,0 +1,933 @@
+"""Columnar wire format for docarray ``DocList``s -- the only module that knows it.
+
+Layout of one message (all integers little-endian)::
+
+    b'ONB' | version (1 byte) | header length (uint32) | header (UTF-8 JSON) | pad to 8 | data
+
+The header is ``{"mode", "buffers": [[offset, nbytes], ...], "root": schema}``; buffer offsets
+are relative to the data area and 8-byte aligned. A schema is ``{"doc_type": class name,
+"count": n, "fields": {name: column}}`` with one column per field of the doc class (``id``
+included). Every column has ``kind``, ``type`` (annotation name), ``optional`` and ``present``
+(``"all"``, ``"none"`` or the buffer of a uint8 presence mask); only present values are stored:
+
+* ``str``: the values joined by a separator that none of them contains (``sep``), or a blob
+  plus int64 offsets; ``bytes``: blob plus offsets.
+* ``int`` / ``float`` / ``bool``: one ``<i8`` / ``<f8`` / ``|b1`` array.
+* ``tensor`` (numpy-backed): ``stacked`` -- one contiguous ``(n, *shape)`` block when every value
+  shares shape and dtype -- or ``ragged``: per-value dtype code, ndim, dims and byte offsets.
+* ``doclist``: int64 lengths per parent plus a ``child`` schema holding all nested docs.
+* ``doc``: a ``child`` schema of the present values. ``json``: one JSON array (lists/dicts).
+
+When some field cannot be expressed as columns (torch tensors, unions, enums, ...) the whole
+DocList travels as docarray protobuf in buffer 0 with ``mode="protobuf"``. Decoding never
+unpickles: it uses only ``json``, ``np.frombuffer`` with allow-listed dtypes and protobuf.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import re
+import struct
+import types
+import typing
+from operator import itemgetter
+from typing import Any, Iterable, Optional, Union, get_args, get_origin
+
+import numpy as np
+import pydantic
+from docarray import BaseDoc, DocList
+from docarray.base_doc.any_doc import AnyDoc
+from docarray.base_doc.doc import BaseDocWithoutId
+from docarray.typing.tensor.abstract_tensor import AbstractTensor
+
+__all__ = ['encode_docs', 'decode_docs', 'wire_schema', 'register_doc_type']
+
+MAGIC = b'ONB'
+VERSION = 1
+_PREFIX = struct.Struct('<3sBI')
+_MAX_DEPTH = 32
+_SEPARATORS = ('\x00', '\x1f', '\x1e', '\uffff')
+_DTYPE_RE = re.compile(r'^[<>|]?(b1|i1|i2|i4|i8|u1|u2|u4|u8|f2|f4|f8|c8|c16)$')
+_I8 = np.dtype('<i8')
+
+_new = object.__new__
+_set_dict = pydantic.BaseModel.__dict__['__dict__'].__set__
+_set_fields_set = pydantic.BaseModel.__dict__['__pydantic_fields_set__'].__set__
+_set_extra = pydantic.BaseModel.__dict__['__pydantic_extra__'].__set__
+_set_private = pydantic.BaseModel.__dict__['__pydantic_private__'].__set__
+
+
+class _Fallback(Exception):
+    """Raised while encoding when a column cannot be expressed: use protobuf instead."""
+
+
+# --------------------------------------------------------------------------- type analysis
+
+def _is_tensor_type(t: Any) -> bool:
+    return isinstance(t, type) and (issubclass(t, np.ndarray) or issubclass(t, AbstractTensor))
+
+
+_CLASSIFY_CACHE: dict = {}
+
+
+def _classify(ann: Any) -> tuple[str, Any, bool]:
+    """Map a field annotation to ``(kind, base type, optional)``; kind ``other`` = unsupported."""
+    try:
+        return _CLASSIFY_CACHE[ann]
+    except (KeyError, TypeError):
+        pass
+    res = _classify_uncached(ann)
+    try:
+        _CLASSIFY_CACHE[ann] = res
+    except TypeError:
+        pass
+    return res
+
+
+def _classify_uncached(ann: Any) -> tuple[str, Any, bool]:
+    optional = False
+    origin = get_origin(ann)
+    if origin is Union or origin is types.UnionType:
+        args = get_args(ann)
+        rest = [a for a in args if a is not type(None)]
+        optional = len(rest) < len(args)
+        if len(rest) == 1:
+            ann = rest[0]
+        elif rest and all(_is_tensor_type(a) for a in rest):
+            return 'tensor', Union[tuple(rest)], optional
+        else:
+            return 'other', ann, optional
+    origin = get_origin(ann)
+    if ann in (list, dict) or origin in (list, dict):
+        return 'json', ann, optional
+    if not isinstance(ann, type) or origin is not None:
+        return 'other', ann, optional
+    if issubclass(ann, enum.Enum):
+        return 'other', ann, optional
+    if issubclass(ann, DocList):
+        return 'doclist', ann, optional
+    if issubclass(ann, BaseDocWithoutId):
+        return 'doc', ann, optional
+    if _is_tensor_type(ann):
+        return 'tensor', ann, optional
+    if issubclass(ann, str):
+        return 'str', ann, optional
+    if issubclass(ann, bytes):
+        return 'bytes', ann, optional
+    if ann is bool:
+        return 'bool', ann, optional
+    if ann is int:
+        return 'int', ann, optional
+    if ann is float:
+        return 'float', ann, optional
+    return 'other', ann, optional
+
+
+def _type_name(kind: str, ann: Any) -> str:
+    if kind == 'json':
+        return 'dict' if (ann is dict or get_origin(ann) is dict) else 'list'
+    if isinstance(ann, type):
+        return ann.__name__
+    return 'AnyTensor' if kind == 'tensor' else str(ann)
+
+
+_ADAPTERS: dict = {}
+
+
+def _adapter(ann: Any) -> pydantic.TypeAdapter:
+    try:
+        return _ADAPTERS[ann]
+    except (KeyError, TypeError):
+        pass
+    ad = pydantic.TypeAdapter(ann, config=pydantic.ConfigDict(arbitrary_types_allowed=True))
+    try:
+        _ADAPTERS[ann] = ad
+    except TypeError:
+        pass
+    return ad
+
+
+def _field_annotation(finfo: Any) -> Any:
+    """The field's annotation, with constraint metadata re-attached (so validation keeps it)."""
+    if finfo.metadata:
+        return typing.Annotated[(finfo.annotation, *finfo.metadata)]
+    return finfo.annotation
+
+
+# --------------------------------------------------------------------------- encoding
+
+class _Writer:
+    """Collects column buffers, 8-byte aligned, and hands out their indices."""
+
+    def __init__(self) -> None:
+        self.parts: list = []
+        self.spans: list = []
+        self.pos = 0
+
+    def add(self, buf: Any) -> int:
+        if isinstance(buf, np.ndarray):
+            buf = np.ascontiguousarray(buf)
+            n = buf.nbytes
+            buf = memoryview(buf).cast('B') if n else b''
+        else:
+            n = len(buf)
+        pad = -self.pos % 8
+        if pad:
+            self.parts.append(b'\0' * pad)
+            self.pos += pad
+        self.parts.append(buf)
+        self.spans.append([self.pos, n])
+        self.pos += n
+        return len(self.spans) - 1
+
+
+def _jsonable(v: Any, depth: int = 0) -> bool:
+    t = type(v)
+    if t is int or t is float or t is bool or v is None or isinstance(v, str):
+        return True
+    if depth > 64:
+        return False
+    if t is list:
+        return all(_jsonable(x, depth + 1) for x in v)
+    if t is dict:
+        return all(isinstance(k, str) and _jsonable(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def _pack_blob(w: _Writer, blobs: list) -> dict:
+    lengths = np.fromiter(map(len, blobs), dtype=_I8, count=len(blobs))
+    offsets = np.zeros(len(blobs) + 1, dtype=_I8)
+    np.cumsum(lengths, out=offsets[1:])
+    return {'enc': 'offsets', 'offsets': w.add(offsets), 'data': w.add(b''.join(blobs))}
+
+
+def _encode_str(w: _Writer, vals: list) -> dict:
+    if not vals:
+        return {'enc': 'sep', 'sep': '\x00', 'data': w.add(b'')}
+    for sep in _SEPARATORS:
+        joined = sep.join(vals)
+        if joined.count(sep) == len(vals) - 1:
+            return {'enc': 'sep', 'sep': sep, 'data': w.add(joined.encode('utf-8', 'surrogatepass'))}
+    return _pack_blob(w, [s.encode('utf-8', 'surrogatepass') for s in vals])
+
+
+def _encode_tensor(w: _Writer, vals: list) -> dict:
+    for dt in {v.dtype for v in vals}:
+        if not _DTYPE_RE.match(dt.str):
+            raise _Fallback(f'dtype {dt} is not allowed on the wire')
+    sig = {(v.shape, v.dtype) for v in vals}
+    if len(sig) <= 1:
+        shape, dt = next(iter(sig)) if sig else ((), np.dtype('<f4'))
+        if not vals:
+            block = np.empty((0,) + shape, dt)
+        elif shape:
+            block = np.concatenate(vals, axis=0).reshape((len(vals),) + shape)
+        else:
+            block = np.stack(vals)
+        return {'layout': 'stacked', 'dtype': dt.str, 'shape': list(shape), 'data': w.add(block)}
+    dtypes = sorted({v.dtype.str for v in vals})
+    code_of = {d: i for i, d in enumerate(dtypes)}
+    codes = np.array([code_of[v.dtype.str] for v in vals], dtype=_I8)
+    ndims = np.array([v.ndim for v in vals], dtype=_I8)
+    dims = np.array([d for v in vals for d in v.shape], dtype=_I8)
+    blobs = [np.ascontiguousarray(v).tobytes() for v in vals]
+    packed = _pack_blob(w, blobs)
+    return {'layout': 'ragged', 'dtypes': dtypes, 'codes': w.add(codes), 'ndims': w.add(ndims),
+            'dims': w.add(dims), 'offsets': packed['offsets'], 'data': packed['data']}
+
+
+def _single_class(docs: list, declared: Any) -> type:
+    classes = {type(d) for d in docs}
+    if not classes:
+        return declared if isinstance(declared, type) else AnyDoc
+    if len(classes) == 1:
+        return classes.pop()
+    if isinstance(declared, type) and declared is not AnyDoc and all(issubclass(c, declared) for c in classes):
+        return declared
+    raise _Fallback('documents of several classes')
+
+
+def _encode_column(w: _Writer, kind: str, base: Any, vals: list, depth: int) -> dict:
+    """Encode the present values of one field; may switch to ``json`` or raise _Fallback."""
+    tset = {type(v) for v in vals}
+    col: dict
+    if kind == 'str' and all(issubclass(t, str) for t in tset):
+        return _encode_str(w, vals)
+    if kind == 'bytes' and all(issubclass(t, bytes) for t in tset):
+        return _pack_blob(w, vals)
+    if kind in ('int', 'float', 'bool') and tset <= {base}:
+        dt = {'int': _I8, 'float': np.dtype('<f8'), 'bool': np.dtype('|b1')}[kind]
+        try:
+            arr = np.array(vals, dtype=dt)
+        except OverflowError:
+            arr = None
+        if arr is not None:
+            return {'dtype': dt.str, 'data': w.add(arr)}
+    if kind == 'tensor' and all(issubclass(t, np.ndarray) for t in tset):
+        return _encode_tensor(w, vals)
+    if kind == 'doclist' and all(issubclass(t, DocList) for t in tset):
+        lengths = np.fromiter(map(len, vals), dtype=_I8, count=len(vals))
+        children = [d for dl in vals for d in dl]
+        declared = getattr(base, 'doc_type', None)
+        child_cls = _single_class(children, declared)
+        child = _encode_schema(w, children, child_cls, depth + 1)
+        return {'lengths': w.add(lengths), 'child': child}
+    if kind == 'doc' and all(issubclass(t, BaseDocWithoutId) for t in tset):
+        child = _encode_schema(w, vals, _single_class(vals, base), depth + 1)
+        return {'child': child}
+    if kind != 'other' and all(_jsonable(v) for v in vals):
+        data = json.dumps(vals, ensure_ascii=False).encode('utf-8', 'surrogatepass')
+        return {'kind': 'json', 'data': w.add(data)}
+    raise _Fallback(f'values of types {sorted(t.__name__ for t in tset)} do not fit a {kind} column')
+
+
+def _doc_dicts(docs: list) -> list:
+    return [d.__dict__ for d in docs]
+
+
+def _encode_schema(w: _Writer, docs: list, cls: type, depth: int) -> dict:
+    if depth > _MAX_DEPTH:
+        raise _Fallback('documents nested too deeply')
+    if cls is AnyDoc and docs:
+        raise _Fallback('AnyDoc has no fixed fields')
+    n = len(docs)
+    dicts = _doc_dicts(docs)
+    fields: dict = {}
+    for name, finfo in cls.model_fields.items():
+        kind, base, optional = _classify(finfo.annotation)
+        try:
+            vals = list(map(itemgetter(name), dicts))
+        except KeyError:
+            vals = [dd.get(name) for dd in dicts]
+        nulls = vals.count(None)
+        col: dict = {'kind': kind, 'type': _type_name(kind, base), 'optional': optional or nulls > 0}
+        if nulls == 0:
+            col['present'] = 'all'
+        elif nulls == n:
+            col['present'] = 'none'
+        else:
+            mask = np.array([v is not None for v in vals], dtype=np.uint8)
+            col['present'] = w.add(mask)
+            vals = [v for v in vals if v is not None]
+        if nulls == n:
+            if kind == 'other':
+                raise _Fallback(f'field {name!r} has an unsupported type')
+            if kind == 'doc' or kind == 'doclist':
+                col['child'] = _schema_only(base.doc_type if kind == 'doclist' else base, depth + 1)
+        else:
+            col.update(_encode_column(w, kind, base, vals, depth))
+        fields[name] = col
+    return {'doc_type': cls.__name__, 'count': n, 'fields': fields}
+
+
+def _schema_only(cls: Any, depth: int) -> dict:
+    """Schema of a class with no documents (used for all-None nested fields)."""
+    if not isinstance(cls, type) or not issubclass(cls, BaseDocWithoutId):
+        cls = AnyDoc
+    return _encode_schema(_Writer(), [], cls, depth)
+
+
+def _describe_fields(cls: type) -> dict:
+    out = {}
+    for name, finfo in cls.model_fields.items():
+        kind, base, optional = _classify(finfo.annotation)
+        out[name] = {'kind': kind, 'type': _type_name(kind, base), 'optional': optional,
+                     'present': 'all'}
+    return out
+
+
+def _as_list_and_class(docs: Any) -> tuple[list, type]:
+    try:
+        from docarray import DocVec
+        if isinstance(docs, DocVec):
+            docs = docs.to_doc_list()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(docs, BaseDocWithoutId):
+        docs = [docs]
+    declared = getattr(docs, 'doc_type', None) if isinstance(docs, DocList) else None
+    docs = list(docs)
+    for d in docs[:1]:
+        if not isinstance(d, BaseDocWithoutId):
+            raise TypeError(f'encode_docs expects docarray documents, got {type(d).__name__}')
+    try:
+        cls = _single_class(docs, declared)
+    except _Fallback:
+        raise TypeError('encode_docs expects documents of a single class') from None
+    return docs, cls
+
+
+def encode_docs(docs: Union[DocList, Iterable[BaseDoc]]) -> bytes:
+    """Encode a DocList (or a list of docs of one class) into the columnar wire format."""
+    docs, cls = _as_list_and_class(docs)
+    w = _Writer()
+    try:
+        root = _encode_schema(w, docs, cls, 0)
+        mode = 'columnar'
+    except _Fallback:
+        w = _Writer()
+        dl = DocList[cls].construct(docs) if cls is not AnyDoc else DocList.construct(docs)
+        w.add(dl.to_bytes(protocol='protobuf', compress=None))
+        root = {'doc_type': cls.__name__, 'count': len(docs), 'fields': _describe_fields(cls)}
+        mode = 'protobuf'
+    header = json.dumps({'mode': mode, 'buffers': w.spans, 'root': root},
+                        separators=(',', ':')).encode()
+    prefix = _PREFIX.pack(MAGIC, VERSION, len(header))
+    pad = -(len(prefix) + len(header)) % 8
+    return b''.join([prefix, header, b'\0' * pad, *w.parts])
+
+
+# --------------------------------------------------------------------------- decoding
+
+def _bad(msg: str) -> ValueError:
+    return ValueError(f'malformed orchestra-nb document message: {msg}')
+
+
+def _read_header(data: Any) -> tuple[memoryview, dict, int]:
+    try:
+        mv = memoryview(data).cast('B')
+    except TypeError as e:
+        raise ValueError(f'expected bytes-like data, got {type(data).__name__}') from e
+    if len(mv) < _PREFIX.size:
+        raise _bad(f'truncated ({len(mv)} bytes, not even a prefix)')
+    magic, version, hlen = _PREFIX.unpack_from(mv)
+    if magic != MAGIC:
+        raise _bad(f'wrong magic {bytes(magic)!r} (expected {MAGIC!r})')
+    if version != VERSION:
+        raise _bad(f'unsupported format version {version} (this build reads {VERSION})')
+    end = _PREFIX.size + hlen
+    if end > len(mv):
+        raise _bad(f'truncated header ({len(mv) - _PREFIX.size} of {hlen} bytes)')
+    try:
+        header = json.loads(str(mv[_PREFIX.size:end], 'utf-8'))
+    except RecursionError:
+        raise _bad('header nested too deeply') from None
+    except ValueError as e:
+        raise _bad(f'header is not valid JSON ({e})') from None
+    if not isinstance(header, dict) or not isinstance(header.get('root'), dict):
+        raise _bad('header is not an object with a root schema')
+    data_start = end + (-end % 8)
+    return mv, header, data_start
+
+
+def _int(v: Any, what: str) -> int:
+    if type(v) is not int or v < 0:
+        raise _bad(f'{what} must be a non-negative integer, got {v!r}')
+    return v
+
+
+class _Reader:
+    """Bounds-checked access to the buffers of one message."""
+
+    def __init__(self, mv: memoryview, spans: Any, start: int) -> None:
+        if not isinstance(spans, list):
+            raise _bad('buffer table is not a list')
+        size = len(mv) - start if start <= len(mv) else -1
+        self.mv = mv
+        self.spans = []
+        for i, s in enumerate(spans):
+            if not (isinstance(s, list) and len(s) == 2):
+                raise _bad(f'buffer {i} entry is not [offset, nbytes]')
+            off, n = _int(s[0], 'buffer offset'), _int(s[1], 'buffer size')
+            if off + n > size:
+                raise _bad(f'truncated: buffer {i} ends at {off + n}, data holds {max(size, 0)} bytes')
+            self.spans.append((start + off, n))
+
+    def span(self, idx: Any) -> tuple[int, int]:
+        if type(idx) is not int or not 0 <= idx < len(self.spans):
+            raise _bad(f'unknown buffer index {idx!r}')
+        return self.spans[idx]
+
+    def raw(self, idx: Any) -> memoryview:
+        off, n = self.span(idx)
+        return self.mv[off:off + n]
+
+    def array(self, idx: Any, dtype: Any, count: int, copy: bool = False) -> np.ndarray:
+        """``count`` items of ``dtype`` from a buffer that must hold exactly that many."""
+        dt = _dtype(dtype)
+        off, n = self.span(idx)
+        if n != count * dt.itemsize:
+            raise _bad(f'buffer {idx} holds {n} bytes, expected {count} x {dt.itemsize}')
+        if count == 0 or dt.itemsize == 0:
+            return np.empty(count, dt)
+        arr = np.frombuffer(self.mv, dtype=dt, count=count, offset=off)
+        return arr.copy() if copy else arr
+
+
+def _dtype(s: Any) -> np.dtype:
+    if isinstance(s, np.dtype):
+        return s
+    if not isinstance(s, str) or not _DTYPE_RE.match(s):
+        raise _bad(f'dtype {s!r} is not allowed (only bool, ints, uints, floats, complex)')
+    return np.dtype(s)
+
+
+def _check_offsets(offsets: np.ndarray, total: int, what: str) -> list:
+    if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != total or (
+            len(offsets) > 1 and bool((np.diff(offsets) < 0).any())):
+        raise _bad(f'{what} offsets are inconsistent')
+    return offsets.tolist()
+
+
+def _read_blobs(r: _Reader, col: dict, count: int) -> list:
+    offsets = r.array(col['offsets'], _I8, count + 1)
+    blob = bytes(r.raw(col['data']))
+    o = _check_offsets(offsets, len(blob), 'blob')
+    return [blob[a:b] for a, b in zip(o, o[1:])]
+
+
+def _decode_values(r: _Reader, col: dict, count: int, depth: int, target: Any) -> list:
+    """Decode the ``count`` present values of a column; ``target`` guides nested/tensor types."""
+    kind = col['kind']
+    if kind == 'str':
+        if col.get('enc') == 'sep':
+            sep = col['sep']
+            if not isinstance(sep, str) or len(sep) != 1:
+                raise _bad('string separator must be one character')
+            if count == 0:
+                return []
+            vals = str(r.raw(col['data']), 'utf-8', 'surrogatepass').split(sep)
+            if len(vals) != count:
+                raise _bad(f'string column holds {len(vals)} values, expected {count}')
+            return vals
+        return [b.decode('utf-8', 'surrogatepass') for b in _read_blobs(r, col, count)]
+    if kind == 'bytes':
+        return _read_blobs(r, col, count)
+    if kind in ('int', 'float', 'bool'):
+        dt = _dtype(col['dtype'])
+        if dt.kind not in {'int': 'iu', 'float': 'f', 'bool': 'b'}[kind]:
+            raise _bad(f'{kind} column with dtype {dt}')
+        return r.array(col['data'], dt, count).tolist()
+    if kind == 'json':
+        try:
+            vals = json.loads(str(r.raw(col['data']), 'utf-8', 'surrogatepass'))
+        except RecursionError:
+            raise _bad('JSON column nested too deeply') from None
+        if not isinstance(vals, list) or len(vals) != count:
+            raise _bad(f'JSON column does not hold {count} values')
+        return vals
+    if kind == 'tensor':
+        return _decode_tensor(r, col, count, target)
+    if kind == 'doclist':
+        lengths = r.array(col['lengths'], _I8, count)
+        if count and int(lengths.min()) < 0:
+            raise _bad('negative nested DocList length')
+        total = int(lengths.sum())
+        child_schema = col['child']
+        if not isinstance(child_schema, dict) or child_schema.get('count') != total:
+            raise _bad('nested DocList lengths do not match the child count')
+        child_target = getattr(target, 'doc_type', None) if target is not None else None
+        if child_target is AnyDoc:
+            child_target = None
+        child_cls, children = _decode_schema(r, child_schema, child_target, depth + 1)
+        dl_cls = target if target is not None and getattr(target, 'doc_type', AnyDoc) is not AnyDoc \
+            else DocList[child_cls]
+        bounds = [0]
+        bounds.extend(np.cumsum(lengths).tolist())
+        construct = dl_cls.construct
+        return [construct(children[a:b]) for a, b in zip(bounds, bounds[1:])]
+    if kind == 'doc':
+        child_schema = col['child']
+        if not isinstance(child_schema, dict) or child_schema.get('count') != count:
+            raise _bad('nested doc count does not match its presence mask')
+        return _decode_schema(r, child_schema, target, depth + 1)[1]
+    raise _bad(f'unknown column kind {kind!r}')
+
+
+_TENSOR_CLS_CACHE: dict = {}
+
+
+def _tensor_class(target: Any, sample: np.ndarray) -> Optional[type]:
+    """The class validation gives ``sample`` for annotation ``target`` if it keeps the data as is."""
+    if target is None:
+        from docarray.typing import NdArray
+        return NdArray
+    key = (target, sample.dtype.str, sample.shape)
+    try:
+        return _TENSOR_CLS_CACHE[key]
+    except KeyError:
+        pass
+    except TypeError:
+        key = None
+    try:
+        v = _adapter(target).validate_python(sample)
+        ok = isinstance(v, np.ndarray) and v.shape == sample.shape and v.dtype == sample.dtype
+        cls = type(v) if ok else None
+    except Exception:  # noqa: BLE001 - validation refused: the slow path will report it
+        cls = None
+    if key is not None and len(_TENSOR_CLS_CACHE) < 4096:
+        _TENSOR_CLS_CACHE[key] = cls
+    return cls
+
+
+def _rows(block: np.ndarray, cls: type) -> list:
+    view = block.view(cls)
+    if block.ndim == 1:
+        return [view[i, ...] for i in range(len(view))]
+    return list(view)
+
+
+def _decode_tensor(r: _Reader, col: dict, count: int, target: Any) -> list:
+    layout = col.get('layout')
+    if layout == 'stacked':
+        shape = col['shape']
+        if not isinstance(shape, list):
+            raise _bad('tensor shape is not a list')
+        shape = tuple(_int(s, 'tensor dimension') for s in shape)
+        if len(shape) > 32:
+            raise _bad('tensor has too many dimensions')
+        per = 1
+        for s in shape:
+            per *= s
+        block = r.array(col['data'], col['dtype'], count * per, copy=True).reshape((count,) + shape)
+        if count == 0:
+            return []
+        cls = _tensor_class(target, block[0])
+        if cls is None:
+            return list(block)  # coerced (and checked) by validation later
+        return _rows(block, cls)
+    if layout == 'ragged':
+        dtypes = col['dtypes']
+        if not isinstance(dtypes, list):
+            raise _bad('ragged tensor dtypes is not a list')
+        dts = [_dtype(d) for d in dtypes]
+        codes = r.array(col['codes'], _I8, count).tolist()
+        ndims = r.array(col['ndims'], _I8, count).tolist()
+        if any(not 0 <= c < len(dts) for c in codes) or any(not 0 <= k <= 32 for k in ndims):
+            raise _bad('ragged tensor codes or ndims out of range')
+        dims = r.array(col['dims'], _I8, sum(ndims))
+        if len(dims) and int(dims.min()) < 0:
+            raise _bad('negative tensor dimension')
+        dims = dims.tolist()
+        blobs_off = r.array(col['offsets'], _I8, count + 1)
+        off0, nbytes = r.span(col['data'])
+        o = _check_offsets(blobs_off, nbytes, 'tensor')
+        out = []
+        pos = 0
+        cache: dict = {}
+        for i in range(count):
+            shape = tuple(dims[pos:pos + ndims[i]])
+            pos += ndims[i]
+            dt = dts[codes[i]]
+            n = 1
+            for s in shape:
+                n *= s
+            if n * dt.itemsize != o[i + 1] - o[i]:
+                raise _bad(f'ragged tensor {i} size does not match its shape {shape}')
+            if n:
+                a = np.frombuffer(r.mv, dtype=dt, count=n, offset=off0 + o[i]).reshape(shape).copy()
+            else:
+                a = np.empty(shape, dt)
+            k = (dt.str, shape)
+            cls = cache[k] if k in cache else cache.setdefault(k, _tensor_class(target, a))
+            out.append(a.view(cls) if cls is not None else a)
+        return out
+    raise _bad(f'unknown tensor layout {layout!r}')
+
+
+def _expand(r: _Reader, col: dict, count: int) -> tuple[Optional[list], int]:
+    """Presence mask of a column as a list of bools (None = all present) and the present count."""
+    p = col.get('present', 'all')
+    if p == 'all':
+        return None, count
+    if p == 'none':
+        return [False] * count, 0
+    mask = r.array(p, np.uint8, count).astype(bool)
+    return mask.tolist(), int(mask.sum())
+
+
+def _fill(mask: Optional[list], vals: list) -> list:
+    if mask is None:
+        return vals
+    it = iter(vals)
+    return [next(it) if m else None for m in mask]
+
+
+_BUILDERS: dict = {}
+
+
+def _builder(nfields: int):
+    """A compiled loop making ``nfields``-field docs without validation (code has no wire data)."""
+    try:
+        return _BUILDERS[nfields]
+    except KeyError:
+        pass
+    args = ''.join(f'a{i}, ' for i in range(nfields))
+    keys = ''.join(f'k{i}, ' for i in range(nfields))
+    items = ', '.join(f'k{i}: a{i}' for i in range(nfields))
+    src = (
+        f'def build(cls, keys, cols, fields_set):\n'
+        f'    ({keys}) = keys\n'
+        f'    out = []\n'
+        f'    ap = out.append\n'
+        f'    for ({args}) in zip(*cols):\n'
+        f'        d = new(cls)\n'
+        f'        set_dict(d, {{{items}}})\n'
+        f'        set_fs(d, set(fields_set))\n'
+        f'        set_extra(d, None)\n'
+        f'        set_private(d, None)\n'
+        f'        ap(d)\n'
+        f'    return out\n'
+    )
+    ns = {'new': _new, 'set_dict': _set_dict, 'set_fs': _set_fields_set,
+          'set_extra': _set_extra, 'set_private': _set_private}
+    exec(compile(src, f'<codec builder {nfields}>', 'exec'), ns)  # noqa: S102 - fixed template
+    _BUILDERS[nfields] = ns['build']
+    return ns['build']
+
+
+def _make_docs(cls: type, names: list, cols: list, n: int, fields_set: frozenset) -> list:
+    if not names:
+        out = []
+        for _ in range(n):
+            d = _new(cls)
+            _set_dict(d, {})
+            _set_fields_set(d, set())
+            _set_extra(d, None)
+            _set_private(d, None)
+            out.append(d)
+        return out
+    return _builder(len(names))(cls, names, cols, fields_set)
+
+
+def _convert_fast(kind: str, base: Any, vals: list) -> list:
+    """Turn decoded values into the type validation of a same-kind field would give."""
+    if kind in ('str', 'bytes') and base is not str and base is not bytes:
+        return [base(v) for v in vals]
+    return vals
+
+
+_PLAIN_JSON = {list, dict, typing.List, typing.Dict, typing.List[Any], typing.Dict[str, Any],
+               list[Any], dict[str, Any]}
+
+
+def _decode_schema(r: _Reader, schema: dict, target: Optional[type], depth: int) -> tuple[type, list]:
+    """Decode one schema level into a list of docs of ``target`` (or a class from the schema)."""
+    if depth > _MAX_DEPTH:
+        raise _bad('documents nested too deeply')
+    if not isinstance(schema, dict):
+        raise _bad('schema is not an object')
+    count = _int(schema.get('count'), 'document count')
+    fields = schema.get('fields')
+    if not isinstance(fields, dict):
+        raise _bad('schema fields is not an object')
+    if count > r.limit:
+        raise _bad(f'document count {count} is implausible for a {len(r.mv)}-byte message')
+    cls = target if target is not None else _class_for_schema(schema)
+    names, cols, fields_set = [], [], set()
+    for name, finfo in cls.model_fields.items():
+        col = fields.get(name)
+        names.append(name)
+        if col is None:
+            if finfo.is_required():
+                raise ValueError(f'field {name!r} required by {cls.__name__} is not in the message')
+            if finfo.default_factory is None and not _is_mutable(finfo.default):
+                cols.append(itertools.repeat(finfo.default, count))
+            else:
+                cols.append([finfo.get_default(call_default_factory=True) for _ in range(count)])
+            continue
+        if not isinstance(col, dict):
+            raise _bad(f'column {name!r} is not an object')
+        fields_set.add(name)
+        ann = finfo.annotation
+        tkind, tbase, toptional = _classify(ann)
+        wkind = col.get('kind')
+        mask, present = _expand(r, col, count)
+        fast = (tkind == wkind and not finfo.metadata and (toptional or mask is None)
+                and (tkind != 'json' or ann in _PLAIN_JSON or
+                     (get_origin(ann) is Union and
+                      [a for a in get_args(ann) if a is not type(None)][0] in _PLAIN_JSON)))
+        if mask is not None and present == 0:
+            cols.append(itertools.repeat(None, count) if (toptional or tkind == 'other')
+                        else _validate_all(finfo, name, [None] * count))
+            continue
+        hint = tbase if tkind == wkind and tkind in ('tensor', 'doclist', 'doc') else None
+        vals = _decode_values(r, col, present, depth, hint)
+        if fast:
+            vals = _convert_fast(tkind, tbase, vals)
+            if tkind == 'tensor' and vals and not isinstance(vals[0], AbstractTensor) \
+                    and not (isinstance(tbase, type) and type(vals[0]) is tbase):
+                vals = _validate_all(finfo, name, vals)
+            cols.append(_fill(mask, vals))
+        else:
+            cols.append(_validate_all(finfo, name, _fill(mask, vals)))
+    return cls, _make_docs(cls, names, cols, count, frozenset(fields_set))
+
+
+def _is_mutable(v: Any) -> bool:
+    return not (v is None or isinstance(v, (str, bytes, int, float, bool, tuple, frozenset)))
+
+
+def _validate_all(finfo: Any, name: str, vals: list) -> list:
+    """Slow path: validate every value against the field annotation (types differ on the wire)."""
+    ad = _adapter(_field_annotation(finfo))
+    try:
+        return [ad.validate_python(v) for v in vals]
+    except pydantic.ValidationError as e:
+        raise ValueError(f'field {name!r}: values on the wire do not validate: {e}') from None
+
+
+# --------------------------------------------------------------------------- doc classes from schemas
+
+_KNOWN: dict = {}
+_DYNAMIC: dict = {}
+
+
+def register_doc_type(cls: type) -> type:
+    """Let ``decode_docs(data)`` (no doc_type) rebuild ``cls`` when name and fields match."""
+    _KNOWN.setdefault(cls.__name__, []).insert(0, cls)
+    return cls
+
+
+def _register_docarray_documents() -> None:
+    from docarray import documents
+    for name in ('TextDoc', 'ImageDoc', 'AudioDoc', 'VideoDoc', 'Mesh3D', 'PointCloud3D',
+                 'PointsAndColors', 'VerticesAndFaces'):
+        c = getattr(documents, name, None)
+        if isinstance(c, type):
+            register_doc_type(c)
+
+
+_register_docarray_documents()
+
+
+def _named_types() -> dict:
+    import docarray.typing as dt
+    out: dict = {'str': str, 'bytes': bytes, 'int': int, 'float': float, 'bool': bool,
+                 'dict': dict, 'list': list, 'ndarray': np.ndarray}
+    for name in ('ID', 'AnyUrl', 'TextUrl', 'ImageUrl', 'AudioUrl', 'VideoUrl', 'Mesh3DUrl',
+                 'PointCloud3DUrl', 'ImageBytes', 'AudioBytes', 'VideoBytes', 'NdArray',
+                 'NdArrayEmbedding', 'AnyTensor', 'AnyEmbedding', 'ImageTensor', 'ImageNdArray',
+                 'AudioTensor', 'AudioNdArray', 'VideoTensor', 'VideoNdArray'):
+        t = getattr(dt, name, None)
+        if t is not None:
+            out[name] = t
+    return out
+
+
+_NAMED = _named_types()
+_KIND_DEFAULT = {'str': str, 'bytes': bytes, 'int': int, 'float': float, 'bool': bool,
+                 'json': Any, 'tensor': _NAMED['NdArray'], 'other': Any}
+
+
+def _type_only(schema: dict) -> Any:
+    """The schema without buffer indices: the cache key of the class it describes."""
+    return {'doc_type': schema.get('doc_type'),
+            'fields': {k: {'kind': c.get('kind'), 'type': c.get('type'),
+                           'optional': bool(c.get('optional')),
+                           **({'child': _type_only(c['child'])} if isinstance(c.get('child'), dict) else {})}
+                       for k, c in schema['fields'].items() if isinstance(c, dict)}}
+
+
+def _class_for_schema(schema: dict) -> type:
+    name = schema.get('doc_type')
+    fields = schema['fields']
+    for cls in _KNOWN.get(name, ()):
+        if set(cls.model_fields) == set(fields):
+            return cls
+    key = json.dumps(_type_only(schema), sort_keys=True)
+    cls = _DYNAMIC.get(key)
+    if cls is not None:
+        return cls
+    defs: dict = {}
+    for fname, col in fields.items():
+        if fname == 'id':
+            continue
+        if not isinstance(col, dict) or not isinstance(fname, str) or not fname.isidentifier() \
+                or fname.startswith('_') or hasattr(BaseDoc, fname):
+            raise _bad(f'field name {fname!r} cannot be rebuilt into a doc class')
+        kind = col.get('kind')
+        if kind in ('doclist', 'doc'):
+            if not isinstance(col.get('child'), dict):
+                raise _bad(f'nested field {fname!r} has no child schema')
+            child = _class_for_schema(col['child'])
+            t = DocList[child] if kind == 'doclist' else child
+        elif kind in _KIND_DEFAULT:
+            t = _NAMED.get(col.get('type'), _KIND_DEFAULT[kind])
+            if kind == 'json' and t not in (dict, list):
+                t = Any
+            if kind == 'tensor' and not _is_tensor_type(t):
+                t = _NAMED['NdArray']
+        else:
+            raise _bad(f'unknown column kind {kind!r}')
+        defs[fname] = (Optional[t], None) if col.get('optional', True) else (t, ...)
+    base = BaseDoc if 'id' in fields else BaseDocWithoutId
+    cname = name if isinstance(name, str) and name.isidentifier() else 'WireDoc'
+    try:
+        cls = pydantic.create_model(cname, __base__=base, **defs)
+    except Exception as e:  # noqa: BLE001
+        raise _bad(f'cannot rebuild doc class {cname}: {e}') from None
+    if len(_DYNAMIC) > 512:
+        _DYNAMIC.clear()
+    _DYNAMIC[key] = cls
+    return cls
+
+
+# --------------------------------------------------------------------------- public decode API
+
+def decode_docs(data: bytes, doc_type: Optional[type] = None) -> DocList:
+    """Decode a message from :func:`encode_docs` into ``DocList[doc_type]``.
+
+    With ``doc_type=None`` the class is rebuilt from the wire schema (a known docarray class
+    when name and fields match). Wire fields the class lacks are dropped; class fields the
+    wire lacks get their defaults. Malformed input raises ValueError.
+    """
+    if doc_type is not None and not (isinstance(doc_type, type) and issubclass(doc_type, BaseDocWithoutId)):
+        raise TypeError(f'doc_type must be a docarray document class, got {doc_type!r}')
+    if doc_type is AnyDoc:
+        doc_type = None
+    mv, header, start = _read_header(data)
+    try:
+        r = _Reader(mv, header.get('buffers'), start)
+        r.limit = 1_000_000 + 64 * len(mv)
+        mode = header.get('mode')
+        root = header['root']
+        if mode == 'protobuf':
+            return _decode_protobuf(r, root, doc_type)
+        if mode != 'columnar':
+            raise _bad(f'unknown mode {mode!r}')
+        cls, docs = _decode_schema(r, root, doc_type, 0)
+        return DocList[cls].construct(docs)
+    except ValueError:
+        raise
+    except (KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError) as e:
+        raise _bad(f'{type(e).__name__}: {e}') from None
+
+
+def _decode_protobuf(r: _Reader, root: dict, doc_type: Optional[type]) -> DocList:
+    if doc_type is None:
+        if not isinstance(root, dict) or not isinstance(root.get('fields'), dict):
+            raise _bad('protobuf message without a schema')
+        doc_type = _class_for_schema(root)
+    payload = bytes(r.raw(0))
+    try:
+        docs = DocList[doc_type].from_bytes(payload, protocol='protobuf', compress=None)
+    except Exception as e:  # noqa: BLE001 - protobuf/docarray raise many types on bad input
+        raise _bad(f'protobuf payload does not decode: {type(e).__name__}: {e}') from None
+    if isinstance(root, dict) and root.get('count') not in (None, len(docs)):
+        raise _bad('protobuf payload document count does not match the header')
+    return docs
+
+
+def _public_schema(schema: dict, depth: int = 0) -> dict:
+    if depth > _MAX_DEPTH or not isinstance(schema, dict) or not isinstance(schema.get('fields'), dict):
+        raise _bad('schema is not an object with fields')
+    fields = {}
+    for name, col in schema['fields'].items():
+        if not isinstance(col, dict):
+            raise _bad(f'column {name!r} is not an object')
+        d = {'kind': col.get('kind'), 'type': col.get('type'), 'optional': bool(col.get('optional'))}
+        if isinstance(col.get('child'), dict):
+            d['child'] = _public_schema(col['child'], depth + 1)
+        fields[name] = d
+    return {'doc_type': schema.get('doc_type'), 'count': schema.get('count'), 'fields': fields}
+
+
+def wire_schema(data: bytes) -> dict:
+    """Peek at a message's header: ``{'doc_type', 'count', 'fields', 'encoding'}`` (no decoding)."""
+    _, header, _ = _read_header(data)
+    out = _public_schema(header['root'])
+    out['encoding'] = header.get('mode')
+    return out

@@ -1,0 +1,270 @@
+"""Executors: classes whose methods serve endpoints over docarray ``DocList``s.
+
+A user subclasses :class:`Executor` and marks methods with :func:`requests`
+(which endpoint) and, for methods that change state, :func:`write`::
+
+    class Indexer(Executor):
+        @requests(on='/index')
+        @write
+        def index(self, docs: DocList[TextDoc], **kwargs):
+            ...
+
+The replica process (``runtime.worker``) builds the Executor and asks its
+:class:`EndpointTable` which method serves an endpoint.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+DEFAULT_ENDPOINT = '__default__'
+
+_ENDPOINTS_ATTR = '_orchestra_endpoints'
+_WRITE_ATTR = '_orchestra_write'
+_BATCHING_ATTR = '_orchestra_dynamic_batching'
+
+
+class UnknownEndpointError(LookupError):
+    """No method of the Executor serves the requested endpoint."""
+
+
+def requests(func: Optional[Callable] = None, *, on: Union[str, Sequence[str], None] = None):
+    """Mark a method as serving one or more endpoints.
+
+    ``@requests(on='/index')``, ``@requests(on=['/a', '/b'])``, or bare ``@requests``
+    for the default endpoint (every endpoint no other method claims).
+
+    >>> class E(Executor):
+    ...     @requests(on='/x')
+    ...     def x(self, docs, **kwargs): ...
+    """
+    if on is None:
+        endpoints = [DEFAULT_ENDPOINT]
+    elif isinstance(on, str):
+        endpoints = [on]
+    elif isinstance(on, (list, tuple)) and all(isinstance(e, str) for e in on):
+        endpoints = list(on)
+    else:
+        raise TypeError(f'requests(on=...) takes an endpoint string or a list of them, got {on!r}')
+    for e in endpoints:
+        if e != DEFAULT_ENDPOINT and not e.startswith('/'):
+            raise ValueError(f'endpoint {e!r} must start with "/" (e.g. "/index")')
+
+    def mark(fn: Callable) -> Callable:
+        if not callable(fn):
+            raise TypeError(f'@requests decorates a method, got {fn!r}')
+        existing = list(getattr(fn, _ENDPOINTS_ATTR, []))
+        setattr(fn, _ENDPOINTS_ATTR, existing + [e for e in endpoints if e not in existing])
+        return fn
+
+    if func is not None:  # bare @requests
+        return mark(func)
+    return mark
+
+
+def write(func: Callable) -> Callable:
+    """Mark an endpoint method as changing the Executor's state.
+
+    In a ``stateful=True`` Deployment, calls to it are ordered through the RAFT
+    log and applied by every replica; elsewhere the mark changes nothing.
+    """
+    setattr(func, _WRITE_ATTR, True)
+    return func
+
+
+def is_write(func: Callable) -> bool:
+    return bool(getattr(func, _WRITE_ATTR, False))
+
+
+@dataclass
+class RuntimeArgs:
+    """Where this Executor instance runs (``self.runtime_args``)."""
+    name: str = 'executor'
+    replica_id: int = 0
+    shard_id: int = 0
+    shards: int = 1
+    replicas: int = 1
+    workspace: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, item):  # unknown runtime args read as None, like Jina's namespace
+        if item.startswith('__'):
+            raise AttributeError(item)
+        return self.extra.get(item)
+
+
+@dataclass
+class Endpoint:
+    """One served endpoint: the bound method and what it declares."""
+    name: str
+    method: Callable
+    is_write: bool
+    input_type: Any = None       # doc class from `docs: DocList[X]`, or None
+    output_type: Any = None      # doc class from `-> DocList[X]`, or None
+    is_async: bool = False
+    accepts: Optional[frozenset] = None   # keyword names it takes; None: it takes **kwargs
+    batching: Optional[Dict[str, Any]] = None
+
+
+def _doc_type_of(annotation: Any) -> Any:
+    """``DocList[TextDoc]`` -> ``TextDoc``; anything else -> None."""
+    if annotation is inspect.Parameter.empty or annotation is None:
+        return None
+    doc_type = getattr(annotation, 'doc_type', None)
+    try:
+        from docarray import BaseDoc
+    except ImportError:  # pragma: no cover - docarray is a dependency
+        return None
+    if isinstance(doc_type, type) and issubclass(doc_type, BaseDoc) and doc_type is not BaseDoc:
+        return doc_type
+    if isinstance(annotation, type) and issubclass(annotation, BaseDoc) and annotation is not BaseDoc:
+        return annotation
+    return None
+
+
+def _describe(name: str, fn: Callable, bound: Callable) -> Endpoint:
+    try:
+        hints = _resolved_hints(fn)
+    except Exception:
+        hints = {}
+    sig = inspect.signature(fn)
+    params = sig.parameters
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepts = None if takes_kwargs else frozenset(k for k in params if k != 'self')
+    input_ann = hints.get('docs', params['docs'].annotation if 'docs' in params else None)
+    return Endpoint(
+        name=name, method=bound, is_write=is_write(fn),
+        input_type=_doc_type_of(input_ann), output_type=_doc_type_of(hints.get('return')),
+        is_async=inspect.iscoroutinefunction(fn), accepts=accepts,
+        batching=getattr(fn, _BATCHING_ATTR, None),
+    )
+
+
+def _resolved_hints(fn: Callable) -> Dict[str, Any]:
+    import typing
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:
+        # postponed annotations naming classes local to a function: fall back to raw ones
+        return {k: v for k, v in getattr(fn, '__annotations__', {}).items() if not isinstance(v, str)}
+
+
+class EndpointTable:
+    """Maps endpoint names to the Executor methods that serve them."""
+
+    def __init__(self, executor: 'Executor'):
+        self._by_name: Dict[str, Endpoint] = {}
+        seen = set()
+        for klass in type(executor).__mro__:
+            for attr, fn in vars(klass).items():
+                if attr in seen:
+                    continue
+                seen.add(attr)  # a subclass override hides the parent's endpoints
+                for endpoint in getattr(fn, _ENDPOINTS_ATTR, ()):
+                    if endpoint not in self._by_name:
+                        self._by_name[endpoint] = _describe(endpoint, fn, getattr(executor, attr))
+
+    @property
+    def names(self) -> List[str]:
+        """Served endpoint names; ``'__default__'`` when a bare ``@requests`` exists."""
+        return sorted(self._by_name)
+
+    def describe(self) -> Dict[str, Dict[str, Any]]:
+        return {n: {'write': e.is_write,
+                    'input': getattr(e.input_type, '__name__', None),
+                    'output': getattr(e.output_type, '__name__', None)}
+                for n, e in self._by_name.items()}
+
+    def lookup(self, endpoint: str) -> Endpoint:
+        found = self._by_name.get(endpoint) or self._by_name.get(DEFAULT_ENDPOINT)
+        if found is None:
+            known = ', '.join(repr(n) for n in self.names) or 'none'
+            raise UnknownEndpointError(
+                f'no method serves endpoint {endpoint!r}; endpoints served: {known}')
+        return found
+
+
+# The replica process sets these before building the Executor, so that
+# ``self.runtime_args`` exists even before (and without) ``super().__init__``.
+_pending_runtime_args: Optional[RuntimeArgs] = None
+
+
+class Executor:
+    """Base class of every Executor.
+
+    ``super().__init__(**kwargs)`` is optional: ``self.runtime_args``,
+    ``self.logger`` and ``self.workspace`` are set before ``__init__`` runs.
+
+    >>> class Echo(Executor):
+    ...     @requests
+    ...     def echo(self, docs, **kwargs):
+    ...         return docs
+    """
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        args_ = kwargs.get('runtime_args') or _pending_runtime_args or RuntimeArgs(name=cls.__name__)
+        if isinstance(args_, dict):
+            args_ = RuntimeArgs(**args_)
+        self.runtime_args = args_
+        self.logger = logging.getLogger(_logger_name(args_))
+        self._workspace_root = kwargs.get('workspace') or args_.workspace
+        return self
+
+    def __init__(self, metas: Optional[dict] = None, requests: Optional[dict] = None,
+                 runtime_args: Optional[Union[RuntimeArgs, dict]] = None,
+                 workspace: Optional[str] = None, dynamic_batching: Optional[dict] = None,
+                 **kwargs):
+        # The arguments Jina passes are accepted and need nothing here: __new__ did the work.
+        pass
+
+    @property
+    def workspace(self) -> str:
+        """This replica's own folder: ``<workspace>/<name>/shard-<s>/rep-<r>`` (created on use)."""
+        ra = self.runtime_args
+        root = self._workspace_root or os.path.join(tempfile.gettempdir(), 'orchestra-workspace')
+        path = os.path.join(root, ra.name.replace('/', '_'), f'shard-{ra.shard_id}', f'rep-{ra.replica_id}')
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    # -- state hooks used by RAFT snapshots (override for large or special state) --
+    def snapshot(self, path: str) -> None:
+        """Write this Executor's state to ``path``. Default: pickle its own attributes."""
+        state = {k: v for k, v in vars(self).items() if k not in _NOT_STATE}
+        with open(path, 'wb') as f:
+            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, path: str) -> None:
+        """Load the state :meth:`snapshot` wrote (a local file this replica wrote itself)."""
+        with open(path, 'rb') as f:
+            state = pickle.load(f)
+        vars(self).update(state)
+
+    def close(self) -> None:
+        """Called once when the replica stops; override to release resources."""
+
+
+_NOT_STATE = {'runtime_args', 'logger', '_workspace_root'}
+
+
+def _logger_name(ra: RuntimeArgs) -> str:
+    if ra.shards > 1:
+        return f'{ra.name}/shard-{ra.shard_id}/rep-{ra.replica_id}'
+    return f'{ra.name}/rep-{ra.replica_id}'
+
+
+def build_executor(cls: type, uses_with: Optional[dict], runtime_args: RuntimeArgs) -> Executor:
+    """Instantiate ``cls(**uses_with)`` with its runtime args in place."""
+    global _pending_runtime_args
+    if not (isinstance(cls, type) and issubclass(cls, Executor)):
+        raise TypeError(f'uses must be an Executor subclass, got {cls!r}')
+    _pending_runtime_args = runtime_args
+    try:
+        return cls(**(uses_with or {}))
+    finally:
+        _pending_runtime_args = None

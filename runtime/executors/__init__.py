@@ -1,0 +1,1 @@
+"""Executors shipped with orchestra-nb."""

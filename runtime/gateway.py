@@ -1,0 +1,257 @@
+"""The public port: routes each request through the graph of deployments.
+
+A Deployment is a graph of one node; a Flow chains nodes (``needs``). Each node
+is a list of shards, each shard a :class:`~runtime.routing.ReplicaSet`.
+
+- One node, one shard, or ANY polling: the request frame is forwarded as is
+  (the gateway never decodes documents on this path).
+- ALL polling, or a node that joins branches: shard/branch results are decoded
+  and merged by :func:`~runtime.routing.reduce_docs` (or concatenated with
+  ``no_reduce``).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from runtime import protocol
+from runtime.routing import NoReplicaAvailable, PollingPolicy, ReplicaSet, pick_shard, reduce_docs
+from runtime.telemetry import RequestStats
+
+log = logging.getLogger('orchestra.gateway')
+
+GATEWAY = 'gateway'
+
+
+class NodeError(RuntimeError):
+    """A node's call failed; carries the error header to pass back to the client."""
+
+    def __init__(self, header: Dict[str, Any]):
+        super().__init__(header.get('error', {}).get('message', 'failed'))
+        self.header = header
+
+
+class Node:
+    """One Executor of the graph (a Deployment): its shards, polling and joins."""
+
+    def __init__(self, spec: Dict[str, Any], max_in_flight: int):
+        self.name: str = spec['name']
+        self.needs: List[str] = list(spec.get('needs') or [GATEWAY])
+        self.polling = PollingPolicy(spec.get('polling'))
+        self.no_reduce: bool = bool(spec.get('no_reduce'))
+        self.allow_partial: bool = bool(spec.get('allow_partial'))
+        self.shards: List[ReplicaSet] = [
+            ReplicaSet(addrs, name=self._shard_name(i, len(spec['shards'])),
+                       max_in_flight=int(spec.get('max_in_flight') or max_in_flight))
+            for i, addrs in enumerate(spec['shards'])]
+        self._rr = itertools.count()
+
+    def _shard_name(self, i: int, n: int) -> str:
+        return f'{self.name}/shard-{i}' if n > 1 else self.name
+
+    async def call(self, header: Dict[str, Any], frame: bytes) -> Tuple[Dict[str, Any], bytes, bytes]:
+        """-> (reply header, reply body, reply frame). Raises :class:`NodeError` on failure."""
+        endpoint = header.get('endpoint', '/')
+        if len(self.shards) == 1 or self.polling.mode(endpoint) == 'ANY':
+            shard = self.shards[0] if len(self.shards) == 1 else pick_shard(self.shards, self._rr)
+            reply = await self._send(shard, frame)
+            h, body = protocol.unpack(reply)
+            if not h.get('ok'):
+                raise NodeError(h)
+            return h, body, reply
+        return await self._call_all(header, frame)
+
+    async def _send(self, shard: ReplicaSet, frame: bytes) -> bytes:
+        try:
+            return await shard.send(frame)
+        except NoReplicaAvailable as e:
+            raise NodeError(protocol.error_header(e, shard.name)) from None
+
+    async def _call_all(self, header, frame):
+        from runtime.codec import decode_docs, encode_docs
+        replies = await asyncio.gather(*(self._send(s, frame) for s in self.shards), return_exceptions=True)
+        parts, merged_results, missing = [], {}, []
+        for shard, reply in zip(self.shards, replies):
+            if isinstance(reply, NodeError):
+                if self.allow_partial or header.get('allow_partial'):
+                    missing.append(shard.name)
+                    continue
+                err = reply.header['error']
+                err['message'] = f'shard {shard.name} is down while polling ALL: {err["message"]}'
+                raise reply
+            if isinstance(reply, BaseException):
+                raise reply
+            h, body = protocol.unpack(reply)
+            if not h.get('ok'):
+                raise NodeError(h)
+            merged_results.update(h.get('results') or {})
+            parts.append(decode_docs(bytes(body)))
+        if not parts:
+            raise NodeError(protocol.error_header(NoReplicaAvailable(f'every shard of {self.name} is down'), self.name))
+        if self.no_reduce or header.get('no_reduce'):
+            docs = parts[0].__class__([d for p in parts for d in p])
+        else:
+            docs = reduce_docs(parts)
+        out = {'ok': True, 'replica': self.name}
+        if merged_results:
+            out['results'] = merged_results
+        if missing:
+            out['missing_shards'] = missing
+        body = encode_docs(docs)
+        return out, body, protocol.pack(out, body)
+
+    def describe(self) -> Dict[str, Any]:
+        return {'needs': self.needs, 'polling': self.polling.to_config(),
+                'shards': [s.describe() for s in self.shards]}
+
+    async def close(self):
+        for s in self.shards:
+            await s.close()
+
+
+class Gateway:
+    """Routes requests through the graph; serves ``orchestra.Node`` on the public port."""
+
+    def __init__(self, config: Dict[str, Any]):
+        self.name = config.get('name', GATEWAY)
+        max_in_flight = int(config.get('max_in_flight_per_replica') or 4)
+        self.nodes: Dict[str, Node] = {}
+        for spec in config['nodes']:
+            self.nodes[spec['name']] = Node(spec, max_in_flight)
+        self.order = _topological(self.nodes)
+        self.leaves = [n for n in self.order if not any(n in m.needs for m in self.nodes.values())]
+        self.stats = RequestStats()
+        self.port: Optional[int] = None
+
+    async def route_request(self, frame: bytes) -> bytes:
+        """One client request through the graph -> the reply frame."""
+        header, body = protocol.unpack(frame)
+        if len(self.nodes) == 1:  # the Deployment fast path: no decoding
+            (node,) = self.nodes.values()
+            _, _, reply = await node.call(header, frame)
+            return reply
+        outputs: Dict[str, asyncio.Future] = {}
+        loop = asyncio.get_running_loop()
+        gateway_out = loop.create_future()
+        gateway_out.set_result(({'ok': True}, body))
+        outputs[GATEWAY] = gateway_out
+        for name in self.order:
+            outputs[name] = asyncio.ensure_future(self._run_node(self.nodes[name], header, outputs))
+        try:
+            results = [await outputs[n] for n in self.leaves]
+        finally:
+            for f in outputs.values():
+                if not f.done():
+                    f.cancel()
+        return protocol.pack(*self._join(results))
+
+    async def _run_node(self, node: Node, header, outputs) -> Tuple[Dict[str, Any], bytes]:
+        ins = [await outputs[n] for n in node.needs]
+        h_in, body = self._join(ins)
+        h, b, _ = await node.call(header, protocol.pack(header, body))
+        merged = dict(h_in.get('results') or {})
+        merged.update(h.get('results') or {})
+        if merged:
+            h = dict(h, results=merged)
+        return h, bytes(b)
+
+    @staticmethod
+    def _join(parts: List[Tuple[Dict[str, Any], bytes]]) -> Tuple[Dict[str, Any], bytes]:
+        if len(parts) == 1:
+            return parts[0]
+        from runtime.codec import decode_docs, encode_docs
+        header = {'ok': True}
+        results = {}
+        for h, _ in parts:
+            results.update(h.get('results') or {})
+        if results:
+            header['results'] = results
+        return header, encode_docs(reduce_docs([decode_docs(bytes(b)) for _, b in parts]))
+
+    # -- gRPC methods -------------------------------------------------------------
+    async def call(self, frame: bytes, context) -> bytes:
+        t0 = time.perf_counter()
+        self.stats.started('*')
+        try:
+            return await self.route_request(frame)
+        except NodeError as e:
+            self.stats.failed('*')
+            return protocol.pack(e.header)
+        except Exception as e:
+            self.stats.failed('*')
+            log.exception('gateway failed to route a request')
+            return protocol.pack(protocol.error_header(e, self.name))
+        finally:
+            self.stats.finished('*', time.perf_counter() - t0)
+
+    async def info(self, frame: bytes, context) -> bytes:
+        return json.dumps({'ready': True, 'role': 'gateway', 'name': self.name, 'pid': os.getpid(),
+                           'port': self.port, 'nodes': {n: node.describe() for n, node in self.nodes.items()},
+                           **self.stats.snapshot()}).encode()
+
+    async def control(self, frame: bytes, context) -> bytes:
+        """``{'op': 'set_replicas', 'node': name, 'shard': i, 'addresses': [...]}`` (scaling, restarts)."""
+        header, _ = protocol.unpack(frame)
+        try:
+            if header.get('op') != 'set_replicas':
+                raise ValueError(f"unknown control op {header.get('op')!r}; allowed: 'set_replicas'")
+            node = self.nodes[header['node']]
+            node.shards[int(header.get('shard', 0))].update(list(header['addresses']))
+            return protocol.pack({'ok': True})
+        except Exception as e:
+            return protocol.pack(protocol.error_header(e, self.name))
+
+    async def close(self):
+        for node in self.nodes.values():
+            await node.close()
+
+
+def _topological(nodes: Dict[str, Node]) -> List[str]:
+    order, state = [], {}
+
+    def visit(n: str, path: Tuple[str, ...]):
+        if n == GATEWAY:
+            return
+        if n not in nodes:
+            raise ValueError(f'{path[-1]!r} needs {n!r}, which is not in the graph; '
+                             f'known: {", ".join(nodes)}')
+        if state.get(n) == 'done':
+            return
+        if n in path:
+            raise ValueError(f'the graph has a cycle: {" -> ".join(path + (n,))}')
+        for m in nodes[n].needs:
+            visit(m, path + (n,))
+        state[n] = 'done'
+        order.append(n)
+
+    for n in nodes:
+        visit(n, ())
+    return order
+
+
+def run_gateway(spec: Dict[str, Any], status, stopping: threading.Event) -> None:
+    """Child-process entry for role 'gateway'."""
+    from runtime.worker import bind, node_handler, stop_event_from
+    import grpc
+    config = spec['config']
+
+    async def main():
+        stop = stop_event_from(stopping)
+        gw = Gateway(config)
+        server = grpc.aio.server(options=protocol.GRPC_OPTIONS)
+        server.add_generic_rpc_handlers((node_handler(gw.call, gw.info, gw.control),))
+        gw.port = bind(server, config.get('host', '127.0.0.1'), int(config.get('port') or 0))
+        await server.start()
+        status.send(event='ready', port=gw.port, pid=os.getpid())
+        try:
+            await stop.wait()
+        finally:
+            await server.stop(grace=0.5)
+            await gw.close()
+    asyncio.run(main())

@@ -1,0 +1,316 @@
+"""What Deployment and Flow share: processes behind one gateway, and their lifecycle.
+
+A subclass implements one method, :meth:`Orchestration._plan`, returning the
+graph's nodes (:class:`NodePlan`: the replica processes of each shard, polling,
+needs). Everything else comes for free: starting every process in parallel
+(the gateway included), readiness with errors that quote the failing
+replica's log, ``post``/``apost``, ``status()``, ``logs()``, ``block()``,
+supervision (a crashed replica is restarted on its port), scaling, and
+``close()`` stopping everything in parallel.
+
+    >>> with Deployment(uses=MyExec, replicas=3) as dep:
+    ...     dep.post('/x', docs)
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import grpc
+
+from runtime import protocol
+from runtime.client import Client
+from runtime.loop import run_async, run_sync
+from runtime.processes import ChildFailedError, ChildProcess, start_all, stop_all, tail
+
+log = logging.getLogger('orchestra')
+
+
+@dataclass
+class ReplicaPlan:
+    """One replica process to run (or an external address to use)."""
+    name: str
+    shard: int
+    replica: int
+    config: Dict[str, Any]
+    env: Dict[str, Optional[str]] = field(default_factory=dict)
+    external_address: Optional[str] = None
+    process: Optional[ChildProcess] = None
+    address: Optional[str] = None
+
+    @property
+    def port(self) -> Optional[int]:
+        return int(self.address.rsplit(':', 1)[1]) if self.address else None
+
+
+@dataclass
+class NodePlan:
+    """One Executor of the graph: shards x replicas, polling, joins."""
+    name: str
+    shards: List[List[ReplicaPlan]]
+    polling: Any = None
+    needs: Optional[List[str]] = None
+    no_reduce: bool = False
+    allow_partial: bool = False
+    stateful: bool = False
+    max_in_flight: Optional[int] = None
+
+    @property
+    def replicas(self) -> List[ReplicaPlan]:
+        return [r for shard in self.shards for r in shard]
+
+
+class Orchestration:
+    """Base of Deployment and Flow; see the module docstring."""
+
+    def __init__(self, name: str, port: Optional[int], host: str, timeout_ready: float,
+                 log_dir: Optional[str], max_in_flight_per_replica: int, stream_logs: bool):
+        self.name = name
+        self._port_arg = port
+        self.host = host
+        self.timeout_ready = timeout_ready
+        self.max_in_flight_per_replica = max_in_flight_per_replica
+        self.stream_logs = stream_logs
+        self.log_dir = log_dir or os.path.join(tempfile.gettempdir(), 'orchestra-nb',
+                                               f'{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}')
+        self.nodes: List[NodePlan] = []
+        self.gateway: Optional[ChildProcess] = None
+        self._client: Optional[Client] = None
+        self._started = False
+        self._closing = threading.Event()
+        self._supervisor: Optional[threading.Thread] = None
+        self._lock = threading.RLock()
+
+    # -- what a subclass implements ------------------------------------------------
+    def _plan(self) -> List[NodePlan]:
+        raise NotImplementedError
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> 'Orchestration':
+        """Start every process; return when all answer, or raise naming the one that failed."""
+        if self._started:
+            return self
+        t0 = time.monotonic()
+        self._closing.clear()
+        self.nodes = self._plan()
+        local = [r for n in self.nodes for r in n.replicas if r.external_address is None]
+        for r in local:
+            r.process = ChildProcess(r.name, 'worker', r.config, self._log_path(r.name), r.env)
+        self.gateway = ChildProcess(f'{self.name}/gateway', 'gateway', self._gateway_config(),
+                                    self._log_path(f'{self.name}/gateway'))
+        try:
+            start_all([r.process for r in local] + [self.gateway], self.timeout_ready)
+            for r in local:
+                r.address = f'127.0.0.1:{r.process.info["port"]}'
+            for n in self.nodes:
+                for r in n.replicas:
+                    if r.external_address:
+                        r.address = r.external_address
+            self._started = True
+            self._connect_gateway()
+        except BaseException:
+            self._started = False
+            stop_all([r.process for r in local if r.process] + [self.gateway])
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        self._client = Client(port=self.port)
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True,
+                                            name=f'supervisor-{self.name}')
+        self._supervisor.start()
+        if self.stream_logs:
+            self._start_log_streaming()
+        return self
+
+    def close(self) -> None:
+        """Stop every process (in parallel). Safe to call twice."""
+        self._closing.set()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        procs = [r.process for n in self.nodes for r in n.replicas if r.process]
+        stop_all(procs + ([self.gateway] if self.gateway else []))
+        self._started = False
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            if self._started:
+                self.close()
+        except Exception:
+            pass
+
+    def block(self, stop_event: Optional[threading.Event] = None) -> None:
+        """Serve until Ctrl-C (or until ``stop_event`` is set)."""
+        stop_event = stop_event or threading.Event()
+        try:
+            while not stop_event.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+
+    # -- talking to it --------------------------------------------------------------
+    @property
+    def port(self) -> Optional[int]:
+        if self.gateway is not None and self.gateway.info.get('port'):
+            return int(self.gateway.info['port'])
+        return self._port_arg or None
+
+    @property
+    def address(self) -> str:
+        return f'{self.host}:{self.port}'
+
+    def _require_started(self) -> Client:
+        if not self._started or self._client is None:
+            raise RuntimeError(f'{type(self).__name__} {self.name!r} is not started; '
+                               'use `with dep:` or call dep.start() first')
+        return self._client
+
+    def post(self, on: str, inputs: Any = None, request_size: int = 100, **kwargs):
+        """Send docs to endpoint ``on`` through the gateway; returns a DocList (see :meth:`Client.post`)."""
+        return self._require_started().post(on, inputs, request_size=request_size, **kwargs)
+
+    async def apost(self, on: str, inputs: Any = None, request_size: int = 100, **kwargs):
+        """Async twin of :meth:`post`."""
+        return await self._require_started().apost(on, inputs, request_size=request_size, **kwargs)
+
+    # -- status and logs --------------------------------------------------------------
+    def status(self, timeout: float = 2.0) -> Dict[str, Any]:
+        """Structured state: the gateway and every replica (pid, state, requests, ...)."""
+        return run_sync(self._astatus(timeout), timeout + 5, what=f'status of {self.name!r}')
+
+    async def astatus(self, timeout: float = 2.0) -> Dict[str, Any]:
+        return await run_async(self._astatus(timeout))
+
+    async def _astatus(self, timeout: float) -> Dict[str, Any]:
+        replicas = [(n, r) for n in self.nodes for r in n.replicas]
+        infos = await asyncio.gather(*(_ainfo(r.address, timeout) for _, r in replicas),
+                                     _ainfo(f'127.0.0.1:{self.port}' if self.port else None, timeout))
+        out_replicas = []
+        for (node, r), info in zip(replicas, infos[:-1]):
+            proc = r.process
+            if info is not None:
+                state = 'ready'
+            elif proc is not None and not proc.alive:
+                state = 'stopped' if self._closing.is_set() or not self._started else 'down'
+            else:
+                state = 'unreachable' if self._started else 'stopped'
+            rec = {'name': r.name, 'node': node.name, 'pid': proc.pid if proc else None,
+                   'shard': r.shard, 'replica': r.replica, 'state': state, 'address': r.address,
+                   'port': r.port, 'external': r.external_address is not None, 'requests': {}}
+            if info:
+                rec.update({k: v for k, v in info.items() if k not in ('name', 'shard', 'replica', 'ready')})
+            rec.setdefault('cuda_visible_devices', r.env.get('CUDA_VISIBLE_DEVICES'))
+            out_replicas.append(rec)
+        gw = infos[-1] or {}
+        gw['state'] = 'ready' if infos[-1] else ('down' if self._started else 'stopped')
+        gw['pid'] = self.gateway.pid if self.gateway else None
+        return {'name': self.name, 'address': self.address, 'gateway': gw, 'replicas': out_replicas}
+
+    def logs(self, replica: Optional[str] = None, n: int = 50) -> str:
+        """The last ``n`` lines of each replica's log (or of the one whose name contains ``replica``)."""
+        chunks = []
+        procs = [r.process for node in self.nodes for r in node.replicas if r.process]
+        procs += [self.gateway] if self.gateway else []
+        for p in procs:
+            if replica is not None and str(replica) not in p.name:
+                continue
+            chunks.append(f'==> {p.name} ({p.log_path}) <==\n{tail(p.log_path, n)}')
+        return '\n'.join(chunks)
+
+    # -- internals ----------------------------------------------------------------------
+    def _log_path(self, name: str) -> str:
+        return os.path.join(self.log_dir, name.replace('/', os.sep) + '.log')
+
+    def _gateway_config(self) -> Dict[str, Any]:
+        return {'name': f'{self.name}/gateway', 'host': self.host, 'port': self._port_arg or 0,
+                'max_in_flight_per_replica': self.max_in_flight_per_replica,
+                'nodes': [{'name': n.name, 'needs': n.needs, 'polling': n.polling,
+                           'no_reduce': n.no_reduce, 'allow_partial': n.allow_partial,
+                           'max_in_flight': n.max_in_flight,
+                           'shards': [[] for _ in n.shards]} for n in self.nodes]}
+
+    def _connect_gateway(self) -> None:
+        """Tell the gateway where every shard's replicas listen."""
+        for n in self.nodes:
+            for i, shard in enumerate(n.shards):
+                self._gateway_control({'op': 'set_replicas', 'node': n.name, 'shard': i,
+                                       'addresses': [r.address for r in shard if r.address]})
+
+    def _gateway_control(self, header: Dict[str, Any]) -> None:
+        async def go():
+            async with grpc.aio.insecure_channel(f'127.0.0.1:{self.gateway.info["port"]}',
+                                                 options=protocol.GRPC_OPTIONS) as ch:
+                return await ch.unary_unary(protocol.CONTROL)(protocol.pack(header), timeout=10)
+        h, _ = protocol.unpack(run_sync(go(), 15, what=f'the gateway of {self.name!r}'))
+        if not h.get('ok'):
+            raise RuntimeError(f'gateway refused {header.get("op")}: {h.get("error")}')
+
+    def _supervise(self) -> None:
+        """Restart replicas that die while the orchestration runs (same port, same config)."""
+        while not self._closing.wait(0.3):
+            for n in self.nodes:
+                for r in n.replicas:
+                    p = r.process
+                    if p is None or p.alive or self._closing.is_set():
+                        continue
+                    self._restart(r)
+
+    def _restart(self, r: ReplicaPlan) -> None:
+        with self._lock:
+            if self._closing.is_set():
+                return
+            log.warning('%s (pid %s) died; restarting it on port %s', r.name, r.process.pid, r.port)
+            config = dict(r.config, port=r.port)
+            proc = ChildProcess(r.name, 'worker', config, r.process.log_path, r.env)
+            r.process = proc
+            try:
+                proc.start()
+                proc.wait_ready(self.timeout_ready)
+            except ChildFailedError as e:
+                log.error('restarting %s failed: %s', r.name, e)
+                if self._closing.is_set():
+                    proc.stop()
+                else:
+                    time.sleep(1.0)
+
+    def _start_log_streaming(self) -> None:
+        procs = [r.process for n in self.nodes for r in n.replicas if r.process]
+
+        def follow():
+            offsets = {p.log_path: 0 for p in procs}
+            while not self._closing.wait(0.2):
+                for path in offsets:
+                    try:
+                        with open(path, 'rb') as f:
+                            f.seek(offsets[path])
+                            data = f.read()
+                            offsets[path] = f.tell()
+                    except OSError:
+                        continue
+                    if data:
+                        import sys
+                        sys.stderr.write(data.decode(errors='replace'))
+        threading.Thread(target=follow, daemon=True, name=f'logs-{self.name}').start()
+
+
+async def _ainfo(address: Optional[str], timeout: float) -> Optional[Dict[str, Any]]:
+    if not address:
+        return None
+    try:
+        async with grpc.aio.insecure_channel(address, options=protocol.GRPC_OPTIONS) as ch:
+            return json.loads(await ch.unary_unary(protocol.INFO)(b'', timeout=timeout))
+    except (grpc.aio.AioRpcError, ValueError, asyncio.TimeoutError):
+        return None

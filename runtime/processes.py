@@ -1,0 +1,223 @@
+"""Starting, watching and stopping child processes -- with no orphans.
+
+Each child (a replica or a gateway) is ``python -m runtime.child``:
+
+- in its **own session**, so the notebook's interrupt button (SIGINT to the
+  kernel's process group) does not reach it;
+- tied to its owner by a **lifeline**: its stdin is a pipe whose write end only
+  the owner holds. When the owner exits -- even by ``kill -9`` -- the kernel
+  closes the pipe, the child reads EOF and exits within about a second.
+- reporting readiness on a **status pipe** as JSON lines
+  (``{"event": "ready", "port": 5555}`` or ``{"event": "failed", "error": ...}``);
+- logging to a file of its own, each line prefixed ``name@pid``.
+
+    >>> proc = ChildProcess('demo/rep-0', 'worker', config, log_dir)
+    >>> proc.start(); info = proc.wait_ready(timeout=10); proc.stop()
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Iterable, List, Optional
+
+import cloudpickle
+
+_live: 'weakref.WeakSet[ChildProcess]' = weakref.WeakSet()
+
+
+class ChildFailedError(RuntimeError):
+    """A child process failed to start or died; the message quotes its log."""
+
+
+class ChildProcess:
+    """One child process of this owner (replica or gateway)."""
+
+    def __init__(self, name: str, role: str, config: Dict[str, Any], log_path: str,
+                 env: Optional[Dict[str, str]] = None):
+        self.name = name
+        self.role = role
+        self.config = config
+        self.log_path = log_path
+        self.env = env or {}
+        self.popen: Optional[subprocess.Popen] = None
+        self.info: Dict[str, Any] = {}
+        self.failure: Optional[str] = None
+        self._ready = threading.Event()
+        self.started_at = 0.0
+
+    # -- lifecycle --------------------------------------------------------
+    def start(self) -> None:
+        os.makedirs(os.path.dirname(self.log_path) or '.', exist_ok=True)
+        status_r, status_w = os.pipe()
+        env = dict(os.environ, PYTHONUNBUFFERED='1')
+        for key, value in self.env.items():  # a None value unsets the variable
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = str(value)
+        log = open(self.log_path, 'ab', buffering=0)
+        try:
+            self.popen = subprocess.Popen(
+                [sys.executable, '-m', 'runtime.child', str(status_w)],
+                stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(status_w,),
+                start_new_session=True, env=env,
+                cwd=os.getcwd())
+        finally:
+            os.close(status_w)
+            log.close()
+        self.started_at = time.monotonic()
+        _live.add(self)
+        head = json.dumps({'name': self.name, 'role': self.role, 'sys_path': list(sys.path)}).encode()
+        config = cloudpickle.dumps(self.config)
+        try:
+            self.popen.stdin.write(b''.join(struct.pack('<Q', len(b)) + b for b in (head, config)))
+            self.popen.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died at once; the status reader reports it
+        threading.Thread(target=self._read_status, args=(status_r,), daemon=True,
+                         name=f'status-{self.name}').start()
+
+    def _read_status(self, fd: int) -> None:
+        with os.fdopen(fd, 'rb') as f:
+            for line in f:
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if msg.get('event') == 'ready':
+                    self.info = msg
+                    self._ready.set()
+                elif msg.get('event') == 'failed':
+                    self.failure = msg.get('error', 'failed')
+                    self._ready.set()
+                else:
+                    self.info.update(msg)
+        if not self._ready.is_set():  # EOF before ready: the process died
+            self.failure = self.failure or 'the process exited before it was ready'
+            self._ready.set()
+
+    def wait_ready(self, timeout: float) -> Dict[str, Any]:
+        """Block until the child reports ready; raise :class:`ChildFailedError` otherwise."""
+        if not self._ready.wait(timeout):
+            raise ChildFailedError(self._explain(
+                f'{self.role} {self.name} was not ready within {timeout:.1f} s'))
+        if self.failure:
+            self.popen and _wait_quietly(self.popen, 1.0)
+            raise ChildFailedError(self._explain(f'{self.role} {self.name} failed to start: {self.failure}'))
+        return self.info
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.popen.pid if self.popen else None
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, grace: float = 3.0) -> None:
+        """Close the lifeline (the child shuts down), then SIGTERM, then SIGKILL."""
+        p = self.popen
+        if p is None:
+            return
+        try:
+            if p.stdin and not p.stdin.closed:
+                p.stdin.close()
+        except OSError:
+            pass
+        if not _wait_quietly(p, grace):
+            _signal(p, signal.SIGTERM)
+            if not _wait_quietly(p, 1.0):
+                _signal(p, signal.SIGKILL)
+                _wait_quietly(p, 2.0)
+        _live.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL now (tests use this to simulate a crash)."""
+        if self.popen is not None:
+            _signal(self.popen, signal.SIGKILL)
+            _wait_quietly(self.popen, 2.0)
+
+    # -- logs ---------------------------------------------------------------
+    def log_tail(self, lines: int = 20) -> str:
+        return tail(self.log_path, lines)
+
+    def _explain(self, what: str) -> str:
+        log = self.log_tail(20).rstrip()
+        return f'{what}\n--- last lines of {self.log_path} ---\n{log or "(empty log)"}'
+
+
+def tail(path: str, lines: int = 20) -> str:
+    """The last ``lines`` lines of a text file ('' when it does not exist)."""
+    try:
+        with open(path, 'rb') as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode(errors='replace')
+    except OSError:
+        return ''
+    return '\n'.join(data.splitlines()[-lines:])
+
+
+def _signal(p: subprocess.Popen, sig: int) -> None:
+    try:
+        p.send_signal(sig)
+    except (ProcessLookupError, OSError):
+        pass
+
+
+def _wait_quietly(p: subprocess.Popen, timeout: float) -> bool:
+    try:
+        p.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def start_all(children: Iterable[ChildProcess], timeout: float) -> None:
+    """Start every child, wait until all are ready; on any failure stop them all and raise."""
+    children = list(children)
+    try:
+        for c in children:
+            c.start()
+        deadline = time.monotonic() + timeout
+        for c in children:
+            c.wait_ready(max(0.1, deadline - time.monotonic()))
+    except BaseException:
+        stop_all(children)
+        raise
+
+
+def stop_all(children: Iterable[ChildProcess], grace: float = 3.0) -> None:
+    """Stop children in parallel."""
+    children = [c for c in children if c.popen is not None]
+    if not children:
+        return
+    # closing every lifeline first lets all of them shut down at once
+    for c in children:
+        try:
+            if c.popen.stdin and not c.popen.stdin.closed:
+                c.popen.stdin.close()
+        except OSError:
+            pass
+    with ThreadPoolExecutor(max_workers=min(16, len(children))) as pool:
+        list(pool.map(lambda c: c.stop(grace), children))
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    stop_all(list(_live), grace=1.0)
+
+
+def live_children() -> List[ChildProcess]:
+    """Children of this process that have not been stopped."""
+    return [c for c in _live if c.alive]

@@ -1,0 +1,71 @@
+"""The messages that travel between client, gateway and replicas.
+
+gRPC carries raw bytes (no generated protobuf code): every call is
+``/orchestra.Node/<Method>`` with a frame of
+
+    b'ON1' | header length (uint32, little endian) | header (UTF-8 JSON) | body
+
+The header holds small metadata (endpoint, parameters, errors); the body holds
+documents in the columnar encoding of :mod:`runtime.codec`. Both ends parse
+only JSON and that encoding: nothing received is ever unpickled.
+
+Methods:
+- ``Call``: run an endpoint. Request header ``{'endpoint', 'parameters'}``;
+  reply header ``{'ok': True}`` or ``{'ok': False, 'error': {...}}``.
+- ``Info``: readiness and status as JSON (no body).
+- ``Control``: small JSON commands between the parts of one Deployment
+  (e.g. RAFT payload transfer); not for clients.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Dict, Tuple
+
+SERVICE = 'orchestra.Node'
+CALL = f'/{SERVICE}/Call'
+INFO = f'/{SERVICE}/Info'
+CONTROL = f'/{SERVICE}/Control'
+
+MAGIC = b'ON1'
+_LEN = struct.Struct('<I')
+
+#: gRPC message limit in both directions: 100k docs with 128-d embeddings are ~60 MB.
+MAX_MESSAGE_BYTES = 1024 * 1024 * 1024 - 1
+
+GRPC_OPTIONS = [
+    ('grpc.max_send_message_length', MAX_MESSAGE_BYTES),
+    ('grpc.max_receive_message_length', MAX_MESSAGE_BYTES),
+    ('grpc.so_reuseport', 0),
+]
+
+
+class ProtocolError(ValueError):
+    """A frame that is not an orchestra-nb message."""
+
+
+def pack(header: Dict[str, Any], body: bytes = b'') -> bytes:
+    """``pack({'endpoint': '/x'}, b'...')`` -> one frame."""
+    h = json.dumps(header, separators=(',', ':')).encode()
+    return b''.join((MAGIC, _LEN.pack(len(h)), h, body))
+
+
+def unpack(frame: bytes) -> Tuple[Dict[str, Any], memoryview]:
+    """One frame -> (header dict, body as a memoryview, no copy)."""
+    if len(frame) < 7 or frame[:3] != MAGIC:
+        raise ProtocolError(f'not an orchestra-nb frame (starts with {bytes(frame[:8])!r})')
+    (n,) = _LEN.unpack_from(frame, 3)
+    if 7 + n > len(frame):
+        raise ProtocolError(f'truncated frame: header says {n} bytes, {len(frame) - 7} present')
+    try:
+        header = json.loads(bytes(frame[7:7 + n]))
+    except ValueError as e:
+        raise ProtocolError(f'frame header is not JSON: {e}') from None
+    if not isinstance(header, dict):
+        raise ProtocolError('frame header is not a JSON object')
+    return header, memoryview(frame)[7 + n:]
+
+
+def error_header(exc: BaseException, where: str, tb: str = '') -> Dict[str, Any]:
+    return {'ok': False, 'error': {'type': type(exc).__name__, 'message': str(exc),
+                                   'traceback': tb, 'where': where}}

@@ -1,0 +1,254 @@
+"""One replica: a grpc.aio server hosting one Executor.
+
+The replica decodes a request's documents into the endpoint's input type,
+calls the Executor method on its own single thread (one request at a time, as
+in Jina: Executors need not be thread safe) and encodes the result. An
+Executor exception becomes an error reply with the remote traceback; the
+replica keeps serving.
+
+Started by :mod:`runtime.child` (inside a Deployment), or stand-alone with
+``orchestra executor --uses pkg.mod:Class --port P``.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Optional, Tuple
+
+import grpc
+
+from runtime import protocol
+from runtime.executor import (Endpoint, EndpointTable, Executor, RuntimeArgs, UnknownEndpointError,
+                              build_executor)
+from runtime.telemetry import RequestStats
+
+log = logging.getLogger('orchestra.worker')
+
+
+class ExecutorLoadError(ImportError):
+    """``uses`` names a class that cannot be found or is not an Executor."""
+
+
+def load_executor_class(uses: Any) -> type:
+    """``'pkg.mod:Class'`` (or ``'pkg.mod.Class'``) or a class -> the Executor class.
+
+    >>> load_executor_class('orchestra_nb.executors:ExactNNSearch')  # doctest: +SKIP
+    """
+    if isinstance(uses, type):
+        cls = uses
+    elif isinstance(uses, str):
+        if uses.startswith(('jinaai://', 'jinahub://', 'jinahub+docker://', 'jinaai+docker://')):
+            raise ExecutorLoadError(
+                f'uses={uses!r} is a Jina Hub reference; hub references are not supported. '
+                "Install the Executor's package and write uses='package.module:ClassName', "
+                'or pass the class itself.')
+        module_name, sep, attr = uses.partition(':')
+        if not sep:
+            module_name, _, attr = uses.rpartition('.')
+        if not module_name or not attr:
+            raise ExecutorLoadError(f"uses={uses!r}: expected 'package.module:ClassName'")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ExecutorLoadError(f'uses={uses!r}: cannot import module {module_name!r}: {e}') from e
+        try:
+            cls = getattr(module, attr)
+        except AttributeError:
+            raise ExecutorLoadError(f'uses={uses!r}: module {module_name!r} has no attribute {attr!r}') from None
+    else:
+        raise ExecutorLoadError(f'uses must be an Executor class or "package.module:Class", got {uses!r}')
+    if not (isinstance(cls, type) and issubclass(cls, Executor)):
+        raise ExecutorLoadError(f'uses={uses!r} is not an orchestra_nb.Executor subclass')
+    return cls
+
+
+def _call_kwargs(ep: Endpoint, docs, parameters: dict) -> Dict[str, Any]:
+    kwargs = {'docs': docs, 'parameters': parameters, 'docs_matrix': None, 'docs_map': None,
+              'tracing_context': None}
+    if ep.accepts is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k in ep.accepts}
+    return kwargs
+
+
+class ReplicaServer:
+    """Serves one Executor over gRPC; see the module docstring."""
+
+    def __init__(self, config: Dict[str, Any]):
+        self.config = config
+        ra = config.get('runtime_args') or {}
+        self.runtime_args = RuntimeArgs(**ra) if isinstance(ra, dict) else ra
+        self.name = config.get('display_name') or self.runtime_args.name
+        cls = load_executor_class(config['uses'])
+        self.executor = build_executor(cls, config.get('uses_with'), self.runtime_args)
+        self.endpoints = EndpointTable(self.executor)
+        self.stats = RequestStats()
+        # one thread: Executors see one request at a time, as in Jina
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='executor')
+        self.consensus = None     # set by runtime.consensus for stateful replicas
+        self.batchers: Dict[str, Any] = {}   # endpoint -> dynamic batcher
+        self.port: Optional[int] = None
+
+    # -- the request path -----------------------------------------------------
+    def run_endpoint(self, ep: Endpoint, parameters: dict, body: bytes) -> Tuple[Dict[str, Any], bytes]:
+        """Decode, call, encode -- on the executor thread."""
+        from runtime.codec import decode_docs, encode_docs
+        docs = decode_docs(body, ep.input_type)
+        result = ep.method(**_call_kwargs(ep, docs, parameters))
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return self.encode_result(result, docs, ep)
+
+    @staticmethod
+    def encode_result(result, docs, ep: Endpoint) -> Tuple[Dict[str, Any], bytes]:
+        from docarray import BaseDoc, DocList
+        from runtime.codec import encode_docs
+        header: Dict[str, Any] = {'ok': True}
+        if result is None:
+            result = docs
+        elif isinstance(result, dict):
+            header['results'] = result
+            result = docs
+        elif isinstance(result, BaseDoc):
+            result = DocList[type(result)]([result])
+        elif not isinstance(result, DocList):
+            if isinstance(result, (list, tuple)):
+                result = DocList(result)
+            else:
+                raise TypeError(f'endpoint {ep.name!r} returned {type(result).__name__}; '
+                                'return a DocList, a dict, or None')
+        return header, encode_docs(result)
+
+    async def call(self, frame: bytes, context) -> bytes:
+        t0 = time.perf_counter()
+        endpoint = '?'
+        try:
+            header, body = protocol.unpack(frame)
+            endpoint = header.get('endpoint', '/')
+            parameters = header.get('parameters') or {}
+            ep = self.endpoints.lookup(endpoint)
+            self.stats.started(endpoint)
+            try:
+                if self.consensus is not None and ep.is_write:
+                    reply_header, reply_body = await self.consensus.write(endpoint, parameters, bytes(body))
+                elif endpoint in self.batchers:
+                    reply_header, reply_body = await self.batchers[endpoint].submit(parameters, bytes(body))
+                else:
+                    if self.consensus is not None and header.get('consistency') == 'strong':
+                        await self.consensus.wait_applied_commit()
+                    loop = asyncio.get_running_loop()
+                    reply_header, reply_body = await loop.run_in_executor(
+                        self.pool, self.run_endpoint, ep, parameters, body)
+            finally:
+                self.stats.finished(endpoint, time.perf_counter() - t0)
+            reply_header['replica'] = self.name
+            return protocol.pack(reply_header, reply_body)
+        except Exception as e:
+            self.stats.failed(endpoint)
+            tb = '' if isinstance(e, (UnknownEndpointError, protocol.ProtocolError)) else traceback.format_exc()
+            if tb:
+                log.error('endpoint %s failed: %s: %s', endpoint, type(e).__name__, e)
+            return protocol.pack(protocol.error_header(e, self.name, tb))
+
+    async def info(self, frame: bytes, context) -> bytes:
+        return json.dumps(self.describe()).encode()
+
+    async def control(self, frame: bytes, context) -> bytes:
+        header, body = protocol.unpack(frame)
+        if self.consensus is None:
+            return protocol.pack({'ok': False, 'error': {'message': 'not a stateful replica'}})
+        return await self.consensus.control(header, bytes(body))
+
+    def describe(self) -> Dict[str, Any]:
+        ra = self.runtime_args
+        info = {'ready': True, 'name': self.name, 'pid': os.getpid(), 'port': self.port,
+                'shard': ra.shard_id, 'replica': ra.replica_id,
+                'endpoints': self.endpoints.describe(),
+                'cuda_visible_devices': os.environ.get('CUDA_VISIBLE_DEVICES'),
+                **self.stats.snapshot()}
+        if self.consensus is not None:
+            info['raft'] = self.consensus.status()
+        return info
+
+    # -- serving ----------------------------------------------------------------
+    async def serve(self, host: str, port: int, stop: asyncio.Event, on_ready=None) -> None:
+        server = grpc.aio.server(options=protocol.GRPC_OPTIONS)
+        server.add_generic_rpc_handlers((node_handler(self.call, self.info, self.control),))
+        self.port = bind(server, host, port)
+        await server.start()
+        try:
+            if self.consensus is None and self.config.get('stateful'):
+                from runtime.consensus import attach_consensus
+                await attach_consensus(self)
+            if on_ready:
+                on_ready(self)
+            await stop.wait()
+        finally:
+            await server.stop(grace=0.5)
+            if self.consensus is not None:
+                await self.consensus.close()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            try:
+                self.executor.close()
+            except Exception:
+                log.exception('Executor.close() failed')
+
+
+def node_handler(call, info, control=None) -> grpc.GenericRpcHandler:
+    """The ``orchestra.Node`` service with raw-bytes methods."""
+    methods = {'Call': grpc.unary_unary_rpc_method_handler(call),
+               'Info': grpc.unary_unary_rpc_method_handler(info)}
+    if control is not None:
+        methods['Control'] = grpc.unary_unary_rpc_method_handler(control)
+    return grpc.method_handlers_generic_handler(protocol.SERVICE, methods)
+
+
+class PortInUseError(OSError):
+    """The port asked for is already taken."""
+
+
+def bind(server, host: str, port: int) -> int:
+    """Bind ``host:port`` (0: the OS picks); a busy port raises :class:`PortInUseError` naming it."""
+    try:
+        bound = server.add_insecure_port(f'{host}:{port}')
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise PortInUseError(f'cannot listen on {host}:{port}: the port is already in use '
+                             '(choose another port, or omit port to let the OS pick one)')
+    return bound
+
+
+def stop_event_from(stopping: threading.Event) -> asyncio.Event:
+    """An asyncio.Event set when the child's threading.Event is set (lifeline EOF, SIGTERM)."""
+    loop = asyncio.get_running_loop()
+    ev = asyncio.Event()
+    threading.Thread(target=lambda: (stopping.wait(), loop.call_soon_threadsafe(ev.set)),
+                     daemon=True, name='stop-watch').start()
+    return ev
+
+
+def run_worker(spec: Dict[str, Any], status, stopping: threading.Event) -> None:
+    """Child-process entry for role 'worker'."""
+    config = spec['config']
+    _pin_blas_threads(config.get('blas_threads'))
+
+    async def main():
+        stop = stop_event_from(stopping)
+        server = ReplicaServer(config)
+        await server.serve(config.get('host', '127.0.0.1'), int(config.get('port') or 0), stop,
+                           on_ready=lambda s: status.send(event='ready', port=s.port, pid=os.getpid(),
+                                                          endpoints=s.endpoints.names))
+    asyncio.run(main())
+
+
+def _pin_blas_threads(n: Optional[int]) -> None:
+    if n:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(int(n))

@@ -1,0 +1,67 @@
+"""Shared fixtures. Every test is checked for leaked processes and listening ports."""
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+
+def _listening_ports(proc: psutil.Process) -> set:
+    try:
+        return {c.laddr.port for c in proc.net_connections(kind='tcp') if c.status == psutil.CONN_LISTEN}
+    except psutil.Error:
+        return set()
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Fail a test that leaves a child process or a listening port behind."""
+    me = psutil.Process()
+    before_children = {p.pid for p in me.children(recursive=True)}
+    before_ports = _listening_ports(me)
+    yield
+    deadline = time.monotonic() + 5.0
+    leaked = []
+    while time.monotonic() < deadline:
+        leaked = [p for p in me.children(recursive=True) if p.pid not in before_children and _alive(p)]
+        if not leaked:
+            break
+        time.sleep(0.1)
+    ports = _listening_ports(me) - before_ports
+    for p in leaked:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    if leaked or ports:
+        what = [f'pid {p.pid} ({" ".join(p.cmdline()[:4]) if _alive(p) else "?"})' for p in leaked]
+        pytest.fail(f'test left behind processes {what} and listening ports {sorted(ports)}')
+
+
+def pid_gone(pid: int) -> bool:
+    """True when the process is gone or a zombie (a killed child may linger as one)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = 'a condition', interval: float = 0.05):
+    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f'timed out after {timeout} s waiting for {what}')

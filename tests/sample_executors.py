@@ -1,0 +1,48 @@
+"""Executors the tests start by name (``uses='sample_executors:Upper'``)."""
+import os
+import time
+
+from docarray import DocList
+from docarray.documents import TextDoc
+
+from orchestra_nb import Executor, requests
+
+
+class Upper(Executor):
+    @requests(on='/upper')
+    def upper(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        for d in docs:
+            d.text = d.text.upper()
+
+
+class WhoAmI(Executor):
+    """Tags each doc with the replica that served it; can be slow on chosen replicas."""
+
+    def __init__(self, slow_replicas=(), delay=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.slow = self.runtime_args.replica_id in slow_replicas
+        self.delay = delay
+
+    @requests
+    def who(self, docs: DocList[TextDoc], parameters: dict, **kwargs) -> DocList[TextDoc]:
+        if self.slow:
+            time.sleep(self.delay)
+        for d in docs:
+            d.text = f'{self.runtime_args.replica_id}:{os.getpid()}:{os.environ.get("CUDA_VISIBLE_DEVICES")}'
+        return docs
+
+
+class Failing(Executor):
+    @requests(on='/boom')
+    def boom(self, docs, **kwargs):
+        raise ValueError('the executor exploded on purpose')
+
+    @requests(on='/ok')
+    def ok(self, docs, **kwargs):
+        return docs
+
+
+class BrokenInit(Executor):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        raise RuntimeError('init failed on purpose')
