@@ -98,7 +98,9 @@ class Deployment(Orchestration):
         self.py_modules = kwargs.get('py_modules')
         if self.external:
             from runtime.external import external_addresses
-            self.external_addresses = external_addresses(host, port, self.replicas if 'replicas' in kwargs else None)
+            # the addresses are the replicas: replicas=N (N != 1, the default) must agree
+            self.external_addresses = external_addresses(host, port, None if replicas == 1 else replicas)
+            self.replicas = len(self.external_addresses)
             gw_port, gw_host = None, '127.0.0.1'
         else:
             if not isinstance(host, str):
@@ -106,6 +108,7 @@ class Deployment(Orchestration):
             gw_port, gw_host = check_port(port), host
             if self.uses is None:
                 self.uses = 'runtime.executors.echo:Echo'
+            self._check_gpu_spec()
         if self.stateful:
             from runtime.consensus import validate_stateful
             validate_stateful(self)
@@ -113,6 +116,20 @@ class Deployment(Orchestration):
                          log_dir=log_dir, max_in_flight_per_replica=check_count(
                              max_in_flight_per_replica, 'max_in_flight_per_replica'),
                          stream_logs=stream_logs)
+
+    def _check_gpu_spec(self) -> None:
+        """A malformed ``CUDA_VISIBLE_DEVICES=RR...`` raises ValueError here, before anything starts.
+
+        Checked again (with the device count of that moment) when the Deployment starts;
+        the no-GPU warning is left to that moment.
+        """
+        spec = self.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'))
+        if isinstance(spec, str) and spec.strip().startswith('RR'):
+            import warnings
+            from runtime.gpu import assign_devices
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                assign_devices(spec, self.shards * self.replicas)
 
     # -- the plan -------------------------------------------------------------------
     def _plan(self) -> List[NodePlan]:

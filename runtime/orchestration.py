@@ -217,7 +217,11 @@ class Orchestration:
         gw = infos[-1] or {}
         gw['state'] = 'ready' if infos[-1] else ('down' if self._started else 'stopped')
         gw['pid'] = self.gateway.pid if self.gateway else None
-        return {'name': self.name, 'address': self.address, 'gateway': gw, 'replicas': out_replicas}
+        from runtime.telemetry import gpu_status   # NVML off the loop: a slow driver blocks nothing
+        gpus = await asyncio.to_thread(gpu_status, {r['name']: r.get('cuda_visible_devices')
+                                                    for r in out_replicas if not r['external']})
+        return {'name': self.name, 'address': self.address, 'gateway': gw, 'replicas': out_replicas,
+                'gpus': gpus}
 
     def logs(self, replica: Optional[str] = None, n: int = 50) -> str:
         """The last ``n`` lines of each replica's log (or of the one whose name contains ``replica``)."""
