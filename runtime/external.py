@@ -75,11 +75,13 @@ def split_host_port(entry: str) -> Tuple[str, Optional[int]]:
 
 
 def _as_list(value: Any) -> Optional[List[Any]]:
-    """None -> None; a list/tuple -> list; a comma-separated string -> its items; else [value]."""
+    """None -> None; a list/tuple -> list; '' -> []; a comma-separated string -> its items; else [value]."""
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
         return list(value)
+    if isinstance(value, str) and not value.strip():
+        return []
     if isinstance(value, str) and ',' in value:
         return [v.strip() for v in value.split(',')]
     return [value]
