@@ -180,3 +180,26 @@ def test_external_replica_down_from_the_start(remote_replicas):
     with Deployment(name='half', host=[f'127.0.0.1:{dead_port}', _address(alive)], external=True) as dep:
         assert [r['state'] for r in dep.status()['replicas']] == ['unreachable', 'ready']
         assert _served_by(dep, 5) == {alive.pid: 5}
+
+
+def test_flow_with_an_external_executor(remote_replicas):
+    from runtime.flow import Flow
+    r0, r1 = remote_replicas(2)
+    f = (Flow(name='fx')
+         .add(name='remote', host=[_address(r0), _address(r1)], external=True)
+         .add(name='upper', uses='sample_executors:Upper'))
+    with f:
+        st = f.status()
+        remote = [r for r in st['replicas'] if r['node'] == 'remote']
+        assert [(r['address'], r['external'], r['state']) for r in remote] == [
+            (_address(r0), True, 'ready'), (_address(r1), True, 'ready')]
+        assert [r['external'] for r in st['replicas'] if r['node'] == 'upper'] == [False]
+
+        def served(n: int) -> collections.Counter:
+            out = f.post('/upper', DocList[TextDoc]([TextDoc() for _ in range(n)]), request_size=1)
+            assert all(t.endswith(':NONE') for t in out.text), out.text   # WhoAmI, then Upper
+            return collections.Counter(int(t.split(':')[1]) for t in out.text)
+
+        assert served(4) == {r0.pid: 2, r1.pid: 2}
+        r1.kill()
+        assert served(5) == {r0.pid: 5}
