@@ -170,6 +170,30 @@ class Deployment(Orchestration):
             plan_stateful(self, plan)
         return plan
 
+    # -- scaling ----------------------------------------------------------------------
+    def scale(self, replicas: int, drain_timeout: float = 30.0) -> 'Deployment':
+        """Run ``replicas`` replicas per shard from now on, without dropping requests.
+
+        Stateless deployments only. New replicas join the gateway once they answer;
+        removed ones stop taking requests first, finish what they hold, then stop.
+        """
+        n = check_count(replicas, 'replicas')
+        if self.stateful:
+            raise ValueError(f'{self.name!r} is stateful: a RAFT group keeps the membership it '
+                             'started with; scale works for stateless deployments')
+        if self.external:
+            raise ValueError(f'{self.name!r} uses external replicas; they are not ours to scale')
+        self._require_started()
+        old = self.replicas
+        self.replicas = n
+        try:
+            target = self.node_plan()
+        finally:
+            self.replicas = old
+        self._scale_node(target, drain_timeout)
+        self.replicas = n
+        return self
+
     # -- reprs ------------------------------------------------------------------------
     def __repr__(self) -> str:
         state = 'running' if self._started else 'stopped'

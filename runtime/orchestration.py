@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import grpc
 
@@ -94,8 +94,13 @@ class Orchestration:
         raise NotImplementedError
 
     # -- lifecycle ------------------------------------------------------------------
-    def start(self) -> 'Orchestration':
-        """Start every process; return when all answer, or raise naming the one that failed."""
+    def start(self, progress: Optional[Callable[[str, str, Optional[str]], None]] = None) -> 'Orchestration':
+        """Start every process; return when all answer, or raise naming the one that failed.
+
+        ``progress(name, state, detail)``, when given, is called in this thread as each
+        process is started (``'starting'``) and as it reports ``'ready'`` or
+        ``'failed'`` (``detail``: the error and the tail of its log).
+        """
         if self._started:
             return self
         t0 = time.monotonic()
@@ -107,7 +112,8 @@ class Orchestration:
         self.gateway = ChildProcess(f'{self.name}/gateway', 'gateway', self._gateway_config(),
                                     self._log_path(f'{self.name}/gateway'))
         try:
-            start_all([r.process for r in local] + [self.gateway], self.timeout_ready)
+            start_all([r.process for r in local] + [self.gateway], self.timeout_ready,
+                      progress and (lambda c, state, detail: progress(c.name, state, detail)))
             for r in local:
                 r.address = f'127.0.0.1:{r.process.info["port"]}'
             for n in self.nodes:
@@ -262,6 +268,61 @@ class Orchestration:
         if not h.get('ok'):
             raise RuntimeError(f'gateway refused {header.get("op")}: {h.get("error")}')
 
+    # -- scaling ------------------------------------------------------------------------
+    def _scale_node(self, target: NodePlan, drain_timeout: float = 30.0) -> Dict[str, List[str]]:
+        """Make node ``target.name`` run ``target``'s replicas in each shard, dropping no request.
+
+        Up: the new replicas start, answer, then join the gateway. Down: the gateway
+        stops sending to the removed replicas first (they drain), then they stop once
+        they hold no request (or after ``drain_timeout`` s). Returns the names added/removed.
+        """
+        self._require_started()
+        node = next((n for n in self.nodes if n.name == target.name), None)
+        if node is None:
+            raise ValueError(f'{self.name!r} has no executor named {target.name!r}; '
+                             f'known: {", ".join(n.name for n in self.nodes)}')
+        if node.stateful:
+            raise ValueError(f'{node.name!r} is stateful: a RAFT group keeps the membership it '
+                             'started with; scale works for stateless deployments')
+        if any(r.external_address for r in node.replicas):
+            raise ValueError(f'{node.name!r} uses external replicas; they are not ours to scale')
+        if len(target.shards) != len(node.shards):
+            raise ValueError(f'scaling changes replicas, not shards ({len(node.shards)} in {node.name!r})')
+        with self._lock:
+            added = [r for shard, want in zip(node.shards, target.shards) for r in want[len(shard):]]
+            removed = [r for shard, want in zip(node.shards, target.shards) for r in shard[len(want):]]
+            for r in added:
+                r.process = ChildProcess(r.name, 'worker', r.config, self._log_path(r.name), r.env)
+            start_all([r.process for r in added], self.timeout_ready)  # raises (and stops them) on failure
+            for r in added:
+                r.address = f'127.0.0.1:{r.process.info["port"]}'
+            for i, (shard, want) in enumerate(zip(node.shards, target.shards)):
+                if len(want) == len(shard):
+                    continue
+                shard[:] = shard + want[len(shard):] if len(want) > len(shard) else shard[:len(want)]
+                self._gateway_control({'op': 'set_replicas', 'node': node.name, 'shard': i,
+                                       'addresses': [r.address for r in shard if r.address]})
+        if removed:
+            run_sync(self._adrain(removed, drain_timeout), drain_timeout + 5,
+                     what=f'replicas of {node.name!r} to finish their requests')
+            stop_all([r.process for r in removed if r.process])
+        return {'added': [r.name for r in added], 'removed': [r.name for r in removed]}
+
+    async def _adrain(self, replicas: List[ReplicaPlan], timeout: float) -> None:
+        """Wait until none of ``replicas`` holds a request (twice in a row), or ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        idle_before = False
+        while loop.time() < deadline:
+            infos = await asyncio.gather(*(_ainfo(r.address, 1.0) for r in replicas))
+            idle = all(not info or not info.get('in_flight') for info in infos)
+            if idle and idle_before:
+                return
+            idle_before = idle
+            await asyncio.sleep(0.1)
+        log.warning('replicas %s still busy after %.0f s; stopping them anyway',
+                    ', '.join(r.name for r in replicas), timeout)
+
     def _supervise(self) -> None:
         """Restart replicas that die while the orchestration runs (same port, same config)."""
         while not self._closing.wait(0.3):
@@ -274,8 +335,8 @@ class Orchestration:
 
     def _restart(self, r: ReplicaPlan) -> None:
         with self._lock:
-            if self._closing.is_set():
-                return
+            if self._closing.is_set() or not any(r is x for n in self.nodes for x in n.replicas):
+                return  # closing, or scaled away
             log.warning('%s (pid %s) died; restarting it on port %s', r.name, r.process.pid, r.port)
             config = dict(r.config, port=r.port)
             proc = ChildProcess(r.name, 'worker', config, r.process.log_path, r.env)

@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import cloudpickle
 
@@ -183,18 +183,50 @@ def _wait_quietly(p: subprocess.Popen, timeout: float) -> bool:
         return False
 
 
-def start_all(children: Iterable[ChildProcess], timeout: float) -> None:
-    """Start every child, wait until all are ready; on any failure stop them all and raise."""
+#: ``progress(child, state, detail)``: state is 'starting', 'ready' or 'failed' (detail: why, with the log tail)
+Progress = Callable[['ChildProcess', str, Optional[str]], None]
+
+
+def start_all(children: Iterable[ChildProcess], timeout: float, progress: Optional[Progress] = None) -> None:
+    """Start every child, wait until all are ready; on any failure stop them all and raise.
+
+    ``progress`` (optional) is called in the caller's thread as each child is
+    started and as each reports ready or failed, in the order that happens.
+    """
     children = list(children)
     try:
         for c in children:
             c.start()
+            if progress is not None:
+                progress(c, 'starting', None)
         deadline = time.monotonic() + timeout
+        if progress is not None:
+            _report_progress(children, deadline, progress)
         for c in children:
             c.wait_ready(max(0.1, deadline - time.monotonic()))
     except BaseException:
         stop_all(children)
         raise
+
+
+def _report_progress(children: List[ChildProcess], deadline: float, progress: Progress) -> None:
+    """Call ``progress`` as each child becomes ready or fails, until all did or ``deadline``."""
+    pending = list(children)
+    while pending:
+        for c in [c for c in pending if c._ready.is_set()]:
+            pending.remove(c)
+            if c.failure:
+                c.popen and _wait_quietly(c.popen, 1.0)  # let it finish writing its traceback
+                progress(c, 'failed', c._explain(f'{c.role} {c.name} failed to start: {c.failure}'))
+                return  # start_all raises for it and stops the rest
+            progress(c, 'ready', None)
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            for c in pending:
+                progress(c, 'failed', c._explain(f'{c.role} {c.name} was not ready in time'))
+            return
+        pending[0]._ready.wait(0.05)
 
 
 def stop_all(children: Iterable[ChildProcess], grace: float = 3.0) -> None:
