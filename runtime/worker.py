@@ -92,7 +92,8 @@ class ReplicaServer:
         # one thread: Executors see one request at a time, as in Jina
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='executor')
         self.consensus = None     # set by runtime.consensus for stateful replicas
-        self.batchers: Dict[str, Any] = {}   # endpoint -> dynamic batcher
+        from runtime.batching import Batchers
+        self.batchers = Batchers(self.endpoints, self.pool, self.encode_result)  # endpoint -> dynamic batcher
         self.port: Optional[int] = None
 
     # -- the request path -----------------------------------------------------
@@ -174,6 +175,8 @@ class ReplicaServer:
                 **self.stats.snapshot()}
         if self.consensus is not None:
             info['raft'] = self.consensus.status()
+        if self.batchers:
+            info['batching'] = self.batchers.describe()
         return info
 
     # -- serving ----------------------------------------------------------------
@@ -237,7 +240,9 @@ def stop_event_from(stopping: threading.Event) -> asyncio.Event:
 def run_worker(spec: Dict[str, Any], status, stopping: threading.Event) -> None:
     """Child-process entry for role 'worker'."""
     config = spec['config']
-    _pin_blas_threads(config.get('blas_threads'))
+    ra = config.get('runtime_args') or {}
+    ra = ra if isinstance(ra, dict) else vars(ra)
+    _pin_blas_threads(config.get('blas_threads'), int(ra.get('replicas') or 1) * int(ra.get('shards') or 1))
 
     async def main():
         stop = stop_event_from(stopping)
@@ -248,7 +253,16 @@ def run_worker(spec: Dict[str, Any], status, stopping: threading.Event) -> None:
     asyncio.run(main())
 
 
-def _pin_blas_threads(n: Optional[int]) -> None:
-    if n:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(int(n))
+def default_blas_threads(sharing: int = 1) -> int:
+    """BLAS threads per replica when the user sets none: the usable cores shared by ``sharing`` replicas."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, sharing))
+
+
+def _pin_blas_threads(n: Optional[int], sharing: int = 1) -> None:
+    """Limit BLAS/OpenMP threads to ``n`` (default: :func:`default_blas_threads`)."""
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(int(n) if n else default_blas_threads(sharing))
