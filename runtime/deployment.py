@@ -165,6 +165,8 @@ class Deployment(Orchestration):
             shards.append(shard)
         plan = NodePlan(self.name, shards, polling=self.polling.to_config(), needs=self.needs,
                         no_reduce=self.no_reduce, allow_partial=self.allow_partial, stateful=self.stateful)
+        from runtime.batching import in_flight_for   # dynamic batching needs room to gather a batch
+        plan.max_in_flight = in_flight_for(self.uses, self.max_in_flight_per_replica)
         if self.stateful:
             from runtime.consensus import plan_stateful
             plan_stateful(self, plan)
