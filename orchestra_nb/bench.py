@@ -1,0 +1,155 @@
+"""The QPS comparison in a notebook: a widget progress bar, an HTML table and plots.
+
+    >>> from orchestra_nb.bench import compare
+    >>> result = compare(docs=5000, queries=200)       # replicas=1 vs replicas=3 stateful (RAFT)
+    >>> result                                         # an HTML table in a notebook
+    >>> result.plot()                                  # QPS, index time, per-replica requests
+
+The measuring is :mod:`runtime.bench` (also ``orchestra bench``); this module adds the
+notebook views. :func:`save_plot` writes a PNG without a display (Agg).
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Optional, Sequence, Union
+
+from runtime.bench import (DEFAULT_CONCURRENCY, DEFAULT_DIM, DEFAULT_DOCS, DEFAULT_LIMIT, DEFAULT_QUERIES,
+                           BenchResult, Setup, SetupResult, parse_setups)
+from runtime.bench import compare as _compare
+
+__all__ = ['compare', 'NotebookBenchResult', 'save_plot', 'Setup', 'parse_setups', 'BenchResult', 'SetupResult']
+
+_COLORS = ['#4c72b0', '#dd8452', '#55a868', '#c44e52', '#8172b3', '#937860', '#da8bc3', '#8c8c8c']
+
+
+class NotebookBenchResult(BenchResult):
+    """A :class:`runtime.bench.BenchResult` with ``_repr_html_`` and :meth:`plot`."""
+
+    @classmethod
+    def wrap(cls, result: BenchResult) -> 'NotebookBenchResult':
+        if isinstance(result, cls):
+            return result
+        return cls(result.setups, result.workload, result.machine)
+
+    def _repr_html_(self) -> str:
+        return result_html(self)
+
+    def plot(self, figsize: Sequence[float] = (13, 4)):
+        """A matplotlib Figure: search QPS, index seconds and requests per replica, by setup."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as e:  # pragma: no cover - matplotlib is a dependency
+            raise ImportError('plot() needs matplotlib: pip install matplotlib') from e
+        fig = plt.figure(figsize=tuple(figsize))
+        draw(self, fig)
+        plt.close(fig)    # returned, not shown twice in a notebook
+        return fig
+
+    def save_plot(self, path: str) -> str:
+        """Write the plot as a PNG; returns ``path``."""
+        return save_plot(self, path)
+
+
+def compare(docs: int = DEFAULT_DOCS, queries: int = DEFAULT_QUERIES, dim: int = DEFAULT_DIM,
+            setups: Union[str, Sequence[Any], None] = None, uses: Any = None, progress: Any = True,
+            limit: int = DEFAULT_LIMIT, concurrency: int = DEFAULT_CONCURRENCY, seed: int = 0) -> NotebookBenchResult:
+    """:func:`runtime.bench.compare` with notebook progress bars (``tqdm.auto``) and views.
+
+    ``setups``: ``'1,3s'`` (default: one replica vs three stateful), ``'1,3s,1b'`` adds one
+    replica with dynamic batching; see :mod:`runtime.bench`.
+    """
+    if progress is True:
+        from tqdm.auto import tqdm
+        progress = tqdm
+    return _compare(docs=docs, queries=queries, dim=dim, setups=setups, uses=uses, progress=progress,
+                    limit=limit, concurrency=concurrency, seed=seed, result_cls=NotebookBenchResult)
+
+
+# --------------------------------------------------------------------------- views
+
+def result_html(result: BenchResult) -> str:
+    """An HTML table of the result (what a notebook shows)."""
+    rows = result.rows()
+    esc = html.escape
+    cols = list(rows[0]) if rows else []
+    head = ''.join(f'<th style="text-align:left;padding:2px 8px">{esc(c)}</th>' for c in cols)
+    body = []
+    for r, s in zip(rows, result.setups):
+        color = '#c62828' if not s.ok else 'inherit'
+        cells = ''.join(f'<td style="text-align:left;padding:2px 8px;color:{color if c == "checks" else "inherit"}">'
+                        f'{esc(r[c])}</td>' for c in cols)
+        body.append(f'<tr>{cells}</tr>')
+    details = []
+    for s in result.setups:
+        if s.error:
+            details.append(f'<div style="color:#c62828"><b>{esc(s.name)}</b>: {esc(s.error)}</div>')
+        reps = ', '.join(f'{esc(name)}: ' + ', '.join(f'{esc(str(k))} {esc(str(v))}' for k, v in rec.items())
+                         for name, rec in s.per_replica.items())
+        if reps:
+            details.append(f'<div><b>{esc(s.name)}</b> &mdash; {reps}</div>')
+    w, m = result.workload, result.machine
+    caption = (f"{w.get('docs')} docs &times; {w.get('dim')}-d, index request_size={w.get('index_request_size')}; "
+               f"{w.get('queries')} queries, request_size=1, limit={w.get('limit')}, {w.get('concurrency')} in flight"
+               f" &mdash; {m.get('cpus')} cores, {m.get('memory_gib')} GiB, GPU: {esc(str(m.get('gpu') or 'none'))}")
+    return (f'<div class="orchestra-bench"><table style="border-collapse:collapse">'
+            f'<caption style="caption-side:bottom;text-align:left;font-size:85%">{caption}</caption>'
+            f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+            f'<details style="font-size:85%"><summary>per replica</summary>{"".join(details)}</details></div>')
+
+
+def draw(result: BenchResult, fig) -> None:
+    """Draw the three panels of the result onto matplotlib Figure ``fig``."""
+    setups = result.setups
+    names = [s.name for s in setups]
+    x = list(range(len(setups)))
+    colors = [_COLORS[i % len(_COLORS)] for i in x]
+    ax_qps, ax_index, ax_rep = fig.subplots(1, 3)
+
+    qps = [s.search_qps or 0.0 for s in setups]
+    bars = ax_qps.bar(x, qps, color=colors)
+    for b, v in zip(bars, qps):
+        ax_qps.annotate(f'{v:.0f}', (b.get_x() + b.get_width() / 2, v), ha='center', va='bottom', fontsize=8)
+    ax_qps.set_title('search QPS (higher is better)')
+    ax_qps.set_ylabel('queries / s')
+
+    idx = [s.index_seconds or 0.0 for s in setups]
+    ax_index.bar(x, idx, color=colors, label='reply')
+    extra = [max(0.0, (s.replicated_seconds or 0.0) - (s.index_seconds or 0.0)) if s.stateful else 0.0
+             for s in setups]
+    if any(extra):
+        ax_index.bar(x, extra, bottom=idx, color=colors, alpha=0.35, hatch='//',
+                     label='until every replica holds every doc')
+        ax_index.legend(fontsize=7, loc='upper left')
+    ax_index.set_title(f"index {result.workload.get('docs')} docs (lower is better)")
+    ax_index.set_ylabel('seconds')
+
+    most = max((len(s.per_replica) for s in setups), default=0)
+    width = 0.8 / max(1, most)
+    for i, s in enumerate(setups):
+        reads = [rec.get('reads', 0) or 0 for rec in s.per_replica.values()]
+        for j, v in enumerate(reads):
+            ax_rep.bar(i - 0.4 + width * (j + 0.5), v, width=width * 0.9, color=colors[i],
+                       alpha=1.0 - 0.5 * j / max(1, most))
+    ax_rep.set_title('search requests served, per replica')
+    ax_rep.set_ylabel('requests')
+
+    for ax in (ax_qps, ax_index, ax_rep):
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=15, ha='right', fontsize=8)
+        ax.grid(axis='y', alpha=0.3)
+    m = result.machine
+    fig.suptitle(f"{result.workload.get('docs')} docs x {result.workload.get('dim')}-d, "
+                 f"{result.workload.get('queries')} queries  |  {m.get('cpus')} cores, "
+                 f"GPU: {m.get('gpu') or 'none'}", fontsize=9)
+    fig.tight_layout()
+
+
+def save_plot(result: BenchResult, path: str, figsize: Sequence[float] = (13, 4), dpi: int = 110) -> str:
+    """Write the plot of ``result`` (any BenchResult) as a PNG at ``path``, with no display (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=tuple(figsize))
+    FigureCanvasAgg(fig)
+    draw(result, fig)
+    fig.savefig(path, dpi=dpi)
+    return path
