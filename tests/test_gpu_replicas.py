@@ -6,8 +6,6 @@ Each replica reports the ``CUDA_VISIBLE_DEVICES`` it really has, twice: in its `
 ``CUDA_TOTAL_DEVICES`` (NVML is switched off for these tests so that a real GPU does not
 change the count). The last test, marked ``gpu``, runs on a real NVIDIA GPU only.
 """
-from __future__ import annotations
-
 import importlib.util
 import os
 import sys
@@ -178,43 +176,47 @@ def _framework() -> str | None:
     return None
 
 
+class HoldTensor(Executor):
+    """Allocates ``size`` bytes on its GPU at start (torch or cupy) and holds them while it lives.
+
+    Defined at module level so that replicas import it by reference.
+    """
+
+    def __init__(self, framework: str = 'torch', size: int = 2**20, **kwargs):
+        super().__init__(**kwargs)
+        n = size // 4
+        if framework == 'torch':
+            import torch
+            self.tensor = torch.ones(n, dtype=torch.float32, device='cuda')
+            torch.cuda.synchronize()
+            self.allocated = int(torch.cuda.memory_allocated())
+            self.total = int(self.tensor.sum(dtype=torch.float64).item())   # computed on the GPU
+        else:
+            import cupy
+            self.tensor = cupy.ones(n, dtype=cupy.float32)
+            cupy.cuda.runtime.deviceSynchronize()
+            self.allocated = int(self.tensor.nbytes)
+            self.total = int(self.tensor.sum(dtype=cupy.float64).item())    # computed on the GPU
+
+    @requests
+    def who(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        for d in docs:
+            d.text = (f'{self.runtime_args.replica_id}:{os.getpid()}:'
+                      f'{os.environ.get("CUDA_VISIBLE_DEVICES")}:{self.allocated}:{self.total}')
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(_nvidia_gpus() == 0, reason='no NVIDIA GPU: NVML finds none on this machine')
 def test_two_rr_replicas_hold_tensors_on_the_real_gpu():
     framework = _framework()
     if framework is None:
         pytest.skip('neither torch nor cupy is installed: nothing to allocate a GPU tensor with')
-    mb = 256
-    size = mb * 2**20
-
-    class HoldTensor(Executor):
-        """Allocates ``mb`` MiB on its GPU at start and holds it while it lives."""
-
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            n = size // 4
-            if framework == 'torch':
-                import torch
-                self.tensor = torch.ones(n, dtype=torch.float32, device='cuda')
-                torch.cuda.synchronize()
-                self.allocated = int(torch.cuda.memory_allocated())
-            else:
-                import cupy
-                self.tensor = cupy.ones(n, dtype=cupy.float32)
-                cupy.cuda.runtime.deviceSynchronize()
-                self.allocated = int(self.tensor.nbytes)
-            self.total = int(float(self.tensor.sum()))
-
-        @requests
-        def who(self, docs, **kwargs):
-            for d in docs:
-                d.text = (f'{self.runtime_args.replica_id}:{os.getpid()}:'
-                          f'{os.environ.get("CUDA_VISIBLE_DEVICES")}:{self.allocated}:{self.total}')
-
+    size = 256 * 2**20
     n_gpus = _nvidia_gpus()
     before = {g['index']: g['memory_used'] or 0 for g in gpu.gpu_snapshot()['gpus']}
     env = {'CUDA_VISIBLE_DEVICES': 'RR', 'CUDA_DEVICE_ORDER': 'PCI_BUS_ID'}
-    with Deployment(name='gpu', uses=HoldTensor, replicas=2, env=env, timeout_ready=240) as dep:
+    with Deployment(name='gpu', uses=HoldTensor, uses_with={'framework': framework, 'size': size},
+                    replicas=2, env=env, timeout_ready=240) as dep:
         st = dep.status()
         expected = [str(i % n_gpus) for i in range(2)]
         assert [r['cuda_visible_devices'] for r in st['replicas']] == expected
