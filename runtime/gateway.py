@@ -20,13 +20,23 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+import grpc
+
 from runtime import protocol
-from runtime.routing import NoReplicaAvailable, PollingPolicy, ReplicaSet, pick_shard, reduce_docs
+from runtime.routing import (NoReplicaAvailable, PollingPolicy, ReplicaSet, concat_docs, pick_shard,
+                             reduce_docs)
 from runtime.telemetry import RequestStats
 
 log = logging.getLogger('orchestra.gateway')
 
 GATEWAY = 'gateway'
+
+
+def _codec():
+    """``(decode_docs, encode_docs)``; the gateway decodes only to reduce or join."""
+    import docarray.documents  # noqa: F401  (load docarray's doc classes before the codec registers them)
+    from runtime.codec import decode_docs, encode_docs
+    return decode_docs, encode_docs
 
 
 class NodeError(RuntimeError):
@@ -40,7 +50,7 @@ class NodeError(RuntimeError):
 class Node:
     """One Executor of the graph (a Deployment): its shards, polling and joins."""
 
-    def __init__(self, spec: Dict[str, Any], max_in_flight: int):
+    def __init__(self, spec: Dict[str, Any], max_in_flight: int, replica_wait_s: float = 5.0):
         self.name: str = spec['name']
         self.needs: List[str] = list(spec.get('needs') or [GATEWAY])
         self.polling = PollingPolicy(spec.get('polling'))
@@ -48,16 +58,26 @@ class Node:
         self.allow_partial: bool = bool(spec.get('allow_partial'))
         self.shards: List[ReplicaSet] = [
             ReplicaSet(addrs, name=self._shard_name(i, len(spec['shards'])),
-                       max_in_flight=int(spec.get('max_in_flight') or max_in_flight))
+                       max_in_flight=int(spec.get('max_in_flight') or max_in_flight),
+                       wait_for_replica=replica_wait_s)
             for i, addrs in enumerate(spec['shards'])]
         self._rr = itertools.count()
 
     def _shard_name(self, i: int, n: int) -> str:
         return f'{self.name}/shard-{i}' if n > 1 else self.name
 
+    @property
+    def is_join(self) -> bool:
+        """A node without processes (``Flow.needs_all()`` without ``uses``): it only joins its inputs."""
+        return not self.shards
+
     async def call(self, header: Dict[str, Any], frame: bytes) -> Tuple[Dict[str, Any], bytes, bytes]:
         """-> (reply header, reply body, reply frame). Raises :class:`NodeError` on failure."""
         endpoint = header.get('endpoint', '/')
+        if self.is_join:
+            _, body = protocol.unpack(frame)
+            out = {'ok': True, 'replica': self.name}
+            return out, body, protocol.pack(out, body)
         if len(self.shards) == 1 or self.polling.mode(endpoint) == 'ANY':
             shard = self.shards[0] if len(self.shards) == 1 else pick_shard(self.shards, self._rr)
             reply = await self._send(shard, frame)
@@ -68,22 +88,29 @@ class Node:
         return await self._call_all(header, frame)
 
     async def _send(self, shard: ReplicaSet, frame: bytes) -> bytes:
+        """One request to one shard; any transport failure becomes a NodeError naming the shard."""
         try:
             return await shard.send(frame)
         except NoReplicaAvailable as e:
             raise NodeError(protocol.error_header(e, shard.name)) from None
+        except grpc.aio.AioRpcError as e:
+            err = ConnectionError(f'{shard.name}: {e.code().name}: {e.details()}')
+            raise NodeError(protocol.error_header(err, shard.name)) from None
 
-    async def _call_all(self, header, frame):
-        from runtime.codec import decode_docs, encode_docs
+    async def _call_all(self, header: Dict[str, Any], frame: bytes) -> Tuple[Dict[str, Any], bytes, bytes]:
+        """ALL polling: every shard gets the request; the replies are reduced (or concatenated)."""
+        decode_docs, encode_docs = _codec()
         replies = await asyncio.gather(*(self._send(s, frame) for s in self.shards), return_exceptions=True)
+        partial_ok = self.allow_partial or bool(header.get('allow_partial'))
         parts, merged_results, missing = [], {}, []
         for shard, reply in zip(self.shards, replies):
-            if isinstance(reply, NodeError):
-                if self.allow_partial or header.get('allow_partial'):
+            if isinstance(reply, NodeError) and reply.header.get('error', {}).get('type') == 'NoReplicaAvailable':
+                if partial_ok:
                     missing.append(shard.name)
                     continue
                 err = reply.header['error']
-                err['message'] = f'shard {shard.name} is down while polling ALL: {err["message"]}'
+                err['message'] = (f'shard {shard.name} is down while polling ALL: {err["message"]} '
+                                  '(pass allow_partial=True to accept results from the other shards)')
                 raise reply
             if isinstance(reply, BaseException):
                 raise reply
@@ -93,12 +120,13 @@ class Node:
             merged_results.update(h.get('results') or {})
             parts.append(decode_docs(bytes(body)))
         if not parts:
-            raise NodeError(protocol.error_header(NoReplicaAvailable(f'every shard of {self.name} is down'), self.name))
+            raise NodeError(protocol.error_header(
+                NoReplicaAvailable(f'every shard of {self.name} is down ({", ".join(missing)})'), self.name))
         if self.no_reduce or header.get('no_reduce'):
-            docs = parts[0].__class__([d for p in parts for d in p])
+            docs = concat_docs(parts)
         else:
             docs = reduce_docs(parts)
-        out = {'ok': True, 'replica': self.name}
+        out: Dict[str, Any] = {'ok': True, 'replica': self.name}
         if merged_results:
             out['results'] = merged_results
         if missing:
@@ -107,7 +135,8 @@ class Node:
         return out, body, protocol.pack(out, body)
 
     def describe(self) -> Dict[str, Any]:
-        return {'needs': self.needs, 'polling': self.polling.to_config(),
+        return {'needs': self.needs, 'polling': self.polling.to_config(), 'join_only': self.is_join,
+                'no_reduce': self.no_reduce, 'allow_partial': self.allow_partial,
                 'shards': [s.describe() for s in self.shards]}
 
     async def close(self):
@@ -121,9 +150,12 @@ class Gateway:
     def __init__(self, config: Dict[str, Any]):
         self.name = config.get('name', GATEWAY)
         max_in_flight = int(config.get('max_in_flight_per_replica') or 4)
+        # how long a request waits for a shard whose replicas are all down (the supervisor
+        # restarts crashed replicas) before it fails naming the shard
+        wait = float(config.get('replica_wait_s') or os.environ.get('ORCHESTRA_REPLICA_WAIT_S') or 5.0)
         self.nodes: Dict[str, Node] = {}
         for spec in config['nodes']:
-            self.nodes[spec['name']] = Node(spec, max_in_flight)
+            self.nodes[spec['name']] = Node(spec, max_in_flight, wait)
         self.order = _topological(self.nodes)
         self.leaves = [n for n in self.order if not any(n in m.needs for m in self.nodes.values())]
         self.stats = RequestStats()
@@ -141,33 +173,55 @@ class Gateway:
         gateway_out = loop.create_future()
         gateway_out.set_result(({'ok': True}, body))
         outputs[GATEWAY] = gateway_out
+        skipped: List[Tuple[str, NodeError]] = []
         for name in self.order:
-            outputs[name] = asyncio.ensure_future(self._run_node(self.nodes[name], header, outputs))
+            outputs[name] = asyncio.ensure_future(self._run_node(self.nodes[name], header, outputs, skipped))
         try:
             results = [await outputs[n] for n in self.leaves]
         finally:
             for f in outputs.values():
                 if not f.done():
                     f.cancel()
+                elif not f.cancelled():
+                    f.exception()  # retrieved: no 'exception was never retrieved' noise
+        served = [n for n, node in self.nodes.items() if not node.is_join]
+        if served and len(skipped) == len(served):
+            raise self._nobody_serves(header.get('endpoint', '/'), skipped)
         return protocol.pack(*self._join(results))
 
-    async def _run_node(self, node: Node, header, outputs) -> Tuple[Dict[str, Any], bytes]:
+    async def _run_node(self, node: Node, header, outputs, skipped) -> Tuple[Dict[str, Any], bytes]:
         ins = [await outputs[n] for n in node.needs]
         h_in, body = self._join(ins)
-        h, b, _ = await node.call(header, protocol.pack(header, body))
+        try:
+            h, b, _ = await node.call(header, protocol.pack(header, body))
+        except NodeError as e:
+            # In a Flow, an Executor that does not serve an endpoint passes the docs on unchanged
+            # (as in Jina); if no Executor of the Flow serves it, the request fails (unlike Jina).
+            if e.header.get('error', {}).get('type') != 'UnknownEndpointError':
+                raise
+            skipped.append((node.name, e))
+            return h_in, body
         merged = dict(h_in.get('results') or {})
         merged.update(h.get('results') or {})
         if merged:
             h = dict(h, results=merged)
         return h, bytes(b)
 
+    def _nobody_serves(self, endpoint: str, skipped: List[Tuple[str, 'NodeError']]) -> NodeError:
+        detail = '; '.join(f'{name}: {e.header["error"].get("message", "")}' for name, e in skipped)
+        err = LookupError(f'no Executor of {self.name} serves endpoint {endpoint!r} ({detail})')
+        header = protocol.error_header(err, self.name)
+        header['error']['type'] = 'UnknownEndpointError'
+        return NodeError(header)
+
     @staticmethod
     def _join(parts: List[Tuple[Dict[str, Any], bytes]]) -> Tuple[Dict[str, Any], bytes]:
+        """Several branches' outputs -> one (merged by doc id, in ``needs`` order)."""
         if len(parts) == 1:
             return parts[0]
-        from runtime.codec import decode_docs, encode_docs
-        header = {'ok': True}
-        results = {}
+        decode_docs, encode_docs = _codec()
+        header: Dict[str, Any] = {'ok': True}
+        results: Dict[str, Any] = {}
         for h, _ in parts:
             results.update(h.get('results') or {})
         if results:

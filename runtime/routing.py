@@ -256,13 +256,17 @@ def pick_shard(shards: Sequence[ReplicaSet], counter: itertools.count) -> Replic
 def reduce_docs(results: Sequence[Any]):
     """Merge DocLists from shards (or branches) by doc id, in order.
 
+    A doc id seen first in an earlier result keeps its place; for single values the
+    earliest result's non-None value wins, lists and nested DocLists are concatenated
+    in result order, dicts are merged (earlier keys win), nested docs merge recursively.
+
     >>> merged = reduce_docs([shard0_docs, shard1_docs])  # doctest: +SKIP
     """
-    from docarray import BaseDoc, DocList
+    from docarray import DocList
     results = [r for r in results if r is not None]
     if not results:
         return None
-    first = results[0]
+    doc_type = results[0].doc_type
     by_id: Dict[str, Any] = {}
     order: List[str] = []
     for docs in results:
@@ -272,13 +276,23 @@ def reduce_docs(results: Sequence[Any]):
             else:
                 by_id[doc.id] = doc
                 order.append(doc.id)
-    return DocList[first.doc_type]([by_id[i] for i in order])
+    return DocList[doc_type].construct([by_id[i] for i in order])
+
+
+def concat_docs(results: Sequence[Any]):
+    """``no_reduce``: every result's docs, concatenated in order, unmerged."""
+    from docarray import DocList
+    results = [r for r in results if r is not None]
+    if not results:
+        return None
+    return DocList[results[0].doc_type].construct([d for r in results for d in r])
 
 
 def _merge_into(left, right) -> None:
     from docarray import BaseDoc, DocList
+    right_fields = type(right).model_fields
     for field in type(left).model_fields:
-        if field == 'id' or field not in type(right).model_fields:
+        if field == 'id' or field not in right_fields:
             continue
         lv, rv = getattr(left, field), getattr(right, field)
         if rv is None:
@@ -289,6 +303,8 @@ def _merge_into(left, right) -> None:
             lv.extend(rv)
         elif isinstance(lv, list) and isinstance(rv, list):
             setattr(left, field, lv + rv)
+        elif isinstance(lv, dict) and isinstance(rv, dict):
+            setattr(left, field, {**rv, **lv})
         elif isinstance(lv, BaseDoc) and isinstance(rv, BaseDoc):
             _merge_into(lv, rv)
-        # single values: the lowest shard's value wins
+        # other single values: the earliest (lowest shard's) value wins

@@ -1,0 +1,293 @@
+"""Flow: a graph of Deployments behind one gateway.
+
+    >>> f = (Flow(port=5555)
+    ...      .add(name='encoder', uses=Encoder, replicas=2)
+    ...      .add(name='indexer', uses=Indexer, shards=2, polling={'/search': 'ALL', '*': 'ANY'}))
+    >>> with f:
+    ...     f.post('/index', docs)
+
+Each ``.add(...)`` takes a Deployment's arguments and returns the Flow, so calls
+chain. ``needs`` says which Executors feed this one: by default the one added
+just before (or the gateway for the first); ``needs='gateway'`` opens a parallel
+branch; ``needs=['a', 'b']`` joins branches (their docs merged by id, in
+``needs`` order, as shards are). ``.needs_all()`` joins every open branch.
+
+An Executor added without ``uses`` and without process arguments (a *join*:
+``.needs_all()``, ``.needs([...])``, or ``.add(name=..., needs=[...])``) passes
+its input on, as Jina's default Executor does; the gateway does that itself,
+without a process.
+
+In a Flow, an Executor that does not serve the requested endpoint passes the
+docs on unchanged (as in Jina); a request that no Executor of the Flow serves
+fails with an error naming the endpoint (unlike Jina, which returns the docs).
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from runtime.deployment import DEPLOYMENT_ARGS, Deployment, check_count, check_kwargs, check_port
+from runtime.orchestration import NodePlan, Orchestration
+
+GATEWAY = 'gateway'
+
+#: every argument ``Flow(...)`` (YAML: ``with:`` of a ``jtype: Flow``) accepts
+FLOW_ARGS = ('name', 'port', 'host', 'protocol', 'timeout_ready', 'log_dir',
+             'max_in_flight_per_replica', 'stream_logs')
+
+#: arguments that make an Executor without ``uses`` a real (Echo) process rather than a join
+_PROCESS_ARGS = frozenset(DEPLOYMENT_ARGS) - {'name', 'needs'}
+
+
+@dataclass
+class FlowEntry:
+    """One Executor of a Flow: a Deployment, or a join handled by the gateway (``deployment=None``)."""
+    name: str
+    needs: List[str]
+    deployment: Optional[Deployment] = None
+    replica_port: Optional[int] = None
+
+    @property
+    def is_join(self) -> bool:
+        return self.deployment is None
+
+
+class Flow(Orchestration):
+    """Executors chained (or branched) behind one gateway; see the module docstring."""
+
+    def __init__(self, name: str = 'flow', port: Optional[int] = None, host: str = '127.0.0.1',
+                 protocol: str = 'grpc', timeout_ready: float = 60.0, log_dir: Optional[str] = None,
+                 max_in_flight_per_replica: int = 4, stream_logs: bool = False, **kwargs):
+        check_kwargs(kwargs, FLOW_ARGS, 'Flow')
+        if not isinstance(name, str) or not name or '/' in name:
+            raise ValueError(f'name={name!r}: must be a non-empty string without "/"')
+        if not isinstance(host, str):
+            raise ValueError(f'host={host!r}: the Flow gateway listens on one host, e.g. "127.0.0.1"')
+        if not isinstance(protocol, str) or protocol.lower() != 'grpc':
+            raise ValueError(f"protocol={protocol!r}: only 'grpc' is supported")
+        if isinstance(timeout_ready, bool) or not isinstance(timeout_ready, (int, float)) or timeout_ready <= 0:
+            raise ValueError(f'timeout_ready={timeout_ready!r}: must be a number of seconds > 0')
+        self.protocol = 'grpc'
+        self.entries: List[FlowEntry] = []
+        super().__init__(name=name, port=check_port(port), host=host, timeout_ready=timeout_ready,
+                         log_dir=log_dir, max_in_flight_per_replica=check_count(
+                             max_in_flight_per_replica, 'max_in_flight_per_replica'),
+                         stream_logs=bool(stream_logs))
+
+    # -- building the graph ------------------------------------------------------------
+    def add(self, name: Optional[str] = None, needs: Union[str, Sequence[str], None] = None,
+            **kwargs) -> 'Flow':
+        """Add an Executor (a Deployment's arguments) fed by ``needs``; returns the Flow.
+
+        >>> Flow().add(name='a', uses=A).add(name='b', uses=B, needs='gateway').needs_all()
+        """
+        if self._started:
+            raise RuntimeError(f'Flow {self.name!r} is running; close it before adding Executors')
+        check_kwargs(kwargs, DEPLOYMENT_ARGS, 'Flow.add')
+        name = self._new_name(name)
+        needs_list = self._resolve_needs(name, needs)
+        if kwargs.get('uses') is None and not (set(kwargs) & _PROCESS_ARGS - {'uses'}):
+            self.entries.append(FlowEntry(name, needs_list, None))
+            return self
+        replica_port = None
+        port = kwargs.get('port')
+        if port is not None and not kwargs.get('external'):
+            # in a Flow, `port` of a local Executor fixes the port of its (single) replica
+            replica_port = check_port(port)
+            n = kwargs.get('replicas', 1) * kwargs.get('shards', 1) if all(
+                isinstance(kwargs.get(k, 1), int) for k in ('replicas', 'shards')) else 1
+            if n != 1:
+                raise ValueError(f'Flow.add(name={name!r}, port={port!r}): a fixed port needs exactly one '
+                                 f'replica and one shard (got {n} processes); omit port to let the OS pick')
+            kwargs = {k: v for k, v in kwargs.items() if k != 'port'}
+        dep = Deployment(name=name, needs=needs_list, **kwargs)
+        self.entries.append(FlowEntry(name, needs_list, dep, replica_port))
+        return self
+
+    def needs(self, needs: Union[str, Sequence[str]], name: str = 'joiner', **kwargs) -> 'Flow':
+        """Add an Executor (a join unless ``uses`` is given) that waits for every name in ``needs``."""
+        if isinstance(needs, str) or len(list(needs)) < 2:
+            raise ValueError(f'needs={needs!r}: joining needs at least two Executors; '
+                             'for one, use .add(needs=...)')
+        return self.add(name=name, needs=list(needs), **kwargs)
+
+    def needs_all(self, name: str = 'joiner', **kwargs) -> 'Flow':
+        """Join every open branch (Executors nothing else needs) into one; returns the Flow."""
+        open_ = self.open_branches()
+        if not open_:
+            raise ValueError('needs_all(): the Flow has no Executors to join; add some with .add(...)')
+        return self.add(name=name, needs=open_, **kwargs)
+
+    def open_branches(self) -> List[str]:
+        """Executors whose output nothing else needs (their docs go back to the client)."""
+        needed = {n for e in self.entries for n in e.needs}
+        return [e.name for e in self.entries if e.name not in needed]
+
+    def _new_name(self, name: Optional[str]) -> str:
+        taken = {e.name for e in self.entries}
+        if name is None:
+            i = len(self.entries)
+            while f'executor{i}' in taken:
+                i += 1
+            return f'executor{i}'
+        if not isinstance(name, str) or not name or '/' in name:
+            raise ValueError(f'name={name!r}: must be a non-empty string without "/"')
+        if name == GATEWAY:
+            raise ValueError(f'name={name!r} is reserved for the Flow\'s gateway; choose another name')
+        if name in taken:
+            raise ValueError(f'name={name!r} is already used in Flow {self.name!r}; '
+                             f'names so far: {", ".join(sorted(taken))}')
+        return name
+
+    def _resolve_needs(self, name: str, needs: Union[str, Sequence[str], None]) -> List[str]:
+        if needs is None:
+            return [self.entries[-1].name if self.entries else GATEWAY]
+        if isinstance(needs, str):
+            needs = [needs]
+        if not isinstance(needs, (list, tuple)) or not needs or not all(isinstance(n, str) for n in needs):
+            raise ValueError(f'needs={needs!r} for {name!r}: must be a name or a non-empty list of names')
+        known = [GATEWAY] + [e.name for e in self.entries]
+        for n in needs:
+            if n not in known:
+                raise ValueError(f'needs={n!r} for {name!r}: no such Executor added before it; '
+                                 f'known: {", ".join(repr(k) for k in known)}')
+        if len(set(needs)) != len(needs):
+            raise ValueError(f'needs={list(needs)!r} for {name!r}: a name appears twice')
+        return list(needs)
+
+    def __getitem__(self, name: str) -> Optional[Deployment]:
+        """The Deployment of Executor ``name`` (None for a join)."""
+        for e in self.entries:
+            if e.name == name:
+                return e.deployment
+        raise KeyError(f'{name!r} is not an Executor of Flow {self.name!r}; '
+                       f'known: {", ".join(e.name for e in self.entries)}')
+
+    # -- what the base class runs --------------------------------------------------------
+    def _plan(self) -> List[NodePlan]:
+        if not self.entries:
+            raise ValueError(f'Flow {self.name!r} has no Executors; add one with .add(uses=...)')
+        plans = []
+        for e in self.entries:
+            if e.is_join:
+                plans.append(NodePlan(e.name, [], needs=list(e.needs)))
+                continue
+            plan = e.deployment.node_plan()
+            plan.needs = list(e.needs)
+            if plan.max_in_flight is None:
+                plan.max_in_flight = e.deployment.max_in_flight_per_replica
+            if e.replica_port is not None:
+                for r in plan.replicas:
+                    r.config['port'] = e.replica_port
+            plans.append(plan)
+        return plans
+
+    # -- configs -------------------------------------------------------------------------
+    @classmethod
+    def load_config(cls, source: str) -> 'Flow':
+        """A Flow from a ``jtype: Flow`` YAML file (or YAML text)."""
+        from runtime.config import load_flow
+        return load_flow(source)
+
+    def save_config(self, path: str) -> None:
+        """Write this Flow as ``jtype: Flow`` YAML; :meth:`load_config` reads it back."""
+        from runtime.config import save
+        save(self, path)
+
+    # -- reprs -----------------------------------------------------------------------------
+    def _describe_entry(self, e: FlowEntry) -> str:
+        if e.is_join:
+            return 'join'
+        d = e.deployment
+        uses = d.uses
+        label = uses.__name__ if isinstance(uses, type) else str(uses).rsplit(':', 1)[-1].rsplit('.', 1)[-1]
+        parts = [label]
+        if d.external:
+            parts.append(f'external {", ".join(d.external_addresses)}')
+        if d.shards > 1:
+            parts.append(f'shards={d.shards}')
+        if d.replicas > 1 or d.shards > 1:
+            parts.append(f'replicas={d.replicas}')
+        if d.shards > 1:
+            pol = d.polling.to_config()
+            parts.append(f'polling={pol!r}' if pol is not None else "polling=default (/search ALL)")
+        if d.stateful:
+            parts.append('stateful')
+        return ', '.join(parts)
+
+    def _state(self) -> str:
+        return f'running at {self.address}' if self._started else 'stopped'
+
+    def __repr__(self) -> str:
+        return self.graph_text()
+
+    def graph_text(self) -> str:
+        """The graph as text: a header line, then one ``needs -> name  [what]`` line per Executor."""
+        lines = [f'<Flow {self.name!r} {self._state()}, {len(self.entries)} Executor(s)>']
+        width = max([len(', '.join(e.needs)) for e in self.entries] + [7])
+        for e in self.entries:
+            lines.append(f'  {", ".join(e.needs):>{width}} -> {e.name}  [{self._describe_entry(e)}]')
+        for leaf in self.open_branches():
+            lines.append(f'  {leaf:>{width}} -> {GATEWAY}')
+        return '\n'.join(lines)
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        return self.graph_html()
+
+    def _layers(self) -> Dict[str, int]:
+        depth = {GATEWAY: 0}
+        for e in self.entries:  # needs always name earlier entries: one pass suffices
+            depth[e.name] = 1 + max(depth[n] for n in e.needs)
+        return depth
+
+    def graph_html(self) -> str:
+        """The graph as an inline SVG (no network needed), plus a table of Executors."""
+        esc = html.escape
+        depth = self._layers()
+        last = max(depth.values()) + 1
+        columns: Dict[int, List[str]] = {}
+        for n, d in depth.items():
+            columns.setdefault(d, []).append(n)
+        columns[last] = ['gateway (out)']
+        box_w, box_h, gap_x, gap_y = 150, 44, 50, 18
+        rows = max(len(v) for v in columns.values())
+        width = (last + 1) * (box_w + gap_x) - gap_x + 20
+        height = rows * (box_h + gap_y) - gap_y + 20
+        pos: Dict[str, tuple] = {}
+        for d, names in columns.items():
+            top = 10 + (height - 20 - (len(names) * (box_h + gap_y) - gap_y)) / 2
+            for i, n in enumerate(names):
+                pos[n] = (10 + d * (box_w + gap_x), top + i * (box_h + gap_y))
+        by_name = {e.name: e for e in self.entries}
+        svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+               f'font-family="sans-serif" font-size="12">',
+               '<defs><marker id="arr" markerWidth="8" markerHeight="8" refX="8" refY="4" orient="auto">'
+               '<path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>']
+        edges = [(n, e.name) for e in self.entries for n in e.needs]
+        edges += [(leaf, 'gateway (out)') for leaf in self.open_branches()]
+        for a, b in edges:
+            (x1, y1), (x2, y2) = pos[a], pos[b]
+            svg.append(f'<line x1="{x1 + box_w}" y1="{y1 + box_h / 2}" x2="{x2}" y2="{y2 + box_h / 2}" '
+                       'stroke="#555" marker-end="url(#arr)"/>')
+        for n, (x, y) in pos.items():
+            e = by_name.get(n)
+            fill = '#eee' if e is None else ('#fff8e1' if e.is_join else '#e3f2fd')
+            sub = 'gateway' if e is None else self._describe_entry(e)
+            sub = sub if len(sub) <= 24 else sub[:23] + '…'
+            svg.append(f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="{fill}" '
+                       'stroke="#555"/>')
+            svg.append(f'<text x="{x + box_w / 2}" y="{y + 18}" text-anchor="middle" '
+                       f'font-weight="bold">{esc(n if e is not None else GATEWAY)}</text>')
+            svg.append(f'<text x="{x + box_w / 2}" y="{y + 34}" text-anchor="middle" fill="#333">'
+                       f'{esc(sub)}</text>')
+        svg.append('</svg>')
+        rows_html = ''.join(
+            f'<tr><td>{esc(e.name)}</td><td>{esc(", ".join(e.needs))}</td>'
+            f'<td>{esc(self._describe_entry(e))}</td></tr>' for e in self.entries)
+        return (f'<div class="orchestra-flow"><b>Flow {esc(self.name)!s}</b> — {esc(self._state())}<br>'
+                + ''.join(svg)
+                + '<table><tr><th>Executor</th><th>needs</th><th>what</th></tr>' + rows_html
+                + '</table></div>')
