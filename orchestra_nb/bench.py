@@ -123,13 +123,12 @@ def draw(result: BenchResult, fig) -> None:
     ax_index.set_title(f"index {result.workload.get('docs')} docs (lower is better)")
     ax_index.set_ylabel('seconds')
 
-    most = max((len(s.per_replica) for s in setups), default=0)
-    width = 0.8 / max(1, most)
     for i, s in enumerate(setups):
         reads = [rec.get('reads', 0) or 0 for rec in s.per_replica.values()]
-        for j, v in enumerate(reads):
+        width = 0.8 / max(1, len(reads))
+        for j, v in enumerate(reads):        # one bar per replica, side by side around the setup
             ax_rep.bar(i - 0.4 + width * (j + 0.5), v, width=width * 0.9, color=colors[i],
-                       alpha=1.0 - 0.5 * j / max(1, most))
+                       alpha=1.0 - 0.5 * j / max(1, len(reads)))
     ax_rep.set_title('search requests served, per replica')
     ax_rep.set_ylabel('requests')
 

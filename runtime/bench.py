@@ -465,9 +465,21 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
                 counts = {name: _replica_count(a) for name, a in addresses.items()}
             res.replicated_seconds = time.perf_counter() - t0
 
-        # -- search ----------------------------------------------------------------------
-        qbatches = [query_docs[i:i + 1] for i in range(len(query_docs))]
+        # -- top-match probes: also the warm-up (channels, caches) before the timed phase ------
         params = {'limit': limit}
+        rng = np.random.default_rng(seed + 1)
+        picks = rng.choice(n_docs, size=min(TOP_MATCH_PROBES, n_docs), replace=False) if n_docs else []
+        probes = DocList[QueryDoc]([QueryDoc(id=f'probe-{j}', text=index_docs[int(j)].text,
+                                             embedding=index_docs[int(j)].embedding) for j in picks])
+        found = dep.post('/search', probes, request_size=1, parameters=params, return_type=QueryDoc)
+        hits = sum(1 for j, q in zip(picks, found)
+                   if len(q.matches) and q.matches[0].id == index_docs[int(j)].id)
+        before = {rec['name']: dict(rec.get('requests') or {}) for rec in dep.status()['replicas']}
+        before_batches = {rec['name']: ((rec.get('batching') or {}).get('/search') or {})
+                          for rec in dep.status()['replicas']}
+
+        # -- search (timed) ------------------------------------------------------------------
+        qbatches = [query_docs[i:i + 1] for i in range(len(query_docs))]
         bar = bars(total=len(qbatches), desc=f'{setup.name}: search', unit='query', leave=False)
         try:
             t1 = time.perf_counter()
@@ -481,12 +493,13 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
             res.p50_ms = float(np.percentile(lat, 50) * 1e3)
             res.p99_ms = float(np.percentile(lat, 99) * 1e3)
 
-        # -- per replica --------------------------------------------------------------------
-        status = dep.status()
-        for rec in status['replicas']:
+        # -- per replica: reads in the timed phase, writes received, docs held --------------------
+        for rec in dep.status()['replicas']:
+            name = rec['name']
             reqs = rec.get('requests') or {}
-            entry: Dict[str, Any] = {'reads': int(reqs.get('/search', 0)), 'writes': int(reqs.get('/index', 0)),
-                                     'docs': counts.get(rec['name'])}
+            entry: Dict[str, Any] = {
+                'reads': int(reqs.get('/search', 0)) - int(before.get(name, {}).get('/search', 0)),
+                'writes': int(reqs.get('/index', 0)), 'docs': counts.get(name)}
             raft = rec.get('raft') or {}
             for key in ('applied', 'applied_writes', 'last_applied', 'commit_index'):
                 if key in raft and isinstance(raft[key], (int, float)):
@@ -494,12 +507,15 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
                     break
             batch = (rec.get('batching') or {}).get('/search')
             if batch:
-                entry['batches'] = batch.get('batches')
-                entry['mean_batch'] = batch.get('mean')
-            res.per_replica[rec['name']] = entry
+                b0 = before_batches.get(name) or {}
+                nb = int(batch.get('batches') or 0) - int(b0.get('batches') or 0)
+                nr = int(batch.get('requests') or 0) - int(b0.get('requests') or 0)
+                entry['batches'] = nb
+                entry['mean_batch'] = round(nr / nb, 2) if nb else None
+            res.per_replica[name] = entry
 
         # -- checks -----------------------------------------------------------------------------
-        held = [c for c in counts.values()]
+        held = list(counts.values())
         if None in held:
             res.checks['same_count'] = None
             res.checks['same_count_note'] = 'the Executor has no /count endpoint'
@@ -511,19 +527,9 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
                                              f'(sum {sum(held)} of {n_docs})')
             if sum(held) != n_docs:
                 res.checks['same_count'] = False
-        rng = np.random.default_rng(seed + 1)
-        picks = rng.choice(n_docs, size=min(TOP_MATCH_PROBES, n_docs), replace=False) if n_docs else []
-        probes = DocList[QueryDoc]([QueryDoc(id=f'probe-{j}', text=index_docs[int(j)].text,
-                                             embedding=index_docs[int(j)].embedding) for j in picks])
-        found = dep.post('/search', probes, request_size=1, parameters=params, return_type=QueryDoc)
-        hits = sum(1 for j, q in zip(picks, found)
-                   if len(q.matches) and q.matches[0].id == index_docs[int(j)].id)
         rate = hits / len(picks) if len(picks) else 1.0
         res.checks['top_match_rate'] = rate
-        if setup.stateful or setup.replicas == 1:
-            res.checks['top_match'] = rate == 1.0
-        else:
-            res.checks['top_match'] = None
+        res.checks['top_match'] = (rate == 1.0) if (setup.stateful or setup.replicas == 1) else None
         res.checks['top_match_len'] = len(found[0].matches) if len(found) else None
     except Exception as e:
         res.error = f'{type(e).__name__}: {e}'
