@@ -17,14 +17,17 @@ Each child (a replica or a gateway) is ``python -m runtime.child``:
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import os
+import pickle
 import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
+import typing
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, List, Optional
@@ -77,7 +80,7 @@ class ChildProcess:
         self.started_at = time.monotonic()
         _live.add(self)
         head = json.dumps({'name': self.name, 'role': self.role, 'sys_path': list(sys.path)}).encode()
-        config = cloudpickle.dumps(self.config)
+        config = dumps(self.config)
         try:
             self.popen.stdin.write(b''.join(struct.pack('<Q', len(b)) + b for b in (head, config)))
             self.popen.stdin.flush()
@@ -153,6 +156,56 @@ class ChildProcess:
     def _explain(self, what: str) -> str:
         log = self.log_tail(20).rstrip()
         return f'{what}\n--- last lines of {self.log_path} ---\n{log or "(empty log)"}'
+
+
+class _Pickler(cloudpickle.CloudPickler):
+    """cloudpickle that rebuilds docarray's ``DocList[Doc]`` types instead of looking them up.
+
+    ``DocList[TextDoc]`` is a class docarray makes on demand: by reference it does not
+    resolve in a fresh process, so an Executor class defined in a notebook (sent by
+    value) with ``docs: DocList[TextDoc]`` annotations failed to load in its replicas.
+    """
+
+    def reducer_override(self, obj):
+        reduced = _docarray_reduce(obj)
+        if reduced is not None:
+            return reduced
+        return super().reducer_override(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle a child's config (classes defined in ``__main__``/a notebook travel by value)."""
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.DEFAULT_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def _docarray_reduce(obj: Any):
+    any_array = sys.modules.get('docarray.array.any_array')
+    if any_array is None:  # docarray not loaded: nothing of its kind can be in the config
+        return None
+    base = any_array.AnyDocArray
+    if isinstance(obj, typing._GenericAlias):  # DocList[TextDoc] as written
+        origin = getattr(obj, '__origin__', None)
+        if isinstance(origin, type) and issubclass(origin, base) and len(obj.__args__) == 1:
+            return _docarray_generic, (_docarray_base_name(origin), obj.__args__[0], False)
+    elif (isinstance(obj, type) and obj.__module__ == any_array.__name__ and issubclass(obj, base)
+          and getattr(obj, 'doc_type', None) is not None
+          and getattr(obj.doc_type, '__name__', '') != 'AnyDoc'):  # the class behind that alias
+        return _docarray_generic, (_docarray_base_name(obj), obj.doc_type, True)
+    return None
+
+
+def _docarray_base_name(cls: type) -> str:
+    import docarray
+    return 'DocVec' if issubclass(cls, docarray.DocVec) else 'DocList'
+
+
+def _docarray_generic(name: str, doc_type: type, origin: bool):
+    """``DocList[doc_type]`` (or the class behind it when ``origin``), rebuilt in this process."""
+    import docarray
+    alias = getattr(docarray, name)[doc_type]
+    return getattr(alias, '__origin__', alias) if origin else alias
 
 
 def tail(path: str, lines: int = 20) -> str:

@@ -1,0 +1,228 @@
+"""Rich notebook views of a Deployment/Flow: an HTML status table and a readable text form.
+
+The markup lives in ``orchestra_nb/templates/*.html`` (``string.Template``);
+this module only fills it. ``runtime`` stays free of notebook code: the methods
+are attached to :class:`runtime.orchestration.Orchestration` by
+:func:`attach` (called when ``orchestra_nb`` is imported).
+
+    >>> html = status_html(dep)          # the table `%orchestra status NAME` shows
+"""
+from __future__ import annotations
+
+import html
+import string
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Dict, List, Optional, Sequence
+
+from runtime.orchestration import Orchestration
+
+STATE_COLORS = {'running': '#2e7d32', 'ready': '#2e7d32', 'starting': '#f9a825', 'stopped': '#757575',
+                'failed': '#c62828', 'down': '#c62828', 'unreachable': '#ef6c00'}
+
+
+@lru_cache(maxsize=None)
+def template(name: str) -> string.Template:
+    """A template from ``orchestra_nb/templates``."""
+    return string.Template(resources.files('orchestra_nb').joinpath('templates', name).read_text())
+
+
+def esc(value: Any) -> str:
+    return html.escape('' if value is None else str(value))
+
+
+def html_table(head: Sequence[str], rows: Sequence[Sequence[Any]], raw_columns: Sequence[int] = ()) -> str:
+    """An HTML table; cells are escaped except the columns in ``raw_columns`` (already HTML)."""
+    th = ''.join(f'<th style="padding: 2px 8px">{esc(h)}</th>' for h in head)
+    trs = []
+    for row in rows:
+        tds = ''.join(f'<td style="padding: 2px 8px">{c if i in raw_columns else esc(c)}</td>'
+                      for i, c in enumerate(row))
+        trs.append(f'<tr>{tds}</tr>')
+    return template('table.html').substitute(head=th, rows='\n'.join(trs))
+
+
+def badge(state: str) -> str:
+    color = STATE_COLORS.get(state, '#757575')
+    return f'<span style="color: {color}">&#9679;</span> {esc(state)}'
+
+
+def human_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return ''
+    for unit in ('B', 'KiB', 'MiB', 'GiB'):
+        if n < 1024 or unit == 'GiB':
+            return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+        n /= 1024
+    return ''
+
+
+def raft_role(rec: Dict[str, Any]) -> str:
+    raft = rec.get('raft') or {}
+    role = raft.get('role') or raft.get('state')
+    if not role:
+        return ''
+    term = raft.get('term')
+    return f'{role} (term {term})' if term is not None else str(role)
+
+
+def total_requests(rec: Dict[str, Any]) -> int:
+    return int(sum((rec.get('requests') or {}).values()))
+
+
+def replica_rows(status: Dict[str, Any]) -> tuple:
+    """(head, rows, raw columns) of the per-replica table, with optional columns only when present."""
+    reps: List[Dict[str, Any]] = status.get('replicas', [])
+    show_node = len({r.get('node') for r in reps}) > 1
+    show_raft = any(r.get('raft') for r in reps)
+    show_cpu = any(r.get('cpu_percent') is not None for r in reps)
+    show_rss = any(r.get('rss_bytes') is not None for r in reps)
+    show_gpu = any(r.get('cuda_visible_devices') not in (None, '') for r in reps)
+    head = (['executor'] if show_node else []) + ['replica', 'pid', 'state', 'port', 'requests']
+    head += (['RAFT role'] if show_raft else []) + (['CPU %'] if show_cpu else [])
+    head += (['RSS'] if show_rss else []) + (['GPU'] if show_gpu else [])
+    state_col = head.index('state')
+    rows = []
+    for r in reps:
+        reqs = r.get('requests') or {}
+        by_ep = ', '.join(f'{k}: {v}' for k, v in sorted(reqs.items()))
+        row = ([r.get('node')] if show_node else [])
+        row += [r.get('name'), r.get('pid'), badge(r.get('state', '?')), r.get('port'),
+                f'{total_requests(r)}' + (f' ({by_ep})' if len(reqs) > 1 else '')]
+        row += ([raft_role(r)] if show_raft else [])
+        row += ([f"{r['cpu_percent']:.0f}" if r.get('cpu_percent') is not None else ''] if show_cpu else [])
+        row += ([human_bytes(r.get('rss_bytes'))] if show_rss else [])
+        row += ([r.get('cuda_visible_devices') or ''] if show_gpu else [])
+        rows.append(row)
+    gw = status.get('gateway') or {}
+    if gw:
+        row = (['gateway'] if show_node else []) + [f"{status.get('name')}/gateway", gw.get('pid'),
+                                                    badge(gw.get('state', '?')), gw.get('port') or '',
+                                                    total_requests(gw)]
+        row += [''] * (len(head) - len(row))
+        rows.append(row)
+    return head, rows, (state_col,)
+
+
+def kind_of(obj: Orchestration) -> str:
+    return type(obj).__name__
+
+
+def uses_name(uses: Any) -> str:
+    if isinstance(uses, type):
+        return uses.__qualname__
+    return str(uses)
+
+
+def summary_line(obj: Orchestration) -> str:
+    """Replicas/shards/uses in a few words (no network)."""
+    parts = []
+    if hasattr(obj, 'uses'):
+        parts.append(f'uses {uses_name(obj.uses)}')
+        parts.append(f'replicas={getattr(obj, "replicas", "?")}')
+        if getattr(obj, 'shards', 1) != 1:
+            parts.append(f'shards={obj.shards}')
+        if getattr(obj, 'stateful', False):
+            parts.append('stateful')
+    elif obj.nodes:
+        parts.append('executors: ' + ' → '.join(n.name for n in obj.nodes))
+    return ', '.join(parts)
+
+
+def status_html(obj: Orchestration, status: Optional[Dict[str, Any]] = None, state: Optional[str] = None,
+                note: str = '') -> str:
+    """The HTML view: header, per-replica table (when running) and an optional note."""
+    running = obj._started
+    state = state or ('running' if running else 'stopped')
+    table = ''
+    if running:
+        if status is None:
+            try:
+                status = obj.status(timeout=1.0)
+            except Exception as e:  # a view never raises
+                note = note or f'status unavailable: {type(e).__name__}: {e}'
+        if status is not None:
+            head, rows, raw = replica_rows(status)
+            table = html_table(head, rows, raw)
+    where = f'at <code>{esc(obj.address)}</code>' if running else ''
+    return template('orchestration.html').substitute(
+        kind=esc(kind_of(obj)), name=esc(obj.name), state=esc(state),
+        state_color=STATE_COLORS.get(state, '#757575'), where=where,
+        summary=f'<div style="color: #555">{esc(summary_line(obj))}</div>',
+        table=table, note=f'<div style="color: #c62828">{esc(note)}</div>' if note else '')
+
+
+def status_text(obj: Orchestration, status: Optional[Dict[str, Any]] = None) -> str:
+    """The same as plain text: one line, then one line per replica when running."""
+    lines = [repr(obj)]
+    summary = summary_line(obj)
+    if summary:
+        lines.append(f'  {summary}')
+    if obj._started:
+        try:
+            status = status or obj.status(timeout=1.0)
+        except Exception as e:
+            lines.append(f'  status unavailable: {type(e).__name__}: {e}')
+            return '\n'.join(lines)
+        head, rows, raw = replica_rows(status)
+        state_col = raw[0]
+        text_rows = [[_strip_badge(c) if i == state_col else str('' if c is None else c)
+                      for i, c in enumerate(row)] for row in rows]
+        widths = [max(len(h), *(len(r[i]) for r in text_rows)) for i, h in enumerate(head)]
+        lines.append('  ' + '  '.join(h.ljust(w) for h, w in zip(head, widths)))
+        for r in text_rows:
+            lines.append('  ' + '  '.join(c.ljust(w) for c, w in zip(r, widths)))
+    return '\n'.join(lines)
+
+
+def _strip_badge(cell: str) -> str:
+    return html.unescape(cell.rsplit('</span> ', 1)[-1])
+
+
+def _repr_html_(self: Orchestration) -> str:
+    return status_html(self)
+
+
+def _repr_pretty_(self: Orchestration, p, cycle: bool) -> None:
+    p.text(repr(self) if cycle else status_text(self))
+
+
+def _with_status_table(own_html):
+    """A class's own HTML view (a Flow's graph), followed by the replica table while running."""
+    def _repr_html_(self: Orchestration) -> str:
+        html = own_html(self)
+        if self._started:
+            html += status_html(self)
+        return html
+    _repr_html_.__wrapped__ = own_html
+    _repr_html_._orchestra = True
+    return _repr_html_
+
+
+_repr_html_._orchestra = True
+_repr_pretty_._orchestra = True
+
+
+def attach() -> None:
+    """Give every Deployment/Flow its notebook views (runtime itself never imports this).
+
+    IPython's pretty printer prefers a class's own ``__repr__`` over an inherited
+    ``_repr_pretty_``, so the method goes on each subclass too. A class with its own
+    ``_repr_html_`` (the Flow's graph) keeps it, with the replica table added while running.
+    """
+    try:
+        import runtime.flow  # noqa: F401  (so that Flow is among the subclasses)
+    except Exception:
+        pass
+    todo = [Orchestration]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        own = cls.__dict__.get('_repr_html_')
+        if own is None or own is _repr_html_:
+            cls._repr_html_ = _repr_html_
+        elif not getattr(own, '_orchestra', False):
+            cls._repr_html_ = _with_status_table(own)
+        if not getattr(cls.__dict__.get('_repr_pretty_'), '_orchestra', True):
+            continue  # the class wrote its own pretty printer
+        cls._repr_pretty_ = _repr_pretty_
