@@ -8,8 +8,9 @@ from runtime.batching import dynamic_batching
 from runtime.client import Client, RemoteError
 from runtime.deployment import Deployment
 from runtime.executor import Executor, requests, write
+from runtime.flow import Flow
 
-__all__ = ['Executor', 'requests', 'write', 'dynamic_batching', 'Deployment', 'Client', 'RemoteError']
+__all__ = ['Executor', 'requests', 'write', 'dynamic_batching', 'Deployment', 'Flow', 'Client', 'RemoteError']
 __version__ = '0.1.0'
 
 

@@ -67,6 +67,11 @@ class Deployment(Orchestration):
                  log_dir: Optional[str] = None, no_reduce: bool = False, allow_partial: bool = False,
                  stream_logs: bool = False, log_level: str = 'INFO', **kwargs):
         check_kwargs(kwargs, DEPLOYMENT_ARGS, 'Deployment')
+        self._uses_source, self._uses_with_source = uses, uses_with   # as written: what save_config writes
+        if kwargs.get('py_modules') or isinstance(uses, dict) or (
+                isinstance(uses, str) and uses.lower().endswith(('.yml', '.yaml'))):
+            from runtime.config import resolve_uses   # class name in py_modules, nested or YAML uses
+            uses, uses_with = resolve_uses(uses, uses_with, kwargs.get('py_modules'))
         if not isinstance(name, str) or not name or '/' in name:
             raise ValueError(f'name={name!r}: must be a non-empty string without "/"')
         self.replicas = check_count(replicas, 'replicas')
@@ -194,6 +199,22 @@ class Deployment(Orchestration):
             self.replicas = old
         self._scale_node(target, drain_timeout)
         self.replicas = n
+        return self
+
+    # -- configs ----------------------------------------------------------------------
+    @classmethod
+    def load_config(cls, source: str) -> 'Deployment':
+        """A Deployment from a ``jtype: Deployment`` YAML file (or YAML text); see runtime.config."""
+        from runtime.config import load_deployment
+        return load_deployment(source)
+
+    def save_config(self, path: str) -> None:
+        """Write this Deployment as ``jtype: Deployment`` YAML; :meth:`load_config` reads it back."""
+        from runtime.config import save
+        save(self, path)
+
+    def needs_all(self, **kwargs) -> 'Deployment':
+        """A Deployment is one Executor: nothing to join (Jina's docs call it; kept for their examples)."""
         return self
 
     # -- reprs ------------------------------------------------------------------------

@@ -1,0 +1,454 @@
+"""The ``orchestra`` command line.
+
+    orchestra deployment --uses deployment.yaml [--replicas 3 ...]   # serve until Ctrl-C / SIGTERM
+    orchestra flow --uses flow.yaml [--port 5555]
+    orchestra executor --uses pkg.mod:Class --port 12345 [--uses-with '{"dim": 128}']
+    orchestra ping 127.0.0.1:5555                                     # exit 0 ready, 1 not
+    orchestra bench --setups 1,3s                                     # runtime.bench
+    orchestra export ...                                              # planned
+
+Every flag of ``deployment``/``flow`` is also a YAML key (``--uses-with`` is
+``uses_with``); a flag given on the command line overrides the YAML's value.
+Values that are mappings or lists are written as JSON (``--polling
+'{"/search": "ALL", "*": "ANY"}'``); ``--env`` also takes ``KEY=VALUE``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from runtime.deployment import DEPLOYMENT_ARGS
+
+_HELP = {
+    'name': 'name of the Executor (replicas are NAME/rep-i)', 'uses': None,
+    'uses_with': 'constructor arguments of the Executor, as JSON',
+    'replicas': 'replicas per shard', 'shards': 'number of shards',
+    'polling': "'ANY', 'ALL', or JSON {endpoint: mode, '*': fallback}",
+    'port': 'gateway port (0 or omitted: the OS picks); with --external, replica ports',
+    'host': 'gateway host (default 127.0.0.1); with --external, replica hosts (or HOST:PORT)',
+    'env': 'environment of the replicas: KEY=VALUE (repeatable) or JSON',
+    'workspace': 'folder for Executor state', 'timeout_ready': 'seconds to wait for readiness',
+    'stateful': 'replicate @write endpoints through RAFT', 'peer_ports': 'RAFT ports (ints, or JSON)',
+    'raft_configuration': 'RAFT settings as JSON', 'raft_password': 'RAFT password',
+    'read_consistency': "'eventual' or 'strong'", 'external': 'use replicas already running at host/port',
+    'max_in_flight_per_replica': 'requests in flight per replica before the gateway queues',
+    'blas_threads': 'BLAS threads per replica', 'log_dir': 'folder for the replica logs',
+    'no_reduce': 'ALL polling: concatenate shard results instead of merging by id',
+    'allow_partial': 'ALL polling: answer from the live shards when one is down',
+    'stream_logs': 'copy replica logs to this terminal (always on for the CLI)',
+    'needs': 'Executors this one waits for (Flow only)', 'py_modules': 'Python files holding the Executor class',
+    'log_level': 'log level of the replicas (DEBUG, INFO, ...)', 'protocol': "only 'grpc'",
+}
+
+
+# ----------------------------------------------------------------------------- flag helpers
+
+def _json_or_text(text: str) -> Any:
+    """``'{"a": 1}'`` -> dict, ``'[1, 2]'`` -> list, ``'3'`` -> 3, anything else -> the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _flag(key: str) -> str:
+    return '--' + key.replace('_', '-')
+
+
+def _add_args(parser: argparse.ArgumentParser, keys: Sequence[str]) -> None:
+    """One flag per config key; types follow :data:`runtime.config.FIELD_TYPES`."""
+    from runtime.config import FIELD_TYPES
+    for key in keys:
+        types, say = FIELD_TYPES.get(key, ((str,), 'a string'))
+        helptext = _HELP.get(key) or say
+        flag = _flag(key)
+        if key == 'env':
+            parser.add_argument(flag, action='append', metavar='KEY=VALUE', help=helptext)
+        elif key in ('py_modules', 'peer_ports', 'needs'):
+            parser.add_argument(flag, nargs='+', help=helptext)
+        elif key in ('host', 'port'):
+            parser.add_argument(flag, nargs='+', help=helptext)
+        elif key == 'no_reduce':
+            g = parser.add_mutually_exclusive_group()
+            g.add_argument('--no-reduce', dest='no_reduce', action='store_const', const=True, help=helptext)
+            g.add_argument('--reduce', dest='no_reduce', action='store_const', const=False,
+                           help='ALL polling: merge shard results by id (the default)')
+        elif types == (bool,):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        elif types == (int,):
+            parser.add_argument(flag, type=int, help=helptext)
+        elif float in types:
+            parser.add_argument(flag, type=float, help=helptext)
+        elif types == (str,):
+            parser.add_argument(flag, help=helptext)
+        else:
+            parser.add_argument(flag, type=_json_or_text, help=helptext)
+
+
+def _overrides(args: argparse.Namespace, keys: Sequence[str]) -> Dict[str, Any]:
+    """The flags given on the command line, as config values."""
+    out: Dict[str, Any] = {}
+    for key in keys:
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if key == 'env':
+            env: Dict[str, Any] = {}
+            for item in value:
+                parsed = _json_or_text(item)
+                if isinstance(parsed, dict):
+                    env.update(parsed)
+                elif isinstance(item, str) and '=' in item:
+                    k, v = item.split('=', 1)
+                    env[k] = v
+                else:
+                    raise ValueError(f'--env {item!r}: write KEY=VALUE or a JSON mapping')
+            value = env
+        elif key in ('peer_ports', 'py_modules', 'needs'):
+            parsed = [_json_or_text(v) for v in value]
+            if key != 'py_modules' and len(parsed) == 1 and isinstance(parsed[0], (dict, list)):
+                value = parsed[0]
+            else:
+                value = parsed if key == 'peer_ports' else list(value)
+        elif key == 'port':
+            try:
+                ports = [int(v) for v in value]
+            except ValueError:
+                raise ValueError(f'--port {" ".join(value)}: ports are integers') from None
+            value = ports[0] if len(ports) == 1 else ports
+        elif key == 'host':
+            value = value[0] if len(value) == 1 else list(value)
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- deployment / flow
+
+_SERVE_DEPLOYMENT_KEYS = [k for k in DEPLOYMENT_ARGS if k not in ('uses', 'needs')]
+
+
+def _deployment_spec(args: argparse.Namespace) -> Dict[str, Any]:
+    from runtime import config
+    uses = args.uses
+    spec: Dict[str, Any]
+    if uses.lower().endswith(('.yml', '.yaml')):
+        if not os.path.isfile(uses):
+            raise FileNotFoundError(f'--uses {uses!r}: no such file')
+        kind = _peek_jtype(uses)
+        if kind == 'Flow':
+            raise ValueError(f'--uses {uses!r} is a jtype: Flow config; run `orchestra flow --uses {uses}`')
+        if kind == 'Deployment':
+            spec = config.load_spec(uses)
+        else:  # an Executor config (jtype: ClassName)
+            spec = {'jtype': 'Deployment', 'with': {'uses': os.path.abspath(uses)}}
+    else:
+        spec = {'jtype': 'Deployment', 'with': {'uses': uses}}
+    merged = dict(spec['with'])
+    merged.update(_overrides(args, _SERVE_DEPLOYMENT_KEYS))
+    w = config._Where('command line')
+    spec['with'] = config.normalize_deployment_args(merged, w, os.getcwd())
+    return spec
+
+
+def _flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
+    from runtime import config
+    from runtime.flow import FLOW_ARGS
+    if not args.uses.lower().endswith(('.yml', '.yaml')):
+        raise ValueError(f'--uses {args.uses!r}: orchestra flow takes a jtype: Flow YAML file')
+    spec = config.load_spec(args.uses)
+    if spec['jtype'] != 'Flow':
+        raise ValueError(f'--uses {args.uses!r} is a jtype: {spec["jtype"]} config; '
+                         f'run `orchestra deployment --uses {args.uses}`')
+    over = _overrides(args, FLOW_ARGS)
+    if over:
+        spec['with'] = dict(spec.get('with') or {}, **over)
+    return spec
+
+
+def _peek_jtype(path: str) -> Optional[str]:
+    from runtime import config
+    data, _, _ = config._read(path)
+    return data.get('jtype') if isinstance(data, dict) else None
+
+
+def _replica_table(obj: Any) -> str:
+    st = obj.status(timeout=2.0)
+    rows = [('REPLICA', 'PID', 'ADDRESS', 'STATE')]
+    for r in st['replicas']:
+        rows.append((r['name'], str(r.get('pid') or '-'), str(r.get('address') or '-'), r['state']))
+    gw = st.get('gateway') or {}
+    rows.append((f'{obj.name}/gateway', str(gw.get('pid') or '-'), obj.address, gw.get('state', '?')))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _serve(obj: Any, kind: str) -> int:
+    """Start ``obj``, print where it listens, serve until SIGINT/SIGTERM, stop everything."""
+    stop = threading.Event()
+    received: List[str] = []
+
+    def on_signal(signum, _frame):
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    obj.stream_logs = True
+    try:
+        try:
+            obj.start()
+        except Exception as e:
+            print(f'orchestra {kind}: failed to start: {e}', file=sys.stderr, flush=True)
+            return 1
+        try:
+            n = sum(len(node.replicas) for node in obj.nodes)
+            print(f'{type(obj).__name__} {obj.name!r} ready at {obj.address} '
+                  f'({n} replica process{"es" if n != 1 else ""}, started in {obj.startup_seconds:.1f} s)',
+                  flush=True)
+            print(_replica_table(obj), flush=True)
+            print('Ctrl-C (SIGINT) or SIGTERM stops it.', flush=True)
+            while not stop.wait(0.5):
+                pass
+            print(f'orchestra {kind}: {received[0] if received else "stop"} received; stopping',
+                  file=sys.stderr, flush=True)
+        finally:
+            obj.close()
+        print(f'{type(obj).__name__} {obj.name!r} stopped', flush=True)
+        return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def cmd_deployment(args: argparse.Namespace) -> int:
+    from runtime import config
+    try:
+        obj = config.build(_deployment_spec(args))
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f'orchestra deployment: {e}', file=sys.stderr)
+        return 2
+    return _serve(obj, 'deployment')
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    from runtime import config
+    try:
+        obj = config.build(_flow_spec(args))
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f'orchestra flow: {e}', file=sys.stderr)
+        return 2
+    return _serve(obj, 'flow')
+
+
+# ----------------------------------------------------------------------------- executor
+
+def cmd_executor(args: argparse.Namespace) -> int:
+    """One replica server in this process (what external Executors and containers run)."""
+    from runtime.config import resolve_uses
+    from runtime.deployment import check_port
+    from runtime.worker import PortInUseError, ReplicaServer
+    name = args.name or args.uses.rsplit(':', 1)[-1].rsplit('.', 1)[-1].rsplit('/', 1)[-1]
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format=f'{name}@{os.getpid()} %(asctime)s %(levelname)-7s %(message)s',
+                        datefmt='%H:%M:%S')
+    for noisy in ('grpc', 'asyncio'):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        port = check_port(args.port, '--port') or 0
+        uses_with = _json_or_text(args.uses_with) if args.uses_with else None
+        if uses_with is not None and not isinstance(uses_with, dict):
+            raise ValueError(f'--uses-with {args.uses_with!r}: must be a JSON object of constructor arguments')
+        uses, uses_with = resolve_uses(args.uses, uses_with, args.py_modules)
+        if isinstance(uses, str):
+            from runtime.worker import load_executor_class
+            uses = load_executor_class(uses)
+        server = ReplicaServer({'uses': uses, 'uses_with': uses_with, 'display_name': name,
+                                'runtime_args': {'name': name, 'workspace': args.workspace}})
+    except Exception as e:
+        print(f'orchestra executor: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
+        return 1
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for s in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(s, stop.set)
+
+        def ready(srv: ReplicaServer) -> None:
+            print(f'executor {name!r} ({type(srv.executor).__name__}) ready at {args.host}:{srv.port} '
+                  f'(pid {os.getpid()}); endpoints: {", ".join(srv.endpoints.names)}', flush=True)
+
+        await server.serve(args.host, port, stop, on_ready=ready)
+
+    try:
+        asyncio.run(main())
+    except PortInUseError as e:
+        print(f'orchestra executor: {e}', file=sys.stderr, flush=True)
+        return 1
+    print(f'executor {name!r} stopped', flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- ping
+
+def parse_address(text: str) -> str:
+    """``HOST:PORT``, ``grpc://HOST:PORT`` or ``PORT`` -> ``HOST:PORT``."""
+    t = text.strip()
+    for prefix in ('grpc://', 'grpcs://', 'http://'):
+        if t.startswith(prefix):
+            t = t[len(prefix):]
+    host, sep, port = t.rpartition(':')
+    if not sep:
+        host, port = '127.0.0.1', t
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'{text!r}: expected HOST:PORT (e.g. 127.0.0.1:5555)')
+    return f'{host or "127.0.0.1"}:{int(port)}'
+
+
+def ping(address: str, timeout: float = 3.0) -> Dict[str, Any]:
+    """The Info record of the server at ``address``; raises ConnectionError when it does not answer."""
+    import grpc
+    from runtime import protocol
+    with grpc.insecure_channel(address, options=protocol.GRPC_OPTIONS) as ch:
+        try:
+            return json.loads(ch.unary_unary(protocol.INFO)(b'', timeout=timeout))
+        except grpc.RpcError as e:
+            raise ConnectionError(f'{address}: {e.code().name}: {e.details()}') from None
+        except ValueError as e:
+            raise ConnectionError(f'{address}: not an orchestra-nb server ({e})') from None
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    try:
+        address = parse_address(args.address)
+    except ValueError as e:
+        print(f'orchestra ping: {e}', file=sys.stderr)
+        return 2
+    last = ''
+    for attempt in range(max(1, args.attempts)):
+        if attempt:
+            threading.Event().wait(args.interval)
+        try:
+            info = ping(address, args.timeout)
+        except ConnectionError as e:
+            last = str(e)
+            continue
+        if info.get('ready'):
+            what = info.get('role') or 'executor'
+            print(f'ready: {what} {info.get("name", "")} at {address}'.replace('  ', ' '), flush=True)
+            return 0
+        last = f'{address} answered but is not ready'
+    print(f'not ready: {last}', file=sys.stderr, flush=True)
+    return 1
+
+
+# ----------------------------------------------------------------------------- bench / export
+
+def _bench_module():
+    try:
+        import runtime.bench as bench
+    except ModuleNotFoundError as e:
+        if e.name in ('runtime.bench',):
+            raise ImportError('the benchmark (runtime/bench.py) is not installed in this version') from None
+        raise
+    return bench
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    print('orchestra export: not available yet -- exporting a Deployment/Flow to Kubernetes or '
+          'Docker Compose is planned. For now run `orchestra deployment|flow --uses config.yaml` '
+          'on the target machine, or `orchestra executor` per container.', file=sys.stderr)
+    return 2
+
+
+# ----------------------------------------------------------------------------- the parser
+
+def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
+    """The ``orchestra`` parser; ``with_bench`` loads ``runtime.bench``'s flags (imports it)."""
+    from runtime.flow import FLOW_ARGS
+    parser = argparse.ArgumentParser(prog='orchestra', description='Scale out docarray Executors: '
+                                     'Deployments, Flows, replicas, shards, RAFT.')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+
+    p = sub.add_parser('deployment', help='serve a Deployment until Ctrl-C / SIGTERM',
+                       description='Serve a Deployment until SIGINT/SIGTERM. Every flag is also a key of '
+                                   'a jtype: Deployment YAML; flags override the YAML.')
+    p.add_argument('--uses', required=True,
+                   help='a jtype: Deployment YAML, an Executor YAML, or package.module:Class')
+    _add_args(p, _SERVE_DEPLOYMENT_KEYS)
+    p.set_defaults(func=cmd_deployment)
+
+    p = sub.add_parser('flow', help='serve a Flow until Ctrl-C / SIGTERM',
+                       description='Serve a Flow until SIGINT/SIGTERM. Flags override the YAML\'s `with:`.')
+    p.add_argument('--uses', required=True, help='a jtype: Flow YAML')
+    _add_args(p, FLOW_ARGS)
+    p.set_defaults(func=cmd_flow)
+
+    p = sub.add_parser('executor', help='serve one Executor replica in this process',
+                       description='One replica server in the foreground (external Executors, containers).')
+    p.add_argument('--uses', required=True, help='package.module:Class, a class name with --py-modules, '
+                                                 'or an Executor YAML')
+    p.add_argument('--port', type=int, default=0, help='port to listen on (0: the OS picks)')
+    p.add_argument('--host', default='127.0.0.1', help='address to listen on (default 127.0.0.1)')
+    p.add_argument('--uses-with', help='constructor arguments as a JSON object')
+    p.add_argument('--py-modules', nargs='+', help='Python files holding the Executor class')
+    p.add_argument('--name', help='name in logs and status (default: the class name)')
+    p.add_argument('--workspace', help='folder for Executor state')
+    p.add_argument('--log-level', default='INFO', help='DEBUG, INFO, WARNING, ...')
+    p.set_defaults(func=cmd_executor)
+
+    p = sub.add_parser('ping', help='exit 0 when HOST:PORT answers ready, 1 otherwise',
+                       description='Readiness probe: asks the Info RPC; exit 0 ready, 1 not.')
+    p.add_argument('address', help='HOST:PORT of a gateway or replica')
+    p.add_argument('--timeout', type=float, default=3.0, help='seconds per attempt (default 3)')
+    p.add_argument('--attempts', type=int, default=1, help='tries before giving up (default 1)')
+    p.add_argument('--interval', type=float, default=1.0, help='seconds between tries (default 1)')
+    p.set_defaults(func=cmd_ping)
+
+    p = sub.add_parser('bench', help='QPS comparison: one replica vs RAFT-replicated '
+                                     '(`orchestra bench --help` for its flags)',
+                       description='The QPS comparison of runtime.bench.')
+    if with_bench:
+        _bench_module().add_arguments(p)
+    p.set_defaults(func=None)
+
+    p = sub.add_parser('export', help='(planned) export to Kubernetes / Docker Compose')
+    p.add_argument('rest', nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def _command_of(argv: Sequence[str]) -> Optional[str]:
+    for a in argv:
+        if not a.startswith('-'):
+            return a
+    return None
+
+
+def main(argv: Optional[Sequence[str]] = None, plotter: Optional[Callable[..., Any]] = None) -> int:
+    """Run the CLI; returns the exit status. ``plotter`` goes to ``runtime.bench.run_from_args``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with_bench = _command_of(argv) == 'bench'
+    if with_bench:
+        try:
+            _bench_module()
+        except ImportError as e:
+            print(f'orchestra bench: {e}', file=sys.stderr)
+            return 2
+    args = build_parser(with_bench).parse_args(argv)
+    if args.command == 'bench':
+        return int(_bench_module().run_from_args(args, plotter=plotter) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())
