@@ -210,3 +210,65 @@ def test_flow_with_an_external_executor(remote_replicas):
         assert _served_one_by_one(f, 4, '/upper') == {r0.pid: 2, r1.pid: 2}
         r1.kill()
         assert _served_by(f, 5, '/upper') == {r0.pid: 5}
+
+
+@pytest.fixture
+def cli_replicas():
+    """``start(n) -> [(Popen, port)]``: n ``orchestra executor`` processes, as another host runs them."""
+    import importlib.util
+    import re
+    import selectors
+    import subprocess
+    import sys
+    import time
+    if importlib.util.find_spec('runtime.cli') is None:
+        pytest.skip('runtime/cli.py (`orchestra executor`) is not there yet')
+    procs = []
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests_dir, os.environ.get('PYTHONPATH', '')]))
+
+    def start(n: int):
+        mine = [subprocess.Popen([sys.executable, '-m', 'runtime.cli', 'executor', '--uses',
+                                  'sample_executors:WhoAmI', '--port', '0', '--name', f'cli-{i}'],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                 cwd=os.path.dirname(tests_dir))
+                for i in range(n)]
+        procs.extend(mine)
+        out = []
+        deadline = time.monotonic() + 60
+        for i, p in enumerate(mine):
+            seen, m = [], None
+            with selectors.DefaultSelector() as sel:
+                sel.register(p.stdout, selectors.EVENT_READ)
+                while sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    line = p.stdout.readline()
+                    seen.append(line)
+                    m = re.search(r'ready at [^:\s]+:(\d+)', line)
+                    if m or not line:
+                        break
+            if not m:
+                pytest.fail(f'`orchestra executor` cli-{i} did not report ready within 60 s:\n{"".join(seen)}')
+            out.append((p, int(m.group(1))))
+        return out
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+        p.stdout.close()
+
+
+def test_external_replicas_started_with_orchestra_executor(cli_replicas):
+    (p0, port0), (p1, port1) = cli_replicas(2)
+    with Deployment(name='cli', host='127.0.0.1', port=[port0, port1], external=True) as dep:
+        assert [r['state'] for r in dep.status()['replicas']] == ['ready', 'ready']
+        assert _served_one_by_one(dep, 4) == {p0.pid: 2, p1.pid: 2}
+        p0.kill()
+        p0.wait(5)
+        assert _served_by(dep, 4) == {p1.pid: 4}
