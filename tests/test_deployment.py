@@ -224,3 +224,14 @@ def test_async_post_from_a_running_loop():
 
     with Deployment(uses='sample_executors:Upper') as dep:
         assert asyncio.run(main(dep)) == ['SYNC', 'ASYNC']
+
+
+def test_local_class_with_doclist_type_hints_travels_by_value():
+    class Hinted(Executor):
+        @requests(on='/x')
+        def x(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+            for d in docs:
+                d.text = 'hinted'
+
+    with Deployment(uses=Hinted) as dep:
+        assert dep.post('/x', TextDoc()).text == ['hinted']
