@@ -92,7 +92,8 @@ class Deployment(Orchestration):
         self.workspace = os.path.abspath(workspace) if workspace else None
         self.stateful = bool(stateful)
         self.peer_ports = peer_ports
-        self.raft_configuration = dict(raft_configuration or {})
+        self.raft_configuration = (dict(raft_configuration) if isinstance(raft_configuration, dict)
+                                   else raft_configuration or {})   # a non-dict: validate_stateful says why
         self.raft_password = raft_password
         self.read_consistency = read_consistency
         self.blas_threads = blas_threads

@@ -139,10 +139,12 @@ class ReplicaServer:
                 if self.consensus is not None and ep.is_write:
                     reply_header, reply_body = await self.consensus.write(endpoint, parameters, bytes(body))
                 elif endpoint in self.batchers:
+                    if self.consensus is not None:   # caught up; strong: all committed applied
+                        await self.consensus.before_read(header)
                     reply_header, reply_body = await self.batchers[endpoint].submit(parameters, bytes(body))
                 else:
-                    if self.consensus is not None and header.get('consistency') == 'strong':
-                        await self.consensus.wait_applied_commit()
+                    if self.consensus is not None:   # caught up; strong: all committed applied
+                        await self.consensus.before_read(header)
                     loop = asyncio.get_running_loop()
                     reply_header, reply_body = await loop.run_in_executor(
                         self.pool, self.run_endpoint, ep, parameters, body)
