@@ -1,0 +1,160 @@
+"""RAFT indexing benchmark: one replica against three stateful (RAFT) replicas, side by side.
+
+The Jina scale-out workload's indexing half: ``--docs`` TextDocs with random 128-d
+embeddings posted to ``/index`` with ``request_size=100``. Prints the seconds of each
+setup, the ratio (target: RAFT <= 2 x one replica at 100k docs), the seconds until all
+three replicas hold every doc, and checks that they do. Then small writes (1 doc per
+request, a window of 16) per second, one replica against three stateful ones.
+
+    python benchmarks/raft_index.py                # 20k docs (about a minute on 2 cores)
+    python benchmarks/raft_index.py --docs 100000  # the full target
+
+Uses ``runtime.executors.exact_nn:ExactNNSearch`` when present, else a small array index
+defined here. Numbers go in ``benchmarks/README.md``; this machine is shared, so compare
+ratios from one run, not absolute times across runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from docarray import DocList
+from docarray.documents import TextDoc
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from orchestra_nb import Client, Deployment, Executor, requests, write  # noqa: E402
+
+
+class ArrayIndex(Executor):
+    """A minimal index: ids, texts and one growing float32 matrix."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.ids: List[str] = []
+        self.texts: List[str] = []
+        self.chunks: List[np.ndarray] = []
+
+    @requests(on='/index')
+    @write
+    def index(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        self.ids.extend(docs.id)
+        self.texts.extend(docs.text)
+        self.chunks.append(np.stack([np.asarray(d.embedding, dtype=np.float32) for d in docs]))
+        return DocList[TextDoc]()
+
+    @requests(on='/count')
+    def count(self, **kwargs) -> Dict[str, int]:
+        return {'count': len(self.ids)}
+
+
+def pick_executor() -> Any:
+    try:
+        from runtime.executors.exact_nn import ExactNNSearch
+        return ExactNNSearch
+    except ImportError:
+        return ArrayIndex
+
+
+def make_docs(n: int, dim: int, seed: int = 0) -> DocList[TextDoc]:
+    emb = np.random.default_rng(seed).random((n, dim), dtype=np.float32)
+    return DocList[TextDoc]([TextDoc(text=f'I am document {i}', embedding=emb[i]) for i in range(n)])
+
+
+def counts(dep: Deployment) -> List[int]:
+    """Docs held by each replica, asked directly (not through the gateway)."""
+    out = []
+    for r in dep.nodes[0].replicas:
+        host, port = r.address.rsplit(':', 1)
+        c = Client(host=host, port=int(port))
+        try:
+            c.post('/count', inputs=None, timeout=60)
+            out.append(int(c.last_results.get('count', -1)))
+        finally:
+            c.close()
+    return out
+
+
+def wait_counts(dep: Deployment, n: int, timeout: float = 600.0) -> List[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = counts(dep)
+        if all(c == n for c in got) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+def index_run(uses: Any, docs: DocList[TextDoc], replicas: int, stateful: bool,
+              workspace: Optional[str]) -> Dict[str, Any]:
+    """Start a Deployment, index ``docs`` (request_size=100), check every replica's count."""
+    kwargs: Dict[str, Any] = dict(uses=uses, replicas=replicas, timeout_ready=120)
+    if stateful:
+        kwargs.update(stateful=True, workspace=workspace)
+    with Deployment(name='indexer', **kwargs) as dep:
+        t0 = time.perf_counter()
+        dep.post('/index', docs, request_size=100, timeout=600)
+        index_s = time.perf_counter() - t0
+        held = wait_counts(dep, len(docs))
+        all_s = time.perf_counter() - t0
+        raft = [r.get('raft') for r in dep.status()['replicas']]
+    return {'index_s': index_s, 'all_hold_s': all_s, 'counts': held, 'raft': raft}
+
+
+def small_writes(uses: Any, replicas: int, stateful: bool, workspace: Optional[str], n: int) -> float:
+    """Writes per second: ``n`` requests of one small doc, a window of 16."""
+    kwargs: Dict[str, Any] = dict(uses=uses, replicas=replicas, timeout_ready=120)
+    if stateful:
+        kwargs.update(stateful=True, workspace=workspace)
+    docs = make_docs(n, 8, seed=1)
+    with Deployment(name='writes', **kwargs) as dep:
+        dep.post('/index', docs[:50], request_size=1)   # warm up
+        t0 = time.perf_counter()
+        dep.post('/index', docs, request_size=1, prefetch=16, timeout=600)
+        return n / (time.perf_counter() - t0)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--docs', type=int, default=20_000)
+    ap.add_argument('--dim', type=int, default=128)
+    ap.add_argument('--writes', type=int, default=2000, help='small writes for the writes/s figure (0: skip)')
+    ap.add_argument('--executor', default=None, help="'package.module:Class' (default: ExactNNSearch if present)")
+    args = ap.parse_args(argv)
+    uses = args.executor or pick_executor()
+    name = uses if isinstance(uses, str) else f'{uses.__module__}:{uses.__name__}'
+    print(f'executor {name}; {args.docs} docs x {args.dim}-d, request_size=100; {os.cpu_count()} CPUs')
+    docs = make_docs(args.docs, args.dim)
+    ws = tempfile.mkdtemp(prefix='raft-bench-')
+    ok = True
+    try:
+        one = index_run(uses, docs, 1, False, None)
+        print(f'replicas=1            : index {one["index_s"]:7.2f} s   holds {one["counts"]}')
+        three = index_run(uses, docs, 3, True, os.path.join(ws, 'index'))
+        print(f'replicas=3 stateful   : index {three["index_s"]:7.2f} s   all replicas hold every doc after '
+              f'{three["all_hold_s"]:.2f} s: {three["counts"]}')
+        ratio = three['index_s'] / one['index_s']
+        ratio_all = three['all_hold_s'] / one['index_s']
+        print(f'ratio RAFT / single   : {ratio:.2f} (until all hold: {ratio_all:.2f}); target <= 2.0')
+        for r in three['raft']:
+            print(f'  raft: {r["role"]:9s} term {r["term"]} applied {r["applied_index"]} '
+                  f'writes {r["writes_applied"]} entries {r["proposals"]["entries"]} '
+                  f'records {r["proposals"]["records"]} fetched {r["payloads_fetched"]}')
+        ok = all(c == args.docs for c in three['counts']) and one['counts'] == [args.docs]
+        if args.writes:
+            w1 = small_writes(uses, 1, False, None, args.writes)
+            w3 = small_writes(uses, 3, True, os.path.join(ws, 'writes'), args.writes)
+            print(f'small writes/s        : replicas=1 {w1:7.0f}   replicas=3 stateful {w3:7.0f}   '
+                  f'ratio {w3 / w1:.2f}')
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+    print('CHECK all replicas hold every doc:', 'OK' if ok else 'FAILED')
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

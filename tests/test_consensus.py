@@ -1,0 +1,338 @@
+"""Stateful replicas kept consistent with RAFT (pysyncobj): real processes, real TCP.
+
+Waits are on the replicas' ``applied_index`` / ``writes_applied`` (never a fixed sleep),
+each with a timeout and a message. Replicas are queried directly (not through the
+gateway) to check what each one holds.
+"""
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from docarray import DocList
+from docarray.documents import TextDoc
+from docarray.index.backends.in_memory import InMemoryExactNNIndex
+
+from conftest import wait_until
+from orchestra_nb import Client, Deployment, Executor, requests, write
+from runtime.consensus import normalize_raft_configuration, valid_raft_keys
+
+
+# -- the Jina docs' first example (imports changed only) ------------------------------
+class MyStateStatefulExecutor(Executor):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._docs_dict = {}
+
+    @requests(on=['/index'])
+    @write
+    def index(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        for doc in docs:
+            self._docs_dict[doc.id] = doc
+
+    @requests(on=['/search'])
+    def search(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        for doc in docs:
+            self.logger.debug(f'Searching against {len(self._docs_dict)} documents')
+            doc.text = self._docs_dict[doc.id].text
+
+
+# -- the Jina docs' second example (imports changed only) -----------------------------
+class QueryDoc(TextDoc):
+    matches: DocList[TextDoc] = DocList[TextDoc]()
+
+
+class ExactNNSearch(Executor):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._index = InMemoryExactNNIndex[TextDoc]()
+
+    @requests(on=['/index'])
+    @write  # I add write decorator to indicate that calling this endpoint updates the inner state
+    def index(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        self.logger.info(f'Indexing Document in index with {len(self._index)} documents indexed')
+        self._index.index(docs)
+
+    @requests(on=['/search'])
+    def search(self, docs: DocList[QueryDoc], **kwargs) -> DocList[QueryDoc]:
+        self.logger.info(f'Searching Document in index with {len(self._index)} documents indexed')
+        for query in docs:
+            docs, scores = self._index.find(query, search_field='embedding', limit=100)
+            query.matches = docs
+
+
+# -- a key-value Executor the fault tests read back -----------------------------------
+class KV(Executor):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.kv = {}
+
+    @requests(on='/index')
+    @write
+    def index(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        for d in docs:
+            self.kv[d.id] = d.text
+
+    @requests(on='/get')
+    def get(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        for d in docs:
+            d.text = self.kv.get(d.id, '<missing>')
+
+    @requests(on='/ids')
+    def ids(self, **kwargs) -> DocList[TextDoc]:
+        return DocList[TextDoc]([TextDoc(id=k, text=v) for k, v in sorted(self.kv.items())])
+
+
+# -- helpers --------------------------------------------------------------------------
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def rafts(dep):
+    """Each replica's raft record (None while it does not answer)."""
+    return [r.get('raft') for r in dep.status()['replicas']]
+
+
+def converged(dep, writes):
+    """True when every replica is ready, applied ``writes`` writes, and all sit at the same index."""
+    rs = rafts(dep)
+    return (all(r and r['ready'] and r['writes_applied'] == writes for r in rs)
+            and len({r['applied_index'] for r in rs}) == 1)
+
+
+def wait_converged(dep, writes, timeout=30.0):
+    wait_until(lambda: converged(dep, writes), timeout,
+               f'every replica to apply {writes} writes (now: {[(r or {}).get("writes_applied") for r in rafts(dep)]})')
+
+
+def direct(dep, i):
+    """A Client talking to replica ``i`` itself."""
+    host, port = dep.nodes[0].replicas[i].address.rsplit(':', 1)
+    return Client(host=host, port=int(port))
+
+
+def leader_name(dep, exclude=()):
+    names = {r['name']: r.get('raft') for r in dep.status()['replicas']}
+    leaders = [n for n, r in names.items() if r and r['role'] == 'leader' and n not in exclude]
+    return leaders[0] if len(leaders) == 1 else None
+
+
+# -- behaviour ------------------------------------------------------------------------
+def test_first_example_converges_on_every_replica(tmp_path):
+    ports = free_ports(3)
+    d = Deployment(name='stateful_executor', uses=MyStateStatefulExecutor, replicas=3, stateful=True,
+                   workspace=str(tmp_path / 'raft'), peer_ports=ports)
+    with d:
+        docs = DocList[TextDoc]([TextDoc(text=f'doc {i}') for i in range(50)])
+        d.post('/index', docs, request_size=5)
+        wait_converged(d, 10)
+        st = rafts(d)
+        assert sorted(r['role'] for r in st) == ['follower', 'follower', 'leader']
+        assert len({r['leader'] for r in st}) == 1 and len({r['term'] for r in st}) == 1
+        assert all(r['commit_index'] >= r['applied_index'] > 0 for r in st)
+        assert {r['address'] for r in st} == {f'127.0.0.1:{p}' for p in ports}
+        for i in range(3):   # every replica holds every doc
+            c = direct(d, i)
+            out = c.post('/search', DocList[TextDoc]([TextDoc(id=x.id) for x in docs]))
+            c.close()
+            assert out.text == docs.text
+        # a per-request strong read, through the gateway, sees a write that just completed
+        c = Client(port=d.port)
+        for i in range(5):
+            c.post('/index', TextDoc(id=f'new{i}', text=f'fresh {i}'))
+            assert c.post('/search', TextDoc(id=f'new{i}'), consistency='strong').text == [f'fresh {i}']
+        c.close()
+
+
+def test_exact_nn_search_example_small(tmp_path):
+    port, *peer_ports = free_ports(4)
+    d = Deployment(name='indexer', port=port, uses=ExactNNSearch, workspace=str(tmp_path / 'raft'),
+                   replicas=3, stateful=True, peer_ports=peer_ports)
+    with d:
+        c = Client(port=port)
+        rng = np.random.default_rng(0)
+        index_docs = DocList[TextDoc](
+            [TextDoc(text=f'I am document {i}', embedding=rng.random(128)) for i in range(300)])
+        c.post(on='/index', inputs=index_docs, request_size=100)
+        wait_converged(d, 3)
+        search_da = DocList[QueryDoc](
+            [QueryDoc(text=f'I am document {i}', embedding=index_docs[i].embedding) for i in range(3)])
+        responses = c.post(on='/search', inputs=search_da, request_size=1)
+        assert len(responses) == 3
+        for i, res in enumerate(responses):
+            assert len(res.matches) == 100
+            assert res.matches[0].id == index_docs[i].id
+        for i in range(3):   # each replica answers from all 300 docs
+            r = direct(d, i)
+            out = r.post('/search', search_da[:1])
+            r.close()
+            assert out[0].matches[0].id == index_docs[0].id and len(out[0].matches) == 100
+        c.close()
+
+
+@pytest.mark.slow
+def test_restart_from_workspace_keeps_state_and_accepts_writes(tmp_path):
+    ws = str(tmp_path / 'ws')
+    cfg = {'snapshot_threshold': 4}   # compact the log (and snapshot the Executor) during the run
+    docs = [TextDoc(id=f'd{i}', text=f'text {i}') for i in range(60)]
+    with Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=ws, raft_configuration=cfg) as dep:
+        dep.post('/index', DocList[TextDoc](docs[:40]), request_size=2)
+        wait_converged(dep, 20)
+        wait_until(lambda: all(r['snapshot_index'] > 0 for r in rafts(dep)), 30,
+                   'every replica to write a snapshot (log compaction)')
+        ports = dep.peer_ports_used
+    with Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=ws, raft_configuration=cfg) as dep:
+        assert dep.peer_ports_used == ports            # omitted peer_ports: remembered in the workspace
+        for i in range(3):                             # caught up before start() returned
+            c = direct(dep, i)
+            held = c.post('/ids')
+            c.close()
+            assert held.id == sorted(d.id for d in docs[:40]), f'replica {i} after restart'
+        assert all(r['writes_applied'] == 20 for r in rafts(dep))
+        dep.post('/index', DocList[TextDoc](docs[40:]), request_size=5)
+        wait_converged(dep, 24)
+        for i in range(3):
+            c = direct(dep, i)
+            got = c.post('/get', DocList[TextDoc]([TextDoc(id=d.id) for d in docs]))
+            c.close()
+            assert got.text == [d.text for d in docs]
+
+
+@pytest.mark.slow
+def test_leader_killed_during_writes_loses_no_acknowledged_write(tmp_path):
+    with Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=str(tmp_path),
+                    raft_configuration={'snapshot_threshold': 16}) as dep:
+        old_leader = wait_until(lambda: leader_name(dep), 20, 'a RAFT leader')
+        acked, failed, stop = [], [], threading.Event()
+
+        def writer():
+            c = Client(port=dep.port)
+            i = 0
+            while not stop.is_set():
+                doc = TextDoc(id=f'w{i:05d}', text=f'value {i}')
+                try:
+                    c.post('/index', doc, timeout=30)
+                    acked.append(doc.id)
+                except Exception as e:   # allowed during the failover; must not be acknowledged
+                    failed.append((doc.id, repr(e)))
+                i += 1
+            c.close()
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        try:
+            wait_until(lambda: len(acked) >= 30, 30, '30 acknowledged writes before the kill')
+            plan = next(r for r in dep.nodes[0].replicas if r.name == old_leader)
+            old_pid = plan.process.pid
+            before = len(acked)
+            t_kill = time.monotonic()
+            plan.process.kill()   # SIGKILL
+            new_leader = wait_until(lambda: leader_name(dep, exclude=(old_leader,)), 20,
+                                    'a new leader among the survivors')
+            failover = time.monotonic() - t_kill
+            wait_until(lambda: len(acked) >= before + 30, 30, 'writes to continue after the leader died')
+            wait_until(lambda: plan.process.pid != old_pid and
+                       any(r['name'] == old_leader and (r.get('raft') or {}).get('ready')
+                           for r in dep.status()['replicas']), 60,
+                       'the supervisor to restart the killed replica and that replica to catch up')
+        finally:
+            stop.set()
+            t.join(60)
+        assert not t.is_alive()
+        print(f'failover: new leader {new_leader} {failover:.2f} s after SIGKILL of {old_leader}; '
+              f'{len(acked)} writes acknowledged, {len(failed)} failed')
+        wait_until(lambda: len({r['applied_index'] for r in rafts(dep)}) == 1
+                   and all(r['ready'] for r in rafts(dep)), 60, 'all replicas at the same applied index')
+        for i in range(3):
+            c = direct(dep, i)
+            held = set(c.post('/ids').id)
+            c.close()
+            missing = set(acked) - held
+            assert not missing, f'replica {i} lost acknowledged writes {sorted(missing)[:10]}'
+
+
+def test_strong_read_consistency_and_raft_password(tmp_path):
+    with Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=str(tmp_path),
+                    read_consistency='strong', raft_password='correct horse battery staple') as dep:
+        for i in range(20):   # sequential reads spread over every replica, followers included
+            dep.post('/index', TextDoc(id=f'k{i}', text=f'v{i}'))
+            assert dep.post('/get', TextDoc(id=f'k{i}')).text == [f'v{i}']
+        st = rafts(dep)
+        assert all(r['encrypted'] for r in st)
+        assert sum(r['requests'].get('/get', 0) for r in dep.status()['replicas']) == 20
+        assert all(r['requests'].get('/get', 0) > 0 for r in dep.status()['replicas'])
+
+
+# -- validation and configuration -------------------------------------------------------------
+@pytest.mark.parametrize('replicas', [1, 2])
+def test_stateful_needs_three_replicas(replicas):
+    with pytest.raises(ValueError, match=r'replicas >= 3.*RAFT'):
+        Deployment(uses=KV, replicas=replicas, stateful=True)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'peer_ports': [7001, 7002]}, r'2 ports but replicas=3'),
+    ({'peer_ports': [7001, 7002, 7001]}, r'more than once'),
+    ({'peer_ports': [7001, 7002, 'x']}, r'not a port'),
+    ({'peer_ports': 7001}, r'a list of ports'),
+    ({'peer_ports': [7001, 7002, 7003], 'shards': 2}, r'is a list but shards=2.*dict'),
+    ({'peer_ports': {0: [7001, 7002, 7003]}, 'shards': 2}, r'no ports for shard\(s\) \[1\]'),
+    ({'peer_ports': {0: [7001, 7002, 7003], 5: [7004, 7005, 7006]}, 'shards': 2}, r'shard 5'),
+    ({'raft_configuration': {'heartbeat_timout': 100}}, r"unknown key 'heartbeat_timout'.*did you mean "
+                                                         r"'heartbeat_timeout'.*Valid keys: .*snapshot_threshold"),
+    ({'raft_configuration': {'journalFile': '/tmp/x'}}, r'set by orchestra-nb'),
+    ({'raft_configuration': {'password': 'x'}}, r'raft_password'),
+    ({'raft_configuration': {'heartbeat_timeout': 'soon'}}, r'duration'),
+    ({'raft_configuration': {'heartbeat_timeout': 50, 'commit_timeout': 100}}, r'3 x commit_timeout'),
+    ({'raft_configuration': ['heartbeat_timeout']}, r'must be a dict'),
+    ({'raft_password': ''}, r'non-empty'),
+])
+def test_stateful_validation_errors(kwargs, message):
+    kwargs = dict({'uses': KV, 'replicas': 3, 'stateful': True}, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        Deployment(**kwargs)
+
+
+def test_raft_configuration_mapping():
+    conf, opts = normalize_raft_configuration({
+        'heartbeat_timeout': 500, 'ElectionTimeout': '2s', 'commit_timeout': '50ms',
+        'snapshot_interval': 30, 'snapshot_threshold': 100, 'batch_applych': True,
+        'leader_lease_timeout': 1500, 'max_append_entries': 8, 'trailing_logs': 10,
+        'LogLevel': 'info', 'connectionRetryTime': 0.25})
+    assert conf['raftMinTimeout'] == 0.5 and conf['raftMaxTimeout'] == 2.0
+    assert conf['appendEntriesPeriod'] == 0.05 and conf['leaderFallbackTimeout'] == 1.5
+    assert conf['logCompactionMinTime'] == 30.0 and conf['logCompactionMinEntries'] == 100
+    assert conf['appendEntriesUseBatch'] is True and conf['connectionRetryTime'] == 0.25
+    assert opts == dict(opts, max_append_entries=8, trailing_logs=10, log_level='INFO')
+    # defaults tuned for latency: no per-heartbeat batching; pysyncobj's own names pass through
+    default, _ = normalize_raft_configuration(None)
+    assert default['appendEntriesUseBatch'] is False
+    assert normalize_raft_configuration({'raftMinTimeout': 0.6})[0]['raftMaxTimeout'] > 0.6
+    assert {'heartbeat_timeout', 'snapshot_threshold', 'trailing_logs', 'raftMinTimeout'} <= set(valid_raft_keys())
+    with pytest.raises(ValueError, match='twice'):
+        normalize_raft_configuration({'heartbeat_timeout': 500, 'raftMinTimeout': 0.5})
+
+
+def test_plan_gives_each_replica_its_raft_settings(tmp_path):
+    dep = Deployment(name='kv', uses=KV, replicas=3, shards=2, stateful=True, workspace=str(tmp_path),
+                     peer_ports={0: [7101, 7102, 7103], '1': [7104, 7105, 7106]},
+                     raft_configuration={'heartbeat_timeout': 600, 'snapshot_threshold': 50})
+    plan = dep.node_plan()
+    cfgs = [[r.config['raft'] for r in shard] for shard in plan.shards]
+    assert [c['self'] for c in cfgs[1]] == ['127.0.0.1:7104', '127.0.0.1:7105', '127.0.0.1:7106']
+    assert [p['raft'] for p in cfgs[0][0]['peers']] == ['127.0.0.1:7102', '127.0.0.1:7103']
+    assert all(c['bind'].startswith('127.0.0.1:') for s in cfgs for c in s)   # never 0.0.0.0 by default
+    assert cfgs[0][0]['conf']['raftMinTimeout'] == 0.6
+    assert cfgs[0][0]['conf']['logCompactionMinEntries'] == 50
+    assert len({c['dir'] for s in cfgs for c in s}) == 6
+    assert len({c['token'] for s in cfgs for c in s}) == 1 and len(cfgs[0][0]['token']) == 32
+    grpc = {p['grpc'] for p in cfgs[0][0]['peers']}
+    assert grpc == {f'127.0.0.1:{r.config["port"]}' for r in plan.shards[0][1:]}
