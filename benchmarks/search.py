@@ -107,10 +107,10 @@ def targets_table(rows: List[Dict[str, Any]], markdown: bool = False) -> str:
 
 
 def results_markdown(result: BenchResult) -> str:
-    out = ['| setup | index s | search QPS | p50 ms | p99 ms | reads per replica | checks |', '|---|---|---|---|---|---|---|']
-    for r in result.rows():
-        out.append('| ' + ' | '.join(r[c] for c in ('setup', 'index s', 'search QPS', 'p50 ms', 'p99 ms',
-                                                    'reads per replica', 'checks')) + ' |')
+    rows = result.rows()
+    cols = list(rows[0]) if rows else []
+    out = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+    out += ['| ' + ' | '.join(r[c] for c in cols) + ' |' for r in rows]
     return '\n'.join(out)
 
 

@@ -240,6 +240,10 @@ class BenchResult:
             if s.stateful and s.replicated_seconds is not None:
                 index += f' / {s.replicated_seconds:.2f}'
             reads = '/'.join(str(r.get('reads', '?')) for r in s.per_replica.values()) or '-'
+            writes = '/'.join(str(r.get('writes', '?')) for r in s.per_replica.values()) or '-'
+            applied = [r['applied_writes'] for r in s.per_replica.values() if 'applied_writes' in r]
+            if applied:
+                writes += f" (applied {'/'.join(str(a) for a in applied)})"
             rows.append({
                 'setup': s.name,
                 'index s': index,
@@ -247,6 +251,7 @@ class BenchResult:
                 'p50 ms': _fmt(s.p50_ms, '{:.2f}'),
                 'p99 ms': _fmt(s.p99_ms, '{:.2f}'),
                 'reads per replica': reads,
+                'writes per replica': writes,
                 'checks': _checks_text(s),
             })
         return rows
@@ -458,13 +463,13 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
             bar.close()
         addresses = {r.name: r.address for r in dep.nodes[0].replicas}
         counts = {name: _replica_count(a) for name, a in addresses.items()}
-        if setup.stateful:     # wait until every replica applied every write
+        if setup.stateful and None not in counts.values():     # until every replica applied every write
             deadline = time.monotonic() + sync_timeout
-            while any(c != n_docs for c in counts.values()) and None not in counts.values() \
-                    and time.monotonic() < deadline:
+            while any(c != n_docs for c in counts.values()) and time.monotonic() < deadline:
                 time.sleep(0.05)
                 counts = {name: _replica_count(a) for name, a in addresses.items()}
-            res.replicated_seconds = time.perf_counter() - t0
+            if all(c == n_docs for c in counts.values()):
+                res.replicated_seconds = time.perf_counter() - t0
 
         # -- top-match probes: also the warm-up (channels, caches) before the timed phase ------
         params = {'limit': limit}
@@ -502,10 +507,12 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
                 'reads': int(reqs.get('/search', 0)) - int(before.get(name, {}).get('/search', 0)),
                 'writes': int(reqs.get('/index', 0)), 'docs': counts.get(name)}
             raft = rec.get('raft') or {}
-            for key in ('applied', 'applied_writes', 'last_applied', 'commit_index'):
+            for key in ('writes_applied', 'applied_writes', 'applied_index'):
                 if key in raft and isinstance(raft[key], (int, float)):
                     entry['applied_writes'] = raft[key]
                     break
+            if raft.get('role'):
+                entry['role'] = raft['role']
             batch = (rec.get('batching') or {}).get('/search')
             if batch:
                 b0 = before_batches.get(name) or {}
