@@ -12,10 +12,10 @@ just before (or the gateway for the first); ``needs='gateway'`` opens a parallel
 branch; ``needs=['a', 'b']`` joins branches (their docs merged by id, in
 ``needs`` order, as shards are). ``.needs_all()`` joins every open branch.
 
-An Executor added without ``uses`` and without process arguments (a *join*:
-``.needs_all()``, ``.needs([...])``, or ``.add(name=..., needs=[...])``) passes
-its input on, as Jina's default Executor does; the gateway does that itself,
-without a process.
+An Executor added without ``uses`` echoes its docs (an Echo process, as in
+Jina). A *join* -- ``.needs_all()``, ``.needs([...])``, or ``.add(name=...,
+needs=[a, b])`` without ``uses`` or process arguments -- merges its inputs and
+passes them on; the gateway does that itself, without a process.
 
 In a Flow, an Executor that does not serve the requested endpoint passes the
 docs on unchanged (as in Jina); a request that no Executor of the Flow serves
@@ -80,14 +80,22 @@ class Flow(Orchestration):
             **kwargs) -> 'Flow':
         """Add an Executor (a Deployment's arguments) fed by ``needs``; returns the Flow.
 
+        Without ``uses`` it echoes its input (an Echo process, as a Deployment without
+        ``uses``) -- unless it only joins two or more branches: then the gateway does that.
+
         >>> Flow().add(name='a', uses=A).add(name='b', uses=B, needs='gateway').needs_all()
         """
+        return self._add(name, needs, kwargs, join_if_bare=False)
+
+    def _add(self, name: Optional[str], needs: Union[str, Sequence[str], None], kwargs: Dict[str, Any],
+             join_if_bare: bool) -> 'Flow':
         if self._started:
             raise RuntimeError(f'Flow {self.name!r} is running; close it before adding Executors')
         check_kwargs(kwargs, DEPLOYMENT_ARGS, 'Flow.add')
         name = self._new_name(name)
         needs_list = self._resolve_needs(name, needs)
-        if kwargs.get('uses') is None and not (set(kwargs) & _PROCESS_ARGS - {'uses'}):
+        bare = kwargs.get('uses') is None and not (set(kwargs) & (_PROCESS_ARGS - {'uses'}))
+        if bare and (join_if_bare or len(needs_list) > 1):
             self.entries.append(FlowEntry(name, needs_list, None))
             return self
         replica_port = None
@@ -110,14 +118,14 @@ class Flow(Orchestration):
         if isinstance(needs, str) or len(list(needs)) < 2:
             raise ValueError(f'needs={needs!r}: joining needs at least two Executors; '
                              'for one, use .add(needs=...)')
-        return self.add(name=name, needs=list(needs), **kwargs)
+        return self._add(name, list(needs), kwargs, join_if_bare=True)
 
     def needs_all(self, name: str = 'joiner', **kwargs) -> 'Flow':
         """Join every open branch (Executors nothing else needs) into one; returns the Flow."""
         open_ = self.open_branches()
         if not open_:
             raise ValueError('needs_all(): the Flow has no Executors to join; add some with .add(...)')
-        return self.add(name=name, needs=open_, **kwargs)
+        return self._add(name, open_, kwargs, join_if_bare=True)
 
     def open_branches(self) -> List[str]:
         """Executors whose output nothing else needs (their docs go back to the client)."""

@@ -118,5 +118,9 @@ def test_flow_default_names_and_needs():
                                                       ('side', ['gateway'])]
     assert f.open_branches() == ['executor1', 'side']
     assert f['executor1'].name == 'executor1'
+    # without `uses` an Executor echoes in a process of its own (as in Jina), unless it only joins
+    g = Flow().add(name='a').add(name='b', needs='gateway').add(name='j', needs=['a', 'b']).add(name='e')
+    assert [e.is_join for e in g.entries] == [False, False, True, False]
+    assert g['a'].uses == 'runtime.executors.echo:Echo'
     with pytest.raises(KeyError, match='known: executor0, executor1, side'):
         f['nope']
