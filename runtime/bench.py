@@ -179,6 +179,7 @@ class SetupResult:
     startup_seconds: Optional[float] = None
     per_replica: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     checks: Dict[str, Any] = field(default_factory=dict)
+    cpu_ms_per_query: Dict[str, float] = field(default_factory=dict)   # search phase: client, gateway, replicas
     error: Optional[str] = None
 
     @property
@@ -252,6 +253,8 @@ class BenchResult:
                 'p99 ms': _fmt(s.p99_ms, '{:.2f}'),
                 'reads per replica': reads,
                 'writes per replica': writes,
+                'CPU ms/query c/g/r': '/'.join(f'{s.cpu_ms_per_query[k]:.2f}' for k in ('client', 'gateway', 'replicas')
+                                               if k in s.cpu_ms_per_query) or '-',
                 'checks': _checks_text(s),
             })
         return rows
@@ -272,7 +275,9 @@ class BenchResult:
                    f"{w.get('concurrency')} in flight; uses {w.get('uses')}")
         m = self.machine
         out.append(f"machine: {m.get('cpus')} cores, {m.get('memory_gib')} GiB, {m.get('blas')}, "
-                   f"GPU: {m.get('gpu') or 'none'}; index s for RAFT: reply / every replica holds every doc")
+                   f"GPU: {m.get('gpu') or 'none'}")
+        out.append('index s for RAFT: reply / every replica holds every doc; CPU ms/query in the search phase: '
+                   'client / gateway / all replicas')
         for s in self.setups:
             if s.error:
                 out.append(f'{s.name}: ERROR {s.error}')
@@ -411,6 +416,29 @@ def _replica_count(address: str) -> Optional[int]:
         c.close()
 
 
+def _cpu_seconds(procs: Dict[str, Any]) -> Dict[str, float]:
+    """User+system CPU seconds so far of the client, the gateway and the replicas (summed).
+
+    CPU per query is what a busy shared machine does not distort much, unlike wall time.
+    """
+    import psutil
+    out: Dict[str, float] = {}
+    for role, pids in procs.items():
+        total, seen = 0.0, False
+        for pid in (pids if isinstance(pids, list) else [pids]):
+            if not pid:
+                continue
+            try:
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system
+                seen = True
+            except psutil.Error:
+                pass
+        if seen:
+            out[role] = total
+    return out
+
+
 def _resolve_uses(uses: Any) -> Any:
     return DEFAULT_USES if uses is None else uses
 
@@ -480,9 +508,12 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
         found = dep.post('/search', probes, request_size=1, parameters=params, return_type=QueryDoc)
         hits = sum(1 for j, q in zip(picks, found)
                    if len(q.matches) and q.matches[0].id == index_docs[int(j)].id)
-        before = {rec['name']: dict(rec.get('requests') or {}) for rec in dep.status()['replicas']}
-        before_batches = {rec['name']: ((rec.get('batching') or {}).get('/search') or {})
-                          for rec in dep.status()['replicas']}
+        status0 = dep.status()['replicas']
+        before = {rec['name']: dict(rec.get('requests') or {}) for rec in status0}
+        before_batches = {rec['name']: ((rec.get('batching') or {}).get('/search') or {}) for rec in status0}
+        procs = {'client': os.getpid(), 'gateway': dep.gateway.pid if dep.gateway else None,
+                 'replicas': [rec.get('pid') for rec in status0]}
+        cpu0 = _cpu_seconds(procs)
 
         # -- search (timed) ------------------------------------------------------------------
         qbatches = [query_docs[i:i + 1] for i in range(len(query_docs))]
@@ -494,6 +525,9 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
             res.search_seconds = time.perf_counter() - t1
         finally:
             bar.close()
+        cpu1 = _cpu_seconds(procs)
+        res.cpu_ms_per_query = {k: round((cpu1[k] - cpu0[k]) * 1e3 / len(qbatches), 3)
+                                for k in cpu1 if k in cpu0}
         res.search_qps = len(qbatches) / res.search_seconds if res.search_seconds else None
         if lat:
             res.p50_ms = float(np.percentile(lat, 50) * 1e3)
