@@ -210,9 +210,7 @@ class Flow(Orchestration):
         d = e.deployment
         uses = d.uses
         label = uses.__name__ if isinstance(uses, type) else str(uses).rsplit(':', 1)[-1].rsplit('.', 1)[-1]
-        parts = [label]
-        if d.external:
-            parts.append(f'external {", ".join(d.external_addresses)}')
+        parts = [f'external {", ".join(d.external_addresses)}'] if d.external else [label]
         if d.shards > 1:
             parts.append(f'shards={d.shards}')
         if d.replicas > 1 or d.shards > 1:
