@@ -111,6 +111,7 @@ class Client:
             in_type = inputs.doc_type
         else:
             in_type = None
+        return_type = getattr(return_type, 'doc_type', None) or return_type   # DocList[X] -> X
         window = max(1, prefetch or self.prefetch)
         call = self._stub(protocol.CALL)
         timeout = timeout if timeout is not None else self.timeout
