@@ -123,3 +123,21 @@ def test_behind_a_deployment_top_match_limit_and_count():
         with pytest.raises(RemoteError, match='limit'):
             dep.post('/search', docs[:1], parameters={'limit': -1})
         c.close()
+
+
+@pytest.mark.parametrize('n, k, rows', [(100_000, 100, 4), (1000, 100, 3), (50, 100, 2), (5000, 1, 4), (10, 3, 2)])
+def test_top_k_is_exact(n, k, rows):
+    from runtime.executors.exact_nn import top_k
+    s = np.random.default_rng(n).standard_normal((rows, n)).astype(np.float32)
+    idx, scores = top_k(s, k)
+    expected = np.argsort(-s, axis=1, kind='stable')[:, :min(k, n)]
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_array_equal(scores, np.take_along_axis(s, expected, axis=1))
+
+
+def test_top_k_with_ties_returns_k_distinct():
+    from runtime.executors.exact_nn import top_k
+    s = np.ones((2, 100_000), np.float32)
+    s[0, 5] = 2.0
+    idx, _ = top_k(s, 100)
+    assert idx[0, 0] == 5 and all(len(set(row)) == 100 for row in idx)

@@ -87,6 +87,39 @@ _MATCH_SET = ('id', 'text')
 _QUERY_SET = ('id', 'text', 'embedding', 'matches', 'scores')
 
 
+def top_k(s: np.ndarray, k: int):
+    """Exact top ``k`` of every row of ``s`` -> ``(indices, scores)``, best first.
+
+    ``argpartition`` over a whole row of 100k scores costs ~0.4 ms. Cheaper and still exact:
+    a threshold from a strided sample of the row (its ``~3k/m``-th largest, ``m`` the stride)
+    keeps only the scores at or above it (~3k candidates); when at least ``k`` pass, the top
+    ``k`` are among them, else that row falls back to ``argpartition``. Then a sort of the
+    candidates.
+    """
+    rows, n = s.shape
+    k = min(k, n)
+    if k == 0:
+        return np.empty((rows, 0), dtype=np.int64), np.empty((rows, 0), dtype=s.dtype)
+    idx = np.empty((rows, k), dtype=np.int64)
+    stride = n // (20 * k)
+    if stride >= 4:
+        sample = s[:, ::stride]
+        r = min(sample.shape[1], 3 * k // stride + 1)
+        thresholds = np.partition(sample, sample.shape[1] - r, axis=1)[:, sample.shape[1] - r]
+        for i in range(rows):
+            cand = np.flatnonzero(s[i] >= thresholds[i])
+            if len(cand) < k:
+                cand = np.sort(np.argpartition(s[i], n - k)[n - k:])
+            order = np.argsort(-s[i, cand], kind='stable')[:k]
+            idx[i] = cand[order]
+    else:
+        part = np.argpartition(s, n - k, axis=1)[:, n - k:] if k < n else np.broadcast_to(np.arange(n), s.shape)
+        for i in range(rows):
+            cand = np.sort(part[i])
+            idx[i] = cand[np.argsort(-s[i, cand], kind='stable')]
+    return idx, np.take_along_axis(s, idx, axis=1)
+
+
 class ExactNNSearch(Executor):
     """Exact nearest-neighbour search; see the module docstring.
 
@@ -227,16 +260,7 @@ class ExactNNSearch(Executor):
 
     def topk(self, queries: np.ndarray, k: int):
         """-> ``(indices, scores)``, each ``(q, min(k, n))``, best first."""
-        s = self.scores_of(queries)
-        n = s.shape[1]
-        k = min(k, n)
-        if k < n:
-            part = np.argpartition(s, n - k, axis=1)[:, n - k:]     # the k largest, unordered
-            part_scores = np.take_along_axis(s, part, axis=1)
-        else:
-            part, part_scores = np.broadcast_to(np.arange(n), s.shape), s
-        order = np.argsort(-part_scores, axis=1, kind='stable')
-        return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+        return top_k(self.scores_of(queries), k)
 
     # -- snapshot / restore (RAFT, restarts) ---------------------------------------------------
     def snapshot(self, path: str) -> None:
