@@ -180,6 +180,7 @@ class SetupResult:
     per_replica: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     checks: Dict[str, Any] = field(default_factory=dict)
     cpu_ms_per_query: Dict[str, float] = field(default_factory=dict)   # search phase: client, gateway, replicas
+    index_cpu_seconds: Dict[str, float] = field(default_factory=dict)  # index phase (until replicated)
     error: Optional[str] = None
 
     @property
@@ -481,8 +482,11 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
 
         # -- index ------------------------------------------------------------------
         batches = [index_docs[i:i + INDEX_REQUEST_SIZE] for i in range(0, n_docs, INDEX_REQUEST_SIZE)]
+        procs = {'client': os.getpid(), 'gateway': dep.gateway.pid if dep.gateway else None,
+                 'replicas': [r.process.pid for r in dep.nodes[0].replicas if r.process]}
         bar = bars(total=n_docs, desc=f'{setup.name}: index', unit='doc', leave=False)
         try:
+            cpu0 = _cpu_seconds(procs)
             t0 = time.perf_counter()
             run_sync(_drive(client, '/index', batches, client.prefetch, None, None, bar), None,
                      what=f'indexing {n_docs} docs into {setup.name}')
@@ -498,6 +502,8 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
                 counts = {name: _replica_count(a) for name, a in addresses.items()}
             if all(c == n_docs for c in counts.values()):
                 res.replicated_seconds = time.perf_counter() - t0
+        cpu1 = _cpu_seconds(procs)
+        res.index_cpu_seconds = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu1 if k in cpu0}
 
         # -- top-match probes: also the warm-up (channels, caches) before the timed phase ------
         params = {'limit': limit}
