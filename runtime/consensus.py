@@ -16,8 +16,10 @@ request of 100 documents):
    peer, checking the digest) and calls the ``@write`` method. R answers the
    client after its own apply.
 
-Documents never ride in pysyncobj's log: measured here, pysyncobj carries
+Bulk documents never ride in pysyncobj's log: measured here, pysyncobj carries
 ~1 KB entries at ~1,500 writes/s but 50 KB entries at 2-20 writes/s, with stalls.
+Bodies up to ``INLINE_PAYLOAD_BYTES`` (2 KB: a few small documents) do ride inside
+their record, saving the push round trip for small writes.
 
 **Persistence.** The replica's RAFT folder (``<workspace>/<name>/.raft/shard-S/rep-R``)
 holds pysyncobj's journal, its compaction dump, ``snapshots/`` (the Executor's state
@@ -675,6 +677,9 @@ _ROLES = {0: 'follower', 1: 'candidate', 2: 'leader'}
 _SUCCESS = 0
 _TIMED_OUT = -1
 _REFUSED = -2
+#: pysyncobj's FAIL_REASON codes, and ours, by name (for logs)
+_OUTCOMES = {0: 'committed', 1: 'queue full', 2: 'no leader', 3: 'discarded', 4: 'not leader',
+             5: 'leader changed', 6: 'denied', 7: 'unknown outcome', -1: 'no answer', -2: 'refused'}
 
 
 class _RaftNode(SyncObj):
@@ -711,6 +716,28 @@ def _quiet_pysyncobj(level: str) -> None:
     sync_logger = logging.getLogger('pysyncobj.syncobj')
     if not any(isinstance(f, _DivergedFilter) for f in sync_logger.filters):
         sync_logger.addFilter(_DivergedFilter())
+
+
+#: request bodies up to this size ride inside the RAFT record (pysyncobj carries ~1 KB entries
+#: at thousands per second); larger ones move between replicas over gRPC
+INLINE_PAYLOAD_BYTES = 2048
+
+
+def _inline(rec: Sequence[Any]) -> Optional[bytes]:
+    """The body a record carries itself (small writes), or None."""
+    return rec[6] if len(rec) > 6 and rec[6] is not None else None
+
+
+def _record_to_json(rec: Sequence[Any]) -> List[Any]:
+    out = list(rec[:6])
+    if _inline(rec) is not None:
+        out.append(base64.b64encode(rec[6]).decode())
+    return out
+
+
+def _record_from_json(obj: List[Any]) -> tuple:
+    rec = tuple(obj[:6])
+    return rec + (base64.b64decode(obj[6]),) if len(obj) > 6 and obj[6] is not None else rec
 
 
 def _entry_to_json(entry: Tuple[bytes, int, int]) -> List[Any]:
@@ -751,7 +778,7 @@ class _Proposer:
     then go together in one log entry (at most ``max_batch`` records, ~``max_bytes``)."""
 
     def __init__(self, consensus: 'Consensus', max_batch: int, max_in_flight: int = 2,
-                 max_bytes: int = 32 * 1024, proposal_timeout: float = 10.0):
+                 max_bytes: int = 32 * 1024, proposal_timeout: float = 5.0):
         self.c = consensus
         self.max_batch, self.max_in_flight, self.max_bytes = max_batch, max_in_flight, max_bytes
         self.proposal_timeout = proposal_timeout
@@ -776,7 +803,7 @@ class _Proposer:
                 if fut.done():
                     self._queue.popleft()
                     continue
-                est = 96 + len(record[2] or '') + len(record[1] or '')
+                est = 96 + len(record[2] or '') + len(record[1] or '') + len(_inline(record) or b'')
                 if batch and size + est > self.max_bytes:
                     break
                 self._queue.popleft()
@@ -968,13 +995,24 @@ class Consensus:
             raise ValueError(f'parameters of a write to {endpoint!r} are {len(params)} bytes as JSON; '
                              'stateful writes accept up to 32 KB of parameters (send data as documents)')
         timeout = self.options['write_timeout']
-        deadline = self.loop.time() + timeout
+        t0 = self.loop.time()
+        deadline = t0 + timeout
         rid = uuid.uuid4().hex
         digest = _digest(body)
-        await asyncio.to_thread(self.payloads.put, rid, body)
-        await self._replicate_payload(rid, digest, body, deadline)
-        record = (rid, endpoint, params, len(body), digest, self.replica)
-        header, reply = await self._commit(record, max(0.1, deadline - self.loop.time()), f'write to {endpoint!r}')
+        if len(body) <= INLINE_PAYLOAD_BYTES:   # small: the log entry carries it (journaled by pysyncobj)
+            record = (rid, endpoint, params, len(body), digest, self.replica, bytes(body))
+        else:                                   # large: stored on a majority first, ordered by id
+            await asyncio.to_thread(self.payloads.put, rid, body)
+            await self._replicate_payload(rid, digest, body, deadline)
+            record = (rid, endpoint, params, len(body), digest, self.replica)
+        t1 = self.loop.time()
+        trace: List[Any] = []
+        header, reply = await self._commit(record, max(0.1, deadline - t1), f'write to {endpoint!r}', trace)
+        took = self.loop.time() - t0
+        if took > 2.0:   # say where the time went: the payload's majority, or the log
+            log.warning('%s: slow write to %s: %.2f s (payload on a majority %.2f s, commit and apply %.2f s; '
+                        'proposal outcomes %s; %s, leader %s)', self.name, endpoint, took, t1 - t0,
+                        took - (t1 - t0), trace, self.role, self.status().get('leader'))
         return dict(header), reply
 
     async def before_read(self, header: Dict[str, Any]) -> None:
@@ -1063,8 +1101,12 @@ class Consensus:
     def _barrier(self) -> tuple:
         return (uuid.uuid4().hex, None, '', 0, '', self.replica)
 
-    async def _commit(self, record: tuple, timeout: Optional[float], what: str) -> Tuple[Dict[str, Any], bytes]:
-        """Propose ``record`` (retrying on leader changes) until applied here; -> its reply."""
+    async def _commit(self, record: tuple, timeout: Optional[float], what: str,
+                      trace: Optional[List[Any]] = None) -> Tuple[Dict[str, Any], bytes]:
+        """Propose ``record`` (retrying on leader changes) until applied here; -> its reply.
+
+        ``trace`` collects (pysyncobj outcome, seconds) per proposal, for diagnostics.
+        """
         rid = record[0]
         fut = self.loop.create_future()
         self._waiters[rid] = fut
@@ -1079,6 +1121,7 @@ class Consensus:
                 if self._closing:
                     raise RaftNotReady(f'{self.name} is shutting down')
                 proposal = self._proposer.submit(record)
+                tp = self.loop.time()
                 done, _ = await asyncio.wait({fut, proposal}, timeout=remaining(),
                                              return_when=asyncio.FIRST_COMPLETED)
                 if fut.done():
@@ -1086,6 +1129,8 @@ class Consensus:
                 if not done:
                     break
                 err = proposal.result()
+                if trace is not None:
+                    trace.append((_OUTCOMES.get(err, err), round(self.loop.time() - tp, 3)))
                 if err == _SUCCESS:   # committed: our applier is about to apply it
                     await asyncio.wait({fut}, timeout=remaining())
                     if fut.done():
@@ -1191,7 +1236,8 @@ class Consensus:
             recs = sorted((i, r) for i, r in self._records.items() if snap < i <= last[1])
         doc = {'format': 'orchestra-raft-dump/1', 'last': _entry_to_json(last), 'prev': _entry_to_json(prev),
                'cluster': sorted(getattr(n, 'address', str(n)) for n in cluster),
-               'snapshot_index': snap, 'origin': self.name, 'records': [[i, [list(x) for x in r]] for i, r in recs]}
+               'snapshot_index': snap, 'origin': self.name,
+               'records': [[i, [_record_to_json(x) for x in r]] for i, r in recs]}
         with open(path, 'w') as f:
             json.dump(doc, f, separators=(',', ':'))
         self._post(('snapshot',))
@@ -1202,7 +1248,7 @@ class Consensus:
             doc = json.load(f)
         if doc.get('format') != 'orchestra-raft-dump/1':
             raise ValueError(f'{path} is not an orchestra-nb RAFT dump')
-        records = [(int(i), [tuple(x) for x in r]) for i, r in doc['records']]
+        records = [(int(i), [_record_from_json(x) for x in r]) for i, r in doc['records']]
         with self._records_lock:
             for i, r in records:
                 if i > self.snapshot_index:
@@ -1289,7 +1335,7 @@ class Consensus:
         """A record applied through a snapshot rather than here: answer a local waiter."""
         fut = self._waiters.get(rec[0])
         if fut is not None and not fut.done():
-            body = self.payloads.get(rec[0]) if rec[1] is not None else None
+            body = (_inline(rec) or self.payloads.get(rec[0])) if rec[1] is not None else None
             fut.set_result(({'ok': True, 'applied_via_snapshot': True}, body or b''))
 
     def _apply_sync(self, prepared: List[Tuple[int, tuple, Optional[bytes]]], last: int) -> List[Tuple[str, Any]]:
@@ -1336,6 +1382,9 @@ class Consensus:
     async def _payload_for(self, rec: tuple, index: int) -> Optional[bytes]:
         """The record's body: ours, a peer's (digest checked), or None once a covering snapshot is installed."""
         rid, digest = rec[0], rec[4]
+        data = _inline(rec)
+        if data is not None:
+            return data
         data = self.payloads.cached(rid)
         if data is None:
             data = await asyncio.to_thread(self.payloads.get, rid)

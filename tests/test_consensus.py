@@ -182,7 +182,8 @@ def test_exact_nn_search_example_small(tmp_path):
 def test_restart_from_workspace_keeps_state_and_accepts_writes(tmp_path):
     ws = str(tmp_path / 'ws')
     cfg = {'snapshot_threshold': 4}   # compact the log (and snapshot the Executor) during the run
-    docs = [TextDoc(id=f'd{i}', text=f'text {i}') for i in range(60)]
+    # long texts: requests over 2 KB move over gRPC, the others ride inside their RAFT record
+    docs = [TextDoc(id=f'd{i}', text=f'text {i}' + ('.' * 1500 if i % 4 < 2 else '')) for i in range(60)]
     with Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=ws, raft_configuration=cfg) as dep:
         dep.post('/index', DocList[TextDoc](docs[:40]), request_size=2)
         wait_converged(dep, 20)
@@ -217,7 +218,7 @@ def test_leader_killed_during_writes_loses_no_acknowledged_write(tmp_path):
             c = Client(port=dep.port)
             i = 0
             while not stop.is_set():
-                doc = TextDoc(id=f'w{i:05d}', text=f'value {i}')
+                doc = TextDoc(id=f'w{i:05d}', text=f'value {i}' + ('.' * 3000 if i % 2 else ''))
                 try:
                     c.post('/index', doc, timeout=30)
                     acked.append(doc.id)
