@@ -281,7 +281,7 @@ class BenchResult:
                    'client / gateway / all replicas')
         for s in self.setups:
             if s.error:
-                out.append(f'{s.name}: ERROR {s.error}')
+                out.append(f'{s.name}: ERROR {s.error.splitlines()[0]}')
         return '\n'.join(out)
 
     def __str__(self) -> str:
@@ -458,6 +458,7 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
               sync_timeout: float = 60.0) -> SetupResult:
     """Start one Deployment, run the workload against it, check it, stop it."""
     from docarray import DocList
+    from runtime.client import Client
     from runtime.deployment import Deployment
     from runtime.executors.exact_nn import QueryDoc
     from runtime.worker import default_blas_threads
@@ -468,16 +469,16 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
     bars = _bar_factory(progress)
     workspace = tempfile.mkdtemp(prefix='orchestra-bench-')
     n_docs = len(index_docs)
-    kwargs = dict(name='bench', uses=_uses_for(setup, uses), replicas=setup.replicas,
-                  stateful=setup.stateful, workspace=workspace, blas_threads=setup.blas_threads)
-    kwargs.update(setup.options)
-    dep = None
+    dep = client = None
     try:
+        kwargs = dict(name='bench', uses=_uses_for(setup, uses), replicas=setup.replicas,
+                      stateful=setup.stateful, workspace=workspace, blas_threads=setup.blas_threads)
+        kwargs.update(setup.options)
         dep = Deployment(**kwargs)
         t0 = time.perf_counter()
         dep.start()
         res.startup_seconds = time.perf_counter() - t0
-        client = dep._require_started()
+        client = Client(port=dep.port)       # a client of its own, as in Jina's page
         from runtime.loop import run_sync
 
         # -- index ------------------------------------------------------------------
@@ -511,7 +512,7 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
         picks = rng.choice(n_docs, size=min(TOP_MATCH_PROBES, n_docs), replace=False) if n_docs else []
         probes = DocList[QueryDoc]([QueryDoc(id=f'probe-{j}', text=index_docs[int(j)].text,
                                              embedding=index_docs[int(j)].embedding) for j in picks])
-        found = dep.post('/search', probes, request_size=1, parameters=params, return_type=QueryDoc)
+        found = client.post('/search', probes, request_size=1, parameters=params, return_type=QueryDoc)
         hits = sum(1 for j, q in zip(picks, found)
                    if len(q.matches) and q.matches[0].id == index_docs[int(j)].id)
         status0 = dep.status()['replicas']
@@ -581,9 +582,11 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
         res.checks['top_match_len'] = len(found[0].matches) if len(found) else None
     except Exception as e:
         res.error = f'{type(e).__name__}: {e}'
-        if dep is not None and dep._started:
+        if dep is not None:
             res.checks['logs'] = dep.logs(n=20)[-4000:]
     finally:
+        if client is not None:
+            client.close()
         if dep is not None:
             dep.close()
         shutil.rmtree(workspace, ignore_errors=True)
