@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.display import HTML, display
+from IPython.display import display
 
 from orchestra_nb import reprs
 from orchestra_nb.registry import REGISTRY, Entry
@@ -265,7 +265,7 @@ class ProgressView:
             self._widget = ipywidgets.HTML(self.render())
             display(self._widget)
         elif kernel:
-            self._handle = display(HTML(self.render()), display_id=True)
+            self._handle = display(_Rendered(self.render(), self.text()), display_id=True)
 
     def __call__(self, name: str, state: str, detail: Optional[str]) -> None:
         self.entry.progress[name] = state
@@ -293,7 +293,13 @@ class ProgressView:
         if self._widget is not None:
             self._widget.value = html
         elif self._handle is not None:
-            self._handle.update(HTML(html))
+            self._handle.update(_Rendered(html, self.text(final)))
+
+    def text(self, final: Optional[str] = None) -> str:
+        """The plain-text form (what a saved notebook shows outside a browser)."""
+        lines = [f'{self.entry.name}: {final or "starting"} ({time.monotonic() - self.t0:.1f} s)']
+        lines += [f'  {name}: {state}' for name, state in self.entry.progress.items()]
+        return '\n'.join(lines)
 
     def render(self, final: Optional[str] = None) -> str:
         rows = [(name, reprs.badge(state)) for name, state in self.entry.progress.items()]
@@ -304,6 +310,19 @@ class ProgressView:
             detail = f'<pre style="color: #c62828; white-space: pre-wrap">{reprs.esc(self.detail)}</pre>'
         return reprs.template('progress.html').substitute(
             name=reprs.esc(self.entry.name), elapsed=reprs.esc(elapsed), table=table, detail=detail)
+
+
+class _Rendered:
+    """A display object with both an HTML and a plain-text form."""
+
+    def __init__(self, html: str, text: str):
+        self.html, self.text = html, text
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 # -- the magic ------------------------------------------------------------------------

@@ -1,0 +1,352 @@
+"""A live dashboard of a Deployment/Flow, made of widgets only.
+
+    dash = Dashboard(dep)      # or dep.dashboard(), or %orchestra dashboard NAME
+    dash                       # show it; it refreshes about twice a second
+    dash.close()               # stop refreshing
+
+A background thread reads ``dep.status()`` and *sets widget values*: PNG charts
+(matplotlib's Agg canvas, no pyplot) on ``ipywidgets.Image`` and HTML tables on
+``ipywidgets.HTML``. It never updates display handles from the thread: those stay
+blank in Voila and lose updates under nbclient, while widget values sync
+everywhere. The kernel is never blocked: the thread only waits on the network.
+
+Panels: requests per replica by endpoint (for stateful deployments, reads each
+replica served next to the writes it applied, so writes are seen reaching every
+replica while a read reaches one); gateway QPS and p50/p99 latency over time;
+RAFT (role, term, commit/applied index per replica); CPU % and RSS per process;
+per-GPU utilization and memory with the replica -> GPU map, or a one-line note
+where there is no GPU. While the front end shows no view of it (after it was
+shown once) it refreshes only every few seconds.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import threading
+import time
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+import ipywidgets as widgets
+
+from orchestra_nb import reprs
+from runtime.orchestration import Orchestration
+
+HIDDEN_INTERVAL = 3.0     # seconds between refreshes while no view shows the dashboard
+STOPPED_INTERVAL = 2.0    # ... while the deployment is not running
+PALETTE = ['#1976d2', '#ef6c00', '#2e7d32', '#8e24aa', '#c62828', '#00838f', '#6d4c41', '#546e7a']
+
+
+class Dashboard(widgets.VBox):
+    """Live widgets for ``obj`` (a Deployment or Flow); see the module docstring.
+
+    ``values`` holds the numbers last shown (``requests`` per replica, ``qps``,
+    ``p50_ms``, ``p99_ms``, ``refreshes``) for code that wants them.
+    """
+
+    def __init__(self, obj: Orchestration, interval: float = 0.5, history_seconds: float = 120.0,
+                 autostart: bool = True):
+        if not isinstance(obj, Orchestration):
+            raise TypeError(f'Dashboard needs a Deployment or Flow, got {type(obj).__name__}')
+        if not isinstance(interval, (int, float)) or interval <= 0:
+            raise ValueError(f'interval={interval!r}: must be a number of seconds > 0')
+        self.obj = obj
+        self.interval = float(interval)
+        self.history_seconds = history_seconds
+        self.header = widgets.HTML()
+        self.distribution = widgets.Image(format='png', layout=widgets.Layout(max_width='48%'))
+        self.latency = widgets.Image(format='png', layout=widgets.Layout(max_width='48%'))
+        self.raft = widgets.HTML()
+        self.processes = widgets.HTML()
+        self.gpus = widgets.HTML()
+        self.values: Dict[str, Any] = {'requests': {}, 'qps': 0.0, 'p50_ms': None, 'p99_ms': None,
+                                       'refreshes': 0, 'error': None}
+        self._series: Deque[Tuple[float, float, Optional[float], Optional[float]]] = collections.deque()
+        self._last_total: Optional[Tuple[float, int]] = None
+        self._signatures: Dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._seen_view = False
+        super().__init__([
+            self.header,
+            widgets.HBox([self.distribution, self.latency]),
+            widgets.HBox([self.raft, self.processes], layout=widgets.Layout(grid_gap='24px')),
+            self.gpus,
+        ], _view_count=0)
+        self.add_class('orchestra-dashboard')
+        self.header.value = self._header_html(None, 'waiting for the first refresh…')
+        if autostart:
+            self.start()
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> 'Dashboard':
+        """Start the refresh thread (done by the constructor unless ``autostart=False``)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name=f'dashboard-{self.obj.name}')
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the refresh thread and close the widgets."""
+        if not hasattr(self, '_stop'):  # __init__ failed early; Widget.__del__ still calls close()
+            return super().close()
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
+        for w in (self.header, self.distribution, self.latency, self.raft, self.processes, self.gpus):
+            w.close()
+        for child in self.children:
+            child.close()
+        super().close()
+
+    @property
+    def running(self) -> bool:
+        """Is the refresh thread alive?"""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            views = self._view_count or 0
+            self._seen_view = self._seen_view or views > 0
+            hidden = self._seen_view and views == 0
+            if not hidden:
+                try:
+                    self.refresh()
+                except Exception as e:  # keep refreshing; show why this one failed
+                    self.values['error'] = f'{type(e).__name__}: {e}'
+                    try:
+                        self.header.value = self._header_html(None, self.values['error'])
+                    except Exception:
+                        pass
+            wait = self.interval
+            if hidden:
+                wait = HIDDEN_INTERVAL
+            elif not self.obj._started:
+                wait = max(self.interval, STOPPED_INTERVAL)
+            self._stop.wait(wait)
+
+    # -- one refresh --------------------------------------------------------------
+    def refresh(self) -> Optional[Dict[str, Any]]:
+        """Read the status once and update every panel; returns the status (None when stopped)."""
+        with self._lock:
+            if not self.obj._started:
+                self.header.value = self._header_html(None, 'not running')
+                return None
+            status = self.obj.status(timeout=1.0)
+            now = time.monotonic()
+            gw = status.get('gateway') or {}
+            total = int(sum((gw.get('requests') or {}).values()))
+            qps = 0.0
+            if self._last_total is not None and now > self._last_total[0]:
+                qps = max(0.0, (total - self._last_total[1]) / (now - self._last_total[0]))
+            self._last_total = (now, total)
+            self._series.append((now, qps, gw.get('p50_ms'), gw.get('p99_ms')))
+            while self._series and now - self._series[0][0] > self.history_seconds:
+                self._series.popleft()
+            reps = status.get('replicas', [])
+            self.values.update(requests={r['name']: reprs.total_requests(r) for r in reps},
+                               qps=qps, p50_ms=gw.get('p50_ms'), p99_ms=gw.get('p99_ms'),
+                               total=total, error=None, refreshes=self.values['refreshes'] + 1)
+            self.header.value = self._header_html(status, None)
+            self._set_image('distribution', self.distribution, self._distribution_data(status),
+                            render_distribution)
+            series = list(self._series)
+            self._set_image('latency', self.latency, series, render_series, force_every=5.0)
+            self._set_html('raft', self.raft, raft_html(status))
+            self._set_html('processes', self.processes, processes_html(status))
+            self._set_html('gpus', self.gpus, gpus_html(status))
+            return status
+
+    def _set_image(self, key: str, widget: widgets.Image, data: Any, render, force_every: float = 0.0) -> None:
+        """Re-render only when the data changed (or every ``force_every`` s): PNGs cost CPU."""
+        sig = repr(data)
+        last = self._signatures.get(key)
+        now = time.monotonic()
+        if last and last[0] == sig and not (force_every and now - last[1] > force_every):
+            return
+        widget.value = render(data)
+        self._signatures[key] = (sig, now)
+
+    def _set_html(self, key: str, widget: widgets.HTML, value: str) -> None:
+        if widget.value != value:
+            widget.value = value
+
+    def _distribution_data(self, status: Dict[str, Any]) -> Dict[str, Any]:
+        reps = status.get('replicas', [])
+        stateful = any(r.get('raft') for r in reps)
+        names = [short_name(r['name'], status.get('name', '')) for r in reps]
+        if stateful:
+            reads, writes = [], []
+            for r in reps:
+                eps = r.get('endpoints') or {}
+                reads.append(sum(v for k, v in (r.get('requests') or {}).items()
+                                 if not (eps.get(k) or {}).get('write')))
+                raft = r.get('raft') or {}
+                writes.append(raft.get('writes_applied', raft.get('applied_index', 0)) or 0)
+            return {'names': names, 'series': {'reads served': reads, 'writes applied': writes},
+                    'stacked': False}
+        endpoints = sorted({k for r in reps for k in (r.get('requests') or {})})
+        return {'names': names, 'stacked': True,
+                'series': {ep: [(r.get('requests') or {}).get(ep, 0) for r in reps] for ep in endpoints}}
+
+    def _header_html(self, status: Optional[Dict[str, Any]], note: Optional[str]) -> str:
+        obj = self.obj
+        state = 'running' if obj._started else 'stopped'
+        parts = [f'<b>{reprs.esc(type(obj).__name__)}</b> <code>{reprs.esc(obj.name)}</code> '
+                 f'{reprs.badge(state)}']
+        if status is not None:
+            v = self.values
+            lat = ''
+            if v.get('p50_ms') is not None:
+                lat = f' · p50 {v["p50_ms"]:.1f} ms · p99 {v["p99_ms"]:.1f} ms'
+            n_ready = sum(1 for r in status.get('replicas', []) if r.get('state') == 'ready')
+            parts.append(f'<code>{reprs.esc(obj.address)}</code> · {n_ready}/{len(status.get("replicas", []))} '
+                         f'replicas ready · {v.get("total", 0)} requests · {v["qps"]:.1f} req/s{lat}')
+        if note:
+            parts.append(f'<span style="color: #757575">{reprs.esc(note)}</span>')
+        return '<div class="orchestra-dashboard-header">' + ' · '.join(parts) + '</div>'
+
+
+def short_name(name: str, prefix: str) -> str:
+    """'indexer/rep-0' -> 'rep-0' when every replica shares the prefix."""
+    return name[len(prefix) + 1:] if prefix and name.startswith(prefix + '/') else name
+
+
+# -- charts (matplotlib Agg -> PNG bytes; no pyplot, so threads are fine) -------------------
+def _figure(width: float = 4.8, height: float = 2.4):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), dpi=90)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format='png')
+    return buf.getvalue()
+
+
+def render_distribution(data: Dict[str, Any]) -> bytes:
+    """Bars per replica: stacked by endpoint, or grouped reads/writes for stateful ones."""
+    names: List[str] = data['names']
+    series: Dict[str, List[float]] = data['series']
+    fig = _figure(4.8, max(1.8, 0.9 + 0.35 * len(names)))
+    ax = fig.add_subplot(111)
+    ys = list(range(len(names)))
+    if not series or not names:
+        ax.text(0.5, 0.5, 'no requests yet', ha='center', va='center', transform=ax.transAxes)
+    elif data['stacked']:
+        left = [0.0] * len(names)
+        for i, (label, values) in enumerate(series.items()):
+            ax.barh(ys, values, left=left, label=label, color=PALETTE[i % len(PALETTE)])
+            left = [a + b for a, b in zip(left, values)]
+    else:
+        h = 0.8 / max(1, len(series))
+        for i, (label, values) in enumerate(series.items()):
+            ax.barh([y - 0.4 + h * (i + 0.5) for y in ys], values, height=h, label=label,
+                    color=PALETTE[i % len(PALETTE)])
+    ax.set_yticks(ys, names)
+    ax.invert_yaxis()
+    ax.set_title('requests per replica', fontsize=10)
+    ax.tick_params(labelsize=8)
+    if series:
+        ax.legend(fontsize=7, loc='lower right')
+    return _png(fig)
+
+
+def render_series(series: List[Tuple[float, float, Optional[float], Optional[float]]]) -> bytes:
+    """Gateway QPS (left) and p50/p99 latency in ms (right) over the last minutes."""
+    fig = _figure(4.8, 2.4)
+    ax_q, ax_l = fig.add_subplot(121), fig.add_subplot(122)
+    if series:
+        t_end = series[-1][0]
+        ts = [t - t_end for t, *_ in series]
+        ax_q.plot(ts, [q for _, q, _, _ in series], color=PALETTE[0], marker='.', markersize=3)
+        for idx, label, color in ((2, 'p50', PALETTE[2]), (3, 'p99', PALETTE[4])):
+            pts = [(t, s[idx]) for t, s in zip(ts, series) if s[idx] is not None]
+            if pts:
+                ax_l.plot([p[0] for p in pts], [p[1] for p in pts], label=label, color=color,
+                          marker='.', markersize=3)
+        if any(s[2] is not None for s in series):
+            ax_l.legend(fontsize=7)
+    ax_q.set_title('req/s', fontsize=10)
+    ax_l.set_title('latency (ms)', fontsize=10)
+    for ax in (ax_q, ax_l):
+        ax.set_xlabel('s', fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.set_ylim(bottom=0)
+    return _png(fig)
+
+
+# -- tables ---------------------------------------------------------------------------------
+def _bar(fraction: Optional[float], color: str = PALETTE[0]) -> str:
+    if fraction is None:
+        return ''
+    pct = max(0.0, min(1.0, fraction)) * 100
+    return (f'<div style="display: inline-block; width: 60px; height: 8px; background: #eee; '
+            f'vertical-align: middle"><div style="width: {pct:.0f}%; height: 8px; background: {color}">'
+            f'</div></div>')
+
+
+def _section(title: str, body: str) -> str:
+    return f'<div><div style="font-weight: bold; margin: 6px 0 2px">{reprs.esc(title)}</div>{body}</div>'
+
+
+def raft_html(status: Dict[str, Any]) -> str:
+    """Role, term, commit/applied index per replica (stateful deployments)."""
+    reps = [r for r in status.get('replicas', []) if r.get('raft')]
+    if not reps:
+        return _section('RAFT', '<span style="color: #757575">not stateful: replicas share no state</span>')
+    rows = []
+    for r in reps:
+        raft = r['raft']
+        rows.append([short_name(r['name'], status.get('name', '')), raft.get('role') or raft.get('state', ''),
+                     raft.get('term', ''), raft.get('leader', ''),
+                     raft.get('commit_index', raft.get('commit_idx', '')),
+                     raft.get('applied_index', raft.get('last_applied', '')),
+                     raft.get('writes_applied', '')])
+    return _section('RAFT', reprs.html_table(['replica', 'role', 'term', 'leader', 'commit', 'applied',
+                                              'writes applied'], rows))
+
+
+def processes_html(status: Dict[str, Any]) -> str:
+    """CPU % and RSS per process (replicas and the gateway)."""
+    procs = list(status.get('replicas', []))
+    gw = status.get('gateway') or {}
+    if gw:
+        procs.append(dict(gw, name='gateway'))
+    if not any(p.get('cpu_percent') is not None or p.get('rss_bytes') is not None for p in procs):
+        return _section('processes', '<span style="color: #757575">CPU/RSS not reported by this runtime</span>')
+    rows = []
+    for p in procs:
+        cpu = p.get('cpu_percent')
+        rows.append([short_name(p['name'], status.get('name', '')), p.get('pid', ''),
+                     '' if cpu is None else f'{_bar(cpu / 100.0)} {cpu:.0f}%',
+                     reprs.human_bytes(p.get('rss_bytes'))])
+    return _section('processes', reprs.html_table(['process', 'pid', 'CPU', 'RSS'], rows, raw_columns=(2,)))
+
+
+def gpus_html(status: Dict[str, Any]) -> str:
+    """Per-GPU utilization and memory with the replicas on it, or a one-line note."""
+    info = status.get('gpus')
+    if not info:
+        return _section('GPUs', '<span style="color: #757575">no GPU data from this runtime</span>')
+    if not info.get('available') or not info.get('gpus'):
+        return _section('GPUs', f'<span style="color: #757575">{reprs.esc(info.get("note") or "no GPU")}'
+                                '</span>')
+    rows = []
+    for g in info['gpus']:
+        used, total = g.get('memory_used'), g.get('memory_total')
+        util = g.get('utilization')
+        mem = f'{reprs.human_bytes(used)} / {reprs.human_bytes(total)}' if used is not None else ''
+        rows.append([g.get('index'), g.get('name') or '',
+                     '' if util is None else f'{_bar(util / 100.0, PALETTE[2])} {util}%',
+                     (_bar(used / total, PALETTE[1]) + ' ' if used is not None and total else '') + reprs.esc(mem),
+                     ', '.join(short_name(n, status.get('name', '')) for n in g.get('replicas') or [])])
+    return _section('GPUs', reprs.html_table(['GPU', 'name', 'utilization', 'memory', 'replicas'], rows,
+                                             raw_columns=(2, 3)))

@@ -1,0 +1,145 @@
+"""Dashboard and ControlPanel: widget values change as the deployment works."""
+from __future__ import annotations
+
+import pytest
+from docarray import DocList
+from docarray.documents import TextDoc
+
+from conftest import pid_gone, wait_until
+from orchestra_nb import Dashboard, Deployment, Executor, requests
+from orchestra_nb.dashboard import gpus_html, processes_html, raft_html
+from orchestra_nb.registry import REGISTRY
+from orchestra_nb.widgets import ControlPanel
+
+
+class Tagger(Executor):
+    @requests(on='/tag')
+    def tag(self, docs, **kwargs):
+        for d in docs:
+            d.text = f'tagged-{self.runtime_args.replica_id}'
+
+    @requests(on='/other')
+    def other(self, docs, **kwargs):
+        return docs
+
+
+def test_dashboard_values_move_after_requests():
+    with Deployment(name='dash', uses=Tagger, replicas=2) as dep:
+        dash = dep.dashboard(interval=0.2)
+        try:
+            assert isinstance(dash, Dashboard) and 'orchestra-dashboard' in dash._dom_classes
+            wait_until(lambda: dash.values['refreshes'] >= 1 and dash.distribution.value, 20,
+                       'the first dashboard refresh')
+            before_png, before_series = dash.distribution.value, dash.latency.value
+            assert dash.values['requests'] == {'dash/rep-0': 0, 'dash/rep-1': 0}
+            assert '0 requests' in dash.header.value and '2/2 replicas ready' in dash.header.value
+
+            dep.post('/tag', DocList[TextDoc]([TextDoc() for _ in range(20)]), request_size=1, prefetch=4)
+            dep.post('/other', DocList[TextDoc]([TextDoc() for _ in range(6)]), request_size=1)
+
+            wait_until(lambda: sum(dash.values['requests'].values()) == 26, 20,
+                       'the dashboard to count 26 requests')
+            counts = dash.values['requests']
+            assert counts['dash/rep-0'] > 0 and counts['dash/rep-1'] > 0
+            wait_until(lambda: dash.distribution.value != before_png, 10, 'the distribution chart to change')
+            wait_until(lambda: dash.latency.value != before_series, 10, 'the latency chart to change')
+            assert dash.distribution.value[:8] == b'\x89PNG\r\n\x1a\n'
+            wait_until(lambda: '26 requests' in dash.header.value, 10, 'the header to show 26 requests')
+            assert dash.values['p50_ms'] is not None and dash.values['p99_ms'] >= dash.values['p50_ms']
+            assert 'not stateful' in dash.raft.value
+            assert 'dash/rep-0' not in dash.processes.value or 'rep-0' in dash.processes.value
+            assert dash.gpus.value  # a table, or a one-line note without a GPU
+            assert dash.running
+        finally:
+            dash.close()
+        assert not dash.running
+
+
+def test_dashboard_panels_from_status_records():
+    """The RAFT, process and GPU panels render whatever a status record carries."""
+    status = {'name': 'd', 'gateway': {'pid': 1, 'cpu_percent': 3.0, 'rss_bytes': 50 << 20, 'requests': {}},
+              'replicas': [
+                  {'name': 'd/rep-0', 'pid': 2, 'cpu_percent': 55.5, 'rss_bytes': 80 << 20,
+                   'raft': {'role': 'leader', 'term': 3, 'commit_index': 10, 'applied_index': 10,
+                            'writes_applied': 7}},
+                  {'name': 'd/rep-1', 'pid': 3, 'raft': {'role': 'follower', 'term': 3, 'commit_index': 10,
+                                                        'applied_index': 9, 'writes_applied': 6}}],
+              'gpus': {'available': True, 'note': None, 'assignment': {'d/rep-0': '0'},
+                       'gpus': [{'index': 0, 'name': 'H100', 'utilization': 40, 'memory_used': 1 << 30,
+                                 'memory_total': 80 << 30, 'replicas': ['d/rep-0']}]}}
+    raft = raft_html(status)
+    assert 'leader' in raft and 'follower' in raft and '>7<' in raft and '>9<' in raft
+    procs = processes_html(status)
+    assert '56%' in procs and '80.0 MiB' in procs and 'gateway' in procs
+    gpus = gpus_html(status)
+    assert 'H100' in gpus and '40%' in gpus and 'rep-0' in gpus and '80.0 GiB' in gpus
+    note = gpus_html({'gpus': {'available': False, 'note': 'no NVIDIA GPU found (NVML: missing)', 'gpus': []}})
+    assert 'no NVIDIA GPU found' in note
+    assert 'not reported' in processes_html({'replicas': [{'name': 'x'}]})
+
+
+def test_control_panel_up_scale_down():
+    class PanelEcho(Executor):
+        @requests
+        def echo(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+            return docs
+
+    panel = ControlPanel(namespace={'PanelEcho': PanelEcho, 'not_a_class': 3}, refresh_interval=0.2)
+    try:
+        labels = [label for label, _ in panel.executor.options]
+        assert labels[0] == 'PanelEcho (notebook)' and 'Echo (built-in)' in labels
+        assert not panel.up_button.disabled and panel.down_button.disabled and panel.scale_button.disabled
+        panel.name.value = 'panel'
+        panel.replicas.value = 2
+        disabled_log = []
+        panel.executor.observe(lambda change: disabled_log.append(change['new']), 'disabled')
+        panel.up_button.click()
+        assert panel.wait_idle(60), 'Up did not finish within 60 s'
+        assert panel.last_error is None, panel.last_error
+        assert disabled_log == [True, False]  # the controls were disabled while Up ran
+        dep = panel.deployment
+        assert dep is not None and dep._started and dep.replicas == 2 and 'panel' in REGISTRY.names()
+        assert panel.up_button.disabled and not panel.down_button.disabled and not panel.executor.disabled
+        wait_until(lambda: 'panel/rep-1' in panel.status.value, 10, 'the status table to list rep-1')
+        wait_until(lambda: '<pre' in panel.log_view.value, 10, 'the log tail')
+
+        panel.up_button.click()  # disabled in the front end; a programmatic click reports why
+        panel.wait_idle(10)
+        assert 'is running' in panel.last_error
+
+        panel.scale(3)
+        assert panel.wait_idle(60)
+        assert panel.last_error is None, panel.last_error
+        wait_until(lambda: 'panel/rep-2' in panel.status.value, 10, 'the status table to list rep-2')
+        assert dep.post('/x', TextDoc(text='hi')).text == ['hi']
+
+        pids = [r.process.pid for r in dep.nodes[0].replicas] + [dep.gateway.pid]
+        panel.down_button.click()
+        assert panel.wait_idle(60)
+        assert not dep._started and 'panel' not in REGISTRY.names()
+        wait_until(lambda: all(pid_gone(p) for p in pids), 10, 'the panel deployment to exit')
+        assert not panel.up_button.disabled and panel.down_button.disabled
+    finally:
+        panel.close()
+        REGISTRY.close_all()
+
+
+def test_control_panel_shows_a_failed_start():
+    panel = ControlPanel(namespace={}, refresh_interval=0.5)
+    try:
+        panel.executor.options = [('broken', 'sample_executors:BrokenInit')]
+        panel.executor.value = 'sample_executors:BrokenInit'
+        panel.replicas.value = 1
+        panel.up()
+        assert panel.wait_idle(60)
+        assert 'init failed on purpose' in panel.last_error
+        assert 'init failed on purpose' in panel.message.value and 'c62828' in panel.message.value
+        assert panel.deployment is None and not panel.up_button.disabled
+    finally:
+        panel.close()
+        REGISTRY.close_all()
+
+
+def test_dashboard_refuses_a_non_orchestration():
+    with pytest.raises(TypeError, match='Deployment or Flow'):
+        Dashboard(object())
