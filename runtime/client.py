@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import uuid
 from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional, Union
 
 import grpc
@@ -135,7 +136,10 @@ class Client:
                 if out_type is None:
                     out_type = in_type
                 docs = batch if isinstance(batch, DocList) else DocList[in_type](batch)
-                pending.add(asyncio.ensure_future(send(i, protocol.pack(header, encode_docs(docs)))))
+                # request_id: a retried request (the gateway retries when a replica vanishes) is
+                # recognised by stateful replicas and applied once
+                frame = protocol.pack(dict(header, request_id=uuid.uuid4().hex), encode_docs(docs))
+                pending.add(asyncio.ensure_future(send(i, frame)))
                 if len(pending) >= window:
                     done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                     for t in done:

@@ -563,6 +563,16 @@ class PayloadStore:
             except FileNotFoundError:
                 self._files.pop(rid, None)
 
+    def discard(self, rid: str) -> None:
+        """Forget one body (memory and disk)."""
+        with self._lock:
+            data = self._cache.pop(rid, None)
+            if data is not None:
+                self._cache_bytes -= len(data)
+            name = self._files.pop(rid, None)
+        if name is not None:
+            _unlink(os.path.join(self.root, name))
+
     def gc(self, upto_index: int, orphan_age: float = 600.0) -> int:
         """Delete bodies applied at or before ``upto_index``, and unapplied ones older than ``orphan_age`` s."""
         now = time.time()
@@ -985,8 +995,13 @@ class Consensus:
                 pass
 
     # -- the worker's hooks ------------------------------------------------------------------
-    async def write(self, endpoint: str, parameters: dict, body: bytes) -> Tuple[Dict[str, Any], bytes]:
-        """Order a ``@write`` request through RAFT; return its reply once applied here."""
+    async def write(self, endpoint: str, parameters: dict, body: bytes,
+                    request_id: Optional[str] = None) -> Tuple[Dict[str, Any], bytes]:
+        """Order a ``@write`` request through RAFT; return its reply once applied here.
+
+        ``request_id`` (32 hex digits, set by :class:`~runtime.client.Client`) makes a retried
+        request idempotent: whichever copy commits first is applied, later ones are skipped.
+        """
         await self._started.wait()
         if self._closing:
             raise RaftNotReady(f'{self.name} is shutting down')
@@ -997,7 +1012,7 @@ class Consensus:
         timeout = self.options['write_timeout']
         t0 = self.loop.time()
         deadline = t0 + timeout
-        rid = uuid.uuid4().hex
+        rid = request_id if isinstance(request_id, str) and _RID.match(request_id) else uuid.uuid4().hex
         digest = _digest(body)
         if len(body) <= INLINE_PAYLOAD_BYTES:   # small: the log entry carries it (journaled by pysyncobj)
             record = (rid, endpoint, params, len(body), digest, self.replica, bytes(body))
@@ -1327,7 +1342,7 @@ class Consensus:
                 self._applying = False
             for rid, reply in results:
                 fut = self._waiters.get(rid)
-                if fut is not None and not fut.done() and reply != 'dup':
+                if fut is not None and not fut.done():
                     fut.set_result(reply if reply is not None else ({'ok': True}, b''))
         self.applied_index = max(self.applied_index, last)
 
@@ -1347,8 +1362,8 @@ class Consensus:
             if endpoint is None:
                 out.append((rid, None))
                 continue
-            if rid in self._seen_set:   # a retried proposal committed twice: apply once
-                out.append((rid, 'dup'))
+            if rid in self._seen_set:   # a retried request committed twice: apply once
+                out.append((rid, ({'ok': True, 'duplicate': True}, payload or b'')))
                 continue
             self._remember(rid)
             reply = None
@@ -1388,9 +1403,13 @@ class Consensus:
         data = self.payloads.cached(rid)
         if data is None:
             data = await asyncio.to_thread(self.payloads.get, rid)
-        if data is not None:
+        if data is not None and _digest(data) == digest:
             return data
-        if rec[5] != self.replica:   # the origin's push is usually a moment away: wait briefly
+        if data is not None:   # same request id, other body (a misbehaving client): take the committed one
+            log.warning('%s: the local body of request %s does not match the committed digest; '
+                        'fetching it from a peer', self.name, rid)
+            await asyncio.to_thread(self.payloads.discard, rid)
+        elif rec[5] != self.replica:   # the origin's push is usually a moment away: wait briefly
             arrived = self._arrivals.setdefault(rid, asyncio.Event())
             try:
                 if self.payloads.cached(rid) is None:
@@ -1400,7 +1419,7 @@ class Consensus:
             finally:
                 self._arrivals.pop(rid, None)
             data = await asyncio.to_thread(self.payloads.get, rid)
-            if data is not None:
+            if data is not None and _digest(data) == digest:
                 return data
         t0 = time.monotonic()
         warned = False

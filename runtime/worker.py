@@ -137,7 +137,8 @@ class ReplicaServer:
             self.stats.started(endpoint)
             try:
                 if self.consensus is not None and ep.is_write:
-                    reply_header, reply_body = await self.consensus.write(endpoint, parameters, bytes(body))
+                    reply_header, reply_body = await self.consensus.write(endpoint, parameters, bytes(body),
+                                                                           header.get('request_id'))
                 elif endpoint in self.batchers:
                     if self.consensus is not None:   # caught up; strong: all committed applied
                         await self.consensus.before_read(header)

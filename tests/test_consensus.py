@@ -7,6 +7,9 @@ gateway) to check what each one holds.
 import socket
 import threading
 import time
+import uuid
+
+import grpc
 
 import numpy as np
 import pytest
@@ -16,6 +19,8 @@ from docarray.index.backends.in_memory import InMemoryExactNNIndex
 
 from conftest import wait_until
 from orchestra_nb import Client, Deployment, Executor, requests, write
+from runtime import protocol
+from runtime.codec import encode_docs
 from runtime.consensus import normalize_raft_configuration, valid_raft_keys
 
 
@@ -270,6 +275,15 @@ def test_strong_read_consistency_and_raft_password(tmp_path):
         assert all(r['encrypted'] for r in st)
         assert sum(r['requests'].get('/get', 0) for r in dep.status()['replicas']) == 20
         assert all(r['requests'].get('/get', 0) > 0 for r in dep.status()['replicas'])
+        # a request retried on another replica (same request_id, as the gateway resends it) applies once
+        wait_converged(dep, 20)
+        frame = protocol.pack({'endpoint': '/index', 'parameters': {}, 'request_id': uuid.uuid4().hex},
+                              encode_docs(DocList[TextDoc]([TextDoc(id='once', text='x' * 3000)])))
+        for i in (0, 1, 2):
+            with grpc.insecure_channel(dep.nodes[0].replicas[i].address) as ch:
+                header, _ = protocol.unpack(ch.unary_unary(protocol.CALL)(frame, timeout=30))
+            assert header['ok'], header
+        wait_converged(dep, 21)
 
 
 # -- validation and configuration -------------------------------------------------------------
