@@ -40,7 +40,8 @@ class Dashboard(widgets.VBox):
     """Live widgets for ``obj`` (a Deployment or Flow); see the module docstring.
 
     ``values`` holds the numbers last shown (``requests`` per replica, ``qps``,
-    ``p50_ms``, ``p99_ms``, ``refreshes``) for code that wants them.
+    ``p50_ms``, ``p99_ms``, ``refreshes``; for stateful deployments ``reads`` and
+    ``writes_applied`` per replica) for code that wants them.
     """
 
     def __init__(self, obj: Orchestration, interval: float = 0.5, history_seconds: float = 120.0,
@@ -151,8 +152,12 @@ class Dashboard(widgets.VBox):
                                qps=qps, p50_ms=gw.get('p50_ms'), p99_ms=gw.get('p99_ms'),
                                total=total, error=None, refreshes=self.values['refreshes'] + 1)
             self.header.value = self._header_html(status, None)
-            self._set_image('distribution', self.distribution, self._distribution_data(status),
-                            render_distribution)
+            dist = self._distribution_data(status)
+            if not dist['stacked']:
+                names = [r['name'] for r in reps]
+                self.values['reads'] = dict(zip(names, dist['series']['reads served']))
+                self.values['writes_applied'] = dict(zip(names, dist['series']['writes applied']))
+            self._set_image('distribution', self.distribution, dist, render_distribution)
             series = list(self._series)
             self._set_image('latency', self.latency, series, render_series, force_every=5.0)
             self._set_html('raft', self.raft, raft_html(status))

@@ -6,7 +6,7 @@ from docarray import DocList
 from docarray.documents import TextDoc
 
 from conftest import pid_gone, wait_until
-from orchestra_nb import Dashboard, Deployment, Executor, requests
+from orchestra_nb import Dashboard, Deployment, Executor, requests, write
 from orchestra_nb.dashboard import gpus_html, processes_html, raft_html
 from orchestra_nb.registry import REGISTRY
 from orchestra_nb.widgets import ControlPanel
@@ -53,6 +53,46 @@ def test_dashboard_values_move_after_requests():
         finally:
             dash.close()
         assert not dash.running
+
+
+class KV(Executor):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.kv = {}
+
+    @requests(on='/index')
+    @write
+    def index(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        for d in docs:
+            self.kv[d.id] = d.text
+
+    @requests(on='/get')
+    def get(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        for d in docs:
+            d.text = self.kv.get(d.id, '<missing>')
+
+
+def test_dashboard_of_a_stateful_deployment_shows_writes_everywhere_and_reads_once(tmp_path):
+    pytest.importorskip('runtime.consensus', reason='RAFT (runtime/consensus.py) is not in this tree yet')
+    with Deployment(name='sdash', uses=KV, replicas=3, stateful=True, workspace=str(tmp_path)) as dep:
+        dash = Dashboard(dep, interval=0.2)
+        try:
+            docs = DocList[TextDoc]([TextDoc(id=f'k{i}', text=f'v{i}') for i in range(6)])
+            dep.post('/index', docs, request_size=2)          # 3 writes: applied by every replica
+            out = dep.post('/get', DocList[TextDoc]([TextDoc(id=f'k{i}') for i in range(4)]), request_size=1)
+            assert out.text == ['v0', 'v1', 'v2', 'v3']        # 4 reads: each served by one replica
+            names = ['sdash/rep-0', 'sdash/rep-1', 'sdash/rep-2']
+
+            def settled():
+                w, r = dash.values.get('writes_applied') or {}, dash.values.get('reads') or {}
+                return (len(w) == 3 and len(set(w.values())) == 1 and min(w.values()) >= 3
+                        and sum(r.values()) == 4)
+            wait_until(settled, 30, 'the dashboard to show 3 writes on every replica and 4 reads in all')
+            assert sorted(dash.values['writes_applied']) == names
+            assert 'leader' in dash.raft.value and 'follower' in dash.raft.value
+            assert dash.raft.value.count('<tr>') == 3
+        finally:
+            dash.close()
 
 
 def test_dashboard_panels_from_status_records():
