@@ -547,16 +547,20 @@ class OrchestraMagics(Magics):
             raise OrchestraError(f'the benchmark (orchestra_nb.bench) is not available: {e}') from None
         if not hasattr(bench, 'compare'):
             raise OrchestraError('orchestra_nb.bench has no compare() in this install')
-        try:
-            kwargs = _option_kwargs(argv)
-        except ValueError as e:
-            raise usage_error(str(e), 'bench') from None
         import inspect
+        params = inspect.signature(bench.compare).parameters
         try:
+            raw = _option_kwargs(argv)
+            kwargs = {k: _coerce(v, params.get(k)) for k, v in raw.items()}
+            if isinstance(kwargs.get('uses'), str):  # a class defined in the notebook, by name
+                kwargs['uses'] = resolve_uses(kwargs['uses'], self.shell.user_ns)
             inspect.signature(bench.compare).bind(**kwargs)
-        except TypeError as e:
+        except (ValueError, TypeError) as e:
             raise usage_error(f'orchestra_nb.bench.compare: {e}', 'bench') from None
-        return bench.compare(**kwargs)
+        try:
+            return bench.compare(**kwargs)
+        except (ValueError, TypeError) as e:
+            raise OrchestraError(f'bench failed: {e}') from None
 
 
 def _json_or_plain(value: str, what: str) -> Any:
@@ -575,8 +579,24 @@ def _json_object(value: str, what: str) -> Dict[str, Any]:
     return obj
 
 
+def _coerce(value: Any, param: Optional[Any]) -> Any:
+    """A command-line string -> a Python value: kept as text where the parameter takes a str."""
+    if not isinstance(value, str):
+        return value
+    annotation = getattr(param, 'annotation', None)
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    if param is not None and (annotation is str or 'str' in text or isinstance(param.default, str)):
+        return value
+    if value in ('None', 'True', 'False'):
+        return {'None': None, 'True': True, 'False': False}[value]
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
 def _option_kwargs(argv: List[str]) -> Dict[str, Any]:
-    """``--docs 1000 --stateful --name x`` -> {'docs': 1000, 'stateful': True, 'name': 'x'}."""
+    """``--docs 1000 --stateful --name x`` -> {'docs': '1000', 'stateful': True, 'name': 'x'} (see _coerce)."""
     out: Dict[str, Any] = {}
     i = 0
     while i < len(argv):
@@ -591,11 +611,8 @@ def _option_kwargs(argv: List[str]) -> Dict[str, Any]:
             if i + 1 < len(argv) and not argv[i + 1].startswith('--'):
                 value, i = argv[i + 1], i + 1
             else:
-                value = 'True'
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
+                value = True
+        out[key] = value
         i += 1
     return out
 

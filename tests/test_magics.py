@@ -165,6 +165,8 @@ def test_cell_magic_resolves_a_class_defined_in_the_shell(ip):
     ('%orchestra logs', 'the following arguments are required: name'),
     ('%orchestra up "unclosed', 'cannot parse the arguments'),
     ('%%orchestra status\nbody', 'the cell magic is %%orchestra up'),
+    ('%orchestra bench --bogus 1', "unexpected keyword argument 'bogus'"),
+    ('%orchestra bench docs 5', "unexpected 'docs': options look like --key value"),
 ])
 def test_bad_arguments_give_one_line_and_the_usage(ip, capsys, line, message):
     err, printed = run_failing(ip, line, capsys)
@@ -222,3 +224,10 @@ def test_await_apost_at_top_level(ip):
     run(ip, 't_d = %orchestra up --uses sample_executors:Upper --name aw')
     out = run(ip, 'from docarray.documents import TextDoc\n(await t_d.apost("/upper", TextDoc(text="async"))).text')
     assert out == ['ASYNC']
+
+
+def test_bench_delegates_to_the_benchmark(ip):
+    pytest.importorskip('orchestra_nb.bench', reason='the benchmark (orchestra_nb.bench) is not in this tree yet')
+    res = run(ip, '%orchestra bench --docs 300 --queries 5 --dim 16 --setups 1 --progress False')
+    assert [s.ok for s in res.setups] == [True]
+    assert 'replicas=1' in ip.display_formatter.format(res)[0]['text/plain']
