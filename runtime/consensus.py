@@ -963,10 +963,16 @@ class Consensus:
         return _RaftNode(self, self.cfg['self'], [p.raft for p in self.peers], conf)
 
     async def _report_progress(self, t0: float) -> None:
+        """Every 5 s while not ready: what we wait for (the log tail explains a start that times out)."""
         while True:
             await asyncio.sleep(5.0)
-            log.warning('%s: still catching up after %.0f s: %s', self.name, time.monotonic() - t0,
-                        json.dumps(self.status()))
+            st = self.status()
+            up = [n for n, ok in st['peers'].items() if ok]
+            why = ('no leader yet: a majority must be up and connected' if not st['leader']
+                   else f'applying the log (applied index {st["applied_index"]}, commit index {st["commit_index"]})')
+            log.warning('%s: not ready after %.0f s: %s; RAFT peers connected: %s of %d (%s); role %s, term %s',
+                        self.name, time.monotonic() - t0, why, len(up), len(self.peers),
+                        ', '.join(f'{p.name} at {p.raft}' for p in self.peers), st['role'], st['term'])
 
     async def close(self) -> None:
         """Stop applying, take a last snapshot if quick, stop the RAFT node."""
