@@ -15,8 +15,14 @@ replica served next to the writes it applied, so writes are seen reaching every
 replica while a read reaches one); gateway QPS and p50/p99 latency over time;
 RAFT (role, term, commit/applied index per replica); CPU % and RSS per process;
 per-GPU utilization and memory with the replica -> GPU map, or a one-line note
-where there is no GPU. While the front end shows no view of it (after it was
-shown once) it refreshes only every few seconds.
+where there is no GPU.
+
+The thread runs until :meth:`close`/:meth:`stop`, or until a newer dashboard of
+the same deployment takes over (re-running a cell does not pile up threads).
+While the deployment is stopped it only checks every 2 s. Where the front end
+reports its views (``_view_count``), a dashboard whose views are all gone
+refreshes only every 3 s (JupyterLab 4 does not report them: there it keeps
+refreshing; a PNG is re-rendered only when its data changed).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import collections
 import io
 import threading
 import time
+import weakref
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import ipywidgets as widgets
@@ -33,6 +40,8 @@ from runtime.orchestration import Orchestration
 
 HIDDEN_INTERVAL = 3.0     # seconds between refreshes while no view shows the dashboard
 STOPPED_INTERVAL = 2.0    # ... while the deployment is not running
+#: id(orchestration) -> its dashboards (so a newer one can stop the older ones)
+_LIVE: Dict[int, 'weakref.WeakSet[Dashboard]'] = {}
 PALETTE = ['#1976d2', '#ef6c00', '#2e7d32', '#8e24aa', '#c62828', '#00838f', '#6d4c41', '#546e7a']
 
 
@@ -45,7 +54,7 @@ class Dashboard(widgets.VBox):
     """
 
     def __init__(self, obj: Orchestration, interval: float = 0.5, history_seconds: float = 120.0,
-                 autostart: bool = True):
+                 autostart: bool = True, replace: bool = True):
         if not isinstance(obj, Orchestration):
             raise TypeError(f'Dashboard needs a Deployment or Flow, got {type(obj).__name__}')
         if not isinstance(interval, (int, float)) or interval <= 0:
@@ -76,6 +85,11 @@ class Dashboard(widgets.VBox):
         ], _view_count=0)
         self.add_class('orchestra-dashboard')
         self.header.value = self._header_html(None, 'waiting for the first refresh…')
+        if replace:  # re-running a `dep.dashboard()` cell must not pile up refresh threads
+            for old in _LIVE.get(id(obj), []):
+                if old is not self and old.obj is obj and old.running:
+                    old.stop(f'a newer dashboard of {obj.name!r} took over')
+        _LIVE.setdefault(id(obj), weakref.WeakSet()).add(self)
         if autostart:
             self.start()
 
@@ -88,6 +102,14 @@ class Dashboard(widgets.VBox):
                                             name=f'dashboard-{self.obj.name}')
             self._thread.start()
         return self
+
+    def stop(self, note: str = 'stopped refreshing') -> None:
+        """Stop the refresh thread and say so in the header; the widgets stay (``start()`` resumes)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
+        self.header.value = self._header_html(None, note)
 
     def close(self) -> None:
         """Stop the refresh thread and close the widgets."""

@@ -156,7 +156,7 @@ def status_text(obj: Orchestration, status: Optional[Dict[str, Any]] = None) -> 
     """The same as plain text: one line, then one line per replica when running."""
     lines = [repr(obj)]
     summary = summary_line(obj)
-    if summary:
+    if summary and '\n' not in lines[0]:  # a Flow's repr already draws its graph
         lines.append(f'  {summary}')
     if obj._started:
         try:

@@ -183,3 +183,18 @@ def test_control_panel_shows_a_failed_start():
 def test_dashboard_refuses_a_non_orchestration():
     with pytest.raises(TypeError, match='Deployment or Flow'):
         Dashboard(object())
+
+
+def test_a_newer_dashboard_of_the_same_deployment_takes_over():
+    with Deployment(name='twice', uses=Tagger) as dep:
+        first = dep.dashboard(interval=0.2)
+        second = dep.dashboard(interval=0.2)
+        try:
+            assert second.running and not first.running
+            assert 'a newer dashboard' in first.header.value
+            third = Dashboard(dep, interval=0.2, replace=False)
+            assert second.running and third.running
+            third.close()
+        finally:
+            first.close()
+            second.close()
