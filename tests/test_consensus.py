@@ -160,7 +160,8 @@ def test_first_example_converges_on_every_replica(tmp_path):
 def test_exact_nn_search_example_small(tmp_path):
     port, *peer_ports = free_ports(4)
     d = Deployment(name='indexer', port=port, uses=ExactNNSearch, workspace=str(tmp_path / 'raft'),
-                   replicas=3, stateful=True, peer_ports=peer_ports)
+                   replicas=3, stateful=True, peer_ports=peer_ports,
+                   raft_configuration={'snapshot_threshold': 3})   # snapshots of docarray's index too
     with d:
         c = Client(port=port)
         rng = np.random.default_rng(0)
@@ -168,6 +169,8 @@ def test_exact_nn_search_example_small(tmp_path):
             [TextDoc(text=f'I am document {i}', embedding=rng.random(128)) for i in range(300)])
         c.post(on='/index', inputs=index_docs, request_size=100)
         wait_converged(d, 3)
+        wait_until(lambda: all(r['snapshot_index'] > 0 for r in rafts(d)), 30,
+                   'every replica to snapshot its InMemoryExactNNIndex')
         search_da = DocList[QueryDoc](
             [QueryDoc(text=f'I am document {i}', embedding=index_docs[i].embedding) for i in range(3)])
         responses = c.post(on='/search', inputs=search_da, request_size=1)
