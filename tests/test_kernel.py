@@ -37,13 +37,30 @@ def test_notebook_run_by_nbclient_leaves_nothing_after_kernel_shutdown():
                 nbformat.v4.new_code_cell(START),
                 nbformat.v4.new_code_cell('from docarray.documents import TextDoc\n'
                                           'print((await dep.apost("/upper", TextDoc(text="top-level await"))).text)'),
-                nbformat.v4.new_code_cell('print(dep.post("/upper", TextDoc(text="sync in a running loop")).text)')]
+                nbformat.v4.new_code_cell('print(dep.post("/upper", TextDoc(text="sync in a running loop")).text)'),
+                nbformat.v4.new_code_cell(textwrap.dedent('''\
+                    bg = %orchestra up --uses sample_executors:Upper --name bg --no-wait
+                    import time
+                    from orchestra_nb.registry import REGISTRY
+                    entry, t0 = REGISTRY.get('bg'), time.monotonic()
+                    while entry.state == 'starting' and time.monotonic() - t0 < 60:
+                        time.sleep(0.1)
+                    print('BG', entry.state, json.dumps([p.pid for p in [r.process for r in bg.nodes[0].replicas] + [bg.gateway]]))
+                    ''')),
+                nbformat.v4.new_code_cell('%orchestra status')]
     client = NotebookClient(nb, timeout=120, kernel_name='python3', resources={'metadata': {'path': TESTS}})
     client.execute()  # starts the kernel, runs every cell, shuts the kernel down (gracefully)
     text = ''.join(o.get('text', '') for c in nb.cells for o in c.get('outputs', []))
     pids = pids_from(text)
     assert len(pids) == 3
     assert "['TOP-LEVEL AWAIT']" in text and "['SYNC IN A RUNNING LOOP']" in text
+    bg_line = next(line for line in text.splitlines() if line.startswith('BG '))
+    assert bg_line.split()[1] == 'running', bg_line
+    pids += json.loads(bg_line.split(' ', 2)[2])
+    progress = [o for o in nb.cells[4].outputs if 'application/vnd.jupyter.widget-view+json' in o.get('data', {})]
+    assert progress, 'a --no-wait start shows its progress as a widget'
+    overview = nb.cells[5].outputs[0]['data']
+    assert '<table' in overview['text/html'] and 'bg' in overview['text/plain'] and 'kern' in overview['text/plain']
     wait_until(lambda: all(pid_gone(p) for p in pids), 15, f'replicas {pids} to exit after the kernel shut down')
 
 
