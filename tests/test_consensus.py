@@ -354,3 +354,27 @@ def test_plan_gives_each_replica_its_raft_settings(tmp_path):
     assert len({c['token'] for s in cfgs for c in s}) == 1 and len(cfgs[0][0]['token']) == 32
     grpc = {p['grpc'] for p in cfgs[0][0]['peers']}
     assert grpc == {f'127.0.0.1:{r.config["port"]}' for r in plan.shards[0][1:]}
+
+
+def test_payload_and_snapshot_stores(tmp_path):
+    from runtime.consensus import PayloadStore, SnapshotStore
+    store = PayloadStore(str(tmp_path / 'payloads'))
+    a, b, c = (uuid.uuid4().hex for _ in range(3))
+    for rid in (a, b, c):
+        store.put(rid, rid.encode() * 10)
+    store.applied(a, 5)
+    store.applied(b, 9)
+    assert store.get(a) == a.encode() * 10 and store.cached(a) is None   # applied: disk only
+    with pytest.raises(ValueError):
+        store.put('../../etc/passwd', b'x')                              # ids from peers are checked
+    again = PayloadStore(str(tmp_path / 'payloads'))                     # a restart finds them all
+    assert again.get(b) == b.encode() * 10 and len(again) == 3
+    assert again.gc(upto_index=5) == 1 and again.get(a) is None and again.get(b) and again.get(c)
+    snaps = SnapshotStore(str(tmp_path / 'snaps'))
+    tmp = snaps.new_tmp()
+    (tmp_path / 'snaps' / tmp.rsplit('/', 1)[1] / 'state').write_bytes(b'state')
+    (tmp_path / 'snaps' / tmp.rsplit('/', 1)[1] / 'meta.json').write_text('{"index": 7}')
+    snaps.commit(tmp, 7)
+    other = SnapshotStore(str(tmp_path / 'peer'))                        # a transfer to a peer
+    index, path = other.unpack(snaps.tar(7))
+    assert index == 7 and other.latest() == (7, path) and open(f'{path}/state', 'rb').read() == b'state'
