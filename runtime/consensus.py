@@ -399,9 +399,43 @@ def raft_root(workspace: str, name: str) -> str:
     return os.path.join(workspace, name.replace('/', '_'), '.raft')
 
 
-def _free_ports(n: int, host: str = '127.0.0.1', avoid: Sequence[int] = ()) -> List[int]:
-    socks, ports = [], []
+def _ephemeral_range() -> Tuple[int, int]:
     try:
+        with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int, host: str = '127.0.0.1') -> bool:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as pysyncobj and gRPC bind: TIME_WAIT is fine
+    try:
+        s.bind((host if host not in ('', '0.0.0.0') else '127.0.0.1', port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _free_ports(n: int, host: str = '127.0.0.1', avoid: Sequence[int] = ()) -> List[int]:
+    """``n`` distinct free ports, chosen below the OS's ephemeral range when there is room:
+    a port picked now is bound a moment later by a child process, and ports the OS hands out
+    (to ``bind(0)`` or outgoing connections) cannot take it in between."""
+    import random
+    low, _ = _ephemeral_range()
+    ports: List[int] = []
+    if low > 20000:
+        candidates = random.sample(range(20000, low), min(low - 20000, 50 * n + 50))
+        for p in candidates:
+            if len(ports) == n:
+                break
+            if p not in avoid and p not in ports and _bindable(p, host):
+                ports.append(p)
+    socks = []
+    try:   # fallback: let the OS pick
         while len(ports) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind((host if host not in ('', '0.0.0.0') else '127.0.0.1', 0))
@@ -432,15 +466,24 @@ def plan_stateful(dep: Any, plan: Any) -> None:
     """Give every replica of a stateful Deployment what its RAFT node needs (in ``config['raft']``)."""
     root = raft_root(dep.workspace, dep.name)
     os.makedirs(root, exist_ok=True)
-    ports = dep._raft_peer_ports or _remembered_ports(root, dep.replicas, dep.shards)
+    bind_host = dep.host or '127.0.0.1'
+    ports = dep._raft_peer_ports
     if ports is None:
-        free = _free_ports(dep.replicas * dep.shards)
-        ports = {s: free[s * dep.replicas:(s + 1) * dep.replicas] for s in range(dep.shards)}
+        ports = _remembered_ports(root, dep.replicas, dep.shards) or {}
+        for s in range(dep.shards):   # remembered ports taken by something else meanwhile: new ones
+            if s in ports and not all(_bindable(p, bind_host) for p in ports[s]):
+                log.warning('RAFT ports %s remembered for %s shard %d are in use now; choosing new ones '
+                            '(the journal is kept)', ports[s], dep.name, s)
+                del ports[s]
+        taken = [p for v in ports.values() for p in v]
+        for s in range(dep.shards):
+            if s not in ports:
+                ports[s] = _free_ports(dep.replicas, bind_host, avoid=taken)
+                taken += ports[s]
     _write_json(os.path.join(root, 'peers.json'),
                 {'peer_ports': {str(s): p for s, p in ports.items()}, 'replicas': dep.replicas,
                  'shards': dep.shards})
     dep.peer_ports_used = {s: list(p) for s, p in ports.items()}
-    bind_host = dep.host or '127.0.0.1'
     connect_host = '127.0.0.1' if bind_host in ('0.0.0.0', '::', '') else bind_host
     token = secrets.token_hex(16)
     all_raft = [p for s in sorted(ports) for p in ports[s]]
@@ -925,6 +968,7 @@ class Consensus:
         """Restore the newest local snapshot, start pysyncobj, then wait until caught up."""
         t0 = time.monotonic()
         self.loop = asyncio.get_running_loop()
+        self._lock_dir()
         _quiet_pysyncobj(self.options['log_level'])
         latest = self.snapshots.latest()
         if latest is not None:
@@ -950,6 +994,24 @@ class Consensus:
         self._ready.set()
         log.info('%s: RAFT ready in %.2f s (%s, term %s, applied index %d, %d writes applied)', self.name,
                  self.ready_seconds, self.role, self.node.raftCurrentTerm, self.applied_index, self.writes_applied)
+
+    def _lock_dir(self) -> None:
+        """One process per RAFT folder (two Deployments on one workspace would corrupt it)."""
+        import fcntl
+        self._lock_file = open(os.path.join(self.dir, 'lock'), 'a+')
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.seek(0)
+            other = self._lock_file.read().strip() or '?'
+            self._lock_file.close()
+            raise RuntimeError(f'{self.name}: the RAFT folder {self.dir} is in use by another running replica '
+                               f'(pid {other}); is another Deployment with the same name and workspace '
+                               'running? Stop it, or use another workspace.') from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
 
     def _make_node(self) -> _RaftNode:
         conf = SyncObjConf(**self.cfg['conf'],

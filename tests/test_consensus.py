@@ -378,3 +378,13 @@ def test_payload_and_snapshot_stores(tmp_path):
     other = SnapshotStore(str(tmp_path / 'peer'))                        # a transfer to a peer
     index, path = other.unpack(snaps.tar(7))
     assert index == 7 and other.latest() == (7, path) and open(f'{path}/state', 'rb').read() == b'state'
+
+
+def test_second_deployment_on_the_same_workspace_is_refused(tmp_path):
+    ws = str(tmp_path)
+    with Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=ws) as dep:
+        dep.post('/index', TextDoc(id='a', text='b'))
+        other = Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=ws, timeout_ready=20)
+        with pytest.raises(Exception, match='in use by another running replica'):
+            other.start()
+        assert dep.post('/get', TextDoc(id='a')).text == ['b']   # the first one is untouched
