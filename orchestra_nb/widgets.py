@@ -80,6 +80,8 @@ class ControlPanel(widgets.VBox):
         self.polling = widgets.Dropdown(options=[('default', None), ('ANY', 'ANY'), ('ALL', 'ALL')],
                                         description='Polling', style=style, layout=widgets.Layout(width='180px'))
         self.stateful = widgets.Checkbox(description='stateful (RAFT)', indent=False)
+        self.workspace = widgets.Text(description='Workspace', placeholder='RAFT state dir (default: temporary)',
+                                      style=style, layout=widgets.Layout(width='340px'))
         self.up_button = widgets.Button(description='Up', button_style='success', icon='play')
         self.scale_button = widgets.Button(description='Scale', icon='arrows-v',
                                            tooltip='set the running deployment to this many replicas')
@@ -89,10 +91,11 @@ class ControlPanel(widgets.VBox):
         self.log_choice = widgets.Dropdown(description='Log of', style=style, layout=widgets.Layout(width='300px'))
         self.log_view = widgets.HTML()
         self._inputs = [self.executor, self.rescan_button, self.name, self.replicas, self.shards,
-                        self.polling, self.stateful]
+                        self.polling, self.stateful, self.workspace]
         super().__init__([
             widgets.HBox([self.executor, self.rescan_button, self.name]),
-            widgets.HBox([self.replicas, self.shards, self.polling, self.stateful]),
+            widgets.HBox([self.replicas, self.shards, self.polling]),
+            widgets.HBox([self.stateful, self.workspace]),
             widgets.HBox([self.up_button, self.scale_button, self.down_button]),
             self.message, self.status, self.log_choice, self.log_view,
         ])
@@ -188,8 +191,9 @@ class ControlPanel(widgets.VBox):
         if uses is None:
             raise ValueError('no Executor to run: define an Executor class in the notebook and press ↻')
         name = self.name.value.strip() or default_name(uses)
+        extra = {'workspace': self.workspace.value.strip()} if self.workspace.value.strip() else {}
         dep = Deployment(name=name, uses=uses, replicas=self.replicas.value, shards=self.shards.value,
-                         polling=self.polling.value, stateful=self.stateful.value)
+                         polling=self.polling.value, stateful=self.stateful.value, **extra)
         REGISTRY.add(dep)
         states: Dict[str, str] = {}
         t0 = time.monotonic()
