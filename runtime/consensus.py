@@ -926,6 +926,7 @@ class Consensus:
         self.default_consistency: str = cfg.get('read_consistency') or 'eventual'
         self.dir: str = cfg['dir']
         os.makedirs(self.dir, exist_ok=True)
+        self._lock_dir()   # before the stores tidy up leftovers in the folder
         self.payloads = PayloadStore(os.path.join(self.dir, 'payloads'))
         self.snapshots = SnapshotStore(os.path.join(self.dir, 'snapshots'))
         self.peers = [_Peer(p['replica'], p['name'], p['raft'], p['grpc']) for p in cfg['peers']]
@@ -968,7 +969,6 @@ class Consensus:
         """Restore the newest local snapshot, start pysyncobj, then wait until caught up."""
         t0 = time.monotonic()
         self.loop = asyncio.get_running_loop()
-        self._lock_dir()
         _quiet_pysyncobj(self.options['log_level'])
         latest = self.snapshots.latest()
         if latest is not None:
@@ -1191,6 +1191,12 @@ class Consensus:
         ``trace`` collects (pysyncobj outcome, seconds) per proposal, for diagnostics.
         """
         rid = record[0]
+        existing = self._waiters.get(rid)
+        if existing is not None and not existing.done():   # the same request again: share its outcome
+            done, _ = await asyncio.wait({existing}, timeout=timeout)
+            if not done:
+                raise TimeoutError(f'{what} was not committed and applied by {self.name} within {timeout:.0f} s')
+            return existing.result()
         fut = self.loop.create_future()
         self._waiters[rid] = fut
         deadline = None if timeout is None else self.loop.time() + timeout
@@ -1227,7 +1233,8 @@ class Consensus:
             raise TimeoutError(f'{what} was not committed and applied by {self.name} within {timeout:.0f} s '
                                f'(raft: {json.dumps(self.status())}); is a majority of replicas up?')
         finally:
-            self._waiters.pop(rid, None)
+            if self._waiters.get(rid) is fut:
+                del self._waiters[rid]
 
     async def _replicate_payload(self, rid: str, digest: str, body: bytes, deadline: float) -> None:
         """Push the payload to the peers; return once a majority of replicas (us included) holds it."""
