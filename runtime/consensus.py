@@ -375,11 +375,6 @@ def validate_stateful(dep: Any) -> None:
         if not isinstance(pw, (str, bytes)) or not pw:
             raise ValueError('raft_password must be a non-empty string')
         require_cryptography()
-    if dep.workspace is None:
-        import tempfile
-        dep.workspace = tempfile.mkdtemp(prefix=f'orchestra-raft-{dep.name}-')
-        log.info('stateful Deployment %r has no workspace; using %s (pass workspace=... to keep '
-                 'the state across Python sessions)', dep.name, dep.workspace)
 
 
 def require_cryptography() -> None:
@@ -464,6 +459,15 @@ def _remembered_ports(root: str, replicas: int, shards: int) -> Optional[Dict[in
 
 def plan_stateful(dep: Any, plan: Any) -> None:
     """Give every replica of a stateful Deployment what its RAFT node needs (in ``config['raft']``)."""
+    if dep.workspace is None:   # state must live somewhere: a folder for this Deployment object
+        import tempfile
+        dep.workspace = tempfile.mkdtemp(prefix=f'orchestra-raft-{dep.name}-')
+        log.warning('stateful Deployment %r has no workspace; using %s (pass workspace=... to keep '
+                    'the state across Python sessions)', dep.name, dep.workspace)
+        for r in plan.replicas:
+            ra = r.config.get('runtime_args')
+            if isinstance(ra, dict):
+                ra['workspace'] = dep.workspace
     root = raft_root(dep.workspace, dep.name)
     os.makedirs(root, exist_ok=True)
     bind_host = dep.host or '127.0.0.1'
