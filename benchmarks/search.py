@@ -64,11 +64,25 @@ def _find(result: BenchResult, replicas: int, stateful: bool, batching: bool) ->
     return None
 
 
-def targets(result: BenchResult) -> List[Dict[str, Any]]:
-    """Each target: what, target, measured, met (None when a setup is missing)."""
-    one = _find(result, 1, False, False)
-    raft = _find(result, 3, True, False)
-    batched = _find(result, 1, False, True)
+def _paired(rounds: List[BenchResult], num: tuple, den: tuple, attr: str, den_attr: Optional[str] = None):
+    """Median over rounds of ``num.attr / den.den_attr``, both measured in the same round (side by side)."""
+    ratios = []
+    for r in rounds:
+        a, b = _find(r, *num), _find(r, *den)
+        x, y = (a and getattr(a, attr)), (b and getattr(b, den_attr or attr))
+        if x and y:
+            ratios.append(x / y)
+    return statistics.median(ratios) if ratios else None
+
+
+def targets(result: BenchResult, rounds: Optional[List[BenchResult]] = None) -> List[Dict[str, Any]]:
+    """Each target: what, target, measured, met (None when a setup is missing).
+
+    Ratios are medians of the per-round ratios (setups measured side by side in one round).
+    """
+    rounds = rounds or [result]
+    ONE, RAFT, BATCHED = (1, False, False), (3, True, False), (1, False, True)
+    one = _find(result, *ONE)
     docs = result.workload['docs']
     scale = docs / FULL['docs']
     rows = []
@@ -82,15 +96,14 @@ def targets(result: BenchResult) -> List[Dict[str, Any]]:
     add(f'index {docs} docs, 1 replica', f'<= {idx_limit:.2f} s' + ('' if scale == 1 else ' (3 s x docs/100k)'),
         one and one.index_seconds, idx_limit, False, ' s')
     add('search QPS, 1 replica', '>= 200', one and one.search_qps, 200.0, True, '')
-    ratio = raft.index_seconds / one.index_seconds if (raft and one and raft.index_seconds and one.index_seconds) else None
-    add(f'index {docs} docs, 3 RAFT replicas', '<= 2 x 1-replica', ratio, 2.0, False, ' x')
-    if raft and one and raft.replicated_seconds and one.index_seconds:
-        add('  (until every replica holds every doc)', '<= 2 x 1-replica',
-            raft.replicated_seconds / one.index_seconds, 2.0, False, ' x')
-    ratio = raft.search_qps / one.search_qps if (raft and one and raft.search_qps and one.search_qps) else None
-    add('search QPS, 3 RAFT replicas', '>= 1.3 x 1-replica', ratio, 1.3, True, ' x')
-    ratio = batched.search_qps / one.search_qps if (batched and one and batched.search_qps and one.search_qps) else None
-    add('search QPS, 1 replica + dynamic batching', '>= 2 x unbatched', ratio, 2.0, True, ' x')
+    add(f'index {docs} docs, 3 RAFT replicas', '<= 2 x 1-replica',
+        _paired(rounds, RAFT, ONE, 'index_seconds'), 2.0, False, ' x')
+    ratio = _paired(rounds, RAFT, ONE, 'replicated_seconds', 'index_seconds')
+    if ratio is not None:
+        add('  (until every replica holds every doc)', '<= 2 x 1-replica', ratio, 2.0, False, ' x')
+    add('search QPS, 3 RAFT replicas', '>= 1.3 x 1-replica', _paired(rounds, RAFT, ONE, 'search_qps'), 1.3, True, ' x')
+    add('search QPS, 1 replica + dynamic batching', '>= 2 x unbatched',
+        _paired(rounds, BATCHED, ONE, 'search_qps'), 2.0, True, ' x')
     return rows
 
 
@@ -140,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if a.rounds > 1:
             print(f'--- round {i + 1} of {a.rounds}\n{r.table()}\n', flush=True)
     result = median_result(rounds) if len(rounds) > 1 else rounds[0]
-    rows = targets(result)
+    rows = targets(result, rounds)
     print(result.table())
     print()
     print(targets_table(rows))
