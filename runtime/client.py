@@ -117,17 +117,25 @@ class Client:
         call = self._stub(protocol.CALL)
         timeout = timeout if timeout is not None else self.timeout
         results: Dict[int, Any] = {}
-        pending: set = set()
         out_type = return_type
+        room = asyncio.Semaphore(window)
+        tasks: List[asyncio.Task] = []
+        failures: List[BaseException] = []
 
         async def send(i: int, frame: bytes):
-            reply = await call(frame, timeout=timeout)
-            h, body = protocol.unpack(reply)
-            if not h.get('ok'):
-                raise RemoteError(h.get('error') or {})
-            if h.get('results'):
-                self.last_results.update(h['results'])
-            results[i] = decode_docs(bytes(body), out_type)
+            try:
+                reply = await call(frame, timeout=timeout)
+                h, body = protocol.unpack(reply)
+                if not h.get('ok'):
+                    raise RemoteError(h.get('error') or {})
+                if h.get('results'):
+                    self.last_results.update(h['results'])
+                results[i] = decode_docs(bytes(body), out_type)
+            except BaseException as e:
+                failures.append(e)
+                raise
+            finally:
+                room.release()
 
         try:
             for i, batch in enumerate(iter_batches(inputs, request_size)):
@@ -139,24 +147,20 @@ class Client:
                 # request_id: a retried request (the gateway retries when a replica vanishes) is
                 # recognised by stateful replicas and applied once
                 frame = protocol.pack(dict(header, request_id=uuid.uuid4().hex), encode_docs(docs))
-                pending.add(asyncio.ensure_future(send(i, frame)))
-                if len(pending) >= window:
-                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for t in done:
-                        t.result()
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    t.result()
+                await room.acquire()          # at most `window` requests in flight
+                if failures:
+                    break
+                tasks.append(asyncio.ensure_future(send(i, frame)))
+            if failures:   # stopped early: raise the first failure, as gather would
+                raise failures[0]
+            await asyncio.gather(*tasks)
         except grpc.aio.AioRpcError as e:
-            for t in pending:
-                t.cancel()
             raise ConnectionError(f'request to {on!r} at {self.address} failed: '
                                   f'{e.code().name}: {e.details()}') from None
-        except BaseException:
-            for t in pending:
-                t.cancel()
-            raise
+        finally:
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
         out_type = out_type or TextDoc
         merged = [d for i in sorted(results) for d in results[i]]
         return DocList[out_type](merged)
