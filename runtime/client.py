@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import json
 import uuid
-from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional
 
 import grpc
 

@@ -100,7 +100,7 @@ class ReplicaServer:
     # -- the request path -----------------------------------------------------
     def run_endpoint(self, ep: Endpoint, parameters: dict, body: bytes) -> Tuple[Dict[str, Any], bytes]:
         """Decode, call, encode -- on the executor thread."""
-        from runtime.codec import decode_docs, encode_docs
+        from runtime.codec import decode_docs
         docs = decode_docs(body, ep.input_type)
         result = ep.method(**_call_kwargs(ep, docs, parameters))
         if asyncio.iscoroutine(result):

@@ -1,7 +1,6 @@
 """Shared fixtures. Every test is checked for leaked processes and listening ports."""
 from __future__ import annotations
 
-import os
 import time
 
 import psutil

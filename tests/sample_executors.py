@@ -5,7 +5,7 @@ import time
 from docarray import DocList
 from docarray.documents import TextDoc
 
-from orchestra_nb import Executor, requests
+from orchestra_nb import Executor, requests, write
 
 
 class Upper(Executor):
@@ -46,3 +46,26 @@ class BrokenInit(Executor):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         raise RuntimeError('init failed on purpose')
+
+
+class KV(Executor):
+    """A key-value store with a @write endpoint (RAFT and dashboard tests read it back)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.kv = {}
+
+    @requests(on='/index')
+    @write
+    def index(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        for d in docs:
+            self.kv[d.id] = d.text
+
+    @requests(on='/get')
+    def get(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        for d in docs:
+            d.text = self.kv.get(d.id, '<missing>')
+
+    @requests(on='/ids')
+    def ids(self, **kwargs) -> DocList[TextDoc]:
+        return DocList[TextDoc]([TextDoc(id=k, text=v) for k, v in sorted(self.kv.items())])

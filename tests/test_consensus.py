@@ -67,26 +67,8 @@ class ExactNNSearch(Executor):
             query.matches = docs
 
 
-# -- a key-value Executor the fault tests read back -----------------------------------
-class KV(Executor):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.kv = {}
-
-    @requests(on='/index')
-    @write
-    def index(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
-        for d in docs:
-            self.kv[d.id] = d.text
-
-    @requests(on='/get')
-    def get(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
-        for d in docs:
-            d.text = self.kv.get(d.id, '<missing>')
-
-    @requests(on='/ids')
-    def ids(self, **kwargs) -> DocList[TextDoc]:
-        return DocList[TextDoc]([TextDoc(id=k, text=v) for k, v in sorted(self.kv.items())])
+# KV: the key-value Executor the fault tests read back (tests/sample_executors.py)
+from sample_executors import KV  # noqa: E402
 
 
 # -- helpers --------------------------------------------------------------------------

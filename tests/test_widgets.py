@@ -6,10 +6,11 @@ from docarray import DocList
 from docarray.documents import TextDoc
 
 from conftest import pid_gone, wait_until
-from orchestra_nb import Dashboard, Deployment, Executor, requests, write
+from orchestra_nb import Dashboard, Deployment, Executor, requests
 from orchestra_nb.dashboard import gpus_html, processes_html, raft_html
 from orchestra_nb.registry import REGISTRY
 from orchestra_nb.widgets import ControlPanel
+from sample_executors import KV
 
 
 class Tagger(Executor):
@@ -53,23 +54,6 @@ def test_dashboard_values_move_after_requests():
         finally:
             dash.close()
         assert not dash.running
-
-
-class KV(Executor):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.kv = {}
-
-    @requests(on='/index')
-    @write
-    def index(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
-        for d in docs:
-            self.kv[d.id] = d.text
-
-    @requests(on='/get')
-    def get(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
-        for d in docs:
-            d.text = self.kv.get(d.id, '<missing>')
 
 
 def test_dashboard_of_a_stateful_deployment_shows_writes_everywhere_and_reads_once(tmp_path):
