@@ -163,7 +163,7 @@ class Client:
                     t.cancel()
         out_type = out_type or TextDoc
         merged = [d for i in sorted(results) for d in results[i]]
-        return DocList[out_type](merged)
+        return DocList[out_type].construct(merged)   # decoded by the codec: already of out_type
 
     # -- health -----------------------------------------------------------------
     def info(self, timeout: float = 5.0) -> Dict[str, Any]:
