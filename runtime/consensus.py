@@ -1121,13 +1121,15 @@ class _Pusher:
 
     def __init__(self, consensus: 'Consensus', peer: _Peer):
         self.c, self.peer = consensus, peer
-        self._queue: Deque[Tuple[str, str, bytes, float, asyncio.Future]] = collections.deque()
+        self._queue: Deque[Tuple[str, str, bytes, float, asyncio.Future, Optional[tuple]]] = collections.deque()
         self._task: Optional[asyncio.Task] = None
         self.calls = 0
 
-    def push(self, rid: str, digest: str, body: bytes, deadline: float) -> 'asyncio.Future[Tuple[bool, str]]':
+    def push(self, rid: str, digest: str, body: bytes, deadline: float,
+             record: Optional[tuple] = None) -> 'asyncio.Future[Tuple[bool, str, Optional[int]]]':
+        """-> (stored, why not, outcome of the peer's proposal of ``record`` or None)."""
         fut = self.c.loop.create_future()
-        self._queue.append((rid, digest, body, deadline, fut))
+        self._queue.append((rid, digest, body, deadline, fut, record))
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
             self.c._background.add(self._task)
@@ -1149,23 +1151,27 @@ class _Pusher:
             try:
                 if left <= 0:
                     raise TimeoutError('deadline passed')
-                h, _ = await self.c._call_peer(
-                    self.peer, {'op': 'put_payloads', 'items': [[it[0], it[1], len(it[2])] for it in batch]},
-                    b''.join(it[2] for it in batch), min(max(left, 0.1), 30.0))
+                header: Dict[str, Any] = {'op': 'put_payloads', 'items': [[it[0], it[1], len(it[2])] for it in batch]}
+                if any(it[5] is not None for it in batch):   # the peer leads: it proposes these records
+                    header['records'] = [None if it[5] is None else list(it[5]) for it in batch]
+                h, _ = await self.c._call_peer(self.peer, header, b''.join(it[2] for it in batch),
+                                               min(max(left, 0.1), 30.0))
                 self.calls += 1
                 if h.get('ok'):
                     errors = h.get('errors') or [None] * len(batch)
-                    outcomes = [(e is None, '' if e is None else f'{self.peer.name}: {e}') for e in errors]
+                    proposed = h.get('outcomes') or [None] * len(batch)
+                    outcomes = [(e is None, '' if e is None else f'{self.peer.name}: {e}', p)
+                                for e, p in zip(errors, proposed)]
                 else:
                     why = f'{self.peer.name}: {h.get("error", {}).get("message")}'
-                    outcomes = [(False, why)] * len(batch)
+                    outcomes = [(False, why, None)] * len(batch)
             except asyncio.CancelledError:
                 for it in batch:
                     if not it[4].done():
-                        it[4].set_result((False, f'{self.peer.name}: cancelled'))
+                        it[4].set_result((False, f'{self.peer.name}: cancelled', None))
                 raise
             except Exception as e:
-                outcomes = [(False, f'{self.peer.name}: {_short(e)}')] * len(batch)
+                outcomes = [(False, f'{self.peer.name}: {_short(e)}', None)] * len(batch)
             for it, outcome in zip(batch, outcomes):
                 if not it[4].done():
                     it[4].set_result(outcome)
@@ -1358,18 +1364,28 @@ class Consensus:
         deadline = t0 + timeout
         rid = request_id if isinstance(request_id, str) and _RID.match(request_id) else uuid.uuid4().hex
         digest = _digest(body)
+        delegate: Optional[Callable[[], Any]] = None
         if len(body) <= INLINE_PAYLOAD_BYTES:   # small: the log entry carries it (journaled by pysyncobj)
             record = (rid, endpoint, params, len(body), digest, self.replica, bytes(body))
         else:                                   # large: stored on a majority first, ordered by id
-            stored = asyncio.ensure_future(self._store(rid, body, digest))   # here, while pushing
-            try:
-                await self._replicate_payload(rid, digest, body, deadline)
-            finally:
-                await stored
             record = (rid, endpoint, params, len(body), digest, self.replica)
+            await self._store(rid, body, digest)   # in our workspace before any peer may propose it
+            leader = self._leader_peer()
+            pushes = {p.name: self._spawn(self._push(p, rid, digest, body, deadline,
+                                                     record if p is leader else None)) for p in self.peers}
+            if leader is None:   # we lead (or no leader yet): a majority holds it, then we propose
+                await self._majority(pushes, deadline)
+            else:                # the leader proposes it once stored there (R + leader: a majority)
+                async def delegate() -> int:
+                    ok, _, outcome = await pushes[leader.name]
+                    if ok and outcome == _SUCCESS:
+                        return _SUCCESS
+                    await self._majority(pushes, deadline)   # else: stored on a majority, we propose
+                    return _REFUSED if outcome is None else outcome
         t1 = self.loop.time()
         trace: List[Any] = []
-        header, reply = await self._commit(record, max(0.1, deadline - t1), f'write to {endpoint!r}', trace)
+        header, reply = await self._commit(record, max(0.1, deadline - t1), f'write to {endpoint!r}', trace,
+                                           delegate if delegate is not None else None)
         took = self.loop.time() - t0
         if took > 2.0:   # say where the time went: the payload's majority, or the log
             log.warning('%s: slow write to %s: %.2f s (payload on a majority %.2f s, commit and apply %.2f s; '
@@ -1449,7 +1465,8 @@ class Consensus:
                         arrived.set()
                 results = await asyncio.gather(*stores, return_exceptions=True)
                 errors = [None if not isinstance(r, BaseException) else _short(r) for r in results]
-                return protocol.pack({'ok': True, 'errors': errors if any(errors) else None})
+                outcomes = await self._propose_for_peer(items, header.get('records'), errors)
+                return protocol.pack({'ok': True, 'errors': errors if any(errors) else None, 'outcomes': outcomes})
             if op == 'put_payload':
                 rid = _check_rid(header.get('rid'))
                 if _digest(body) != header.get('digest'):
@@ -1478,14 +1495,41 @@ class Consensus:
             return protocol.pack(protocol.error_header(e, self.name))
 
     # -- proposing -----------------------------------------------------------------------------
+    async def _propose_for_peer(self, items: List[Any], records: Optional[List[Any]],
+                                errors: List[Optional[str]]) -> Optional[List[Optional[int]]]:
+        """A peer's payloads came with their records: if we lead, propose those stored here
+        (payload on the peer and here: a majority) -> pysyncobj's outcome per record."""
+        if not records:
+            return None
+        outcomes: List[Optional[int]] = [None] * len(items)
+        node = self.node
+        leading = node is not None and self._proposer is not None and not self._closing and node._isLeader()
+        proposals: Dict[int, asyncio.Future] = {}
+        for k, rec in enumerate(records[:len(items)]):
+            if rec is None:
+                continue
+            if errors[k] is not None or not isinstance(rec, list) or len(rec) != 6 or rec[0] != items[k][0]:
+                outcomes[k] = _REFUSED
+            elif not leading:
+                outcomes[k] = 4   # not leader: the peer proposes it itself
+            else:
+                proposals[k] = self._proposer.submit(tuple(rec))
+        if proposals:
+            for k, err in zip(proposals, await asyncio.gather(*proposals.values())):
+                outcomes[k] = err
+        return outcomes
+
     def _barrier(self) -> tuple:
         return (uuid.uuid4().hex, None, '', 0, '', self.replica)
 
     async def _commit(self, record: tuple, timeout: Optional[float], what: str,
-                      trace: Optional[List[Any]] = None) -> Tuple[Dict[str, Any], bytes]:
+                      trace: Optional[List[Any]] = None,
+                      delegate: Optional[Callable[[], Any]] = None) -> Tuple[Dict[str, Any], bytes]:
         """Propose ``record`` (retrying on leader changes) until applied here; -> its reply.
 
         ``trace`` collects (pysyncobj outcome, seconds) per proposal, for diagnostics.
+        ``delegate``: a coroutine function that has the leader propose the record (the payload
+        push carries it) and returns pysyncobj's outcome; on anything but success we propose.
         """
         rid = record[0]
         existing = self._waiters.get(rid)
@@ -1503,6 +1547,24 @@ class Consensus:
             return None if deadline is None else max(0.0, deadline - self.loop.time())
 
         try:
+            if delegate is not None:
+                tp = self.loop.time()
+                task = self._spawn(delegate())
+                done, _ = await asyncio.wait({fut, task}, timeout=remaining(), return_when=asyncio.FIRST_COMPLETED)
+                if fut.done():
+                    return fut.result()
+                if not done:
+                    raise TimeoutError(f'{what} was not committed and applied by {self.name} within '
+                                       f'{timeout:.0f} s (raft: {json.dumps(self.status())})')
+                err = task.result()   # raises if no majority holds the payload
+                if trace is not None:
+                    trace.append(('by the leader: ' + str(_OUTCOMES.get(err, err)), round(self.loop.time() - tp, 3)))
+                if err == _SUCCESS:   # committed by the leader: our applier is about to apply it
+                    await asyncio.wait({fut}, timeout=remaining())
+                    if fut.done():
+                        return fut.result()
+                    raise TimeoutError(f'{what} was committed but not applied by {self.name} within '
+                                       f'{timeout:.0f} s (raft: {json.dumps(self.status())})')
             while True:
                 if self._closing:
                     raise RaftNotReady(f'{self.name} is shutting down')
@@ -1533,23 +1595,35 @@ class Consensus:
             if self._waiters.get(rid) is fut:
                 del self._waiters[rid]
 
-    async def _replicate_payload(self, rid: str, digest: str, body: bytes, deadline: float) -> None:
-        """Push the payload to the peers; return once a majority of replicas (us included) holds it."""
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        """A background task, cancelled at close; its exception is retrieved (no 'never retrieved' noise)."""
+        t = asyncio.ensure_future(coro)
+        self._background.add(t)
+        t.add_done_callback(lambda t: (self._background.discard(t), t.cancelled() or t.exception()))
+        return t
+
+    def _leader_peer(self) -> Optional[_Peer]:
+        """The peer that leads now, as our node sees it (None: we lead, or no leader)."""
+        node = self.node
+        try:
+            addr = getattr(node._getLeader(), 'address', None) if node is not None else None
+        except Exception:
+            return None
+        return next((p for p in self.peers if p.raft == addr), None)
+
+    async def _majority(self, pushes: Dict[str, asyncio.Task], deadline: float) -> None:
+        """Return once a majority of replicas (us included) holds the payload ``pushes`` carry."""
         need = (len(self.peers) + 1) // 2 + 1 - 1
+        acks, errors, pending = 0, [], set(pushes.values())
         if need <= 0:
             return
-        tasks = [asyncio.ensure_future(self._push(p, rid, digest, body, deadline)) for p in self.peers]
-        for t in tasks:
-            self._background.add(t)
-            t.add_done_callback(self._background.discard)
-        acks, errors, pending = 0, [], set(tasks)
         while pending:
             done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - self.loop.time()),
                                                return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 break
             for t in done:
-                ok, why = t.result()
+                ok, why, _ = t.result()
                 if ok:
                     acks += 1
                 else:
@@ -1559,16 +1633,22 @@ class Consensus:
         raise RaftNotReady(f'{self.name}: could not store the request on a majority of replicas '
                            f'({acks + 1} of {len(self.peers) + 1}): {"; ".join(errors) or "timed out"}')
 
-    async def _push(self, peer: _Peer, rid: str, digest: str, body: bytes, deadline: float) -> Tuple[bool, str]:
-        why = ''
+    async def _push(self, peer: _Peer, rid: str, digest: str, body: bytes, deadline: float,
+                    record: Optional[tuple] = None) -> Tuple[bool, str, Optional[int]]:
+        """Store a payload on ``peer`` (retried) -> (stored, why not, outcome of the peer's proposal of
+        ``record``: asked on the first try only, None if that try failed)."""
+        why, outcome = '', None
         for attempt in range(5):
             if deadline - self.loop.time() <= 0:
                 break
-            ok, why = await self._pushers[peer.name].push(rid, digest, body, deadline)
+            ok, why, out = await self._pushers[peer.name].push(rid, digest, body, deadline,
+                                                                record if attempt == 0 else None)
+            if attempt == 0:
+                outcome = out
             if ok:
-                return True, ''
+                return True, '', outcome
             await asyncio.sleep(0.05 * (attempt + 1))
-        return False, why
+        return False, why, outcome
 
     async def _store(self, rid: str, data: bytes, digest: str) -> None:
         """Keep a body in memory and return once the writer thread has put it in the workspace."""
