@@ -1,4 +1,5 @@
-"""Entry point of every child process: ``python -m runtime.child STATUS_FD``.
+"""Entry point of every child process: ``python -m runtime.child STATUS_FD``, or
+:func:`main` called in a process forked by the fork server (:mod:`runtime.forkserver`).
 
 Reads its spec from stdin (written by its owner, :mod:`runtime.processes`),
 then keeps stdin open as the lifeline: EOF means the owner is gone or wants
@@ -14,6 +15,7 @@ import struct
 import sys
 import threading
 import traceback
+from typing import Optional
 
 
 class _PrefixedLines:
@@ -82,8 +84,10 @@ def _watch_lifeline(on_eof) -> None:
     threading.Thread(target=watch, name='lifeline', daemon=True).start()
 
 
-def main() -> None:
-    status = StatusPipe(int(sys.argv[1]))
+def main(status_fd: Optional[int] = None) -> None:
+    import runtime.forkserver
+    runtime.forkserver.IN_CHILD = True   # an Executor importing orchestra_nb starts no zygote
+    status = StatusPipe(int(sys.argv[1]) if status_fd is None else status_fd)
     spec = _read_spec()
     name = spec['name']
     prefix = f'{name}@{os.getpid()} '

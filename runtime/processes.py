@@ -1,6 +1,9 @@
 """Starting, watching and stopping child processes -- with no orphans.
 
-Each child (a replica or a gateway) is ``python -m runtime.child``:
+Each child (a replica or a gateway) is forked by this process's preloaded fork server
+(:mod:`runtime.forkserver`, ~50 ms) or, when that is off or fails, started as
+``python -m runtime.child`` (~0.4 s of imports); either way it runs
+:func:`runtime.child.main`:
 
 - in its **own session**, so the notebook's interrupt button (SIGINT to the
   kernel's process group) does not reach it;
@@ -36,6 +39,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import cloudpickle
 
+from runtime import forkserver  # before our atexit hook: the zygote is stopped after the children
+
 _live: 'weakref.WeakSet[ChildProcess]' = weakref.WeakSet()
 
 
@@ -53,7 +58,9 @@ class ChildProcess:
         self.config = config
         self.log_path = log_path
         self.env = env or {}
-        self.popen: Optional[subprocess.Popen] = None
+        self.handle: Optional[ProcessHandle] = None   # the process (forked by the zygote or a Popen)
+        self.popen: Optional[subprocess.Popen] = None  # set only when started as a subprocess
+        self.lifeline: Optional[typing.BinaryIO] = None  # the write end of the child's stdin
         self.info: Dict[str, Any] = {}
         self.failure: Optional[str] = None
         self._ready = threading.Event()
@@ -62,13 +69,47 @@ class ChildProcess:
     # -- lifecycle --------------------------------------------------------
     def start(self) -> None:
         os.makedirs(os.path.dirname(self.log_path) or '.', exist_ok=True)
-        status_r, status_w = os.pipe()
         env = dict(os.environ, PYTHONUNBUFFERED='1')
         for key, value in self.env.items():  # a None value unsets the variable
             if value is None:
                 env.pop(key, None)
             else:
                 env[key] = str(value)
+        status_r = self._start_forked(env) if forkserver.enabled() else None
+        if status_r is None:
+            status_r = self._start_subprocess(env)
+        self.started_at = time.monotonic()
+        _live.add(self)
+        head = json.dumps({'name': self.name, 'role': self.role, 'sys_path': list(sys.path)}).encode()
+        config = dumps(self.config)
+        try:
+            self.lifeline.write(b''.join(struct.pack('<Q', len(b)) + b for b in (head, config)))
+            self.lifeline.flush()
+        except BrokenPipeError:
+            pass  # it died at once; the status reader reports it
+        threading.Thread(target=self._read_status, args=(status_r,), daemon=True,
+                         name=f'status-{self.name}').start()
+
+    def _start_forked(self, env: Dict[str, str]) -> Optional[int]:
+        """Fork the child from the zygote; -> the status pipe's read end, None to fall back."""
+        status_r, status_w = os.pipe()
+        life_r, life_w = os.pipe()
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            handle = forkserver.spawn(life_r, status_w, log_fd, env, os.getcwd())
+        finally:
+            for fd in (life_r, status_w, log_fd):
+                os.close(fd)
+        if handle is None:
+            os.close(status_r)
+            os.close(life_w)
+            return None
+        self.handle, self.lifeline = handle, os.fdopen(life_w, 'wb')
+        return status_r
+
+    def _start_subprocess(self, env: Dict[str, str]) -> int:
+        """``python -m runtime.child``; -> the status pipe's read end."""
+        status_r, status_w = os.pipe()
         log = open(self.log_path, 'ab', buffering=0)
         try:
             self.popen = subprocess.Popen(
@@ -76,20 +117,14 @@ class ChildProcess:
                 stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(status_w,),
                 start_new_session=True, env=env,
                 cwd=os.getcwd())
+        except BaseException:
+            os.close(status_r)
+            raise
         finally:
             os.close(status_w)
             log.close()
-        self.started_at = time.monotonic()
-        _live.add(self)
-        head = json.dumps({'name': self.name, 'role': self.role, 'sys_path': list(sys.path)}).encode()
-        config = dumps(self.config)
-        try:
-            self.popen.stdin.write(b''.join(struct.pack('<Q', len(b)) + b for b in (head, config)))
-            self.popen.stdin.flush()
-        except BrokenPipeError:
-            pass  # it died at once; the status reader reports it
-        threading.Thread(target=self._read_status, args=(status_r,), daemon=True,
-                         name=f'status-{self.name}').start()
+        self.handle, self.lifeline = PopenHandle(self.popen), self.popen.stdin
+        return status_r
 
     def _read_status(self, fd: int) -> None:
         with os.fdopen(fd, 'rb') as f:
@@ -116,40 +151,49 @@ class ChildProcess:
             raise ChildFailedError(self._explain(
                 f'{self.role} {self.name} was not ready within {timeout:.1f} s'))
         if self.failure:
-            self.popen and _wait_quietly(self.popen, 1.0)
+            self.handle and self.handle.wait(1.0)
             raise ChildFailedError(self._explain(f'{self.role} {self.name} failed to start: {self.failure}'))
         return self.info
 
     @property
     def pid(self) -> Optional[int]:
-        return self.popen.pid if self.popen else None
+        return self.handle.pid if self.handle else None
+
+    @property
+    def via(self) -> Optional[str]:
+        """How it was started: ``'forkserver'`` or ``'subprocess'`` (None: not started)."""
+        return self.handle.via if self.handle else None
 
     @property
     def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        return self.handle is not None and self.handle.alive()
+
+    def close_lifeline(self) -> None:
+        """Close the child's stdin: it shuts down gracefully."""
+        try:
+            if self.lifeline is not None and not self.lifeline.closed:
+                self.lifeline.close()
+        except OSError:
+            pass
 
     def stop(self, grace: float = 3.0) -> None:
         """Close the lifeline (the child shuts down), then SIGTERM, then SIGKILL."""
-        p = self.popen
+        p = self.handle
         if p is None:
             return
-        try:
-            if p.stdin and not p.stdin.closed:
-                p.stdin.close()
-        except OSError:
-            pass
-        if not _wait_quietly(p, grace):
-            _signal(p, signal.SIGTERM)
-            if not _wait_quietly(p, 1.0):
-                _signal(p, signal.SIGKILL)
-                _wait_quietly(p, 2.0)
+        self.close_lifeline()
+        if not p.wait(grace):
+            p.send_signal(signal.SIGTERM)
+            if not p.wait(1.0):
+                p.send_signal(signal.SIGKILL)
+                p.wait(2.0)
         _live.discard(self)
 
     def kill(self) -> None:
         """SIGKILL now (tests use this to simulate a crash)."""
-        if self.popen is not None:
-            _signal(self.popen, signal.SIGKILL)
-            _wait_quietly(self.popen, 2.0)
+        if self.handle is not None:
+            self.handle.send_signal(signal.SIGKILL)
+            self.handle.wait(2.0)
 
     # -- logs ---------------------------------------------------------------
     def log_tail(self, lines: int = 20) -> str:
@@ -248,19 +292,44 @@ def tail(path: str, lines: int = 20) -> str:
     return '\n'.join(data.splitlines()[-lines:])
 
 
-def _signal(p: subprocess.Popen, sig: int) -> None:
-    try:
-        p.send_signal(sig)
-    except (ProcessLookupError, OSError):
-        pass
+class ProcessHandle(typing.Protocol):
+    """What ChildProcess needs of a process: a Popen (:class:`PopenHandle`) or a process
+    forked by the zygote (:class:`runtime.forkserver.ZygoteChild`)."""
+
+    pid: int
+    via: str
+
+    def alive(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...   # True: it has exited
+
+    def send_signal(self, sig: int) -> None: ...
 
 
-def _wait_quietly(p: subprocess.Popen, timeout: float) -> bool:
-    try:
-        p.wait(timeout)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
+class PopenHandle:
+    """:class:`ProcessHandle` of a ``subprocess.Popen``."""
+
+    via = 'subprocess'
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.pid = popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            self.popen.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def send_signal(self, sig: int) -> None:
+        try:
+            self.popen.send_signal(sig)
+        except (ProcessLookupError, OSError):
+            pass
 
 
 #: ``progress(child, state, detail)``: state is 'starting', 'ready' or 'failed' (detail: why, with the log tail)
@@ -296,7 +365,7 @@ def _report_progress(children: List[ChildProcess], deadline: float, progress: Pr
         for c in [c for c in pending if c._ready.is_set()]:
             pending.remove(c)
             if c.failure:
-                c.popen and _wait_quietly(c.popen, 1.0)  # let it finish writing its traceback
+                c.handle and c.handle.wait(1.0)  # let it finish writing its traceback
                 progress(c, 'failed', c._explain(f'{c.role} {c.name} failed to start: {c.failure}'))
                 return  # start_all raises for it and stops the rest
             progress(c, 'ready', None)
@@ -311,16 +380,12 @@ def _report_progress(children: List[ChildProcess], deadline: float, progress: Pr
 
 def stop_all(children: Iterable[ChildProcess], grace: float = 3.0) -> None:
     """Stop children in parallel."""
-    children = [c for c in children if c.popen is not None]
+    children = [c for c in children if c.handle is not None]
     if not children:
         return
     # closing every lifeline first lets all of them shut down at once
     for c in children:
-        try:
-            if c.popen.stdin and not c.popen.stdin.closed:
-                c.popen.stdin.close()
-        except OSError:
-            pass
+        c.close_lifeline()
     with ThreadPoolExecutor(max_workers=min(16, len(children))) as pool:
         list(pool.map(lambda c: c.stop(grace), children))
 
