@@ -54,3 +54,12 @@ def __getattr__(name: str):
         from orchestra_nb.dashboard import Dashboard
         return Dashboard
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+# -- the fork server: replicas start by forking a preloaded process (runtime/forkserver.py) ---
+# Started now, in the background, so its imports (~0.4 s of CPU) are done by the time the
+# notebook starts its first Deployment. Not in replicas (IN_CHILD), not with
+# ORCHESTRA_FORKSERVER=0; costs this import a few ms (one fork/exec).
+from runtime import forkserver as _forkserver  # noqa: E402
+
+_forkserver.prewarm()
