@@ -141,11 +141,11 @@ def _served_one_by_one(dep, n: int, endpoint: str = '/who') -> collections.Count
 def test_external_replicas_idle_first_health_checked_and_dead_ones_skipped(remote_replicas):
     r0, r1 = remote_replicas(2, slow_replicas=[0], delay=0.15)
     me = psutil.Process()
-    before = {p.pid for p in me.children()}
+    before = {p.pid for p in me.children(recursive=True)}
     dep = Deployment(name='ext', host=['127.0.0.1', '127.0.0.1'], port=[r0.info['port'], r1.info['port']],
                      external=True)
     with dep:
-        started = {p.pid for p in me.children()} - before
+        started = {p.pid for p in me.children(recursive=True)} - before
         assert started == {dep.gateway.pid}, 'an external Deployment starts only its gateway'
 
         st = dep.status()
