@@ -4,13 +4,14 @@ Each replica process of a stateful shard runs one pysyncobj node next to its
 Executor. How a write to a ``@write`` endpoint travels (replica R receives a
 request of 100 documents):
 
-1. R stores the request body -- the *payload* -- in its workspace and pushes it
-   to its peers over gRPC (``Control`` op ``put_payload``) until a majority of
-   the replicas holds it.
-2. R proposes a small *record* through RAFT: ``(request id, endpoint,
-   parameters, size, digest, origin replica)``. Records proposed while earlier
-   ones are in flight travel together in one log entry (group commit). On a
-   follower, pysyncobj forwards the proposal to the leader.
+1. R stores the request body -- the *payload* -- in its workspace (appended to a
+   segment file by a writer thread) and pushes it to its peers over gRPC (``Control``
+   op ``put_payloads``: one call in flight per peer, bodies queued meanwhile go together).
+2. A small *record* ``(request id, endpoint, parameters, size, digest, origin replica)``
+   is proposed through RAFT: by the leader, whose push carried it, once the payload is
+   stored there too (R + leader: a majority); by R itself when R leads (after a peer
+   stored the payload) or when the leader's proposal failed. Records proposed while
+   earlier ones are in flight travel together in one log entry (group commit).
 3. Once committed, every replica applies the entry in log order on its
    Executor's thread: it takes the payload from its store (or fetches it from a
    peer, checking the digest) and calls the ``@write`` method. R answers the
