@@ -226,24 +226,23 @@ def _serve(obj: Any, kind: str) -> int:
             signal.signal(s, h)
 
 
-def cmd_deployment(args: argparse.Namespace) -> int:
+def _build_and_serve(kind: str, make_spec: Callable[[], Any]) -> int:
+    """Build a Deployment or Flow from its spec and serve it; a bad spec exits 2 with its error."""
     from runtime import config
     try:
-        obj = config.build(_deployment_spec(args))
+        obj = config.build(make_spec())
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f'orchestra deployment: {e}', file=sys.stderr)
+        print(f'orchestra {kind}: {e}', file=sys.stderr)
         return 2
-    return _serve(obj, 'deployment')
+    return _serve(obj, kind)
+
+
+def cmd_deployment(args: argparse.Namespace) -> int:
+    return _build_and_serve('deployment', lambda: _deployment_spec(args))
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
-    from runtime import config
-    try:
-        obj = config.build(_flow_spec(args))
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f'orchestra flow: {e}', file=sys.stderr)
-        return 2
-    return _serve(obj, 'flow')
+    return _build_and_serve('flow', lambda: _flow_spec(args))
 
 
 # ----------------------------------------------------------------------------- executor
