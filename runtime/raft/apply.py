@@ -1,0 +1,214 @@
+"""The applier: committed log entries run on the Executor's thread, in log order.
+
+``_Applier`` (a part of ``Consensus``) takes the actions pysyncobj's thread posts (apply,
+mark, snapshot, install), finds each record's payload (here, or from a peer, digest
+checked) and calls the ``@write`` endpoint once per request id. Relies on the ``Consensus``
+attributes set in its ``__init__``, its peer calls (:mod:`runtime.raft.peers`) and snapshots
+(:mod:`runtime.raft.snapshots`).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import traceback
+from typing import Any, List, Optional, Tuple
+
+from runtime import protocol
+from runtime.raft.payloads import _digest
+from runtime.raft.records import _inline
+
+log = logging.getLogger('orchestra.raft')
+
+
+class _Applier:
+    """``Consensus``'s applier (the loop thread; Executor calls on its thread)."""
+
+    async def _applier(self) -> None:
+        while True:
+            await self._actions_event.wait()
+            self._actions_event.clear()
+            while self._actions:
+                try:
+                    await self._apply_next()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception('%s: applying the RAFT log failed; retrying in 1 s', self.name)
+                    await asyncio.sleep(1.0)
+            if self._snapshot_wanted and self.applied_index > self.snapshot_index and not self._closing:
+                await self._take_snapshot()
+
+    async def _apply_next(self) -> None:
+        head = self._actions[0]
+        if head[0] == 'apply':
+            batch, n = [], 0
+            while self._actions and self._actions[0][0] == 'apply' and n < 256:
+                batch.append(self._actions[0])
+                n += len(self._actions[0][2])
+                self._actions.popleft()
+            try:
+                await self._apply_entries([(a[1], a[2]) for a in batch])
+            except BaseException:
+                self._actions.extendleft(reversed(batch))   # not applied: try again, in order
+                raise
+            return
+        kind = head[0]
+        if kind == 'mark':      # entries without records (no-ops) up to here are applied
+            self.applied_index = max(self.applied_index, head[1])
+        elif kind == 'snapshot':
+            self._snapshot_wanted = True
+        elif kind == 'install':
+            await self._install(head[1], head[2], head[3])
+        self._actions.popleft()
+
+    async def _apply_entries(self, entries: List[Tuple[int, list]]) -> None:
+        items = [(i, rec) for i, recs in entries if i > self.applied_index for rec in recs]
+        for i, recs in entries:   # covered by a snapshot already: answer anyone waiting
+            if i <= self.applied_index:
+                for rec in recs:
+                    self._covered(rec)
+        prepared: List[Tuple[int, tuple, Optional[bytes]]] = []
+        for i, rec in items:
+            if i <= self.applied_index:
+                self._covered(rec)
+                continue
+            if rec[1] is None:
+                prepared.append((i, rec, None))
+                continue
+            payload = await self._payload_for(rec, i)
+            if payload is None:   # a peer's snapshot covering this entry was installed instead
+                for j, r, _ in prepared:
+                    self._covered(r)
+                prepared = []
+                self._covered(rec)
+                continue
+            prepared.append((i, rec, payload))
+        last = max(i for i, _ in entries)
+        if prepared:
+            self._applying = True
+            try:
+                results = await self.loop.run_in_executor(self.server.pool, self._apply_sync, prepared, last)
+            finally:
+                self._applying = False
+            for rid, reply in results:
+                fut = self._waiters.get(rid)
+                if fut is not None and not fut.done():
+                    fut.set_result(reply if reply is not None else ({'ok': True}, b''))
+        self.applied_index = max(self.applied_index, last)
+
+    def _covered(self, rec: tuple) -> None:
+        """A record applied through a snapshot rather than here: answer a local waiter."""
+        fut = self._waiters.get(rec[0])
+        if fut is not None and not fut.done():
+            body = (_inline(rec) or self.payloads.get(rec[0])) if rec[1] is not None else None
+            fut.set_result(({'ok': True, 'applied_via_snapshot': True}, body or b''))
+
+    def _apply_sync(self, prepared: List[Tuple[int, tuple, Optional[bytes]]], last: int) -> List[Tuple[str, Any]]:
+        """On the Executor's thread: run each record's endpoint, in log order."""
+        from runtime.worker import _call_kwargs
+        out: List[Tuple[str, Any]] = []
+        for index, rec, payload in prepared:
+            rid, endpoint = rec[0], rec[1]
+            if endpoint is None:
+                out.append((rid, None))
+                continue
+            if rid in self._seen_set:   # a retried request committed twice: apply once
+                out.append((rid, ({'ok': True, 'duplicate': True}, payload or b'')))
+                continue
+            self._remember(rid)
+            reply = None
+            try:
+                ep = self.server.endpoints.lookup(endpoint)
+                params = json.loads(rec[2]) if rec[2] else {}
+                if rid in self._waiters:
+                    reply = self.server.run_endpoint(ep, params, payload)
+                else:
+                    from runtime.codec import decode_docs
+                    docs = decode_docs(payload, ep.input_type)
+                    result = ep.method(**_call_kwargs(ep, docs, params))
+                    if asyncio.iscoroutine(result):
+                        asyncio.run(result)
+            except Exception as e:
+                log.error('%s: applying %s (log index %d) failed: %s: %s', self.name, endpoint, index,
+                          type(e).__name__, e)
+                reply = (protocol.error_header(e, self.name, traceback.format_exc()), b'')
+            self.writes_applied += 1
+            self.payloads.applied(rid, index)
+            out.append((rid, reply))
+        self._exec_index = max(self._exec_index, last)
+        return out
+
+    def _remember(self, rid: str) -> None:
+        self._seen.append(rid)
+        self._seen_set.add(rid)
+        while len(self._seen) > self.SEEN_LIMIT:
+            self._seen_set.discard(self._seen.popleft())
+
+    async def _payload_for(self, rec: tuple, index: int) -> Optional[bytes]:
+        """The record's body: ours, a peer's (digest checked), or None once a covering snapshot is installed."""
+        rid, digest = rec[0], rec[4]
+        data = _inline(rec)
+        if data is not None:
+            return data
+        hit = self.payloads.cached_with_digest(rid)
+        if hit is not None and hit[1] == digest:   # hashed once, when it was stored
+            return hit[0]
+        data = hit[0] if hit is not None else await asyncio.to_thread(self.payloads.get, rid)
+        if data is not None and _digest(data) == digest:
+            return data
+        if data is not None:   # same request id, other body (a misbehaving client): take the committed one
+            log.warning('%s: the local body of request %s does not match the committed digest; '
+                        'fetching it from a peer', self.name, rid)
+            await asyncio.to_thread(self.payloads.discard, rid)
+        elif rec[5] != self.replica:   # the origin's push is usually a moment away: wait briefly
+            arrived = self._arrivals.setdefault(rid, asyncio.Event())
+            try:
+                if self.payloads.cached(rid) is None:
+                    await asyncio.wait_for(arrived.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._arrivals.pop(rid, None)
+            hit = self.payloads.cached_with_digest(rid)
+            if hit is not None and hit[1] == digest:
+                return hit[0]
+            data = await asyncio.to_thread(self.payloads.get, rid)
+            if data is not None and _digest(data) == digest:
+                return data
+        t0 = time.monotonic()
+        warned = False
+        while True:
+            for peer in sorted(self.peers, key=lambda p: p.replica != rec[5]):   # the origin first
+                try:
+                    h, body = await self._call_peer(peer, {'op': 'get_payload', 'rid': rid}, timeout=30.0)
+                except Exception:
+                    continue
+                if h.get('ok') and _digest(body) == digest:
+                    self.fetched_payloads += 1
+                    await self._store(rid, body, digest)
+                    return body
+            # no peer has it any more (compacted): take a peer's snapshot that covers this entry
+            if await self._install_from_peer(index):
+                return None
+            if not warned and time.monotonic() - t0 > 5.0:
+                warned = True
+                log.warning('%s: the payload of request %s (log index %d) is on no reachable peer yet; '
+                            'retrying', self.name, rid, index)
+            await asyncio.sleep(0.2)
+
+    async def _install(self, snapshot_index: int, records: List[Tuple[int, list]], last: int) -> None:
+        """A compaction dump: state = a snapshot >= ``snapshot_index`` + ``records`` up to ``last``."""
+        t0 = time.monotonic()
+        while self.applied_index < snapshot_index:
+            if await self._install_from_peer(snapshot_index):
+                break
+            if time.monotonic() - t0 > 5.0:
+                log.warning('%s: waiting for a peer snapshot at index >= %d', self.name, snapshot_index)
+                t0 = time.monotonic()
+            await asyncio.sleep(0.2)
+        todo = [(i, r) for i, r in records if i > self.applied_index]
+        if todo:
+            await self._apply_entries(todo)
+        self.applied_index = max(self.applied_index, last)

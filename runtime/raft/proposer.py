@@ -1,0 +1,98 @@
+"""Group commit: records proposed while earlier ones are in flight go together in one log entry.
+
+Also pysyncobj's outcome codes (``_SUCCESS``, ...) as the rest of the package reads them.
+Relies on the ``Consensus`` it serves (its ``loop`` and pysyncobj ``node``) and
+:mod:`runtime.raft.records`.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import TYPE_CHECKING, Any, Deque, List, Tuple
+
+from runtime.raft.records import _inline
+
+if TYPE_CHECKING:
+    from runtime.raft.node import Consensus
+
+log = logging.getLogger('orchestra.raft')
+
+_SUCCESS = 0
+_TIMED_OUT = -1
+_REFUSED = -2
+#: pysyncobj's FAIL_REASON codes, and ours, by name (for logs)
+_OUTCOMES = {0: 'committed', 1: 'queue full', 2: 'no leader', 3: 'discarded', 4: 'not leader',
+             5: 'leader changed', 6: 'denied', 7: 'unknown outcome', -1: 'no answer', -2: 'refused'}
+
+
+class _Proposer:
+    """Group commit: records wait while ``max_in_flight`` entries are being committed,
+    then go together in one log entry (at most ``max_batch`` records, ~``max_bytes``)."""
+
+    def __init__(self, consensus: 'Consensus', max_batch: int, max_in_flight: int = 2,
+                 max_bytes: int = 32 * 1024, proposal_timeout: float = 5.0):
+        self.c = consensus
+        self.max_batch, self.max_in_flight, self.max_bytes = max_batch, max_in_flight, max_bytes
+        self.proposal_timeout = proposal_timeout
+        self.in_flight = 0
+        self.entries = 0
+        self.records = 0
+        self._queue: Deque[Tuple[tuple, asyncio.Future]] = collections.deque()
+
+    def submit(self, record: tuple) -> asyncio.Future:
+        """Propose ``record``; the future gets pysyncobj's outcome (0: committed)."""
+        fut = self.c.loop.create_future()
+        self._queue.append((record, fut))
+        self._kick()
+        return fut
+
+    def _kick(self) -> None:
+        while self.in_flight < self.max_in_flight and self._queue:
+            batch: List[Tuple[tuple, asyncio.Future]] = []
+            size = 0
+            while self._queue and len(batch) < self.max_batch:
+                record, fut = self._queue[0]
+                if fut.done():
+                    self._queue.popleft()
+                    continue
+                est = 96 + len(record[2] or '') + len(record[1] or '') + len(_inline(record) or b'')
+                if batch and size + est > self.max_bytes:
+                    break
+                self._queue.popleft()
+                batch.append((record, fut))
+                size += est
+            if not batch:
+                return
+            self._send(batch)
+
+    def _send(self, batch: List[Tuple[tuple, asyncio.Future]]) -> None:
+        loop = self.c.loop
+        state = {'done': False}
+        self.in_flight += 1
+        self.entries += 1
+        self.records += len(batch)
+
+        def finish(err: int) -> None:
+            if state['done']:
+                return
+            state['done'] = True
+            self.in_flight -= 1
+            timer.cancel()
+            for _, f in batch:
+                if not f.done():
+                    f.set_result(err)
+            self._kick()
+
+        def callback(result: Any, err: int) -> None:   # on pysyncobj's thread
+            try:
+                loop.call_soon_threadsafe(finish, err)
+            except RuntimeError:
+                pass   # the loop is closed: shutting down
+
+        timer = loop.call_later(self.proposal_timeout, finish, _TIMED_OUT)
+        try:
+            self.c.node.append_records([r for r, _ in batch], callback=callback)
+        except Exception as e:   # queue full, node destroyed
+            log.warning('RAFT proposal refused: %s: %s', type(e).__name__, e)
+            finish(_REFUSED)
