@@ -106,10 +106,20 @@ def direct(dep, i):
     return Client(host=host, port=int(port))
 
 
-def leader_name(dep, exclude=()):
+def leader_name(dep, after_term=None):
+    """The one leader's name (None while there is none, or more than one claims it).
+
+    ``after_term``: only a leader elected in a later term counts -- after a leader is killed,
+    the supervisor may restart it fast enough to win the next election itself.
+    """
     names = {r['name']: r.get('raft') for r in dep.status()['replicas']}
-    leaders = [n for n, r in names.items() if r and r['role'] == 'leader' and n not in exclude]
+    leaders = [n for n, r in names.items() if r and r['role'] == 'leader'
+               and (after_term is None or r['term'] > after_term)]
     return leaders[0] if len(leaders) == 1 else None
+
+
+def leader_term(dep, name):
+    return next(r['raft']['term'] for r in dep.status()['replicas'] if r['name'] == name and r.get('raft'))
 
 
 # -- behaviour ------------------------------------------------------------------------
@@ -223,11 +233,12 @@ def test_leader_killed_during_writes_loses_no_acknowledged_write(tmp_path):
             wait_until(lambda: len(acked) >= 30, 30, '30 acknowledged writes before the kill')
             plan = next(r for r in dep.nodes[0].replicas if r.name == old_leader)
             old_pid = plan.process.pid
+            old_term = leader_term(dep, old_leader)
             before = len(acked)
             t_kill = time.monotonic()
             plan.process.kill()   # SIGKILL
-            new_leader = wait_until(lambda: leader_name(dep, exclude=(old_leader,)), 20,
-                                    'a new leader among the survivors')
+            new_leader = wait_until(lambda: leader_name(dep, after_term=old_term), 20,
+                                    f'a leader elected after term {old_term}')
             failover = time.monotonic() - t_kill
             wait_until(lambda: len(acked) >= before + 30, 30, 'writes to continue after the leader died')
             wait_until(lambda: plan.process.pid != old_pid and
