@@ -30,6 +30,7 @@ from IPython.display import display
 
 from orchestra_nb import reprs
 from orchestra_nb.registry import REGISTRY, Entry
+from runtime.flow import Flow
 from runtime.orchestration import Orchestration
 
 HELP = """\
@@ -46,7 +47,7 @@ HELP = """\
   %orchestra down NAME [NAME ...] | --all
   %orchestra status [NAME]        (a table of everything started here, or NAME's replicas)
   %orchestra logs NAME [--replica I|gateway] [-n 50]
-  %orchestra scale NAME N         (stateless deployments: add/remove replicas, no request dropped)
+  %orchestra scale NAME N [--executor E]  (stateless: add/remove replicas, no request dropped)
   %orchestra dashboard NAME       (live widgets: requests per replica, QPS, latency, RAFT, CPU, GPU)
   %orchestra bench [--key value ...]   (orchestra_nb.bench.compare with those arguments)
   %orchestra help
@@ -117,6 +118,7 @@ def _parsers() -> Dict[str, _Parser]:
     scale.add_argument('name')
     scale.add_argument('replicas', type=int)
     scale.add_argument('--drain-timeout', type=float, default=30.0)
+    scale.add_argument('--executor', help='in a Flow: the Executor to scale')
     dash = p['dashboard'] = _Parser(prog='%orchestra dashboard')
     dash.add_argument('name')
     dash.add_argument('--interval', type=float, default=0.5)
@@ -130,7 +132,7 @@ USAGES = {
     'down': '%orchestra down NAME [NAME ...] | --all',
     'status': '%orchestra status [NAME]',
     'logs': '%orchestra logs NAME [--replica I|NAME|gateway] [-n 50]',
-    'scale': '%orchestra scale NAME N [--drain-timeout S]',
+    'scale': '%orchestra scale NAME N [--executor E] [--drain-timeout S]',
     'dashboard': '%orchestra dashboard NAME [--interval S]',
     'bench': '%orchestra bench [--key value ...]   (arguments of orchestra_nb.bench.compare)',
 }
@@ -521,13 +523,21 @@ class OrchestraMagics(Magics):
         if args.replicas < 1:
             raise usage_error(f'N={args.replicas}: must be >= 1 (use %orchestra down to stop)', 'scale')
         obj = entry.obj
-        if not hasattr(obj, 'scale'):
-            raise OrchestraError(f'{obj.name!r} is a {type(obj).__name__}; scale works on a Deployment')
         if entry.state != 'running':
             raise OrchestraError(f'{obj.name!r} is {entry.state}; scale needs it running')
-        before, t0 = getattr(obj, 'replicas', '?'), time.monotonic()
+        if isinstance(obj, Flow):
+            if not args.executor:
+                raise usage_error(f'{obj.name!r} is a Flow: name the Executor to scale with --executor E', 'scale')
+            try:
+                target = obj[args.executor]
+            except KeyError as e:
+                raise OrchestraError(str(e.args[0])) from None
+            before, scale_args = getattr(target, 'replicas', '?'), (args.executor, args.replicas)
+        else:
+            before, scale_args = getattr(obj, 'replicas', '?'), (args.replicas,)
+        t0 = time.monotonic()
         try:
-            obj.scale(args.replicas, drain_timeout=args.drain_timeout)
+            obj.scale(*scale_args, drain_timeout=args.drain_timeout)
         except ValueError as e:
             raise OrchestraError(str(e)) from None
         except Exception as e:

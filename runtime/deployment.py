@@ -186,21 +186,29 @@ class Deployment(Orchestration):
         removed ones stop taking requests first, finish what they hold, then stop.
         """
         n = check_count(replicas, 'replicas')
+        self.check_scalable()
+        self._require_started()
+        self._scale_node(self.plan_with_replicas(n), drain_timeout)
+        self.replicas = n
+        return self
+
+    def check_scalable(self) -> None:
+        """Raise ``ValueError`` for what cannot scale: stateful (RAFT) and external Deployments."""
         if self.stateful:
             raise ValueError(f'{self.name!r} is stateful: a RAFT group keeps the membership it '
                              'started with; scale works for stateless deployments')
         if self.external:
             raise ValueError(f'{self.name!r} uses external replicas; they are not ours to scale')
-        self._require_started()
+
+    def plan_with_replicas(self, replicas: int) -> NodePlan:
+        """This Deployment's node plan as if it ran ``replicas`` replicas per shard (for scaling)."""
+        self.check_scalable()
         old = self.replicas
-        self.replicas = n
+        self.replicas = replicas
         try:
-            target = self.node_plan()
+            return self.node_plan()
         finally:
             self.replicas = old
-        self._scale_node(target, drain_timeout)
-        self.replicas = n
-        return self
 
     # -- configs ----------------------------------------------------------------------
     @classmethod

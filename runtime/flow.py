@@ -172,6 +172,22 @@ class Flow(Orchestration):
         raise KeyError(f'{name!r} is not an Executor of Flow {self.name!r}; '
                        f'known: {", ".join(e.name for e in self.entries)}')
 
+    def scale(self, executor: str, replicas: int, drain_timeout: float = 30.0) -> 'Flow':
+        """Run ``replicas`` replicas per shard of Executor ``executor`` from now on, dropping no request.
+
+        >>> flow.scale('encoder', 4)  # doctest: +SKIP
+        """
+        dep = self[executor]
+        if dep is None:
+            raise ValueError(f'{executor!r} is a join inside the gateway; it has no replicas to scale')
+        n = check_count(replicas, 'replicas')
+        self._require_started()
+        target = dep.plan_with_replicas(n)
+        target.needs = next(list(e.needs) for e in self.entries if e.name == executor)
+        self._scale_node(target, drain_timeout)
+        dep.replicas = n
+        return self
+
     # -- what the base class runs --------------------------------------------------------
     def _plan(self) -> List[NodePlan]:
         if not self.entries:

@@ -129,6 +129,23 @@ def test_cell_magic_yaml_body(ip, tmp_path):
     assert 'fromyaml' in REGISTRY.names()
 
 
+def test_scale_an_executor_of_a_flow(ip, capsys):
+    flow = run(ip, textwrap.dedent('''\
+        %%orchestra up
+        jtype: Flow
+        with:
+          name: fscale
+        executors:
+          - name: upper
+            uses: sample_executors:Upper
+    '''))
+    err, _ = run_failing(ip, '%orchestra scale fscale 2', capsys)
+    assert 'name the Executor to scale with --executor E' in str(err)
+    run(ip, '%orchestra scale fscale 2 --executor upper')
+    assert flow['upper'].replicas == 2
+    assert [r['state'] for r in flow.status()['replicas']] == ['ready', 'ready']
+
+
 def test_cell_magic_resolves_a_class_defined_in_the_shell(ip):
     from runtime.deployment import Deployment
     if not hasattr(Deployment, 'load_config'):

@@ -59,3 +59,20 @@ def test_scale_refuses_bad_counts_and_a_stopped_deployment():
         dep.scale(2)
     with pytest.raises(ValueError, match='replicas=0'):
         dep.scale(0)
+
+
+def test_flow_scales_one_executor_and_keeps_the_chain():
+    from orchestra_nb import Flow
+    flow = (Flow(name='fsc').add(name='upper', uses='sample_executors:Upper')
+            .add(name='who', uses='sample_executors:WhoAmI'))
+    with flow:
+        flow.scale('who', 3)
+        assert flow['who'].replicas == 3
+        names = [r['name'] for r in flow.status()['replicas']]
+        assert names == ['upper/rep-0', 'who/rep-0', 'who/rep-1', 'who/rep-2']
+        out = flow.post('/upper', DocList[TextDoc]([TextDoc(text='a') for _ in range(30)]), request_size=1)
+        assert {t.split(':')[0] for t in out.text} == {'0', '1', '2'}   # every who replica served
+        flow.scale('who', 1)
+        assert [r['name'] for r in flow.status()['replicas']] == ['upper/rep-0', 'who/rep-0']
+        with pytest.raises(KeyError, match="'nobody' is not an Executor"):
+            flow.scale('nobody', 2)
