@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import atexit
 import io
-import io
 import json
 import os
-import pickle
 import pickle
 import signal
 import struct
@@ -252,31 +250,6 @@ def _docarray_generic(name: str, doc_type: type, origin: bool):
     import docarray
     alias = getattr(docarray, name)[doc_type]
     return getattr(alias, '__origin__', alias) if origin else alias
-
-
-def _doclist_of(base: type, doc_type: type) -> type:
-    return base[doc_type]
-
-
-class _ConfigPickler(cloudpickle.Pickler):
-    """cloudpickle, plus parametrized docarray classes (``DocList[TextDoc]``) rebuilt by
-    subscripting: they are made on the fly, so pickling them by name fails."""
-
-    def reducer_override(self, obj):
-        if isinstance(obj, type) and getattr(obj, 'doc_type', None) is not None:
-            from docarray import DocList
-            from docarray.array.any_array import AnyDocArray
-            if issubclass(obj, AnyDocArray):
-                base = DocList if issubclass(obj, DocList) else obj.__mro__[1]
-                return _doclist_of, (base, obj.doc_type)
-        return super().reducer_override(obj)
-
-
-def dumps_config(config: Any) -> bytes:
-    """Pickle a child's config, Executor classes defined in a notebook cell included (by value)."""
-    buf = io.BytesIO()
-    _ConfigPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(config)
-    return buf.getvalue()
 
 
 def tail(path: str, lines: int = 20) -> str:
