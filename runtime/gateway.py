@@ -34,7 +34,6 @@ GATEWAY = 'gateway'
 
 def _codec():
     """``(decode_docs, encode_docs)``; the gateway decodes only to reduce or join."""
-    import docarray.documents  # noqa: F401  (load docarray's doc classes before the codec registers them)
     from runtime.codec import decode_docs, encode_docs
     return decode_docs, encode_docs
 
