@@ -272,6 +272,9 @@ class Orchestration:
     def _scale_node(self, target: NodePlan, drain_timeout: float = 30.0) -> Dict[str, List[str]]:
         """Make node ``target.name`` run ``target``'s replicas in each shard, dropping no request.
 
+        ``target`` comes from :meth:`Deployment.plan_with_replicas`, which refuses stateful
+        and external Deployments.
+
         Up: the new replicas start, answer, then join the gateway. Down: the gateway
         stops sending to the removed replicas first (they drain), then they stop once
         they hold no request (or after ``drain_timeout`` s). Returns the names added/removed.
@@ -281,11 +284,6 @@ class Orchestration:
         if node is None:
             raise ValueError(f'{self.name!r} has no executor named {target.name!r}; '
                              f'known: {", ".join(n.name for n in self.nodes)}')
-        if node.stateful:
-            raise ValueError(f'{node.name!r} is stateful: a RAFT group keeps the membership it '
-                             'started with; scale works for stateless deployments')
-        if any(r.external_address for r in node.replicas):
-            raise ValueError(f'{node.name!r} uses external replicas; they are not ours to scale')
         if len(target.shards) != len(node.shards):
             raise ValueError(f'scaling changes replicas, not shards ({len(node.shards)} in {node.name!r})')
         with self._lock:
