@@ -61,9 +61,7 @@ class Client:
                  timeout: Optional[float] = None, **kwargs):
         if port is None:
             raise ValueError('Client needs port=..., the port of a Deployment, Flow or executor')
-        if ':' in host and host.count(':') == 1 and not kwargs.get('keep_host'):
-            host = host.replace('grpc://', '')
-        self.host = host.replace('grpc://', '')
+        self.host = host.replace('grpc://', '')   # Jina-style 'grpc://host' works too
         self.port = int(port)
         self.prefetch = prefetch
         self.timeout = timeout
