@@ -23,9 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Optional, Tuple
 
 import grpc
+from docarray import BaseDoc, DocList
 
-from runtime import codec as _codec  # noqa: F401  (loaded before ready, not on the first request)
 from runtime import protocol
+from runtime.codec import decode_docs, encode_docs  # loaded before ready, not on the first request
 from runtime.executor import (Endpoint, EndpointTable, Executor, RuntimeArgs, UnknownEndpointError,
                               build_executor)
 from runtime.telemetry import RequestStats
@@ -100,7 +101,6 @@ class ReplicaServer:
     # -- the request path -----------------------------------------------------
     def run_endpoint(self, ep: Endpoint, parameters: dict, body: bytes) -> Tuple[Dict[str, Any], bytes]:
         """Decode, call, encode -- on the executor thread."""
-        from runtime.codec import decode_docs
         docs = decode_docs(body, ep.input_type)
         result = ep.method(**_call_kwargs(ep, docs, parameters))
         if asyncio.iscoroutine(result):
@@ -109,8 +109,6 @@ class ReplicaServer:
 
     @staticmethod
     def encode_result(result, docs, ep: Endpoint) -> Tuple[Dict[str, Any], bytes]:
-        from docarray import BaseDoc, DocList
-        from runtime.codec import encode_docs
         header: Dict[str, Any] = {'ok': True}
         if result is None:
             result = docs
