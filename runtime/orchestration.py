@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -364,7 +365,6 @@ class Orchestration:
                     except OSError:
                         continue
                     if data:
-                        import sys
                         sys.stderr.write(data.decode(errors='replace'))
         threading.Thread(target=follow, daemon=True, name=f'logs-{self.name}').start()
 
