@@ -25,6 +25,7 @@ import grpc
 from runtime import protocol
 from runtime.routing import (NoReplicaAvailable, PollingPolicy, ReplicaSet, concat_docs, pick_shard,
                              reduce_docs)
+from runtime.server import STOP_GRACE_S, start_node_server, stop_event_from
 from runtime.telemetry import RequestStats
 
 log = logging.getLogger('orchestra.gateway')
@@ -331,21 +332,17 @@ def _topological(nodes: Dict[str, Node]) -> List[str]:
 
 def run_gateway(spec: Dict[str, Any], status, stopping: threading.Event) -> None:
     """Child-process entry for role 'gateway'."""
-    from runtime.worker import bind, node_handler, stop_event_from
-    import grpc
     config = spec['config']
 
     async def main():
         stop = stop_event_from(stopping)
         gw = Gateway(config)
-        server = grpc.aio.server(options=protocol.GRPC_OPTIONS)
-        server.add_generic_rpc_handlers((node_handler(gw.call, gw.info, gw.control),))
-        gw.port = bind(server, config.get('host', '127.0.0.1'), int(config.get('port') or 0))
-        await server.start()
+        server, gw.port = await start_node_server(config.get('host', '127.0.0.1'), int(config.get('port') or 0),
+                                                  gw.call, gw.info, gw.control)
         status.send(event='ready', port=gw.port, pid=os.getpid())
         try:
             await stop.wait()
         finally:
-            await server.stop(grace=0.5)
+            await server.stop(grace=STOP_GRACE_S)
             await gw.close()
     asyncio.run(main())

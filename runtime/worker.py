@@ -22,14 +22,16 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Optional, Tuple
 
-import grpc
 from docarray import BaseDoc, DocList
 
 from runtime import protocol
 from runtime.codec import decode_docs, encode_docs  # loaded before ready, not on the first request
 from runtime.executor import (Endpoint, EndpointTable, Executor, RuntimeArgs, UnknownEndpointError,
                               build_executor)
+from runtime.server import STOP_GRACE_S, start_node_server, stop_event_from
 from runtime.telemetry import RequestStats
+# still importable from here (runtime.cli): declared in runtime.server
+from runtime.server import PortInUseError  # noqa: F401,E402
 
 log = logging.getLogger('orchestra.worker')
 
@@ -183,10 +185,7 @@ class ReplicaServer:
 
     # -- serving ----------------------------------------------------------------
     async def serve(self, host: str, port: int, stop: asyncio.Event, on_ready=None) -> None:
-        server = grpc.aio.server(options=protocol.GRPC_OPTIONS)
-        server.add_generic_rpc_handlers((node_handler(self.call, self.info, self.control),))
-        self.port = bind(server, host, port)
-        await server.start()
+        server, self.port = await start_node_server(host, port, self.call, self.info, self.control)
         try:
             if self.consensus is None and self.config.get('stateful'):
                 from runtime.consensus import attach_consensus
@@ -195,7 +194,7 @@ class ReplicaServer:
                 on_ready(self)
             await stop.wait()
         finally:
-            await server.stop(grace=0.5)
+            await server.stop(grace=STOP_GRACE_S)
             if self.consensus is not None:
                 await self.consensus.close()
             self.pool.shutdown(wait=False, cancel_futures=True)
@@ -203,40 +202,6 @@ class ReplicaServer:
                 self.executor.close()
             except Exception:
                 log.exception('Executor.close() failed')
-
-
-def node_handler(call, info, control=None) -> grpc.GenericRpcHandler:
-    """The ``orchestra.Node`` service with raw-bytes methods."""
-    methods = {'Call': grpc.unary_unary_rpc_method_handler(call),
-               'Info': grpc.unary_unary_rpc_method_handler(info)}
-    if control is not None:
-        methods['Control'] = grpc.unary_unary_rpc_method_handler(control)
-    return grpc.method_handlers_generic_handler(protocol.SERVICE, methods)
-
-
-class PortInUseError(OSError):
-    """The port asked for is already taken."""
-
-
-def bind(server, host: str, port: int) -> int:
-    """Bind ``host:port`` (0: the OS picks); a busy port raises :class:`PortInUseError` naming it."""
-    try:
-        bound = server.add_insecure_port(f'{host}:{port}')
-    except RuntimeError:
-        bound = 0
-    if not bound:
-        raise PortInUseError(f'cannot listen on {host}:{port}: the port is already in use '
-                             '(choose another port, or omit port to let the OS pick one)')
-    return bound
-
-
-def stop_event_from(stopping: threading.Event) -> asyncio.Event:
-    """An asyncio.Event set when the child's threading.Event is set (lifeline EOF, SIGTERM)."""
-    loop = asyncio.get_running_loop()
-    ev = asyncio.Event()
-    threading.Thread(target=lambda: (stopping.wait(), loop.call_soon_threadsafe(ev.set)),
-                     daemon=True, name='stop-watch').start()
-    return ev
 
 
 def run_worker(spec: Dict[str, Any], status, stopping: threading.Event) -> None:

@@ -1,0 +1,81 @@
+"""The gRPC server plumbing a replica (:mod:`runtime.worker`) and a gateway
+(:mod:`runtime.gateway`) share: the ``orchestra.Node`` service, binding a port, and
+the stop signal of a child process.
+
+    server, port = await start_node_server('127.0.0.1', 0, call, info, control)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(grace=STOP_GRACE_S)
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Awaitable, Callable, Optional, Tuple
+
+import grpc
+
+from runtime import protocol
+
+#: seconds a stopping server gives the calls in flight
+STOP_GRACE_S = 0.5
+
+Method = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+class PortInUseError(OSError):
+    """The port asked for is already taken."""
+
+
+def node_handler(call: Method, info: Method, control: Optional[Method] = None) -> grpc.GenericRpcHandler:
+    """The ``orchestra.Node`` service with raw-bytes methods.
+
+    >>> server.add_generic_rpc_handlers((node_handler(call, info),))   # doctest: +SKIP
+    """
+    methods = {'Call': grpc.unary_unary_rpc_method_handler(call),
+               'Info': grpc.unary_unary_rpc_method_handler(info)}
+    if control is not None:
+        methods['Control'] = grpc.unary_unary_rpc_method_handler(control)
+    return grpc.method_handlers_generic_handler(protocol.SERVICE, methods)
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Bind ``host:port`` (0: the OS picks); a busy port raises :class:`PortInUseError` naming it.
+
+    >>> bind(grpc.aio.server(), '127.0.0.1', 0) > 0   # doctest: +SKIP
+    True
+    """
+    try:
+        bound = server.add_insecure_port(f'{host}:{port}')
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise PortInUseError(f'cannot listen on {host}:{port}: the port is already in use '
+                             '(choose another port, or omit port to let the OS pick one)')
+    return bound
+
+
+async def start_node_server(host: str, port: int, call: Method, info: Method,
+                            control: Optional[Method] = None) -> Tuple[grpc.aio.Server, int]:
+    """A started grpc.aio server serving ``orchestra.Node`` on ``host:port``; returns it and its port.
+
+    >>> server, port = await start_node_server('127.0.0.1', 0, call, info)   # doctest: +SKIP
+    """
+    server = grpc.aio.server(options=protocol.GRPC_OPTIONS)
+    server.add_generic_rpc_handlers((node_handler(call, info, control),))
+    bound = bind(server, host, port)
+    await server.start()
+    return server, bound
+
+
+def stop_event_from(stopping: threading.Event) -> asyncio.Event:
+    """An asyncio.Event set when the child's threading.Event is set (lifeline EOF, SIGTERM).
+
+    >>> stop = stop_event_from(stopping); await stop.wait()   # doctest: +SKIP
+    """
+    loop = asyncio.get_running_loop()
+    ev = asyncio.Event()
+    threading.Thread(target=lambda: (stopping.wait(), loop.call_soon_threadsafe(ev.set)),
+                     daemon=True, name='stop-watch').start()
+    return ev
