@@ -234,10 +234,13 @@ class Executor:
 
     # -- state hooks used by RAFT snapshots (override for large or special state) --
     def snapshot(self, path: str) -> None:
-        """Write this Executor's state to ``path``. Default: pickle its own attributes."""
+        """Write this Executor's state to ``path``. Default: its own attributes, pickled with
+        cloudpickle, so that state holding classes made at run time (docarray's
+        ``InMemoryExactNNIndex[TextDoc]``, which plain pickle refuses) saves too."""
+        import cloudpickle
         state = {k: v for k, v in vars(self).items() if k not in _NOT_STATE}
         with open(path, 'wb') as f:
-            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+            cloudpickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, path: str) -> None:
         """Load the state :meth:`snapshot` wrote (a local file this replica wrote itself)."""

@@ -133,7 +133,7 @@ class _Snapshots:
             return index
         tmp = self.snapshots.new_tmp()
         try:
-            _snapshot_executor(self.server.executor, os.path.join(tmp, 'state'))
+            self.server.executor.snapshot(os.path.join(tmp, 'state'))
             _write_json(os.path.join(tmp, 'meta.json'),
                         {'index': index, 'writes_applied': self.writes_applied, 'seen': list(self._seen),
                          'replica': self.name, 'created': time.time()})
@@ -222,19 +222,3 @@ class _Snapshots:
                 _unlink(tmp)
         return False
 
-
-def _snapshot_executor(executor: Any, path: str) -> None:
-    """``executor.snapshot(path)``; the base class's default pickles with cloudpickle here, so
-    state holding classes made at run time (docarray's ``InMemoryExactNNIndex[TextDoc]``) saves too.
-    The default ``restore()`` (``pickle.load``) reads it back."""
-    from runtime.executor import Executor
-    if type(executor).snapshot is not Executor.snapshot:
-        executor.snapshot(path)
-        return
-    import pickle
-    import cloudpickle
-    from runtime import executor as executor_module
-    skip = getattr(executor_module, '_NOT_STATE', {'runtime_args', 'logger', '_workspace_root'})
-    state = {k: v for k, v in vars(executor).items() if k not in skip}
-    with open(path, 'wb') as f:
-        cloudpickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
