@@ -41,13 +41,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from runtime.executor import (_BATCHING_ATTR, _ENDPOINTS_ATTR, DEFAULT_ENDPOINT, Endpoint,
-                              EndpointTable)
+from runtime.executor import (_BATCHING_ATTR, _ENDPOINTS_ATTR, DEFAULT_ENDPOINT, Endpoint, EndpointTable,
+                              call_endpoint, load_executor_class, normalise_result)
 
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_WAIT_MS = 2.0
 
 Reply = Tuple[Dict[str, Any], bytes]
+#: ``(results dict or None, docs) -> (reply header, reply body)`` (``runtime.worker.encode_reply``)
+EncodeReply = Callable[[Optional[Dict[str, Any]], Any], Reply]
 
 
 def _check_batching(max_batch_size: Any, max_wait_ms: Any) -> Dict[str, Any]:
@@ -175,14 +177,14 @@ class DynamicBatcher:
 
     :param ep: the endpoint (its method runs once per batch).
     :param pool: the replica's single Executor thread.
-    :param encode_result: ``(result, docs, ep) -> (reply header, reply body)``.
+    :param encode_reply: ``(results dict or None, docs) -> (reply header, reply body)``.
     """
 
-    def __init__(self, ep: Endpoint, pool, encode_result: Callable[[Any, Any, Endpoint], Reply],
+    def __init__(self, ep: Endpoint, pool, encode_reply: EncodeReply,
                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_wait_ms: float = DEFAULT_MAX_WAIT_MS):
         self.ep = ep
         self.pool = pool
-        self.encode_result = encode_result
+        self.encode_reply = encode_reply
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.stats = BatchStats()
@@ -291,37 +293,24 @@ class DynamicBatcher:
             return e
 
     def _call(self, parameters: dict, parts: List[Any]) -> List[Reply]:
-        from docarray import BaseDoc, DocList
         counts = [len(p) for p in parts]
-        total = sum(counts)
         if len(parts) == 1:
             docs = parts[0]
         else:
             docs = type(parts[0]).construct([d for p in parts for d in p])
-        result = self._invoke(docs, parameters)
+        result = call_endpoint(self.ep, docs, parameters)
         if len(parts) == 1:
-            return [self.encode_result(result, docs, self.ep)]
-        if result is None or isinstance(result, dict):
-            return [self.encode_result(result, docs[a:b], self.ep) for a, b in _bounds(counts)]
-        if isinstance(result, BaseDoc):
-            result = DocList[type(result)]([result])
-        elif isinstance(result, (list, tuple)) and not isinstance(result, DocList):
-            result = DocList(result)
-        if not isinstance(result, DocList):
-            raise BatchContractError(f'endpoint {self.ep.name!r} returned {type(result).__name__}; '
-                                     'return a DocList, a dict, or None')
-        if len(result) != total:
-            raise BatchContractError(f'endpoint {self.ep.name!r} uses dynamic batching but returned {len(result)} '
-                             f'docs for {total} input docs; a batched endpoint must return one doc per '
-                             'input doc, in input order (or None)')
-        return [self.encode_result(result[a:b], docs[a:b], self.ep) for a, b in _bounds(counts)]
-
-    def _invoke(self, docs, parameters: dict):
-        from runtime.worker import _call_kwargs
-        result = self.ep.method(**_call_kwargs(self.ep, docs, parameters))
-        if asyncio.iscoroutine(result):
-            result = asyncio.run(result)
-        return result
+            return [self.encode_reply(*normalise_result(result, docs, self.ep.name))]
+        try:
+            results, out = normalise_result(result, docs, self.ep.name)
+        except TypeError as e:
+            raise BatchContractError(str(e)) from None
+        total = sum(counts)
+        if len(out) != total:
+            raise BatchContractError(f'endpoint {self.ep.name!r} uses dynamic batching but returned {len(out)} '
+                                     f'docs for {total} input docs; a batched endpoint must return one doc per '
+                                     'input doc, in input order (or None)')
+        return [self.encode_reply(results, out[a:b]) for a, b in _bounds(counts)]
 
 
 def _bounds(counts: Sequence[int]) -> List[Tuple[int, int]]:
@@ -336,11 +325,11 @@ class Batchers(dict):
     """endpoint -> :class:`DynamicBatcher` for a replica; endpoints served by a batching
     default method (bare ``@requests``) get their own batcher on first use."""
 
-    def __init__(self, endpoints: EndpointTable, pool, encode_result: Callable):
+    def __init__(self, endpoints: EndpointTable, pool, encode_reply: EncodeReply):
         super().__init__()
         self._table = endpoints
         self._pool = pool
-        self._encode = encode_result
+        self._encode = encode_reply
         for name in endpoints.names:
             ep = endpoints.lookup(name)
             if ep.batching and name != DEFAULT_ENDPOINT:
@@ -408,7 +397,6 @@ def in_flight_for(uses: Any, max_in_flight: int) -> Optional[int]:
         if uses.endswith(('.yml', '.yaml')) or '://' in uses:
             return None
         try:
-            from runtime.worker import load_executor_class
             cls = load_executor_class(uses)
         except Exception:
             return None

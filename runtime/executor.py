@@ -10,17 +10,22 @@ A user subclasses :class:`Executor` and marks methods with :func:`requests`
             ...
 
 The replica process (``runtime.worker``) builds the Executor and asks its
-:class:`EndpointTable` which method serves an endpoint.
+:class:`EndpointTable` which method serves an endpoint; every caller of an endpoint
+(one request, a dynamic batch, a committed RAFT write) goes through
+:func:`call_endpoint` and :func:`normalise_result`. This module knows neither the
+transport (gRPC) nor consensus (RAFT).
 """
 from __future__ import annotations
 
+import asyncio
+import importlib
 import inspect
 import logging
 import os
 import pickle
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 DEFAULT_ENDPOINT = '__default__'
 
@@ -187,6 +192,105 @@ class EndpointTable:
             raise UnknownEndpointError(
                 f'no method serves endpoint {endpoint!r}; endpoints served: {known}')
         return found
+
+
+def call_endpoint(ep: Endpoint, docs: Any, parameters: dict) -> Any:
+    """Call the endpoint's method as Jina does and return what it returned.
+
+    The method gets ``docs``, ``parameters``, ``docs_matrix``, ``docs_map`` and
+    ``tracing_context`` as keywords (only those it names, unless it takes ``**kwargs``);
+    a coroutine it returns is run to completion here (on the caller's thread, which has
+    no running event loop: the replica's Executor thread).
+
+    >>> ep = EndpointTable(echo_executor).lookup('/echo')   # doctest: +SKIP
+    >>> call_endpoint(ep, docs, {})                          # doctest: +SKIP
+    """
+    accepts = ep.accepts
+    if accepts is None:
+        result = ep.method(docs=docs, parameters=parameters, docs_matrix=None, docs_map=None,
+                           tracing_context=None)
+    else:
+        kwargs = {'docs': docs, 'parameters': parameters, 'docs_matrix': None, 'docs_map': None,
+                  'tracing_context': None}
+        result = ep.method(**{k: v for k, v in kwargs.items() if k in accepts})
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    return result
+
+
+def normalise_result(result: Any, docs: Any, endpoint: str) -> Tuple[Optional[Dict[str, Any]], Any]:
+    """What an endpoint returned -> ``(results dict or None, DocList to send back)``.
+
+    ``None``: the (mutated) input ``docs``; a dict: ``docs``, with the dict as the
+    request's results; one doc: a DocList of it; a list or tuple of docs: a DocList.
+    Anything else raises ``TypeError`` naming ``endpoint``.
+
+    >>> normalise_result(None, docs, '/x')           # doctest: +SKIP
+    (None, docs)
+    >>> normalise_result({'n': 1}, docs, '/x')       # doctest: +SKIP
+    ({'n': 1}, docs)
+    """
+    if result is None:
+        return None, docs
+    BaseDoc, DocList = _docarray_classes or _load_docarray_classes()
+    if isinstance(result, DocList):
+        return None, result
+    if isinstance(result, dict):
+        return result, docs
+    if isinstance(result, BaseDoc):
+        return None, DocList[type(result)]([result])
+    if isinstance(result, (list, tuple)):
+        return None, DocList(result)
+    raise TypeError(f'endpoint {endpoint!r} returned {type(result).__name__}; '
+                    'return a DocList, a dict, or None')
+
+
+# (BaseDoc, DocList), imported on first use: importing this module does not import docarray
+_docarray_classes: Optional[Tuple[type, type]] = None
+
+
+def _load_docarray_classes() -> Tuple[type, type]:
+    global _docarray_classes
+    from docarray import BaseDoc, DocList
+    _docarray_classes = (BaseDoc, DocList)
+    return _docarray_classes
+
+
+class ExecutorLoadError(ImportError):
+    """``uses`` names a class that cannot be found or is not an Executor."""
+
+
+def load_executor_class(uses: Any) -> type:
+    """``'pkg.mod:Class'`` (or ``'pkg.mod.Class'``) or a class -> the Executor class.
+
+    >>> load_executor_class('orchestra_nb.executors:ExactNNSearch')  # doctest: +SKIP
+    """
+    if isinstance(uses, type):
+        cls = uses
+    elif isinstance(uses, str):
+        if uses.startswith(('jinaai://', 'jinahub://', 'jinahub+docker://', 'jinaai+docker://')):
+            raise ExecutorLoadError(
+                f'uses={uses!r} is a Jina Hub reference; hub references are not supported. '
+                "Install the Executor's package and write uses='package.module:ClassName', "
+                'or pass the class itself.')
+        module_name, sep, attr = uses.partition(':')
+        if not sep:
+            module_name, _, attr = uses.rpartition('.')
+        if not module_name or not attr:
+            raise ExecutorLoadError(f"uses={uses!r}: expected 'package.module:ClassName'")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ExecutorLoadError(f'uses={uses!r}: cannot import module {module_name!r}: {e}') from e
+        try:
+            cls = getattr(module, attr)
+        except AttributeError:
+            raise ExecutorLoadError(f'uses={uses!r}: module {module_name!r} has no attribute {attr!r}') from None
+    else:
+        raise ExecutorLoadError(f'uses must be an Executor class or "package.module:Class", got {uses!r}')
+    if not (isinstance(cls, type) and issubclass(cls, Executor)):
+        raise ExecutorLoadError(f'uses={uses!r} is not an orchestra_nb.Executor subclass')
+    return cls
 
 
 # The replica process sets these before building the Executor, so that

@@ -12,7 +12,6 @@ Started by :mod:`runtime.child` (inside a Deployment), or stand-alone with
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import os
@@ -22,63 +21,18 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Optional, Tuple
 
-from docarray import BaseDoc, DocList
-
 from runtime import protocol
+from runtime.batching import Batchers
 from runtime.codec import decode_docs, encode_docs  # loaded before ready, not on the first request
-from runtime.executor import (Endpoint, EndpointTable, Executor, RuntimeArgs, UnknownEndpointError,
-                              build_executor)
+from runtime.executor import (Endpoint, EndpointTable, RuntimeArgs, UnknownEndpointError, build_executor,
+                              call_endpoint, load_executor_class, normalise_result)
 from runtime.server import STOP_GRACE_S, start_node_server, stop_event_from
 from runtime.telemetry import RequestStats
-# still importable from here (runtime.cli): declared in runtime.server
+# still importable from here (runtime.cli, runtime.bench): declared in runtime.executor / runtime.server
+from runtime.executor import ExecutorLoadError  # noqa: F401,E402
 from runtime.server import PortInUseError  # noqa: F401,E402
 
 log = logging.getLogger('orchestra.worker')
-
-
-class ExecutorLoadError(ImportError):
-    """``uses`` names a class that cannot be found or is not an Executor."""
-
-
-def load_executor_class(uses: Any) -> type:
-    """``'pkg.mod:Class'`` (or ``'pkg.mod.Class'``) or a class -> the Executor class.
-
-    >>> load_executor_class('orchestra_nb.executors:ExactNNSearch')  # doctest: +SKIP
-    """
-    if isinstance(uses, type):
-        cls = uses
-    elif isinstance(uses, str):
-        if uses.startswith(('jinaai://', 'jinahub://', 'jinahub+docker://', 'jinaai+docker://')):
-            raise ExecutorLoadError(
-                f'uses={uses!r} is a Jina Hub reference; hub references are not supported. '
-                "Install the Executor's package and write uses='package.module:ClassName', "
-                'or pass the class itself.')
-        module_name, sep, attr = uses.partition(':')
-        if not sep:
-            module_name, _, attr = uses.rpartition('.')
-        if not module_name or not attr:
-            raise ExecutorLoadError(f"uses={uses!r}: expected 'package.module:ClassName'")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ExecutorLoadError(f'uses={uses!r}: cannot import module {module_name!r}: {e}') from e
-        try:
-            cls = getattr(module, attr)
-        except AttributeError:
-            raise ExecutorLoadError(f'uses={uses!r}: module {module_name!r} has no attribute {attr!r}') from None
-    else:
-        raise ExecutorLoadError(f'uses must be an Executor class or "package.module:Class", got {uses!r}')
-    if not (isinstance(cls, type) and issubclass(cls, Executor)):
-        raise ExecutorLoadError(f'uses={uses!r} is not an orchestra_nb.Executor subclass')
-    return cls
-
-
-def _call_kwargs(ep: Endpoint, docs, parameters: dict) -> Dict[str, Any]:
-    kwargs = {'docs': docs, 'parameters': parameters, 'docs_matrix': None, 'docs_map': None,
-              'tracing_context': None}
-    if ep.accepts is not None:
-        kwargs = {k: v for k, v in kwargs.items() if k in ep.accepts}
-    return kwargs
 
 
 class ReplicaServer:
@@ -96,36 +50,15 @@ class ReplicaServer:
         # one thread: Executors see one request at a time, as in Jina
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='executor')
         self.consensus = None     # set by runtime.consensus for stateful replicas
-        from runtime.batching import Batchers
-        self.batchers = Batchers(self.endpoints, self.pool, self.encode_result)  # endpoint -> dynamic batcher
+        self.batchers = Batchers(self.endpoints, self.pool, encode_reply)  # endpoint -> dynamic batcher
         self.port: Optional[int] = None
 
     # -- the request path -----------------------------------------------------
     def run_endpoint(self, ep: Endpoint, parameters: dict, body: bytes) -> Tuple[Dict[str, Any], bytes]:
         """Decode, call, encode -- on the executor thread."""
         docs = decode_docs(body, ep.input_type)
-        result = ep.method(**_call_kwargs(ep, docs, parameters))
-        if asyncio.iscoroutine(result):
-            result = asyncio.run(result)
-        return self.encode_result(result, docs, ep)
-
-    @staticmethod
-    def encode_result(result, docs, ep: Endpoint) -> Tuple[Dict[str, Any], bytes]:
-        header: Dict[str, Any] = {'ok': True}
-        if result is None:
-            result = docs
-        elif isinstance(result, dict):
-            header['results'] = result
-            result = docs
-        elif isinstance(result, BaseDoc):
-            result = DocList[type(result)]([result])
-        elif not isinstance(result, DocList):
-            if isinstance(result, (list, tuple)):
-                result = DocList(result)
-            else:
-                raise TypeError(f'endpoint {ep.name!r} returned {type(result).__name__}; '
-                                'return a DocList, a dict, or None')
-        return header, encode_docs(result)
+        results, out = normalise_result(call_endpoint(ep, docs, parameters), docs, ep.name)
+        return encode_reply(results, out)
 
     async def call(self, frame: bytes, context) -> bytes:
         t0 = time.perf_counter()
@@ -202,6 +135,18 @@ class ReplicaServer:
                 self.executor.close()
             except Exception:
                 log.exception('Executor.close() failed')
+
+
+def encode_reply(results: Optional[Dict[str, Any]], docs) -> Tuple[Dict[str, Any], bytes]:
+    """A normalised result (:func:`~runtime.executor.normalise_result`) -> ``(reply header, body)``.
+
+    >>> encode_reply({'n': 1}, docs)   # doctest: +SKIP
+    ({'ok': True, 'results': {'n': 1}}, b'...')
+    """
+    header: Dict[str, Any] = {'ok': True}
+    if results is not None:
+        header['results'] = results
+    return header, encode_docs(docs)
 
 
 def run_worker(spec: Dict[str, Any], status, stopping: threading.Event) -> None:

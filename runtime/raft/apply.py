@@ -16,6 +16,8 @@ import traceback
 from typing import Any, List, Optional, Tuple
 
 from runtime import protocol
+from runtime.codec import decode_docs
+from runtime.executor import call_endpoint
 from runtime.raft.payloads import _digest
 from runtime.raft.records import _inline
 
@@ -107,7 +109,6 @@ class _Applier:
 
     def _apply_sync(self, prepared: List[Tuple[int, tuple, Optional[bytes]]], last: int) -> List[Tuple[str, Any]]:
         """On the Executor's thread: run each record's endpoint, in log order."""
-        from runtime.worker import _call_kwargs
         out: List[Tuple[str, Any]] = []
         for index, rec, payload in prepared:
             rid, endpoint = rec[0], rec[1]
@@ -122,14 +123,10 @@ class _Applier:
             try:
                 ep = self.server.endpoints.lookup(endpoint)
                 params = json.loads(rec[2]) if rec[2] else {}
-                if rid in self._waiters:
+                if rid in self._waiters:   # a client waits here: decode, call, encode its reply
                     reply = self.server.run_endpoint(ep, params, payload)
-                else:
-                    from runtime.codec import decode_docs
-                    docs = decode_docs(payload, ep.input_type)
-                    result = ep.method(**_call_kwargs(ep, docs, params))
-                    if asyncio.iscoroutine(result):
-                        asyncio.run(result)
+                else:                      # nobody to answer: the call alone (its result is dropped)
+                    call_endpoint(ep, decode_docs(payload, ep.input_type), params)
             except Exception as e:
                 log.error('%s: applying %s (log index %d) failed: %s: %s', self.name, endpoint, index,
                           type(e).__name__, e)
