@@ -17,6 +17,10 @@ import threading
 import traceback
 from typing import Optional
 
+#: True in every child process (a replica or a gateway), set first thing by :func:`main`:
+#: children never pre-warm a fork server (``runtime.forkserver.prewarm`` reads it)
+IN_CHILD = False
+
 
 class _PrefixedLines:
     """A text stream that prefixes each line with ``name@pid`` (for print() in Executors)."""
@@ -85,8 +89,8 @@ def _watch_lifeline(on_eof) -> None:
 
 
 def main(status_fd: Optional[int] = None) -> None:
-    import runtime.forkserver
-    runtime.forkserver.IN_CHILD = True   # an Executor importing orchestra_nb starts no zygote
+    global IN_CHILD
+    IN_CHILD = True   # an Executor importing orchestra_nb starts no zygote
     status = StatusPipe(int(sys.argv[1]) if status_fd is None else status_fd)
     spec = _read_spec()
     name = spec['name']
@@ -135,4 +139,6 @@ def main(status_fd: Optional[int] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    # run as runtime.child, not __main__, so that IN_CHILD is set where forkserver reads it
+    from runtime import child
+    child.main()

@@ -48,15 +48,14 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-log = logging.getLogger('orchestra.forkserver')
+from runtime import child   # its IN_CHILD: set in every child process (a replica or a gateway)
 
-#: set in every child process (a replica or a gateway): children never pre-warm a zygote
-IN_CHILD = False
+log = logging.getLogger('orchestra.forkserver')
 
 #: modules the zygote imports before it forks (what a replica and a gateway need)
 PRELOAD = ('grpc', 'grpc.aio', 'numpy', 'docarray', 'docarray.documents', 'cloudpickle',
            'threadpoolctl', 'runtime.protocol', 'runtime.codec', 'runtime.executor',
-           'runtime.batching', 'runtime.worker', 'runtime.gateway', 'runtime.child')
+           'runtime.batching', 'runtime.server', 'runtime.worker', 'runtime.gateway', 'runtime.child')
 
 #: environment variables read while PRELOAD is imported (or at interpreter start): a child
 #: whose value differs from the zygote's must be a fresh interpreter
@@ -312,7 +311,7 @@ def _get() -> ForkServer:
 
 def prewarm() -> None:
     """Start this process's zygote in the background (no-op in a child or when disabled)."""
-    if IN_CHILD or not enabled():
+    if child.IN_CHILD or not enabled():
         return
     _get().start()
 
@@ -496,7 +495,6 @@ def _fork_one(data: bytes, fds: List[int], sock: socket.socket,
 
 def _become_child(req: dict, fds: List[int], sock: socket.socket, private: Sequence[int]) -> None:
     """In the forked child: become what ``python -m runtime.child STATUS_FD`` would be."""
-    global IN_CHILD
     status_fd = fds[1]
     try:
         signal.set_wakeup_fd(-1)
@@ -516,11 +514,10 @@ def _become_child(req: dict, fds: List[int], sock: socket.socket, private: Seque
         os.environ.clear()   # unsetenv/putenv: C code sees the child's environment too
         os.environ.update(env)
         os.chdir(req['cwd'])
-        IN_CHILD = True
+        child.IN_CHILD = True
         np_random = sys.modules.get('numpy.random')
         if np_random is not None:   # forked children must not share the global RNG state
             np_random.seed()
-        import runtime.child as child
         sys.argv = [child.__file__, str(status_fd)]
         child.main(status_fd)
     except BaseException as e:
