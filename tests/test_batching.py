@@ -9,6 +9,7 @@ from orchestra_nb import Client, Deployment, Executor, dynamic_batching, request
 from runtime import protocol
 from runtime.batching import batching_bound, in_flight_for, with_dynamic_batching
 from runtime.codec import decode_docs, encode_docs
+from runtime.executor import EndpointTable, call_endpoint, normalise_result
 from runtime.worker import ReplicaServer
 
 
@@ -204,3 +205,46 @@ def test_deployment_batches_more_than_the_default_in_flight_bound():
         assert sum(calls) == 24 and len(calls) < 24 and max(calls) <= 8
         assert max(calls) > 4, calls          # more than the gateway's default 4 in flight
         assert dep.status()['replicas'][0]['batching']['/tag']['requests'] == 24
+
+
+class Conventions(Executor):
+    """Endpoints that take some of Jina's keywords, all of them, or return a coroutine."""
+
+    @requests(on='/some')
+    def some(self, docs, parameters):
+        return {'n': len(docs), 'parameters': parameters}
+
+    @requests(on='/all')
+    def all_(self, docs, **kwargs):
+        return {'keywords': sorted(kwargs)}
+
+    @requests(on='/async')
+    async def later(self, docs, **kwargs):
+        await asyncio.sleep(0)
+        return docs[:1]
+
+
+def test_call_endpoint_passes_jinas_keywords_and_runs_coroutines():
+    table = EndpointTable(Conventions())
+    docs = DocList[TextDoc]([TextDoc(text='a'), TextDoc(text='b')])
+    assert call_endpoint(table.lookup('/some'), docs, {'k': 1}) == {'n': 2, 'parameters': {'k': 1}}
+    assert call_endpoint(table.lookup('/all'), docs, {}) == {
+        'keywords': ['docs_map', 'docs_matrix', 'parameters', 'tracing_context']}
+    assert call_endpoint(table.lookup('/async'), docs, {}).text == ['a']
+
+
+def test_normalise_result():
+    docs = DocList[TextDoc]([TextDoc(text='a')])
+    results, out = normalise_result(None, docs, '/x')
+    assert results is None and out is docs
+    results, out = normalise_result({'n': 1}, docs, '/x')
+    assert results == {'n': 1} and out is docs
+    other = DocList[TextDoc]([TextDoc(text='b')])
+    results, out = normalise_result(other, docs, '/x')
+    assert results is None and out is other
+    one = normalise_result(TextDoc(text='c'), docs, '/x')[1]
+    assert isinstance(one, DocList) and one.text == ['c']
+    listed = normalise_result([TextDoc(text='d')], docs, '/x')[1]
+    assert isinstance(listed, DocList) and [d.text for d in listed] == ['d']
+    with pytest.raises(TypeError, match=r"endpoint '/x' returned int; return a DocList, a dict, or None"):
+        normalise_result(3, docs, '/x')

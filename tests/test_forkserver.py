@@ -108,6 +108,33 @@ def test_disabled_by_environment_falls_back_to_subprocesses(monkeypatch):
                    for p in [r.process.pid for r in dep.nodes[0].replicas])
 
 
+class InChild(Executor):
+    """Answers with ``runtime.child.IN_CHILD`` as the replica sees it."""
+
+    @requests(on='/in_child')
+    def in_child(self, docs, **kwargs):
+        import runtime.child
+        for d in docs:
+            d.text = json.dumps(runtime.child.IN_CHILD)
+
+
+@pytest.mark.parametrize('via', ['forkserver', 'subprocess'])
+def test_children_know_they_are_children(via, monkeypatch):
+    """``runtime.child`` owns IN_CHILD (an Executor importing orchestra_nb starts no zygote),
+    set in a forked child and in ``python -m runtime.child`` alike."""
+    if via == 'forkserver':
+        monkeypatch.delenv('ORCHESTRA_FORKSERVER', raising=False)
+        if not forkserver.enabled():
+            pytest.skip('the fork server is not available here')
+    else:
+        monkeypatch.setenv('ORCHESTRA_FORKSERVER', '0')
+    import runtime.child
+    assert runtime.child.IN_CHILD is False     # not in the owner
+    with Deployment(uses=InChild) as dep:
+        assert _vias(dep) == [via] * 2
+        assert dep.post('/in_child', TextDoc()).text == ['true']
+
+
 def test_import_sensitive_variable_gets_a_fresh_interpreter(forkserver_on):
     with Deployment(uses='sample_executors:Upper', env={'OPENBLAS_NUM_THREADS': '1'}) as dep:
         assert _vias(dep) == ['subprocess', 'forkserver']   # the gateway has no such env
