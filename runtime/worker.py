@@ -137,7 +137,7 @@ class ReplicaServer:
                 log.exception('Executor.close() failed')
 
 
-def encode_reply(results: Optional[Dict[str, Any]], docs) -> Tuple[Dict[str, Any], bytes]:
+def encode_reply(results: Optional[Dict[str, Any]], docs: Any) -> Tuple[Dict[str, Any], bytes]:
     """A normalised result (:func:`~runtime.executor.normalise_result`) -> ``(reply header, body)``.
 
     >>> encode_reply({'n': 1}, docs)   # doctest: +SKIP
