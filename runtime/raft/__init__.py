@@ -45,12 +45,15 @@ calls carry a random per-Deployment token. See ``docs/raft.md``.
 
 - ``config``: ``raft_configuration`` -- hashicorp-style names -> pysyncobj ``SyncObjConf``, checks.
 - ``plan``: the Deployment hooks -- ``validate_stateful``, ``plan_stateful`` (RAFT ports, folders).
-- ``common``: ``RaftNotReady`` and two small file helpers the other modules share.
+- ``common``: ``RaftNotReady``, ``Outcome`` (a proposal's outcome), ``_short`` and file helpers.
+- ``syncobj``: pysyncobj behind one adapter (``RaftLog``); importing it leaves ``socket`` unpatched.
 - ``payloads``: ``PayloadStore``, request bodies in segment files.
-- ``records``: the RAFT record (a tuple), small bodies inline, its JSON form for the dump.
+- ``records``: ``Record`` (a NamedTuple; plain tuples in pysyncobj's log), its JSON form for the dump.
 - ``snapshots``: ``SnapshotStore``, and taking, restoring, serving and fetching snapshots.
-- ``peers``: replica-to-replica ``Control`` calls -- pushing payloads, answering peers.
+- ``links``: one peer's gRPC channel (``_Peer``) and its batched payload pushes (``_Pusher``).
+- ``peers``: replica-to-replica ``Control`` calls -- answering peers, storing on a majority.
 - ``proposer``: group commit -- records proposed together in one log entry.
 - ``apply``: the applier -- committed entries run on the Executor's thread, in log order.
+- ``state``: ``ConsensusState``, every attribute ``Consensus``'s parts share, and the applier's actions.
 - ``node``: ``Consensus`` (pysyncobj glue, writes, reads, readiness) and ``attach_consensus``.
 """

@@ -3,8 +3,8 @@
 ``_Applier`` (a part of ``Consensus``) takes the actions pysyncobj's thread posts (apply,
 mark, snapshot, install), finds each record's payload (here, or from a peer, digest
 checked) and calls the ``@write`` endpoint once per request id. Relies on the ``Consensus``
-attributes set in its ``__init__``, its peer calls (:mod:`runtime.raft.peers`) and snapshots
-(:mod:`runtime.raft.snapshots`).
+attributes (declared in :mod:`runtime.raft.state`), its peer calls (:mod:`runtime.raft.peers`)
+and snapshots (:mod:`runtime.raft.snapshots`).
 """
 from __future__ import annotations
 
@@ -13,18 +13,24 @@ import json
 import logging
 import time
 import traceback
-from typing import Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 from runtime import protocol
 from runtime.codec import decode_docs
 from runtime.executor import call_endpoint
 from runtime.raft.payloads import _digest
-from runtime.raft.records import _inline
+from runtime.raft.records import Record
+from runtime.raft.state import _Apply, _Install, _Mark, _SnapshotDue
+
+if TYPE_CHECKING:   # a part of Consensus: its attributes (see runtime.raft.state for why not at run time)
+    from runtime.raft.state import ConsensusState as _Base
+else:
+    _Base = object
 
 log = logging.getLogger('orchestra.raft')
 
 
-class _Applier:
+class _Applier(_Base):
     """``Consensus``'s applier (the loop thread; Executor calls on its thread)."""
 
     async def _applier(self) -> None:
@@ -44,39 +50,39 @@ class _Applier:
 
     async def _apply_next(self) -> None:
         head = self._actions[0]
-        if head[0] == 'apply':
-            batch, n = [], 0
-            while self._actions and self._actions[0][0] == 'apply' and n < 256:
-                batch.append(self._actions[0])
-                n += len(self._actions[0][2])
-                self._actions.popleft()
+        if isinstance(head, _Apply):
+            batch: List[_Apply] = []
+            n = 0
+            while self._actions and isinstance(self._actions[0], _Apply) and n < 256:
+                a = self._actions.popleft()
+                batch.append(a)
+                n += len(a.records)
             try:
-                await self._apply_entries([(a[1], a[2]) for a in batch])
+                await self._apply_entries([(a.index, a.records) for a in batch])
             except BaseException:
                 self._actions.extendleft(reversed(batch))   # not applied: try again, in order
                 raise
             return
-        kind = head[0]
-        if kind == 'mark':      # entries without records (no-ops) up to here are applied
-            self.applied_index = max(self.applied_index, head[1])
-        elif kind == 'snapshot':
+        if isinstance(head, _Mark):      # entries without records (no-ops) up to here are applied
+            self.applied_index = max(self.applied_index, head.index)
+        elif isinstance(head, _SnapshotDue):
             self._snapshot_wanted = True
-        elif kind == 'install':
-            await self._install(head[1], head[2], head[3])
+        elif isinstance(head, _Install):
+            await self._install(head.snapshot_index, head.records, head.last)
         self._actions.popleft()
 
-    async def _apply_entries(self, entries: List[Tuple[int, list]]) -> None:
+    async def _apply_entries(self, entries: List[Tuple[int, List[Record]]]) -> None:
         items = [(i, rec) for i, recs in entries if i > self.applied_index for rec in recs]
         for i, recs in entries:   # covered by a snapshot already: answer anyone waiting
             if i <= self.applied_index:
                 for rec in recs:
                     self._covered(rec)
-        prepared: List[Tuple[int, tuple, Optional[bytes]]] = []
+        prepared: List[Tuple[int, Record, Optional[bytes]]] = []
         for i, rec in items:
             if i <= self.applied_index:
                 self._covered(rec)
                 continue
-            if rec[1] is None:
+            if rec.is_barrier:
                 prepared.append((i, rec, None))
                 continue
             payload = await self._payload_for(rec, i)
@@ -89,29 +95,25 @@ class _Applier:
             prepared.append((i, rec, payload))
         last = max(i for i, _ in entries)
         if prepared:
-            self._applying = True
-            try:
-                results = await self.loop.run_in_executor(self.server.pool, self._apply_sync, prepared, last)
-            finally:
-                self._applying = False
+            results = await self.loop.run_in_executor(self.server.pool, self._apply_sync, prepared, last)
             for rid, reply in results:
                 fut = self._waiters.get(rid)
                 if fut is not None and not fut.done():
                     fut.set_result(reply if reply is not None else ({'ok': True}, b''))
         self.applied_index = max(self.applied_index, last)
 
-    def _covered(self, rec: tuple) -> None:
+    def _covered(self, rec: Record) -> None:
         """A record applied through a snapshot rather than here: answer a local waiter."""
-        fut = self._waiters.get(rec[0])
+        fut = self._waiters.get(rec.rid)
         if fut is not None and not fut.done():
-            body = (_inline(rec) or self.payloads.get(rec[0])) if rec[1] is not None else None
+            body = (rec.body or self.payloads.get(rec.rid)) if not rec.is_barrier else None
             fut.set_result(({'ok': True, 'applied_via_snapshot': True}, body or b''))
 
-    def _apply_sync(self, prepared: List[Tuple[int, tuple, Optional[bytes]]], last: int) -> List[Tuple[str, Any]]:
+    def _apply_sync(self, prepared: List[Tuple[int, Record, Optional[bytes]]], last: int) -> List[Tuple[str, Any]]:
         """On the Executor's thread: run each record's endpoint, in log order."""
         out: List[Tuple[str, Any]] = []
         for index, rec, payload in prepared:
-            rid, endpoint = rec[0], rec[1]
+            rid, endpoint = rec.rid, rec.endpoint
             if endpoint is None:
                 out.append((rid, None))
                 continue
@@ -122,7 +124,7 @@ class _Applier:
             reply = None
             try:
                 ep = self.server.endpoints.lookup(endpoint)
-                params = json.loads(rec[2]) if rec[2] else {}
+                params = json.loads(rec.parameters) if rec.parameters else {}
                 if rid in self._waiters:   # a client waits here: decode, call, encode its reply
                     reply = self.server.run_endpoint(ep, params, payload)
                 else:                      # nobody to answer: the call alone (its result is dropped)
@@ -143,10 +145,10 @@ class _Applier:
         while len(self._seen) > self.SEEN_LIMIT:
             self._seen_set.discard(self._seen.popleft())
 
-    async def _payload_for(self, rec: tuple, index: int) -> Optional[bytes]:
+    async def _payload_for(self, rec: Record, index: int) -> Optional[bytes]:
         """The record's body: ours, a peer's (digest checked), or None once a covering snapshot is installed."""
-        rid, digest = rec[0], rec[4]
-        data = _inline(rec)
+        rid, digest = rec.rid, rec.digest
+        data = rec.body
         if data is not None:
             return data
         hit = self.payloads.cached_with_digest(rid)
@@ -159,7 +161,7 @@ class _Applier:
             log.warning('%s: the local body of request %s does not match the committed digest; '
                         'fetching it from a peer', self.name, rid)
             await asyncio.to_thread(self.payloads.discard, rid)
-        elif rec[5] != self.replica:   # the origin's push is usually a moment away: wait briefly
+        elif rec.origin != self.replica:   # the origin's push is usually a moment away: wait briefly
             arrived = self._arrivals.setdefault(rid, asyncio.Event())
             try:
                 if self.payloads.cached(rid) is None:
@@ -177,7 +179,7 @@ class _Applier:
         t0 = time.monotonic()
         warned = False
         while True:
-            for peer in sorted(self.peers, key=lambda p: p.replica != rec[5]):   # the origin first
+            for peer in sorted(self.peers, key=lambda p: p.replica != rec.origin):   # the origin first
                 try:
                     h, body = await self._call_peer(peer, {'op': 'get_payload', 'rid': rid}, timeout=30.0)
                 except Exception:
@@ -195,7 +197,7 @@ class _Applier:
                             'retrying', self.name, rid, index)
             await asyncio.sleep(0.2)
 
-    async def _install(self, snapshot_index: int, records: List[Tuple[int, list]], last: int) -> None:
+    async def _install(self, snapshot_index: int, records: List[Tuple[int, List[Record]]], last: int) -> None:
         """A compaction dump: state = a snapshot >= ``snapshot_index`` + ``records`` up to ``last``."""
         t0 = time.monotonic()
         while self.applied_index < snapshot_index:

@@ -3,7 +3,7 @@
 ``normalize_raft_configuration`` turns a user's dict into pysyncobj ``SyncObjConf`` kwargs
 plus orchestra-nb's own options (defaults included), and ``check_syncobj_conf`` runs
 pysyncobj's invariants so a bad setting fails up front, with its name.
-Relies on pysyncobj (imported when checking).
+Relies on pysyncobj (through :mod:`runtime.raft.syncobj`, imported when checking).
 """
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def normalize_raft_configuration(cfg: Optional[Dict[str, Any]]) -> Tuple[Dict[st
 
 def check_syncobj_conf(conf: Dict[str, Any]) -> None:
     """Build pysyncobj's ``SyncObjConf`` and run its checks; a broken invariant -> ValueError."""
-    from pysyncobj import SyncObjConf
+    from runtime.raft.syncobj import SyncObjConf   # imported lazily: only when checking
     c = SyncObjConf(**conf)
     rules = [
         (c.raftMinTimeout > c.appendEntriesPeriod * 3,

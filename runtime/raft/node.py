@@ -2,149 +2,59 @@
 
 ``Consensus`` owns the pysyncobj node and the replica's stores, orders ``@write`` requests
 through the log (:meth:`Consensus.write`), gates reads and readiness on barrier records, and
-writes/reads pysyncobj's compaction dump. Its other parts live next door: peer messages
-(:mod:`runtime.raft.peers`), the applier (:mod:`runtime.raft.apply`) and snapshots
-(:mod:`runtime.raft.snapshots`). Relies on pysyncobj.
+writes/reads pysyncobj's compaction dump. Its state is declared in :mod:`runtime.raft.state`;
+its other parts live next door: peer messages (:mod:`runtime.raft.peers`), the applier
+(:mod:`runtime.raft.apply`) and snapshots (:mod:`runtime.raft.snapshots`). Relies on pysyncobj
+through :mod:`runtime.raft.syncobj`.
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import os
-import threading
 import time
 import uuid
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
-
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from runtime.raft.apply import _Applier
-from runtime.raft.common import RaftNotReady
-from runtime.raft.config import DEFAULT_OPTIONS
-from runtime.raft.payloads import _RID, PayloadStore, _digest
-from runtime.raft.peers import _Peer, _PeerMessages, _Pusher
-from runtime.raft.proposer import _OUTCOMES, _REFUSED, _SUCCESS, _Proposer
-from runtime.raft.records import (INLINE_PAYLOAD_BYTES, _entry_from_json, _entry_to_json, _record_from_json,
+from runtime.raft.common import Outcome, RaftNotReady
+from runtime.raft.payloads import _RID, _digest
+from runtime.raft.peers import _PeerMessages
+from runtime.raft.proposer import _Proposer
+from runtime.raft.records import (INLINE_PAYLOAD_BYTES, Record, _entry_from_json, _entry_to_json, _record_from_json,
                                   _record_to_json)
-from runtime.raft.snapshots import SnapshotStore, _Snapshots
+from runtime.raft.snapshots import _Snapshots
+from runtime.raft.state import ConsensusState, _Action, _Apply, _Install, _Mark, _SnapshotDue
+from runtime.raft.syncobj import LEADER, ROLES, RaftLog, SyncObjConf, quiet_pysyncobj
 
 log = logging.getLogger('orchestra.raft')
 
-_ROLES = {0: 'follower', 1: 'candidate', 2: 'leader'}
 
-
-class _RaftNode(SyncObj):
-    """The pysyncobj object: its only replicated method appends a batch of records."""
-
-    def __init__(self, consensus: 'Consensus', self_address: str, others: List[str], conf: SyncObjConf):
-        self._consensus = consensus
-        super().__init__(self_address, others, conf)
-
-    @replicated
-    def append_records(self, records):
-        # pysyncobj applies entries one by one; this entry's index is the next one
-        self._consensus._on_commit(self.raftLastApplied + 1, records)
-
-
-class _DivergedFilter(logging.Filter):
-    """pysyncobj logs CRITICAL "state machine may have diverged" whenever a follower
-    truncates and re-appends entries the leader re-sent -- routine under load, and
-    harmless here (entries are applied once, by index). Count them at DEBUG instead."""
-
-    count = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if 'may have diverged' in str(record.msg):
-            _DivergedFilter.count += 1
-            log.debug('pysyncobj re-appended already applied entries (%d so far)', _DivergedFilter.count)
-            return False
-        return True
-
-
-def _quiet_pysyncobj(level: str) -> None:
-    lg = logging.getLogger('pysyncobj')
-    lg.setLevel(level)
-    sync_logger = logging.getLogger('pysyncobj.syncobj')
-    if not any(isinstance(f, _DivergedFilter) for f in sync_logger.filters):
-        sync_logger.addFilter(_DivergedFilter())
-
-class Consensus(_PeerMessages, _Applier, _Snapshots):
+class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
     """One replica's RAFT node, payload store, snapshots and applier; see :mod:`runtime.raft`.
 
     Created by :func:`attach_consensus`; the worker calls :meth:`write` for ``@write``
     endpoints, :meth:`before_read` before reads, :meth:`control` for peer requests,
-    :meth:`status` for ``describe()`` and :meth:`close` on shutdown.
+    :meth:`status` for ``describe()`` and :meth:`close` on shutdown. Its attributes and
+    ``__init__(server, cfg)`` are :class:`~runtime.raft.state.ConsensusState`'s.
     """
-
-    SEEN_LIMIT = 50_000          # request ids remembered to drop retried duplicates
-
-    def __init__(self, server: Any, cfg: Dict[str, Any]):
-        self.server = server
-        self.cfg = cfg
-        self.name: str = cfg.get('name') or server.name
-        self.replica: int = int(cfg['replica'])
-        self.options = dict(DEFAULT_OPTIONS, **(cfg.get('options') or {}))
-        self.token: str = cfg.get('token') or ''
-        self.default_consistency: str = cfg.get('read_consistency') or 'eventual'
-        self.dir: str = cfg['dir']
-        os.makedirs(self.dir, exist_ok=True)
-        self._lock_dir()   # before the stores tidy up leftovers in the folder
-        self.payloads = PayloadStore(os.path.join(self.dir, 'payloads'), on_written=self._on_written)
-        self._disk: Dict[str, asyncio.Future] = {}   # bodies queued for the writer thread
-        self.snapshots = SnapshotStore(os.path.join(self.dir, 'snapshots'))
-        self.peers = [_Peer(p['replica'], p['name'], p['raft'], p['grpc']) for p in cfg['peers']]
-        self._pushers = {p.name: _Pusher(self, p) for p in self.peers}
-        self._names = {p.raft: p.name for p in self.peers}
-        self._names[cfg['self']] = self.name
-        self.node: Optional[_RaftNode] = None
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self.role = 'follower'
-        # applier state (the loop thread)
-        self.applied_index = 0
-        self.snapshot_index = 0
-        self._actions: Deque[tuple] = collections.deque()
-        self._actions_event = asyncio.Event()
-        self._waiters: Dict[str, asyncio.Future] = {}
-        self._arrivals: Dict[str, asyncio.Event] = {}   # payloads the applier waits for
-        self._snapshot_wanted = False
-        self._snapshot_failures = 0
-        self._applying = False
-        # executor-thread state (captured by snapshots)
-        self.writes_applied = 0
-        self._exec_index = 0
-        self._seen: Deque[str] = collections.deque()
-        self._seen_set: set = set()
-        # records since the latest snapshot, for pysyncobj's compaction dump (tick thread + loop)
-        self._records: Dict[int, list] = {}
-        self._records_lock = threading.Lock()
-        self._last_marked = 0
-        self._started = asyncio.Event()
-        self._ready = asyncio.Event()
-        self._closing = False
-        self._tasks: List[asyncio.Task] = []
-        self._background: set = set()
-        self._proposer: Optional[_Proposer] = None
-        self.ready_seconds: Optional[float] = None
-        self.fetched_payloads = 0
-        self.installed_snapshots = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Restore the newest local snapshot, start pysyncobj, then wait until caught up."""
         t0 = time.monotonic()
         self.loop = asyncio.get_running_loop()
-        _quiet_pysyncobj(self.options['log_level'])
+        quiet_pysyncobj(self.options['log_level'])
         latest = self.snapshots.latest()
         if latest is not None:
             await self.loop.run_in_executor(self.server.pool, self._restore_local, latest)
         self._proposer = _Proposer(self, self.options['max_append_entries'])
         self._tasks.append(asyncio.ensure_future(self._applier()))
         self.node = self._make_node()
-        self.node.addOnTickCallback(self._on_tick)
+        self.node.add_on_tick(self._on_tick)
         try:
-            await asyncio.to_thread(self.node.waitBinded)
+            await asyncio.to_thread(self.node.wait_bound)
         except Exception:
             raise OSError(f'{self.name}: cannot listen for RAFT on {self.cfg["bind"]}: the port is in use or '
                           'not available (choose other peer_ports, or omit them to let orchestra-nb pick)') from None
@@ -159,27 +69,9 @@ class Consensus(_PeerMessages, _Applier, _Snapshots):
         self.ready_seconds = time.monotonic() - t0
         self._ready.set()
         log.info('%s: RAFT ready in %.2f s (%s, term %s, applied index %d, %d writes applied)', self.name,
-                 self.ready_seconds, self.role, self.node.raftCurrentTerm, self.applied_index, self.writes_applied)
+                 self.ready_seconds, self.role, self.node.term, self.applied_index, self.writes_applied)
 
-    def _lock_dir(self) -> None:
-        """One process per RAFT folder (two Deployments on one workspace would corrupt it)."""
-        import fcntl
-        self._lock_file = open(os.path.join(self.dir, 'lock'), 'a+')
-        try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock_file.seek(0)
-            other = self._lock_file.read().strip() or '?'
-            self._lock_file.close()
-            raise RuntimeError(f'{self.name}: the RAFT folder {self.dir} is in use by another running replica '
-                               f'(pid {other}); is another Deployment with the same name and workspace '
-                               'running? Stop it, or use another workspace.') from None
-        self._lock_file.seek(0)
-        self._lock_file.truncate()
-        self._lock_file.write(str(os.getpid()))
-        self._lock_file.flush()
-
-    def _make_node(self) -> _RaftNode:
+    def _make_node(self) -> RaftLog:
         conf = SyncObjConf(**self.cfg['conf'],
                            password=self.cfg.get('password') or None,
                            journalFile=os.path.join(self.dir, 'journal.bin'),
@@ -188,7 +80,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots):
                            onStateChanged=self._on_state_changed,
                            useFork=False, autoTick=True, dynamicMembershipChange=False,
                            bindAddress=self.cfg['bind'])
-        return _RaftNode(self, self.cfg['self'], [p.raft for p in self.peers], conf)
+        return RaftLog(self._on_commit, self.cfg['self'], [p.raft for p in self.peers], conf)
 
     async def _report_progress(self, t0: float) -> None:
         """Every 5 s while not ready: what we wait for (the log tail explains a start that times out)."""
@@ -218,10 +110,9 @@ class Consensus(_PeerMessages, _Applier, _Snapshots):
                 pass
         if self.node is not None:
             node, self.node = self.node, None
-            node.destroy()
-            thread = getattr(node, '_SyncObj__thread', None)
-            if thread is not None:
-                await asyncio.to_thread(thread.join, 2.0)
+            join = node.destroy()
+            if join is not None:
+                await asyncio.to_thread(join, 2.0)
         for p in self.peers:
             try:
                 await p.close()
@@ -251,9 +142,9 @@ class Consensus(_PeerMessages, _Applier, _Snapshots):
         digest = _digest(body)
         delegate: Optional[Callable[[], Any]] = None
         if len(body) <= INLINE_PAYLOAD_BYTES:   # small: the log entry carries it (journaled by pysyncobj)
-            record = (rid, endpoint, params, len(body), digest, self.replica, bytes(body))
+            record = Record(rid, endpoint, params, len(body), digest, self.replica, bytes(body))
         else:                                   # large: stored on a majority first, ordered by id
-            record = (rid, endpoint, params, len(body), digest, self.replica)
+            record = Record(rid, endpoint, params, len(body), digest, self.replica)
             await self._store(rid, body, digest)   # in our workspace before any peer may propose it
             leader = self._leader_peer()
             pushes = {p.name: self._spawn(self._push(p, rid, digest, body, deadline,
@@ -261,12 +152,12 @@ class Consensus(_PeerMessages, _Applier, _Snapshots):
             if leader is None:   # we lead (or no leader yet): a majority holds it, then we propose
                 await self._majority(pushes, deadline)
             else:                # the leader proposes it once stored there (R + leader: a majority)
-                async def leader_proposes() -> int:
-                    ok, _, outcome = await pushes[leader.name]
-                    if ok and outcome == _SUCCESS:
-                        return _SUCCESS
+                async def leader_proposes() -> Outcome:
+                    pushed = await pushes[leader.name]
+                    if pushed.stored and pushed.outcome == Outcome.COMMITTED:
+                        return Outcome.COMMITTED
                     await self._majority(pushes, deadline)   # else: stored on a majority, we propose
-                    return _REFUSED if outcome is None else outcome
+                    return Outcome.REFUSED if pushed.outcome is None else pushed.outcome
                 delegate = leader_proposes
         t1 = self.loop.time()
         trace: List[Any] = []
@@ -314,33 +205,31 @@ class Consensus(_PeerMessages, _Applier, _Snapshots):
         node = self.node
         if node is not None:
             try:
-                from pysyncobj.node import TCPNode
-                leader = node._getLeader()
-                st['term'] = node.raftCurrentTerm
-                st['commit_index'] = node.raftCommitIndex
-                st['log_entries'] = node._getRaftLogSize()
-                st['role'] = 'leader' if node._isLeader() else self.role
-                addr = getattr(leader, 'address', None)
+                addr = node.leader_address()
+                st['term'] = node.term
+                st['commit_index'] = node.commit_index
+                st['log_entries'] = node.log_size()
+                st['role'] = 'leader' if node.is_leader() else self.role
                 st['leader_address'] = addr
                 st['leader'] = self._names.get(addr, addr)
-                st['peers'] = {p.name: node.isNodeConnected(TCPNode(p.raft)) for p in self.peers}
+                st['peers'] = {p.name: node.is_connected(p.raft) for p in self.peers}
             except Exception:   # racing pysyncobj's thread: report what we have
                 pass
         return st
     # -- proposing -----------------------------------------------------------------------------
-    def _barrier(self) -> tuple:
-        return (uuid.uuid4().hex, None, '', 0, '', self.replica)
+    def _barrier(self) -> Record:
+        return Record(uuid.uuid4().hex, None, '', 0, '', self.replica)
 
-    async def _commit(self, record: tuple, timeout: Optional[float], what: str,
+    async def _commit(self, record: Record, timeout: Optional[float], what: str,
                       trace: Optional[List[Any]] = None,
                       delegate: Optional[Callable[[], Any]] = None) -> Tuple[Dict[str, Any], bytes]:
         """Propose ``record`` (retrying on leader changes) until applied here; -> its reply.
 
-        ``trace`` collects (pysyncobj outcome, seconds) per proposal, for diagnostics.
+        ``trace`` collects (outcome, seconds) per proposal, for diagnostics.
         ``delegate``: a coroutine function that has the leader propose the record (the payload
-        push carries it) and returns pysyncobj's outcome; on anything but success we propose.
+        push carries it) and returns its ``Outcome``; on anything but ``COMMITTED`` we propose.
         """
-        rid = record[0]
+        rid = record.rid
         existing = self._waiters.get(rid)
         if existing is not None and not existing.done():   # the same request again: share its outcome
             done, _ = await asyncio.wait({existing}, timeout=timeout)
@@ -367,8 +256,8 @@ class Consensus(_PeerMessages, _Applier, _Snapshots):
                                        f'{timeout:.0f} s (raft: {json.dumps(self.status())})')
                 err = task.result()   # raises if no majority holds the payload
                 if trace is not None:
-                    trace.append(('by the leader: ' + str(_OUTCOMES.get(err, err)), round(self.loop.time() - tp, 3)))
-                if err == _SUCCESS:   # committed by the leader: our applier is about to apply it
+                    trace.append(('by the leader: ' + err.label, round(self.loop.time() - tp, 3)))
+                if err == Outcome.COMMITTED:   # committed by the leader: our applier is about to apply it
                     await asyncio.wait({fut}, timeout=remaining())
                     if fut.done():
                         return fut.result()
@@ -387,16 +276,16 @@ class Consensus(_PeerMessages, _Applier, _Snapshots):
                     break
                 err = proposal.result()
                 if trace is not None:
-                    trace.append((_OUTCOMES.get(err, err), round(self.loop.time() - tp, 3)))
-                if err == _SUCCESS:   # committed: our applier is about to apply it
+                    trace.append((err.label, round(self.loop.time() - tp, 3)))
+                if err == Outcome.COMMITTED:   # committed: our applier is about to apply it
                     await asyncio.wait({fut}, timeout=remaining())
                     if fut.done():
                         return fut.result()
                     break
                 attempt += 1
                 if attempt in (5, 20) or attempt % 100 == 0:
-                    log.info('%s: %s not committed yet (pysyncobj code %s, attempt %d); retrying',
-                             self.name, what, err, attempt)
+                    log.info('%s: %s not committed yet (%s, attempt %d); retrying',
+                             self.name, what, err.label, attempt)
                 await asyncio.sleep(min(0.01 * attempt, 0.25))
             raise TimeoutError(f'{what} was not committed and applied by {self.name} within {timeout:.0f} s '
                                f'(raft: {json.dumps(self.status())}); is a majority of replicas up?')
@@ -411,35 +300,35 @@ class Consensus(_PeerMessages, _Applier, _Snapshots):
         t.add_done_callback(lambda t: (self._background.discard(t), t.cancelled() or t.exception()))
         return t
     # -- pysyncobj's thread ------------------------------------------------------------------
-    def _post(self, action: tuple) -> None:
+    def _post(self, action: _Action) -> None:
         try:
             self.loop.call_soon_threadsafe(self._push_action, action)
         except RuntimeError:
             pass   # loop closed: shutting down
 
-    def _push_action(self, action: tuple) -> None:
+    def _push_action(self, action: _Action) -> None:
         self._actions.append(action)
         self._actions_event.set()
 
     def _on_commit(self, index: int, records: Sequence[Sequence[Any]]) -> None:
-        recs = [tuple(r) for r in records]
+        recs = [Record.from_wire(r) for r in records]   # the log's plain tuples (see runtime.raft.records)
         if index > self.snapshot_index:
             with self._records_lock:
                 self._records[index] = recs
-        self._post(('apply', index, recs))
+        self._post(_Apply(index, recs))
 
     def _on_tick(self) -> None:
         node = self.node
         if node is None:
             return
-        last = node.raftLastApplied
+        last = node.last_applied
         if last != self._last_marked:
             self._last_marked = last
-            self._post(('mark', last))
+            self._post(_Mark(last))
 
     def _on_state_changed(self, old: int, new: int) -> None:
-        self.role = _ROLES.get(new, str(new))
-        if new == 2:
+        self.role = ROLES.get(new, str(new))
+        if new == LEADER:
             log.info('%s: became the RAFT leader', self.name)
 
     def _serialize(self, path: str, data: Tuple[Any, Any, Any]) -> None:
@@ -454,7 +343,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots):
                'records': [[i, [_record_to_json(x) for x in r]] for i, r in recs]}
         with open(path, 'w') as f:
             json.dump(doc, f, separators=(',', ':'))
-        self._post(('snapshot',))
+        self._post(_SnapshotDue())
 
     def _deserialize(self, path: str) -> Tuple[Any, Any, Any]:
         """A dump (ours at restart, or the leader's when we are too far behind) -> pysyncobj's tuple."""
@@ -468,7 +357,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots):
                 if i > self.snapshot_index:
                     self._records[i] = r
         last = _entry_from_json(doc['last'])
-        self._post(('install', int(doc['snapshot_index']), records, last[1]))
+        self._post(_Install(int(doc['snapshot_index']), records, last[1]))
         return last, _entry_from_json(doc['prev']), list(doc.get('cluster') or [])
 
 

@@ -99,7 +99,7 @@ def require_cryptography() -> None:
     try:
         import cryptography  # noqa: F401
         del cryptography   # only whether it imports matters
-        from pysyncobj.encryptor import HAS_CRYPTO
+        from runtime.raft.syncobj import HAS_CRYPTO
     except ImportError:
         HAS_CRYPTO = False
     if not HAS_CRYPTO:

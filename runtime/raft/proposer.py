@@ -1,8 +1,8 @@
 """Group commit: records proposed while earlier ones are in flight go together in one log entry.
 
-Also pysyncobj's outcome codes (``_SUCCESS``, ...) as the rest of the package reads them.
-Relies on the ``Consensus`` it serves (its ``loop`` and pysyncobj ``node``) and
-:mod:`runtime.raft.records`.
+Relies on the ``Consensus`` it serves (its ``loop`` and ``node``, a
+:class:`~runtime.raft.syncobj.RaftLog`) and :mod:`runtime.raft.records`; outcomes are
+:class:`~runtime.raft.common.Outcome`.
 """
 from __future__ import annotations
 
@@ -11,19 +11,13 @@ import collections
 import logging
 from typing import TYPE_CHECKING, Any, Deque, List, Tuple
 
-from runtime.raft.records import _inline
+from runtime.raft.common import Outcome
+from runtime.raft.records import Record
 
 if TYPE_CHECKING:
     from runtime.raft.node import Consensus
 
 log = logging.getLogger('orchestra.raft')
-
-_SUCCESS = 0
-_TIMED_OUT = -1
-_REFUSED = -2
-#: pysyncobj's FAIL_REASON codes, and ours, by name (for logs)
-_OUTCOMES = {0: 'committed', 1: 'queue full', 2: 'no leader', 3: 'discarded', 4: 'not leader',
-             5: 'leader changed', 6: 'denied', 7: 'unknown outcome', -1: 'no answer', -2: 'refused'}
 
 
 class _Proposer:
@@ -38,10 +32,10 @@ class _Proposer:
         self.in_flight = 0
         self.entries = 0
         self.records = 0
-        self._queue: Deque[Tuple[tuple, asyncio.Future]] = collections.deque()
+        self._queue: Deque[Tuple[Record, 'asyncio.Future[Outcome]']] = collections.deque()
 
-    def submit(self, record: tuple) -> asyncio.Future:
-        """Propose ``record``; the future gets pysyncobj's outcome (0: committed)."""
+    def submit(self, record: Record) -> 'asyncio.Future[Outcome]':
+        """Propose ``record``; the future gets its ``Outcome`` (``COMMITTED``: in the log, on a majority)."""
         fut = self.c.loop.create_future()
         self._queue.append((record, fut))
         self._kick()
@@ -49,14 +43,14 @@ class _Proposer:
 
     def _kick(self) -> None:
         while self.in_flight < self.max_in_flight and self._queue:
-            batch: List[Tuple[tuple, asyncio.Future]] = []
+            batch: List[Tuple[Record, 'asyncio.Future[Outcome]']] = []
             size = 0
             while self._queue and len(batch) < self.max_batch:
                 record, fut = self._queue[0]
                 if fut.done():
                     self._queue.popleft()
                     continue
-                est = 96 + len(record[2] or '') + len(record[1] or '') + len(_inline(record) or b'')
+                est = 96 + len(record.parameters or '') + len(record.endpoint or '') + len(record.body or b'')
                 if batch and size + est > self.max_bytes:
                     break
                 self._queue.popleft()
@@ -66,14 +60,14 @@ class _Proposer:
                 return
             self._send(batch)
 
-    def _send(self, batch: List[Tuple[tuple, asyncio.Future]]) -> None:
+    def _send(self, batch: List[Tuple[Record, 'asyncio.Future[Outcome]']]) -> None:
         loop = self.c.loop
         state = {'done': False}
         self.in_flight += 1
         self.entries += 1
         self.records += len(batch)
 
-        def finish(err: int) -> None:
+        def finish(err: Outcome) -> None:
             if state['done']:
                 return
             state['done'] = True
@@ -86,13 +80,13 @@ class _Proposer:
 
         def callback(result: Any, err: int) -> None:   # on pysyncobj's thread
             try:
-                loop.call_soon_threadsafe(finish, err)
+                loop.call_soon_threadsafe(finish, Outcome.of(err))
             except RuntimeError:
                 pass   # the loop is closed: shutting down
 
-        timer = loop.call_later(self.proposal_timeout, finish, _TIMED_OUT)
-        try:
-            self.c.node.append_records([r for r, _ in batch], callback=callback)
+        timer = loop.call_later(self.proposal_timeout, finish, Outcome.NO_ANSWER)
+        try:   # the log holds plain tuples (see runtime.raft.records)
+            self.c.node.propose([r.to_wire() for r, _ in batch], callback)
         except Exception as e:   # queue full, node destroyed
             log.warning('RAFT proposal refused: %s: %s', type(e).__name__, e)
-            finish(_REFUSED)
+            finish(Outcome.REFUSED)

@@ -2,9 +2,9 @@
 
 ``_Snapshots`` (a part of ``Consensus``) takes snapshots on the Executor's thread, restores
 them at start, serves them to peers in chunks (``get_snapshot``) and installs a peer's when
-this replica is too far behind. Relies on the ``Consensus`` attributes set in its ``__init__``
-(``snapshots``, ``payloads``, ``server``, ``loop``, ...), its peer calls
-(:mod:`runtime.raft.peers`) and ``Executor.snapshot()``/``restore()``.
+this replica is too far behind. Relies on the ``Consensus`` attributes (declared in
+:mod:`runtime.raft.state`), its peer calls (:mod:`runtime.raft.peers`) and
+``Executor.snapshot()``/``restore()``.
 """
 from __future__ import annotations
 
@@ -17,11 +17,15 @@ import shutil
 import tarfile
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from runtime import protocol
-from runtime.raft.common import _unlink, _write_json
-from runtime.raft.peers import _short
+from runtime.raft.common import _short, _unlink, _write_json
+
+if TYPE_CHECKING:   # a part of Consensus: its attributes (see runtime.raft.state for why not at run time)
+    from runtime.raft.state import ConsensusState as _Base
+else:
+    _Base = object
 
 log = logging.getLogger('orchestra.raft')
 
@@ -97,7 +101,7 @@ class SnapshotStore:
         return index, final
 
 
-class _Snapshots:
+class _Snapshots(_Base):
     """``Consensus``'s snapshots: take, restore, serve to peers, install from a peer."""
 
     SNAPSHOT_CHUNK = 8 * 1024 * 1024

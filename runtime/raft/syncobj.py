@@ -1,0 +1,153 @@
+"""pysyncobj behind one small adapter: every use of it in orchestra-nb goes through this module.
+
+Importing pysyncobj runs its Windows shim (``pysyncobj/win_inet_pton.py``), which replaces
+``socket.inet_ntop`` in the whole process -- on every platform -- with a function that
+only works on Windows (``psutil.net_connections()`` then fails, for one). This module
+imports pysyncobj and puts the original back, so neither the user's process (which
+imports it to check ``raft_configuration``) nor a replica is left patched. pysyncobj itself
+never calls ``inet_ntop``.
+
+``RaftLog`` wraps the one pysyncobj node a replica runs. It reaches into pysyncobj's
+private members in a few places, each marked below with why: keep those here, so a
+pysyncobj upgrade is checked in one file.
+"""
+from __future__ import annotations
+
+import _socket
+import logging
+import socket
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+_inet_ntop_before = socket.inet_ntop
+_inet_pton_before = getattr(socket, 'inet_pton', None)
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated  # noqa: E402  (after saving them)
+from pysyncobj import win_inet_pton as _shim  # noqa: E402
+from pysyncobj.encryptor import HAS_CRYPTO  # noqa: E402
+from pysyncobj.node import TCPNode  # noqa: E402
+
+log = logging.getLogger('orchestra.raft')
+
+__all__ = ['FAIL_REASON', 'HAS_CRYPTO', 'SyncObjConf', 'RaftLog', 'ROLES', 'LEADER', 'quiet_pysyncobj',
+           'restore_socket_functions']
+
+
+def restore_socket_functions() -> None:
+    """Undo pysyncobj's replacement of ``socket.inet_ntop`` (and, on Windows, ``inet_pton``)."""
+    for name, before in (('inet_ntop', _inet_ntop_before), ('inet_pton', _inet_pton_before)):
+        if getattr(socket, name, None) is getattr(_shim, name):
+            # imported before us (by the user) the shim is what we saw: take the C function then
+            original = before if before is not getattr(_shim, name) else getattr(_socket, name, None)
+            if original is not None:
+                setattr(socket, name, original)
+
+
+restore_socket_functions()
+
+#: pysyncobj's ``_RAFT_STATE`` codes (passed to ``onStateChanged``) -> our role names
+ROLES = {0: 'follower', 1: 'candidate', 2: 'leader'}
+LEADER = 2
+
+
+class _ReplicatedLog(SyncObj):
+    """The pysyncobj object: its only replicated method appends a batch of records (plain tuples)."""
+
+    def __init__(self, on_commit: Callable[[int, Sequence[Sequence[Any]]], None], self_address: str,
+                 others: List[str], conf: SyncObjConf):
+        self._on_commit = on_commit
+        super().__init__(self_address, others, conf)
+
+    @replicated
+    def append_records(self, records):
+        # pysyncobj applies entries one by one; this entry's index is the next one
+        self._on_commit(self.raftLastApplied + 1, records)
+
+
+class RaftLog:
+    """One replica's pysyncobj node, as ``Consensus`` uses it.
+
+    ``on_commit(index, records)`` runs on pysyncobj's thread for every committed entry, in
+    log order. Everything else is read by the asyncio loop while pysyncobj's thread runs:
+    these are reads of single attributes, racy but safe (callers treat them as a moment's view).
+    """
+
+    def __init__(self, on_commit: Callable[[int, Sequence[Sequence[Any]]], None], self_address: str,
+                 others: List[str], conf: SyncObjConf):
+        self._obj = _ReplicatedLog(on_commit, self_address, others, conf)
+        self._nodes: Dict[str, TCPNode] = {a: TCPNode(a) for a in others}
+
+    # -- pysyncobj's public API -----------------------------------------------------------
+    def wait_bound(self) -> None:
+        """Block until the RAFT port is bound; raises if it cannot be."""
+        self._obj.waitBinded()
+
+    def add_on_tick(self, callback: Callable[[], None]) -> None:
+        self._obj.addOnTickCallback(callback)
+
+    def propose(self, records: List[tuple], callback: Callable[[Any, int], None]) -> None:
+        """Append one entry holding ``records``; ``callback(result, code)`` on pysyncobj's thread."""
+        self._obj.append_records(records, callback=callback)
+
+    @property
+    def last_applied(self) -> int:
+        return self._obj.raftLastApplied
+
+    @property
+    def commit_index(self) -> int:
+        return self._obj.raftCommitIndex
+
+    @property
+    def term(self) -> int:
+        return self._obj.raftCurrentTerm
+
+    def is_connected(self, address: str) -> bool:
+        """Whether pysyncobj holds a connection to the peer at ``address`` (one of ``others``)."""
+        return self._obj.isNodeConnected(self._nodes[address])
+
+    # -- pysyncobj's private members (no public equivalent) -------------------------------
+    def is_leader(self) -> bool:
+        """Whether this node leads now. ``SyncObj._isLeader``: the public ``getStatus()`` builds a
+        dict of the whole node's state per call, too slow for every payload push we answer."""
+        return self._obj._isLeader()
+
+    def leader_address(self) -> Optional[str]:
+        """The RAFT address of the leader this node last heard of (None: none known).
+        ``SyncObj._getLeader``: public only through ``getStatus()`` (see ``is_leader``)."""
+        return getattr(self._obj._getLeader(), 'address', None)
+
+    def log_size(self) -> int:
+        """Entries in the in-memory log. ``SyncObj._getRaftLogSize``: public only in ``getStatus()``."""
+        return self._obj._getRaftLogSize()
+
+    def destroy(self) -> Optional[Callable[[float], None]]:
+        """Stop the node; -> a function that waits (with a timeout) for its tick thread to end.
+
+        ``SyncObj._SyncObj__thread``: ``destroy()`` only asks the thread to stop, and the public
+        ``destroy_synchronous()`` joins it without a timeout; we must not hang a shutdown on it."""
+        self._obj.destroy()
+        thread = getattr(self._obj, '_SyncObj__thread', None)
+        return thread.join if thread is not None else None
+
+
+class _DivergedFilter(logging.Filter):
+    """pysyncobj logs CRITICAL "state machine may have diverged" whenever a follower
+    truncates and re-appends entries the leader re-sent -- routine under load, and
+    harmless here (entries are applied once, by index). Count them at DEBUG instead."""
+
+    count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if 'may have diverged' in str(record.msg):
+            _DivergedFilter.count += 1
+            log.debug('pysyncobj re-appended already applied entries (%d so far)', _DivergedFilter.count)
+            return False
+        return True
+
+
+def quiet_pysyncobj(level: str) -> None:
+    """Set pysyncobj's log level and filter its routine "may have diverged" alarm."""
+    logging.getLogger('pysyncobj').setLevel(level)
+    sync_logger = logging.getLogger('pysyncobj.syncobj')
+    if not any(isinstance(f, _DivergedFilter) for f in sync_logger.filters):
+        sync_logger.addFilter(_DivergedFilter())
+
