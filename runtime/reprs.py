@@ -60,7 +60,7 @@ def human_bytes(n: Optional[float]) -> str:
 
 def raft_role(rec: Dict[str, Any]) -> str:
     raft = rec.get('raft') or {}
-    role = raft.get('role') or raft.get('state')
+    role = raft.get('role')
     if not role:
         return ''
     term = raft.get('term')
