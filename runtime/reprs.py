@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import string
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
@@ -22,7 +22,7 @@ STATE_COLORS = {'running': '#2e7d32', 'ready': '#2e7d32', 'starting': '#f9a825',
                 'failed': '#c62828', 'down': '#c62828', 'unreachable': '#ef6c00'}
 
 
-@lru_cache(maxsize=None)
+@cache
 def template(name: str) -> string.Template:
     """A template from ``runtime/templates``."""
     return string.Template(resources.files('runtime').joinpath('templates', name).read_text())

@@ -57,7 +57,6 @@ def test_dashboard_values_move_after_requests():
 
 
 def test_dashboard_of_a_stateful_deployment_shows_writes_everywhere_and_reads_once(tmp_path):
-    pytest.importorskip('runtime.consensus', reason='RAFT (runtime/consensus.py) is not in this tree yet')
     with Deployment(name='sdash', uses=KV, replicas=3, stateful=True, workspace=str(tmp_path)) as dep:
         dash = Dashboard(dep, interval=0.2)
         try:
