@@ -39,11 +39,9 @@ def builtin_executors() -> Dict[str, str]:
 
 
 def _user_namespace() -> Dict[str, Any]:
-    try:
-        from IPython import get_ipython
-        shell = get_ipython()
-    except ImportError:
-        shell = None
+    """The IPython user namespace ({} outside IPython); ipywidgets already imported IPython."""
+    from IPython import get_ipython
+    shell = get_ipython()
     return shell.user_ns if shell is not None else {}
 
 

@@ -13,7 +13,7 @@ import html
 import string
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     from runtime.orchestration import Orchestration
@@ -29,6 +29,7 @@ def template(name: str) -> string.Template:
 
 
 def esc(value: Any) -> str:
+    """HTML-escaped ``str(value)``; None is ''."""
     return html.escape('' if value is None else str(value))
 
 
@@ -44,11 +45,13 @@ def html_table(head: Sequence[str], rows: Sequence[Sequence[Any]], raw_columns: 
 
 
 def badge(state: str) -> str:
+    """A coloured dot and the state, as HTML."""
     color = STATE_COLORS.get(state, '#757575')
     return f'<span style="color: {color}">&#9679;</span> {esc(state)}'
 
 
 def human_bytes(n: Optional[float]) -> str:
+    """``1.5 MiB``; '' for None."""
     if n is None:
         return ''
     for unit in ('B', 'KiB', 'MiB', 'GiB'):
@@ -59,6 +62,7 @@ def human_bytes(n: Optional[float]) -> str:
 
 
 def raft_role(rec: Dict[str, Any]) -> str:
+    """``leader (term 3)`` for a stateful replica's status record; '' otherwise."""
     raft = rec.get('raft') or {}
     role = raft.get('role')
     if not role:
@@ -68,10 +72,11 @@ def raft_role(rec: Dict[str, Any]) -> str:
 
 
 def total_requests(rec: Dict[str, Any]) -> int:
+    """Requests served, all endpoints together."""
     return int(sum((rec.get('requests') or {}).values()))
 
 
-def replica_rows(status: Dict[str, Any]) -> tuple:
+def replica_rows(status: Dict[str, Any]) -> Tuple[List[str], List[List[Any]], Tuple[int]]:
     """(head, rows, raw columns) of the per-replica table, with optional columns only when present."""
     reps: List[Dict[str, Any]] = status.get('replicas', [])
     show_node = len({r.get('node') for r in reps}) > 1
@@ -106,10 +111,12 @@ def replica_rows(status: Dict[str, Any]) -> tuple:
 
 
 def kind_of(obj: Orchestration) -> str:
+    """'Deployment' or 'Flow'."""
     return type(obj).__name__
 
 
 def uses_name(uses: Any) -> str:
+    """What runs, in a few characters: a class's qualified name, else the spec as given."""
     if isinstance(uses, type):
         return uses.__qualname__
     return str(uses)
