@@ -4,6 +4,8 @@ The public surface is listed here; everything else is internal.
 
     >>> from orchestra_nb import Executor, requests, write, Deployment, Flow, Client
 """
+from typing import Any
+
 from runtime.batching import dynamic_batching
 from runtime.client import Client, RemoteError
 from runtime.deployment import Deployment
@@ -14,38 +16,23 @@ __all__ = ['Executor', 'requests', 'write', 'dynamic_batching', 'Deployment', 'F
 __version__ = '0.1.0'
 
 
-# -- the notebook face: magics, widgets, rich views ---------------------------------------
-# ``runtime`` never imports notebook packages, so its classes get their notebook views from
-# here: Deployment/Flow gain ``_repr_html_``/``_repr_pretty_`` and ``.dashboard()``.
-# IPython/ipywidgets are imported only when used, so replicas importing this package
-# (an Executor module doing ``from orchestra_nb import Executor``) stay light.
-from orchestra_nb import reprs as _reprs  # noqa: E402
-from runtime.orchestration import Orchestration as _Orchestration  # noqa: E402
-
-_reprs.attach()
-
-
-def _dashboard(self, **kwargs):
-    """A live :class:`orchestra_nb.dashboard.Dashboard` of this Deployment/Flow."""
-    from orchestra_nb.dashboard import Dashboard
-    return Dashboard(self, **kwargs)
-
-
-_Orchestration.dashboard = _dashboard
-
-
-def load_ipython_extension(ipython) -> None:
+# -- the notebook face: magics and widgets -------------------------------------------------
+# Deployment/Flow carry their own rich views (runtime/reprs.py). IPython/ipywidgets are
+# imported only when used, so replicas importing this package (an Executor module doing
+# ``from orchestra_nb import Executor``) stay light.
+def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext orchestra_nb``: the ``%orchestra`` magics."""
     from orchestra_nb.magics import load_ipython_extension as load
     load(ipython)
 
 
-def unload_ipython_extension(ipython) -> None:
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext orchestra_nb``: remove the magics."""
     from orchestra_nb.magics import unload_ipython_extension as unload
     unload(ipython)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     """``ControlPanel``/``Dashboard`` load ipywidgets on first use."""
     if name == 'ControlPanel':
         from orchestra_nb.widgets import ControlPanel

@@ -8,11 +8,8 @@ import sys
 
 def main() -> None:
     """Entry point of the ``orchestra`` console script."""
+    from orchestra_nb.bench import save_plot
     from runtime.cli import main as run
-    try:
-        from orchestra_nb.bench import save_plot
-    except ImportError:
-        save_plot = None
     sys.exit(run(plotter=save_plot))
 
 

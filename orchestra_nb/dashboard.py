@@ -1,6 +1,6 @@
 """A live dashboard of a Deployment/Flow, made of widgets only.
 
-    dash = Dashboard(dep)      # or dep.dashboard(), or %orchestra dashboard NAME
+    dash = Dashboard(dep)      # or %orchestra dashboard NAME
     dash                       # show it; it refreshes about twice a second
     dash.close()               # stop refreshing
 
@@ -35,7 +35,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import ipywidgets as widgets
 
-from orchestra_nb import reprs
+from runtime import reprs
 from runtime.orchestration import Orchestration
 
 HIDDEN_INTERVAL = 3.0     # seconds between refreshes while no view shows the dashboard
@@ -85,7 +85,7 @@ class Dashboard(widgets.VBox):
         ], _view_count=0)
         self.add_class('orchestra-dashboard')
         self.header.value = self._header_html(None, 'waiting for the first refresh…')
-        if replace:  # re-running a `dep.dashboard()` cell must not pile up refresh threads
+        if replace:  # re-running a `Dashboard(dep)` cell must not pile up refresh threads
             for old in _LIVE.get(id(obj), []):
                 if old is not self and old.obj is obj and old.running:
                     old.stop(f'a newer dashboard of {obj.name!r} took over')
@@ -147,7 +147,7 @@ class Dashboard(widgets.VBox):
             wait = self.interval
             if hidden:
                 wait = HIDDEN_INTERVAL
-            elif not self.obj._started:
+            elif not self.obj.running:
                 wait = max(self.interval, STOPPED_INTERVAL)
             self._stop.wait(wait)
 
@@ -155,7 +155,7 @@ class Dashboard(widgets.VBox):
     def refresh(self) -> Optional[Dict[str, Any]]:
         """Read the status once and update every panel; returns the status (None when stopped)."""
         with self._lock:
-            if not self.obj._started:
+            if not self.obj.running:
                 self.header.value = self._header_html(None, 'not running')
                 return None
             status = self.obj.status(timeout=1.0)
@@ -221,7 +221,7 @@ class Dashboard(widgets.VBox):
 
     def _header_html(self, status: Optional[Dict[str, Any]], note: Optional[str]) -> str:
         obj = self.obj
-        state = 'running' if obj._started else 'stopped'
+        state = 'running' if obj.running else 'stopped'
         parts = [f'<b>{reprs.esc(type(obj).__name__)}</b> <code>{reprs.esc(obj.name)}</code> '
                  f'{reprs.badge(state)}']
         if status is not None:

@@ -28,8 +28,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
-from orchestra_nb import reprs
-from orchestra_nb.registry import REGISTRY, Entry
+from orchestra_nb.registry import REGISTRY, Entry, default_name, executor_classes
+from runtime import reprs
 from runtime.flow import Flow
 from runtime.orchestration import Orchestration
 
@@ -178,28 +178,6 @@ def resolve_uses(spec: str, user_ns: Dict[str, Any]) -> Any:
         return f'{".".join([head] + rest[:-1])}:{rest[-1]}'
     raise ValueError(f"--uses {spec!r}: not a class defined in this notebook, not 'package.module:Class', "
                      f'not a YAML file (built-ins: {", ".join(BUILTIN_EXECUTORS)})')
-
-
-def executor_classes(user_ns: Dict[str, Any]) -> Dict[str, type]:
-    """Executor subclasses defined in the notebook namespace, by name."""
-    from runtime.executor import Executor
-    return {k: v for k, v in user_ns.items()
-            if isinstance(v, type) and issubclass(v, Executor) and v is not Executor
-            and not k.startswith('_')}
-
-
-def default_name(uses: Any) -> str:
-    """A registry-unique name from what runs: 'upper', then 'upper-2'..."""
-    if isinstance(uses, type):
-        base = uses.__name__
-    else:
-        base = str(uses).rsplit(':', 1)[-1].rsplit('.', 1)[-1]
-    base = base.lower() or 'executor'
-    name, i = base, 2
-    taken = {e.name for e in REGISTRY.entries() if e.state in ('running', 'starting')}
-    while name in taken:
-        name, i = f'{base}-{i}', i + 1
-    return name
 
 
 # -- YAML -----------------------------------------------------------------------------
@@ -689,7 +667,6 @@ class _Overview:
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext orchestra_nb``: register ``%orchestra`` / ``%%orchestra``."""
-    reprs.attach()  # again: covers Orchestration subclasses imported since orchestra_nb was
     ipython.register_magics(OrchestraMagics)
 
 

@@ -7,6 +7,9 @@ process (:mod:`runtime.processes`). Closing here is the clean path: replicas
 finish their requests and flush their logs.
 
     >>> REGISTRY.add(dep); REGISTRY.get('indexer'); REGISTRY.close_all()
+
+It also names what gets started (:func:`default_name`, :func:`executor_classes`) for
+the magics and the ControlPanel; nothing here imports IPython or ipywidgets.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import atexit
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from runtime.orchestration import Orchestration
 
@@ -38,7 +41,7 @@ class Entry:
             return 'starting'
         if self.error is not None:
             return 'failed'
-        return 'running' if self.obj._started else 'stopped'
+        return 'running' if self.obj.running else 'stopped'
 
 
 class Registry:
@@ -110,3 +113,25 @@ class Registry:
 #: the one registry of this kernel
 REGISTRY = Registry()
 atexit.register(REGISTRY.close_all)
+
+
+def executor_classes(user_ns: Dict[str, Any]) -> Dict[str, type]:
+    """Executor subclasses defined in the notebook namespace, by name."""
+    from runtime.executor import Executor
+    return {k: v for k, v in user_ns.items()
+            if isinstance(v, type) and issubclass(v, Executor) and v is not Executor
+            and not k.startswith('_')}
+
+
+def default_name(uses: Any) -> str:
+    """A registry-unique name from what runs: 'upper', then 'upper-2'..."""
+    if isinstance(uses, type):
+        base = uses.__name__
+    else:
+        base = str(uses).rsplit(':', 1)[-1].rsplit('.', 1)[-1]
+    base = base.lower() or 'executor'
+    name, i = base, 2
+    taken = {e.name for e in REGISTRY.entries() if e.state in ('running', 'starting')}
+    while name in taken:
+        name, i = f'{base}-{i}', i + 1
+    return name

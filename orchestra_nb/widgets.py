@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import ipywidgets as widgets
 
-from orchestra_nb import reprs
-from orchestra_nb.registry import REGISTRY
+from orchestra_nb.registry import REGISTRY, default_name, executor_classes
+from runtime import reprs
 
 #: Executors that ship with the runtime: label -> 'module:Class'
 BUILTINS = {'Echo (built-in)': 'runtime.executors.echo:Echo',
@@ -39,11 +39,9 @@ def builtin_executors() -> Dict[str, str]:
 
 
 def _user_namespace() -> Dict[str, Any]:
-    try:
-        from IPython import get_ipython
-        shell = get_ipython()
-    except ImportError:
-        shell = None
+    """The IPython user namespace ({} outside IPython); ipywidgets already imported IPython."""
+    from IPython import get_ipython
+    shell = get_ipython()
     return shell.user_ns if shell is not None else {}
 
 
@@ -112,7 +110,6 @@ class ControlPanel(widgets.VBox):
     # -- choices ------------------------------------------------------------------
     def rescan(self) -> List[Tuple[str, Any]]:
         """Offer the Executor classes now in the namespace, then the built-ins."""
-        from orchestra_nb.magics import executor_classes
         options: List[Tuple[str, Any]] = [(f'{k} (notebook)', v) for k, v in executor_classes(self.namespace).items()]
         options += list(builtin_executors().items())
         current = self.executor.value
@@ -183,9 +180,8 @@ class ControlPanel(widgets.VBox):
             self._refresh_status()
 
     def _do_up(self) -> None:
-        from orchestra_nb.magics import default_name
         from runtime.deployment import Deployment
-        if self.deployment is not None and self.deployment._started:
+        if self.deployment is not None and self.deployment.running:
             raise RuntimeError(f'{self.deployment.name!r} is running: Scale it, or Down first')
         uses = self.executor.value
         if uses is None:
@@ -230,7 +226,7 @@ class ControlPanel(widgets.VBox):
         self.message.value = f'{reprs.esc(dep.name)} stopped'
 
     def _running(self):
-        if self.deployment is None or not self.deployment._started:
+        if self.deployment is None or not self.deployment.running:
             raise RuntimeError('nothing is running: press Up first')
         return self.deployment
 
@@ -241,7 +237,7 @@ class ControlPanel(widgets.VBox):
         self._sync_controls(busy)
 
     def _sync_controls(self, busy: bool = False) -> None:
-        running = self.deployment is not None and self.deployment._started
+        running = self.deployment is not None and self.deployment.running
         self.up_button.disabled = busy or running
         self.down_button.disabled = busy or not running
         self.scale_button.disabled = busy or not running or bool(getattr(self.deployment, 'stateful', False))
@@ -262,7 +258,7 @@ class ControlPanel(widgets.VBox):
 
     def _refresh_status(self) -> None:
         dep = self.deployment
-        if dep is None or not dep._started:
+        if dep is None or not dep.running:
             self.status.value = '<i>nothing running</i>' if dep is None else reprs.status_html(dep)
             if not self.busy:
                 self._sync_controls()

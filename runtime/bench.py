@@ -456,130 +456,28 @@ def _uses_for(setup: Setup, uses: Any) -> Any:
 def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int = DEFAULT_LIMIT,
               concurrency: int = DEFAULT_CONCURRENCY, progress: Any = True, seed: int = 0,
               sync_timeout: float = 60.0) -> SetupResult:
-    """Start one Deployment, run the workload against it, check it, stop it."""
-    from docarray import DocList
+    """Start one Deployment, run the workload against it, check it, stop it.
+
+    The phases fill ``res`` as they go, so a failure keeps what was measured before it.
+    """
     from runtime.client import Client
-    from runtime.deployment import Deployment
-    from runtime.executors.exact_nn import QueryDoc
     from runtime.worker import default_blas_threads
-    uses = _resolve_uses(uses)
     res = SetupResult(name=setup.name, replicas=setup.replicas, stateful=setup.stateful,
                       batching=setup.batching,
                       blas_threads=setup.blas_threads or default_blas_threads(setup.replicas))
     bars = _bar_factory(progress)
     workspace = tempfile.mkdtemp(prefix='orchestra-bench-')
-    n_docs = len(index_docs)
+    params = {'limit': limit}
     dep = client = None
     try:
-        kwargs = dict(name='bench', uses=_uses_for(setup, uses), replicas=setup.replicas,
-                      stateful=setup.stateful, workspace=workspace, blas_threads=setup.blas_threads)
-        kwargs.update(setup.options)
-        dep = Deployment(**kwargs)
-        t0 = time.perf_counter()
-        dep.start()
-        res.startup_seconds = time.perf_counter() - t0
+        dep = _start(setup, _resolve_uses(uses), workspace, res)
         client = Client(port=dep.port)       # a client of its own, as in Jina's page
-        from runtime.loop import run_sync
-
-        # -- index ------------------------------------------------------------------
-        batches = [index_docs[i:i + INDEX_REQUEST_SIZE] for i in range(0, n_docs, INDEX_REQUEST_SIZE)]
-        procs = {'client': os.getpid(), 'gateway': dep.gateway.pid if dep.gateway else None,
-                 'replicas': [r.process.pid for r in dep.nodes[0].replicas if r.process]}
-        bar = bars(total=n_docs, desc=f'{setup.name}: index', unit='doc', leave=False)
-        try:
-            cpu0 = _cpu_seconds(procs)
-            t0 = time.perf_counter()
-            run_sync(_drive(client, '/index', batches, client.prefetch, None, None, bar), None,
-                     what=f'indexing {n_docs} docs into {setup.name}')
-            res.index_seconds = time.perf_counter() - t0
-        finally:
-            bar.close()
-        addresses = {r.name: r.address for r in dep.nodes[0].replicas}
-        counts = {name: _replica_count(a) for name, a in addresses.items()}
-        if setup.stateful and None not in counts.values():     # until every replica applied every write
-            deadline = time.monotonic() + sync_timeout
-            while any(c != n_docs for c in counts.values()) and time.monotonic() < deadline:
-                time.sleep(0.05)
-                counts = {name: _replica_count(a) for name, a in addresses.items()}
-            if all(c == n_docs for c in counts.values()):
-                res.replicated_seconds = time.perf_counter() - t0
-        cpu1 = _cpu_seconds(procs)
-        res.index_cpu_seconds = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu1 if k in cpu0}
-
-        # -- top-match probes: also the warm-up (channels, caches) before the timed phase ------
-        params = {'limit': limit}
-        rng = np.random.default_rng(seed + 1)
-        picks = rng.choice(n_docs, size=min(TOP_MATCH_PROBES, n_docs), replace=False) if n_docs else []
-        probes = DocList[QueryDoc]([QueryDoc(id=f'probe-{j}', text=index_docs[int(j)].text,
-                                             embedding=index_docs[int(j)].embedding) for j in picks])
-        found = client.post('/search', probes, request_size=1, parameters=params, return_type=QueryDoc)
-        hits = sum(1 for j, q in zip(picks, found)
-                   if len(q.matches) and q.matches[0].id == index_docs[int(j)].id)
-        status0 = dep.status()['replicas']
-        before = {rec['name']: dict(rec.get('requests') or {}) for rec in status0}
-        before_batches = {rec['name']: ((rec.get('batching') or {}).get('/search') or {}) for rec in status0}
-        procs = {'client': os.getpid(), 'gateway': dep.gateway.pid if dep.gateway else None,
-                 'replicas': [rec.get('pid') for rec in status0]}
-        cpu0 = _cpu_seconds(procs)
-
-        # -- search (timed) ------------------------------------------------------------------
-        qbatches = [query_docs[i:i + 1] for i in range(len(query_docs))]
-        bar = bars(total=len(qbatches), desc=f'{setup.name}: search', unit='query', leave=False)
-        try:
-            t1 = time.perf_counter()
-            lat = run_sync(_drive(client, '/search', qbatches, concurrency, params, QueryDoc, bar), None,
-                           what=f'{len(qbatches)} queries to {setup.name}')
-            res.search_seconds = time.perf_counter() - t1
-        finally:
-            bar.close()
-        cpu1 = _cpu_seconds(procs)
-        res.cpu_ms_per_query = {k: round((cpu1[k] - cpu0[k]) * 1e3 / len(qbatches), 3)
-                                for k in cpu1 if k in cpu0}
-        res.search_qps = len(qbatches) / res.search_seconds if res.search_seconds else None
-        if lat:
-            res.p50_ms = float(np.percentile(lat, 50) * 1e3)
-            res.p99_ms = float(np.percentile(lat, 99) * 1e3)
-
-        # -- per replica: reads in the timed phase, writes received, docs held --------------------
-        for rec in dep.status()['replicas']:
-            name = rec['name']
-            reqs = rec.get('requests') or {}
-            entry: Dict[str, Any] = {
-                'reads': int(reqs.get('/search', 0)) - int(before.get(name, {}).get('/search', 0)),
-                'writes': int(reqs.get('/index', 0)), 'docs': counts.get(name)}
-            raft = rec.get('raft') or {}
-            for key in ('writes_applied', 'applied_writes', 'applied_index'):
-                if key in raft and isinstance(raft[key], (int, float)):
-                    entry['applied_writes'] = raft[key]
-                    break
-            if raft.get('role'):
-                entry['role'] = raft['role']
-            batch = (rec.get('batching') or {}).get('/search')
-            if batch:
-                b0 = before_batches.get(name) or {}
-                nb = int(batch.get('batches') or 0) - int(b0.get('batches') or 0)
-                nr = int(batch.get('requests') or 0) - int(b0.get('requests') or 0)
-                entry['batches'] = nb
-                entry['mean_batch'] = round(nr / nb, 2) if nb else None
-            res.per_replica[name] = entry
-
-        # -- checks -----------------------------------------------------------------------------
-        held = list(counts.values())
-        if None in held:
-            res.checks['same_count'] = None
-            res.checks['same_count_note'] = 'the Executor has no /count endpoint'
-        elif setup.stateful or setup.replicas == 1:
-            res.checks['same_count'] = all(c == n_docs for c in held)
-        else:
-            res.checks['same_count'] = None
-            res.checks['same_count_note'] = (f'stateless replicas hold disjoint parts: {held} '
-                                             f'(sum {sum(held)} of {n_docs})')
-            if sum(held) != n_docs:
-                res.checks['same_count'] = False
-        rate = hits / len(picks) if len(picks) else 1.0
-        res.checks['top_match_rate'] = rate
-        res.checks['top_match'] = (rate == 1.0) if (setup.stateful or setup.replicas == 1) else None
-        res.checks['top_match_len'] = len(found[0].matches) if len(found) else None
+        counts = _index(dep, client, setup, index_docs, bars, sync_timeout, res)
+        picks, found = _probe(client, index_docs, params, seed)   # also the warm-up before the timed phase
+        before = dep.status()['replicas']
+        _search(dep, client, setup, query_docs, concurrency, params, bars, before, res)
+        res.per_replica = _per_replica(dep.status()['replicas'], before, counts)
+        res.checks.update(_checks(setup, counts, len(index_docs), index_docs, picks, found))
     except Exception as e:
         res.error = f'{type(e).__name__}: {e}'
         if dep is not None:
@@ -591,6 +489,146 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
             dep.close()
         shutil.rmtree(workspace, ignore_errors=True)
     return res
+
+
+def _start(setup: Setup, uses: Any, workspace: str, res: SetupResult) -> Any:
+    """Start the setup's Deployment; records ``startup_seconds``."""
+    from runtime.deployment import Deployment
+    kwargs = dict(name='bench', uses=_uses_for(setup, uses), replicas=setup.replicas,
+                  stateful=setup.stateful, workspace=workspace, blas_threads=setup.blas_threads)
+    kwargs.update(setup.options)
+    dep = Deployment(**kwargs)
+    t0 = time.perf_counter()
+    dep.start()
+    res.startup_seconds = time.perf_counter() - t0
+    return dep
+
+
+def _index(dep: Any, client: Any, setup: Setup, index_docs, bars: Callable[..., Any], sync_timeout: float,
+           res: SetupResult) -> Dict[str, Optional[int]]:
+    """Index every doc; for a stateful setup wait until every replica holds them all.
+
+    Records ``index_seconds``, ``replicated_seconds`` and ``index_cpu_seconds``; returns the
+    docs each replica holds (None where it has no ``/count``).
+    """
+    from runtime.loop import run_sync
+    n_docs = len(index_docs)
+    batches = [index_docs[i:i + INDEX_REQUEST_SIZE] for i in range(0, n_docs, INDEX_REQUEST_SIZE)]
+    procs = {'client': os.getpid(), 'gateway': dep.gateway.pid if dep.gateway else None,
+             'replicas': [r.process.pid for r in dep.nodes[0].replicas if r.process]}
+    bar = bars(total=n_docs, desc=f'{setup.name}: index', unit='doc', leave=False)
+    try:
+        cpu0 = _cpu_seconds(procs)
+        t0 = time.perf_counter()
+        run_sync(_drive(client, '/index', batches, client.prefetch, None, None, bar), None,
+                 what=f'indexing {n_docs} docs into {setup.name}')
+        res.index_seconds = time.perf_counter() - t0
+    finally:
+        bar.close()
+    addresses = {r.name: r.address for r in dep.nodes[0].replicas}
+    counts = {name: _replica_count(a) for name, a in addresses.items()}
+    if setup.stateful and None not in counts.values():     # until every replica applied every write
+        deadline = time.monotonic() + sync_timeout
+        while any(c != n_docs for c in counts.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            counts = {name: _replica_count(a) for name, a in addresses.items()}
+        if all(c == n_docs for c in counts.values()):
+            res.replicated_seconds = time.perf_counter() - t0
+    cpu1 = _cpu_seconds(procs)
+    res.index_cpu_seconds = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu1 if k in cpu0}
+    return counts
+
+
+def _probe(client: Any, index_docs, params: Dict[str, Any], seed: int) -> tuple:
+    """Query a few indexed docs as they are; -> (the picked doc positions, the answers)."""
+    from docarray import DocList
+
+    from runtime.executors.exact_nn import QueryDoc
+    n_docs = len(index_docs)
+    rng = np.random.default_rng(seed + 1)
+    picks = rng.choice(n_docs, size=min(TOP_MATCH_PROBES, n_docs), replace=False) if n_docs else []
+    probes = DocList[QueryDoc]([QueryDoc(id=f'probe-{j}', text=index_docs[int(j)].text,
+                                         embedding=index_docs[int(j)].embedding) for j in picks])
+    found = client.post('/search', probes, request_size=1, parameters=params, return_type=QueryDoc)
+    return picks, found
+
+
+def _search(dep: Any, client: Any, setup: Setup, query_docs, concurrency: int, params: Dict[str, Any],
+            bars: Callable[..., Any], before: List[Dict[str, Any]], res: SetupResult) -> None:
+    """The timed phase: one query per request; records QPS, p50/p99 and CPU per query.
+
+    ``before`` is the replicas' status just before (their pids).
+    """
+    from runtime.executors.exact_nn import QueryDoc
+    from runtime.loop import run_sync
+    procs = {'client': os.getpid(), 'gateway': dep.gateway.pid if dep.gateway else None,
+             'replicas': [rec.get('pid') for rec in before]}
+    cpu0 = _cpu_seconds(procs)
+    qbatches = [query_docs[i:i + 1] for i in range(len(query_docs))]
+    bar = bars(total=len(qbatches), desc=f'{setup.name}: search', unit='query', leave=False)
+    try:
+        t1 = time.perf_counter()
+        lat = run_sync(_drive(client, '/search', qbatches, concurrency, params, QueryDoc, bar), None,
+                       what=f'{len(qbatches)} queries to {setup.name}')
+        res.search_seconds = time.perf_counter() - t1
+    finally:
+        bar.close()
+    cpu1 = _cpu_seconds(procs)
+    res.cpu_ms_per_query = {k: round((cpu1[k] - cpu0[k]) * 1e3 / len(qbatches), 3)
+                            for k in cpu1 if k in cpu0}
+    res.search_qps = len(qbatches) / res.search_seconds if res.search_seconds else None
+    if lat:
+        res.p50_ms = float(np.percentile(lat, 50) * 1e3)
+        res.p99_ms = float(np.percentile(lat, 99) * 1e3)
+
+
+def _per_replica(after: List[Dict[str, Any]], before: List[Dict[str, Any]],
+                 counts: Dict[str, Optional[int]]) -> Dict[str, Dict[str, Any]]:
+    """Per replica: reads in the timed phase, writes received, docs held, RAFT role, batches."""
+    old = {rec['name']: rec for rec in before}
+    out: Dict[str, Dict[str, Any]] = {}
+    for rec in after:
+        name = rec['name']
+        reqs, reqs0 = rec['requests'], old.get(name, {}).get('requests', {})
+        entry: Dict[str, Any] = {'reads': int(reqs.get('/search', 0)) - int(reqs0.get('/search', 0)),
+                                 'writes': int(reqs.get('/index', 0)), 'docs': counts.get(name)}
+        raft = rec.get('raft', {})
+        if 'writes_applied' in raft:
+            entry['applied_writes'] = raft['writes_applied']
+        if raft.get('role'):
+            entry['role'] = raft['role']
+        batch = rec.get('batching', {}).get('/search')
+        if batch:
+            b0 = old.get(name, {}).get('batching', {}).get('/search', {})
+            nb = batch['batches'] - b0.get('batches', 0)
+            nr = batch['requests'] - b0.get('requests', 0)
+            entry['batches'] = nb
+            entry['mean_batch'] = round(nr / nb, 2) if nb else None
+        out[name] = entry
+    return out
+
+
+def _checks(setup: Setup, counts: Dict[str, Optional[int]], n_docs: int, index_docs, picks, found) -> Dict[str, Any]:
+    """``same_count`` and ``top_match`` (see the module docstring), with notes."""
+    checks: Dict[str, Any] = {}
+    held = list(counts.values())
+    if None in held:
+        checks['same_count'] = None
+        checks['same_count_note'] = 'the Executor has no /count endpoint'
+    elif setup.stateful or setup.replicas == 1:
+        checks['same_count'] = all(c == n_docs for c in held)
+    else:
+        checks['same_count'] = None
+        checks['same_count_note'] = (f'stateless replicas hold disjoint parts: {held} '
+                                     f'(sum {sum(held)} of {n_docs})')
+        if sum(held) != n_docs:
+            checks['same_count'] = False
+    hits = sum(1 for j, q in zip(picks, found) if len(q.matches) and q.matches[0].id == index_docs[int(j)].id)
+    rate = hits / len(picks) if len(picks) else 1.0
+    checks['top_match_rate'] = rate
+    checks['top_match'] = (rate == 1.0) if (setup.stateful or setup.replicas == 1) else None
+    checks['top_match_len'] = len(found[0].matches) if len(found) else None
+    return checks
 
 
 def compare(docs: int = DEFAULT_DOCS, queries: int = DEFAULT_QUERIES, dim: int = DEFAULT_DIM,

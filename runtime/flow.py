@@ -257,7 +257,8 @@ class Flow(Orchestration):
     __str__ = __repr__
 
     def _repr_html_(self) -> str:
-        return self.graph_html()
+        """The graph, then the replica table while running."""
+        return self.graph_html() + (super()._repr_html_() if self.running else '')
 
     def _layers(self) -> Dict[str, int]:
         depth = {GATEWAY: 0}

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import grpc
 
-from runtime import protocol
+from runtime import protocol, reprs
 from runtime.client import Client
 from runtime.loop import run_async, run_sync
 from runtime.processes import ChildFailedError, ChildProcess, start_all, stop_all, tail
@@ -167,6 +167,27 @@ class Orchestration:
                 pass
         except KeyboardInterrupt:
             pass
+
+    @property
+    def running(self) -> bool:
+        """True between a successful :meth:`start` and :meth:`close`."""
+        return self._started
+
+    # -- rich views (Jupyter/IPython call these; no notebook package is imported) -------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give a subclass with its own ``__repr__`` the table view too: IPython's pretty
+        printer prefers a class's own ``__repr__`` to an inherited ``_repr_pretty_``."""
+        super().__init_subclass__(**kwargs)
+        if '__repr__' in cls.__dict__ and '_repr_pretty_' not in cls.__dict__:
+            cls._repr_pretty_ = Orchestration._repr_pretty_
+
+    def _repr_html_(self) -> str:
+        """Header, summary and (while running) the per-replica table."""
+        return reprs.status_html(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """The text form: ``repr`` plus one line per replica while running."""
+        p.text(repr(self) if cycle else reprs.status_text(self))
 
     # -- talking to it --------------------------------------------------------------
     @property

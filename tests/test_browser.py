@@ -42,7 +42,8 @@ dep.start()
 st = dep.status()
 with open('pids.json', 'w') as f:
     json.dump([r['pid'] for r in st['replicas']] + [st['gateway']['pid']], f)''',
-    '''dash = dep.dashboard()
+    '''from orchestra_nb import Dashboard
+dash = Dashboard(dep)
 dash''',
     '''stop = threading.Event()
 def load():  # traffic in the background: the kernel stays idle while the dashboard moves

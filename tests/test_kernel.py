@@ -45,7 +45,8 @@ def test_notebook_run_by_nbclient_leaves_nothing_after_kernel_shutdown():
                     entry, t0 = REGISTRY.get('bg'), time.monotonic()
                     while entry.state == 'starting' and time.monotonic() - t0 < 60:
                         time.sleep(0.1)
-                    print('BG', entry.state, json.dumps([p.pid for p in [r.process for r in bg.nodes[0].replicas] + [bg.gateway]]))
+                    procs = [r.process for r in bg.nodes[0].replicas] + [bg.gateway]
+                    print('BG', entry.state, json.dumps([p.pid for p in procs]))
                     ''')),
                 nbformat.v4.new_code_cell('%orchestra status')]
     client = NotebookClient(nb, timeout=120, kernel_name='python3', resources={'metadata': {'path': TESTS}})

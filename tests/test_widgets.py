@@ -26,7 +26,7 @@ class Tagger(Executor):
 
 def test_dashboard_values_move_after_requests():
     with Deployment(name='dash', uses=Tagger, replicas=2) as dep:
-        dash = dep.dashboard(interval=0.2)
+        dash = Dashboard(dep, interval=0.2)
         try:
             assert isinstance(dash, Dashboard) and 'orchestra-dashboard' in dash._dom_classes
             wait_until(lambda: dash.values['refreshes'] >= 1 and dash.distribution.value, 20,
@@ -57,7 +57,6 @@ def test_dashboard_values_move_after_requests():
 
 
 def test_dashboard_of_a_stateful_deployment_shows_writes_everywhere_and_reads_once(tmp_path):
-    pytest.importorskip('runtime.consensus', reason='RAFT (runtime/consensus.py) is not in this tree yet')
     with Deployment(name='sdash', uses=KV, replicas=3, stateful=True, workspace=str(tmp_path)) as dep:
         dash = Dashboard(dep, interval=0.2)
         try:
@@ -122,7 +121,7 @@ def test_control_panel_up_scale_down():
         assert panel.last_error is None, panel.last_error
         assert disabled_log == [True, False]  # the controls were disabled while Up ran
         dep = panel.deployment
-        assert dep is not None and dep._started and dep.replicas == 2 and 'panel' in REGISTRY.names()
+        assert dep is not None and dep.running and dep.replicas == 2 and 'panel' in REGISTRY.names()
         assert panel.up_button.disabled and not panel.down_button.disabled and not panel.executor.disabled
         wait_until(lambda: 'panel/rep-1' in panel.status.value, 10, 'the status table to list rep-1')
         wait_until(lambda: '<pre' in panel.log_view.value, 10, 'the log tail')
@@ -140,7 +139,7 @@ def test_control_panel_up_scale_down():
         pids = [r.process.pid for r in dep.nodes[0].replicas] + [dep.gateway.pid]
         panel.down_button.click()
         assert panel.wait_idle(60)
-        assert not dep._started and 'panel' not in REGISTRY.names()
+        assert not dep.running and 'panel' not in REGISTRY.names()
         wait_until(lambda: all(pid_gone(p) for p in pids), 10, 'the panel deployment to exit')
         assert not panel.up_button.disabled and panel.down_button.disabled
     finally:
@@ -171,8 +170,8 @@ def test_dashboard_refuses_a_non_orchestration():
 
 def test_a_newer_dashboard_of_the_same_deployment_takes_over():
     with Deployment(name='twice', uses=Tagger) as dep:
-        first = dep.dashboard(interval=0.2)
-        second = dep.dashboard(interval=0.2)
+        first = Dashboard(dep, interval=0.2)
+        second = Dashboard(dep, interval=0.2)
         try:
             assert second.running and not first.running
             assert 'a newer dashboard' in first.header.value

@@ -1,9 +1,9 @@
-"""Rich notebook views of a Deployment/Flow: an HTML status table and a readable text form.
+"""Rich views of a Deployment/Flow: an HTML status table and a readable text form.
 
-The markup lives in ``orchestra_nb/templates/*.html`` (``string.Template``);
-this module only fills it. ``runtime`` stays free of notebook code: the methods
-are attached to :class:`runtime.orchestration.Orchestration` by
-:func:`attach` (called when ``orchestra_nb`` is imported).
+The markup lives in ``runtime/templates/*.html`` (``string.Template``); this
+module only fills it and imports no notebook package. ``Orchestration``'s
+``_repr_html_``/``_repr_pretty_`` call it; ``orchestra_nb`` (magics, widgets,
+dashboard) reuses its pieces.
 
     >>> html = status_html(dep)          # the table `%orchestra status NAME` shows
 """
@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import html
 import string
-from functools import lru_cache
+from functools import cache
 from importlib import resources
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from runtime.orchestration import Orchestration
+if TYPE_CHECKING:
+    from runtime.orchestration import Orchestration
 
 STATE_COLORS = {'running': '#2e7d32', 'ready': '#2e7d32', 'starting': '#f9a825', 'stopped': '#757575',
                 'failed': '#c62828', 'down': '#c62828', 'unreachable': '#ef6c00'}
 
 
-@lru_cache(maxsize=None)
+@cache
 def template(name: str) -> string.Template:
-    """A template from ``orchestra_nb/templates``."""
-    return string.Template(resources.files('orchestra_nb').joinpath('templates', name).read_text())
+    """A template from ``runtime/templates``."""
+    return string.Template(resources.files('runtime').joinpath('templates', name).read_text())
 
 
 def esc(value: Any) -> str:
+    """HTML-escaped ``str(value)``; None is ''."""
     return html.escape('' if value is None else str(value))
 
 
@@ -43,11 +45,13 @@ def html_table(head: Sequence[str], rows: Sequence[Sequence[Any]], raw_columns: 
 
 
 def badge(state: str) -> str:
+    """A coloured dot and the state, as HTML."""
     color = STATE_COLORS.get(state, '#757575')
     return f'<span style="color: {color}">&#9679;</span> {esc(state)}'
 
 
 def human_bytes(n: Optional[float]) -> str:
+    """``1.5 MiB``; '' for None."""
     if n is None:
         return ''
     for unit in ('B', 'KiB', 'MiB', 'GiB'):
@@ -58,8 +62,9 @@ def human_bytes(n: Optional[float]) -> str:
 
 
 def raft_role(rec: Dict[str, Any]) -> str:
+    """``leader (term 3)`` for a stateful replica's status record; '' otherwise."""
     raft = rec.get('raft') or {}
-    role = raft.get('role') or raft.get('state')
+    role = raft.get('role')
     if not role:
         return ''
     term = raft.get('term')
@@ -67,10 +72,11 @@ def raft_role(rec: Dict[str, Any]) -> str:
 
 
 def total_requests(rec: Dict[str, Any]) -> int:
+    """Requests served, all endpoints together."""
     return int(sum((rec.get('requests') or {}).values()))
 
 
-def replica_rows(status: Dict[str, Any]) -> tuple:
+def replica_rows(status: Dict[str, Any]) -> Tuple[List[str], List[List[Any]], Tuple[int]]:
     """(head, rows, raw columns) of the per-replica table, with optional columns only when present."""
     reps: List[Dict[str, Any]] = status.get('replicas', [])
     show_node = len({r.get('node') for r in reps}) > 1
@@ -105,10 +111,12 @@ def replica_rows(status: Dict[str, Any]) -> tuple:
 
 
 def kind_of(obj: Orchestration) -> str:
+    """'Deployment' or 'Flow'."""
     return type(obj).__name__
 
 
 def uses_name(uses: Any) -> str:
+    """What runs, in a few characters: a class's qualified name, else the spec as given."""
     if isinstance(uses, type):
         return uses.__qualname__
     return str(uses)
@@ -132,7 +140,7 @@ def summary_line(obj: Orchestration) -> str:
 def status_html(obj: Orchestration, status: Optional[Dict[str, Any]] = None, state: Optional[str] = None,
                 note: str = '') -> str:
     """The HTML view: header, per-replica table (when running) and an optional note."""
-    running = obj._started
+    running = obj.running
     state = state or ('running' if running else 'stopped')
     table = ''
     if running:
@@ -158,7 +166,7 @@ def status_text(obj: Orchestration, status: Optional[Dict[str, Any]] = None) -> 
     summary = summary_line(obj)
     if summary and '\n' not in lines[0]:  # a Flow's repr already draws its graph
         lines.append(f'  {summary}')
-    if obj._started:
+    if obj.running:
         try:
             status = status or obj.status(timeout=1.0)
         except Exception as e:
@@ -177,52 +185,3 @@ def status_text(obj: Orchestration, status: Optional[Dict[str, Any]] = None) -> 
 
 def _strip_badge(cell: str) -> str:
     return html.unescape(cell.rsplit('</span> ', 1)[-1])
-
-
-def _repr_html_(self: Orchestration) -> str:
-    return status_html(self)
-
-
-def _repr_pretty_(self: Orchestration, p, cycle: bool) -> None:
-    p.text(repr(self) if cycle else status_text(self))
-
-
-def _with_status_table(own_html):
-    """A class's own HTML view (a Flow's graph), followed by the replica table while running."""
-    def _repr_html_(self: Orchestration) -> str:
-        html = own_html(self)
-        if self._started:
-            html += status_html(self)
-        return html
-    _repr_html_.__wrapped__ = own_html
-    _repr_html_._orchestra = True
-    return _repr_html_
-
-
-_repr_html_._orchestra = True
-_repr_pretty_._orchestra = True
-
-
-def attach() -> None:
-    """Give every Deployment/Flow its notebook views (runtime itself never imports this).
-
-    IPython's pretty printer prefers a class's own ``__repr__`` over an inherited
-    ``_repr_pretty_``, so the method goes on each subclass too. A class with its own
-    ``_repr_html_`` (the Flow's graph) keeps it, with the replica table added while running.
-    """
-    try:
-        import runtime.flow  # noqa: F401  (so that Flow is among the subclasses)
-    except Exception:
-        pass
-    todo = [Orchestration]
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        own = cls.__dict__.get('_repr_html_')
-        if own is None or own is _repr_html_:
-            cls._repr_html_ = _repr_html_
-        elif not getattr(own, '_orchestra', False):
-            cls._repr_html_ = _with_status_table(own)
-        if not getattr(cls.__dict__.get('_repr_pretty_'), '_orchestra', True):
-            continue  # the class wrote its own pretty printer
-        cls._repr_pretty_ = _repr_pretty_
