@@ -510,9 +510,14 @@ def _dtype(s: Any) -> np.dtype:
 
 
 def _check_offsets(offsets: np.ndarray, total: int, what: str) -> list:
-    if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != total or (
-            len(offsets) > 1 and bool((np.diff(offsets) < 0).any())):
-        raise _bad(f'{what} offsets are inconsistent')
+    """Offsets must start at 0, never decrease and end exactly at the data buffer's size."""
+    if len(offsets) == 0 or offsets[0] != 0:
+        raise _bad(f'{what} offsets must start at 0')
+    if offsets[-1] != total:
+        raise _bad(f'{what} offsets claim {int(offsets[-1])} bytes of data but the data buffer '
+                   f'holds {total} bytes')
+    if len(offsets) > 1 and bool((np.diff(offsets) < 0).any()):
+        raise _bad(f'{what} offsets decrease (at value {int(np.argmax(np.diff(offsets) < 0))})')
     return offsets.tolist()
 
 
@@ -547,16 +552,15 @@ class _Bounds:
         self.used.add(idx)
         return self.r.spans[idx]
 
-    def exact(self, idx: Any, what: str, count: int, itemsize: int, unit: str) -> int:
-        """Offset of a buffer that must hold exactly ``count`` items of ``itemsize`` bytes."""
-        off, n = self.buf(idx, what)
-        if n != count * itemsize:
-            raise _bad(f'{what} claims {count} {unit} ({count} x {itemsize} = {count * itemsize} bytes) '
-                       f'but buffer {idx} holds {n} bytes')
+    def exact(self, idx: Any, path: str, claim: str, nbytes: int) -> int:
+        """Offset of a buffer that must hold exactly ``nbytes`` (``claim`` says what they are)."""
+        off, n = self.buf(idx, path)
+        if n != nbytes:
+            raise _bad(f'{path} claims {claim} ({nbytes} bytes) but buffer {idx} holds {n} bytes')
         return off
 
-    def ints(self, idx: Any, what: str, count: int, unit: str) -> np.ndarray:
-        off = self.exact(idx, what, count, 8, unit)
+    def ints(self, idx: Any, path: str, count: int, unit: str) -> np.ndarray:
+        off = self.exact(idx, path, f'{count} {unit} of 8 bytes', 8 * count)
         return np.frombuffer(self.r.mv, dtype=_I8, count=count, offset=off) if count else np.empty(0, _I8)
 
     def level(self, schema: Any, path: str, depth: int) -> None:
@@ -587,7 +591,7 @@ class _Bounds:
         elif p == 'none':
             return False
         else:
-            off = self.exact(p, f'{path} presence mask', count, 1, 'documents')
+            off = self.exact(p, path, f'a presence mask of {count} documents', count)
             present = int(np.count_nonzero(np.frombuffer(self.r.mv, _U1, count, off))) if count else 0
             if present == 0:
                 return True
@@ -606,13 +610,13 @@ class _Bounds:
                 raise _bad(f'{path} claims {n} strings ({n - 1} separators of {width} bytes) but its '
                            f'buffer holds {nbytes} bytes (room for {nbytes // width + 1} strings at most)')
         elif kind in ('str', 'bytes'):
-            self.exact(col.get('offsets'), f'{path} offsets', n + 1, 8, 'offsets')
+            self.ints(col.get('offsets'), path, n + 1, f'offsets ({n} values)')
             self.buf(col.get('data'), f'{path} data')
         elif kind in ('int', 'float', 'bool'):
             dt = _dtype(col.get('dtype'))
             if dt.kind not in {'int': 'iu', 'float': 'f', 'bool': 'b'}[kind]:
                 raise _bad(f'{path}: {kind} column with dtype {dt}')
-            self.exact(col.get('data'), path, n, dt.itemsize, f'{kind} values')
+            self.exact(col.get('data'), path, f'{n} {kind} values of {dt.itemsize} bytes', n * dt.itemsize)
         elif kind == 'json':
             _, nbytes = self.buf(col.get('data'), f'{path} JSON')
             least = 2 * n + 1 if n else 2  # '[' + n values of >= 1 byte + n - 1 commas + ']'
@@ -622,7 +626,7 @@ class _Bounds:
         elif kind == 'tensor':
             return self.tensor(col, n, path)
         elif kind == 'doclist':
-            lengths = self.ints(col.get('lengths'), f'{path} nested DocList lengths', n, 'lengths')
+            lengths = self.ints(col.get('lengths'), path, n, 'nested DocList lengths')
             child = col.get('child')
             if not isinstance(child, dict):
                 raise _bad(f'{path}: nested DocList has no child schema')
@@ -661,7 +665,8 @@ class _Bounds:
                 nonzero *= max(s, 1)
             if nonzero >= _MAX_TENSOR_BYTES:
                 raise _bad(f'{path}: tensor shape {shape} is too large')
-            self.exact(col.get('data'), path, n * per, dt.itemsize, f'{dt} items ({n} tensors of shape {shape})')
+            self.exact(col.get('data'), path, f'{n} tensors of shape {shape} and dtype {dt.str}',
+                       n * per * dt.itemsize)
             return per > 0 or n == 0
         if layout == 'ragged':
             dtypes = col.get('dtypes')
@@ -669,22 +674,22 @@ class _Bounds:
                 raise _bad(f'{path}: ragged tensor dtypes must be a non-empty list, got {_shown(dtypes)}')
             for d in dtypes:
                 _dtype(d)
-            self.exact(col.get('codes'), f'{path} dtype codes', n, 8, 'codes')
-            ndims = self.ints(col.get('ndims'), f'{path} ndims', n, 'ndims')
+            self.ints(col.get('codes'), path, n, 'ragged tensor dtype codes')
+            ndims = self.ints(col.get('ndims'), path, n, 'ragged tensor ndims')
             if n and not (0 <= int(ndims.min()) and int(ndims.max()) <= 32):
                 raise _bad(f'{path}: ragged tensor ndims must lie in 0..32, '
                            f'got {int(ndims.min())}..{int(ndims.max())}')
-            self.exact(col.get('dims'), f'{path} dims', int(ndims.sum()) if n else 0, 8, 'dims')
-            self.exact(col.get('offsets'), f'{path} offsets', n + 1, 8, 'offsets')
+            self.ints(col.get('dims'), path, int(ndims.sum()) if n else 0, 'ragged tensor dims')
+            self.ints(col.get('offsets'), path, n + 1, f'offsets ({n} tensors)')
             self.buf(col.get('data'), f'{path} data')
             return True
         raise _bad(f'{path}: unknown tensor layout {_shown(layout)}')
 
 
-def _read_blobs(r: _Reader, col: dict, count: int) -> list:
+def _read_blobs(r: _Reader, col: dict, count: int, what: str) -> list:
     offsets = r.array(col['offsets'], _I8, count + 1)
+    o = _check_offsets(offsets, r.span(col['data'])[1], what)  # before copying anything
     blob = bytes(r.raw(col['data']))
-    o = _check_offsets(offsets, len(blob), 'blob')
     return [blob[a:b] for a, b in zip(o, o[1:])]
 
 
@@ -702,9 +707,9 @@ def _decode_values(r: _Reader, col: dict, count: int, depth: int, target: Any) -
             if len(vals) != count:
                 raise _bad(f'string column holds {len(vals)} values, expected {count}')
             return vals
-        return [b.decode('utf-8', 'surrogatepass') for b in _read_blobs(r, col, count)]
+        return [b.decode('utf-8', 'surrogatepass') for b in _read_blobs(r, col, count, 'string')]
     if kind == 'bytes':
-        return _read_blobs(r, col, count)
+        return _read_blobs(r, col, count, 'bytes')
     if kind in ('int', 'float', 'bool'):
         dt = _dtype(col['dtype'])
         if dt.kind not in {'int': 'iu', 'float': 'f', 'bool': 'b'}[kind]:
