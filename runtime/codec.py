@@ -607,7 +607,7 @@ class _Bounds:
             _, nbytes = self.buf(col.get('data'), f'{path} strings')
             width = len(sep.encode('utf-8', 'surrogatepass'))
             if n > 1 and nbytes < (n - 1) * width:
-                raise _bad(f'{path} claims {n} strings ({n - 1} separators of {width} bytes) but its '
+                raise _bad(f'{path} claims {n} strings ({n - 1} {width}-byte separators) but its '
                            f'buffer holds {nbytes} bytes (room for {nbytes // width + 1} strings at most)')
         elif kind in ('str', 'bytes'):
             self.ints(col.get('offsets'), path, n + 1, f'offsets ({n} values)')
