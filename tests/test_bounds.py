@@ -250,3 +250,59 @@ def test_request_header_good_values_pass():
                                            'consistency': 'strong', 'allow_partial': True, 'no_reduce': False},
                    {'parameters': None, 'consistency': None, 'something_new': object()}):
         assert protocol.check_request_header(header) is header
+
+
+# --------------------------------------------------------------------------- real servers
+
+def call_raw(address: str, frame: bytes, timeout: float = 10.0) -> bytes:
+    """One raw ``Call`` over gRPC (a plain channel: what any client on the network can send)."""
+    with grpc.insecure_channel(address, options=protocol.GRPC_OPTIONS) as channel:
+        return channel.unary_unary(protocol.CALL)(frame, timeout=timeout)
+
+
+def good_frame(text: str = 'hi') -> bytes:
+    return protocol.pack({'endpoint': '/upper', 'parameters': {}},
+                         encode_docs(DocList[TextDoc]([TextDoc(text=text)])))
+
+
+def assert_serves(address: str, text: str = 'still here') -> None:
+    header, body = protocol.unpack(call_raw(address, good_frame(text)))
+    assert header['ok'], header
+    assert decode_docs(bytes(body), TextDoc).text == [text.upper()]
+
+
+def assert_refused(address: str, frame: bytes, *fragments: str) -> float:
+    """The call ends with INVALID_ARGUMENT whose message holds ``fragments``; -> seconds taken."""
+    t0 = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as info:
+        call_raw(address, frame)
+    took = time.perf_counter() - t0
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+    for f in fragments:
+        assert f in info.value.details(), info.value.details()
+    return took
+
+
+def test_replica_and_gateway_refuse_hostile_requests_and_keep_serving():
+    from orchestra_nb import Deployment
+    with Deployment(name='bounds', uses='sample_executors:Upper') as dep:
+        replica = dep.status()['replicas'][0]
+        address, gateway = replica['address'], f'127.0.0.1:{dep.port}'
+        assert_serves(address)
+        took = assert_refused(address, million_doc_frame(), 'TextDoc claims 1000000 documents')
+        assert took < 2.0                                   # was 17 s and a 46 MB reply
+        assert_serves(address)
+        for target in (address, gateway):
+            assert_refused(target, protocol.pack({'endpoint': 123, 'parameters': {}}, b''),
+                           "request header field 'endpoint' is 123 (int)")
+            assert_refused(target, protocol.pack({'endpoint': '/upper', 'parameters': 'x'}, b''),
+                           "'parameters' is 'x' (str); allowed: a JSON object")
+            assert_refused(target, b'not a frame at all', 'not an orchestra-nb frame')
+            assert_serves(target)
+        # through the gateway the replica's refusal comes back as an error reply naming it
+        header, _ = protocol.unpack(call_raw(gateway, million_doc_frame()))
+        assert not header['ok'] and 'INVALID_ARGUMENT' in header['error']['message']
+        assert 'claims 1000000 documents' in header['error']['message']
+        assert dep.post('/upper', TextDoc(text='after')).text == ['AFTER']
+        after = dep.status()['replicas'][0]
+        assert after['pid'] == replica['pid'] and after['state'] == 'ready'
