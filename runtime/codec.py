@@ -23,7 +23,8 @@ on decode; anything else (tuples, sets, torch tensors, unlisted dtypes) sends th
 as one docarray ``protobuf-array`` message in buffer 0 with ``mode="protobuf"`` (not the
 per-doc ``protobuf`` stream, whose uint64 doc count lets a corrupt message loop ~forever).
 Decoding never unpickles: it uses only ``json``, ``np.frombuffer`` with allow-listed dtypes,
-and protobuf.
+and protobuf. Before it builds anything, every count and size the header declares is checked
+against the bytes present (:class:`_Bounds`); bad input raises ``ProtocolError``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,11 @@ documents in the columnar encoding of :mod:`runtime.codec`. Both ends parse
 only JSON and that encoding: nothing received is ever unpickled.
 
 Methods:
-- ``Call``: run an endpoint. Request header ``{'endpoint', 'parameters'}``;
-  reply header ``{'ok': True}`` or ``{'ok': False, 'error': {...}}``.
+- ``Call``: run an endpoint. Request header ``{'endpoint', 'parameters'}`` (optional
+  ``request_id``, ``consistency``, ``allow_partial``, ``no_reduce``; types checked by
+  :func:`check_request_header`); reply header ``{'ok': True}`` or ``{'ok': False, 'error': {...}}``.
+  An invalid frame or header (at a replica, also an invalid body) ends the call with
+  ``INVALID_ARGUMENT``; a gateway passes a replica's refusal back as an error reply.
 - ``Info``: readiness and status as JSON (no body).
 - ``Control``: small JSON commands between the parts of one Deployment
   (e.g. RAFT payload transfer); not for clients.
