@@ -152,7 +152,8 @@ def test_replica_and_gateway_survive_hostile_frames():
                     seen['reply'] += 1
 
             fuzz()
-            assert seen['INVALID_ARGUMENT'] > 0, seen
+            print('hostile frames:', seen)
+            assert seen['INVALID_ARGUMENT'] > 0 and sum(seen.values()) >= 50, seen
         finally:
             for ch in channels.values():
                 ch.close()
