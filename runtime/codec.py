@@ -23,7 +23,8 @@ on decode; anything else (tuples, sets, torch tensors, unlisted dtypes) sends th
 as one docarray ``protobuf-array`` message in buffer 0 with ``mode="protobuf"`` (not the
 per-doc ``protobuf`` stream, whose uint64 doc count lets a corrupt message loop ~forever).
 Decoding never unpickles: it uses only ``json``, ``np.frombuffer`` with allow-listed dtypes,
-and protobuf.
+and protobuf. Before it builds anything, every count and size the header declares is checked
+against the bytes present (:class:`_Bounds`); bad input raises ``ProtocolError``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ from docarray.base_doc.any_doc import AnyDoc
 from docarray.base_doc.doc import BaseDocWithoutId
 from docarray.typing.tensor.abstract_tensor import AbstractTensor
 
-__all__ = ['encode_docs', 'decode_docs', 'wire_schema', 'register_doc_type']
+from runtime.protocol import ProtocolError
+
+__all__ = ['encode_docs', 'decode_docs', 'wire_schema', 'register_doc_type', 'ProtocolError']
 
 MAGIC = b'ONB'
 VERSION = 1
@@ -336,7 +339,24 @@ def _encode_schema(w: _Writer, docs: list, cls: type, depth: int) -> dict:
         else:
             col.update(_encode_column(w, kind, base, vals, depth))
         fields[name] = col
+    if n and not any(map(_stores_per_doc, fields.values())):
+        # the decoder wants every doc count carried by bytes (docs/codec.md, Bounds): all-None
+        # or empty-tensor columns only -> give the first one an explicit presence mask
+        if not fields:
+            raise _Fallback(f'{cls.__name__} has no fields to carry a document count')
+        col = next(iter(fields.values()))
+        col['present'] = w.add(np.full(n, col['present'] == 'all', dtype=np.uint8))
     return {'doc_type': cls.__name__, 'count': n, 'fields': fields}
+
+
+def _stores_per_doc(col: dict) -> bool:
+    """Whether an encoded column's buffers grow with the document count."""
+    p = col['present']
+    if p == 'none':
+        return False
+    if p != 'all' or col.get('layout') != 'stacked':
+        return True
+    return all(col['shape'])  # stacked empty tensors take no bytes
 
 
 def _schema_only(cls: Any, depth: int) -> dict:
@@ -401,8 +421,8 @@ def encode_docs(docs: Union[DocList, Iterable[BaseDoc]]) -> bytes:
 
 # --------------------------------------------------------------------------- decoding
 
-def _bad(msg: str) -> ValueError:
-    return ValueError(f'malformed orchestra-nb document message: {msg}')
+def _bad(msg: str) -> ProtocolError:
+    return ProtocolError(f'malformed orchestra-nb document message: {msg}')
 
 
 def _read_header(data: Any) -> tuple[memoryview, dict, int]:
@@ -442,18 +462,23 @@ class _Reader:
     """Bounds-checked access to the buffers of one message."""
 
     def __init__(self, mv: memoryview, spans: Any, start: int) -> None:
-        self.limit = 1_000_000 + 64 * len(mv)  # most docs a message of this size may claim
         if not isinstance(spans, list):
             raise _bad('buffer table is not a list')
         size = len(mv) - start if start <= len(mv) else -1
         self.mv = mv
         self.spans = []
+        end = 0
         for i, s in enumerate(spans):
             if not (isinstance(s, list) and len(s) == 2):
                 raise _bad(f'buffer {i} entry is not [offset, nbytes]')
             off, n = _int(s[0], 'buffer offset'), _int(s[1], 'buffer size')
             if off + n > size:
-                raise _bad(f'truncated: buffer {i} ends at {off + n}, data holds {max(size, 0)} bytes')
+                raise _bad(f'truncated: buffer {i} claims bytes {off}..{off + n} of the data area, '
+                           f'which holds {max(size, 0)} bytes')
+            if off < end:  # overlapping buffers would let two columns claim the same bytes
+                raise _bad(f'buffer {i} starts at {off}, inside the previous buffer (ends at {end}); '
+                           'buffers must follow each other without overlapping')
+            end = off + n
             self.spans.append((start + off, n))
 
     def span(self, idx: Any) -> tuple[int, int]:
@@ -486,16 +511,186 @@ def _dtype(s: Any) -> np.dtype:
 
 
 def _check_offsets(offsets: np.ndarray, total: int, what: str) -> list:
-    if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != total or (
-            len(offsets) > 1 and bool((np.diff(offsets) < 0).any())):
-        raise _bad(f'{what} offsets are inconsistent')
+    """Offsets must start at 0, never decrease and end exactly at the data buffer's size."""
+    if len(offsets) == 0 or offsets[0] != 0:
+        raise _bad(f'{what} offsets must start at 0')
+    if offsets[-1] != total:
+        raise _bad(f'{what} offsets claim {int(offsets[-1])} bytes of data but the data buffer '
+                   f'holds {total} bytes')
+    if len(offsets) > 1 and bool((np.diff(offsets) < 0).any()):
+        raise _bad(f'{what} offsets decrease (at value {int(np.argmax(np.diff(offsets) < 0))})')
     return offsets.tolist()
 
 
-def _read_blobs(r: _Reader, col: dict, count: int) -> list:
+_MAX_TENSOR_BYTES = 1 << 62  # numpy refuses shapes whose size (zero dims aside) reaches this
+
+
+def _shown(v: Any, limit: int = 60) -> str:
+    t = repr(v)
+    return t if len(t) <= limit else t[:limit - 3] + '...'
+
+
+class _Bounds:
+    """Checks every count, length and size a header declares against the bytes present.
+
+    Runs over the whole schema tree before anything is decoded or built: each level's document
+    count must be carried by a column that stores something per document (a presence mask, fixed
+    width values, offsets, a separator per string...), each buffer must have exactly the size its
+    column implies and may serve one column only, nested counts must add up, and nesting is at
+    most ``_MAX_DEPTH`` deep. So a message makes at most about one document per byte it holds.
+    """
+
+    def __init__(self, r: _Reader) -> None:
+        self.r = r
+        self.used: set = set()
+
+    def buf(self, idx: Any, what: str) -> tuple[int, int]:
+        """``(offset, nbytes)`` of a buffer not used by any other column."""
+        if type(idx) is not int or not 0 <= idx < len(self.r.spans):
+            raise _bad(f'{what}: unknown buffer index {_shown(idx)} (the message has {len(self.r.spans)})')
+        if idx in self.used:
+            raise _bad(f'{what}: buffer {idx} is already used by another column')
+        self.used.add(idx)
+        return self.r.spans[idx]
+
+    def exact(self, idx: Any, path: str, claim: str, nbytes: int) -> int:
+        """Offset of a buffer that must hold exactly ``nbytes`` (``claim`` says what they are)."""
+        off, n = self.buf(idx, path)
+        if n != nbytes:
+            raise _bad(f'{path} claims {claim} ({nbytes} bytes) but buffer {idx} holds {n} bytes')
+        return off
+
+    def ints(self, idx: Any, path: str, count: int, unit: str) -> np.ndarray:
+        off = self.exact(idx, path, f'{count} {unit} of 8 bytes', 8 * count)
+        return np.frombuffer(self.r.mv, dtype=_I8, count=count, offset=off) if count else np.empty(0, _I8)
+
+    def level(self, schema: Any, path: str, depth: int) -> None:
+        """Check one schema level (and, recursively, its nested levels)."""
+        if depth > _MAX_DEPTH:
+            raise _bad(f'{path}: documents nested more than {_MAX_DEPTH} levels deep')
+        if not isinstance(schema, dict):
+            raise _bad(f'{path}: schema is not an object')
+        count = _int(schema.get('count'), f'{path}: document count')
+        fields = schema.get('fields')
+        if not isinstance(fields, dict):
+            raise _bad(f'{path}: schema fields is not an object')
+        backed = False
+        for name, col in fields.items():
+            cpath = f'{path}.{name}'
+            if not isinstance(col, dict):
+                raise _bad(f'column {cpath} is not an object')
+            backed = self.column(col, count, cpath, depth) or backed
+        if count and not backed:
+            raise _bad(f'{path} claims {count} documents but no column stores anything per document '
+                       f'(the message holds {len(self.r.mv)} bytes)')
+
+    def column(self, col: dict, count: int, path: str, depth: int) -> bool:
+        """Check one column of ``count`` documents; whether its buffers grow with ``count``."""
+        p = col.get('present', 'all')
+        if p == 'all':
+            present = count
+        elif p == 'none':
+            return False
+        else:
+            off = self.exact(p, path, f'a presence mask of {count} documents', count)
+            present = int(np.count_nonzero(np.frombuffer(self.r.mv, _U1, count, off))) if count else 0
+            if present == 0:
+                return True
+        return self.values(col, present, path, depth) or p != 'all'
+
+    def values(self, col: dict, n: int, path: str, depth: int) -> bool:
+        """Check the storage of ``n`` present values; whether it grows with ``n``."""
+        kind = col.get('kind')
+        if kind == 'str' and col.get('enc') == 'sep':
+            sep = col.get('sep')
+            if not isinstance(sep, str) or len(sep) != 1:
+                raise _bad(f'{path}: string separator must be one character, got {_shown(sep)}')
+            _, nbytes = self.buf(col.get('data'), f'{path} strings')
+            width = len(sep.encode('utf-8', 'surrogatepass'))
+            if n > 1 and nbytes < (n - 1) * width:
+                raise _bad(f'{path} claims {n} strings ({n - 1} {width}-byte separators) but its '
+                           f'buffer holds {nbytes} bytes (room for {nbytes // width + 1} strings at most)')
+        elif kind in ('str', 'bytes'):
+            self.ints(col.get('offsets'), path, n + 1, f'offsets ({n} values)')
+            self.buf(col.get('data'), f'{path} data')
+        elif kind in ('int', 'float', 'bool'):
+            dt = _dtype(col.get('dtype'))
+            if dt.kind not in {'int': 'iu', 'float': 'f', 'bool': 'b'}[kind]:
+                raise _bad(f'{path}: {kind} column with dtype {dt}')
+            self.exact(col.get('data'), path, f'{n} {kind} values of {dt.itemsize} bytes', n * dt.itemsize)
+        elif kind == 'json':
+            _, nbytes = self.buf(col.get('data'), f'{path} JSON')
+            least = 2 * n + 1 if n else 2  # '[' + n values of >= 1 byte + n - 1 commas + ']'
+            if nbytes < least:
+                raise _bad(f'{path} claims {n} JSON values but its buffer holds {nbytes} bytes '
+                           f'(at least {least} needed)')
+        elif kind == 'tensor':
+            return self.tensor(col, n, path)
+        elif kind == 'doclist':
+            lengths = self.ints(col.get('lengths'), path, n, 'nested DocList lengths')
+            child = col.get('child')
+            if not isinstance(child, dict):
+                raise _bad(f'{path}: nested DocList has no child schema')
+            total = _int(child.get('count'), f'{path}: nested document count')
+            if n and (int(lengths.min()) < 0 or int(lengths.max()) > total):
+                raise _bad(f'{path}: nested DocList lengths must lie in 0..{total} (the child count), '
+                           f'got {int(lengths.min())}..{int(lengths.max())}')
+            claimed = int(lengths.sum()) if n else 0  # no overflow: n and each length are bounded
+            if claimed != total:
+                raise _bad(f'{path}: nested DocList lengths add up to {claimed} documents but the '
+                           f'child schema claims {total}')
+            self.level(child, path, depth + 1)
+        elif kind == 'doc':
+            child = col.get('child')
+            if not isinstance(child, dict):
+                raise _bad(f'{path}: nested doc has no child schema')
+            if child.get('count') != n:
+                raise _bad(f'{path}: nested doc schema claims {_shown(child.get("count"))} documents '
+                           f'but {n} values are present')
+            self.level(child, path, depth + 1)
+        else:
+            raise _bad(f'{path}: unknown column kind {_shown(kind)}')
+        return True
+
+    def tensor(self, col: dict, n: int, path: str) -> bool:
+        layout = col.get('layout')
+        if layout == 'stacked':
+            shape = col.get('shape')
+            if not isinstance(shape, list) or len(shape) > 32:
+                raise _bad(f'{path}: tensor shape must be a list of at most 32 dimensions, got {_shown(shape)}')
+            shape = [_int(s, f'{path}: tensor dimension') for s in shape]
+            dt = _dtype(col.get('dtype'))
+            per, nonzero = 1, dt.itemsize
+            for s in shape:
+                per *= s
+                nonzero *= max(s, 1)
+            if nonzero >= _MAX_TENSOR_BYTES:
+                raise _bad(f'{path}: tensor shape {shape} is too large')
+            self.exact(col.get('data'), path, f'{n} tensors of shape {shape} and dtype {dt.str}',
+                       n * per * dt.itemsize)
+            return per > 0 or n == 0
+        if layout == 'ragged':
+            dtypes = col.get('dtypes')
+            if not isinstance(dtypes, list) or not dtypes and n:
+                raise _bad(f'{path}: ragged tensor dtypes must be a non-empty list, got {_shown(dtypes)}')
+            for d in dtypes:
+                _dtype(d)
+            self.ints(col.get('codes'), path, n, 'ragged tensor dtype codes')
+            ndims = self.ints(col.get('ndims'), path, n, 'ragged tensor ndims')
+            if n and not (0 <= int(ndims.min()) and int(ndims.max()) <= 32):
+                raise _bad(f'{path}: ragged tensor ndims must lie in 0..32, '
+                           f'got {int(ndims.min())}..{int(ndims.max())}')
+            self.ints(col.get('dims'), path, int(ndims.sum()) if n else 0, 'ragged tensor dims')
+            self.ints(col.get('offsets'), path, n + 1, f'offsets ({n} tensors)')
+            self.buf(col.get('data'), f'{path} data')
+            return True
+        raise _bad(f'{path}: unknown tensor layout {_shown(layout)}')
+
+
+def _read_blobs(r: _Reader, col: dict, count: int, what: str) -> list:
     offsets = r.array(col['offsets'], _I8, count + 1)
+    o = _check_offsets(offsets, r.span(col['data'])[1], what)  # before copying anything
     blob = bytes(r.raw(col['data']))
-    o = _check_offsets(offsets, len(blob), 'blob')
     return [blob[a:b] for a, b in zip(o, o[1:])]
 
 
@@ -513,9 +708,9 @@ def _decode_values(r: _Reader, col: dict, count: int, depth: int, target: Any) -
             if len(vals) != count:
                 raise _bad(f'string column holds {len(vals)} values, expected {count}')
             return vals
-        return [b.decode('utf-8', 'surrogatepass') for b in _read_blobs(r, col, count)]
+        return [b.decode('utf-8', 'surrogatepass') for b in _read_blobs(r, col, count, 'string')]
     if kind == 'bytes':
-        return _read_blobs(r, col, count)
+        return _read_blobs(r, col, count, 'bytes')
     if kind in ('int', 'float', 'bool'):
         dt = _dtype(col['dtype'])
         if dt.kind not in {'int': 'iu', 'float': 'f', 'bool': 'b'}[kind]:
@@ -748,8 +943,6 @@ def _decode_schema(r: _Reader, schema: dict, target: Optional[type], depth: int)
     fields = schema.get('fields')
     if not isinstance(fields, dict):
         raise _bad('schema fields is not an object')
-    if count > r.limit:
-        raise _bad(f'document count {count} is implausible for a {len(r.mv)}-byte message')
     cls = target if target is not None else _class_for_schema(schema)
     names, cols, fields_set = [], [], set()
     for name, finfo in cls.model_fields.items():
@@ -757,7 +950,7 @@ def _decode_schema(r: _Reader, schema: dict, target: Optional[type], depth: int)
         names.append(name)
         if col is None:
             if finfo.is_required():
-                raise ValueError(f'field {name!r} required by {cls.__name__} is not in the message')
+                raise ProtocolError(f'field {name!r} required by {cls.__name__} is not in the message')
             if finfo.default_factory is None and not _is_mutable(finfo.default):
                 cols.append(itertools.repeat(finfo.default, count))
             else:
@@ -811,7 +1004,7 @@ def _validate_docs_slowly(cls: type):
         try:
             return cls.model_validate(values)
         except pydantic.ValidationError as e:
-            raise ValueError(f'{cls.__name__}: values on the wire do not validate: {e}') from None
+            raise ProtocolError(f'{cls.__name__}: values on the wire do not validate: {e}') from None
     return validate
 
 
@@ -825,7 +1018,7 @@ def _validate_all(finfo: Any, name: str, vals: list) -> list:
     try:
         return [ad.validate_python(v) for v in vals]
     except pydantic.ValidationError as e:
-        raise ValueError(f'field {name!r}: values on the wire do not validate: {e}') from None
+        raise ProtocolError(f'field {name!r}: values on the wire do not validate: {e}') from None
 
 
 # --------------------------------------------------------------------------- doc classes from schemas
@@ -904,7 +1097,7 @@ def _class_for_schema(schema: dict, depth: int = 0) -> type:
     if cls is not None:
         return cls
     if len(_DYNAMIC) >= _MAX_DYNAMIC:  # classes are never freed (docarray caches DocList[cls])
-        raise ValueError(f'{_MAX_DYNAMIC} document schemas rebuilt already; pass doc_type to decode_docs')
+        raise ProtocolError(f'{_MAX_DYNAMIC} document schemas rebuilt already; pass doc_type to decode_docs')
     defs: dict = {}
     for fname, col in fields.items():
         if fname == 'id':
@@ -969,7 +1162,9 @@ def decode_docs(data: bytes, doc_type: Optional[type] = None) -> DocList:
 
     With ``doc_type=None`` the class is rebuilt from the wire schema (a known docarray class
     when name and fields match). Wire fields the class lacks are dropped; class fields the
-    wire lacks get their defaults. Malformed input raises ValueError.
+    wire lacks get their defaults. Malformed input, or input that does not fit ``doc_type``,
+    raises :class:`ProtocolError` (a ValueError) before anything is built: every count and size
+    the header declares is checked against the bytes present first (see docs/codec.md, Bounds).
     """
     if doc_type is not None and not isinstance(doc_type, type) or isinstance(doc_type, type) and \
             issubclass(doc_type, DocList):
@@ -986,13 +1181,16 @@ def decode_docs(data: bytes, doc_type: Optional[type] = None) -> DocList:
         if mode == 'protobuf':
             return _decode_protobuf(r, root, doc_type)
         if mode != 'columnar':
-            raise _bad(f'unknown mode {mode!r}')
+            raise _bad(f'unknown mode {_shown(mode)}')
+        name = root.get('doc_type')
+        _Bounds(r).level(root, name if isinstance(name, str) and len(name) <= 60 else 'root', 0)
         with _gc_paused():
             cls, docs = _decode_schema(r, root, doc_type, 0)
         return DocList[cls].construct(docs)
-    except ValueError:
+    except ProtocolError:
         raise
-    except (KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError,
+            RecursionError) as e:
         raise _bad(f'{type(e).__name__}: {e}') from None
 
 

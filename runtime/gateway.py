@@ -165,6 +165,7 @@ class Gateway:
     async def route_request(self, frame: bytes) -> bytes:
         """One client request through the graph -> the reply frame."""
         header, body = protocol.unpack(frame)
+        protocol.check_request_header(header)
         if len(self.nodes) == 1:  # the Deployment fast path: no decoding
             (node,) = self.nodes.values()
             _, _, reply = await node.call(header, frame)
@@ -280,6 +281,7 @@ class Gateway:
             return protocol.pack(e.header)
         except Exception as e:
             self.stats.failed('*')
+            await protocol.refuse_invalid(context, e)   # ProtocolError -> INVALID_ARGUMENT
             log.exception('gateway failed to route a request')
             return protocol.pack(protocol.error_header(e, self.name))
         finally:

@@ -10,8 +10,11 @@ documents in the columnar encoding of :mod:`runtime.codec`. Both ends parse
 only JSON and that encoding: nothing received is ever unpickled.
 
 Methods:
-- ``Call``: run an endpoint. Request header ``{'endpoint', 'parameters'}``;
-  reply header ``{'ok': True}`` or ``{'ok': False, 'error': {...}}``.
+- ``Call``: run an endpoint. Request header ``{'endpoint', 'parameters'}`` (optional
+  ``request_id``, ``consistency``, ``allow_partial``, ``no_reduce``; types checked by
+  :func:`check_request_header`); reply header ``{'ok': True}`` or ``{'ok': False, 'error': {...}}``.
+  An invalid frame or header (at a replica, also an invalid body) ends the call with
+  ``INVALID_ARGUMENT``; a gateway passes a replica's refusal back as an error reply.
 - ``Info``: readiness and status as JSON (no body).
 - ``Control``: small JSON commands between the parts of one Deployment
   (e.g. RAFT payload transfer); not for clients.
@@ -41,7 +44,11 @@ GRPC_OPTIONS = [
 
 
 class ProtocolError(ValueError):
-    """A frame that is not an orchestra-nb message."""
+    """Bytes from the network that are not a valid orchestra-nb message (frame, header or body).
+
+    Raised before anything is built from them; servers answer it with gRPC status
+    ``INVALID_ARGUMENT`` and keep serving.
+    """
 
 
 def pack(header: Dict[str, Any], body: bytes = b'') -> bytes:
@@ -64,6 +71,47 @@ def unpack(frame: bytes) -> Tuple[Dict[str, Any], memoryview]:
     if not isinstance(header, dict):
         raise ProtocolError('frame header is not a JSON object')
     return header, memoryview(frame)[7 + n:]
+
+
+def _endpoint_ok(v: Any) -> bool:
+    return isinstance(v, str) and v.startswith('/')
+
+
+# request header field -> (check, what is allowed); ``null`` counts as absent except for endpoint
+_REQUEST_FIELDS = {
+    'endpoint': (_endpoint_ok, "a string starting with '/'"),
+    'parameters': (lambda v: v is None or isinstance(v, dict), 'a JSON object'),
+    'request_id': (lambda v: v is None or isinstance(v, str), 'a string'),
+    'consistency': (lambda v: v is None or v in ('eventual', 'strong'), "'eventual' or 'strong'"),
+    'allow_partial': (lambda v: v is None or isinstance(v, bool), 'true or false'),
+    'no_reduce': (lambda v: v is None or isinstance(v, bool), 'true or false'),
+}
+
+
+def check_request_header(header: Dict[str, Any]) -> Dict[str, Any]:
+    """Refuse a ``Call`` header whose known fields have the wrong type (unknown keys pass).
+
+    ``{'endpoint': 123}`` raises :class:`ProtocolError` naming the field, the value and what
+    is allowed, rather than being served by the default endpoint. Returns ``header``.
+    """
+    for key, (ok, allowed) in _REQUEST_FIELDS.items():
+        if key in header and not ok(header[key]):
+            shown = repr(header[key])
+            shown = shown if len(shown) <= 80 else shown[:77] + '...'
+            raise ProtocolError(f'request header field {key!r} is {shown} '
+                                f'({type(header[key]).__name__}); allowed: {allowed}')
+    return header
+
+
+async def refuse_invalid(context: Any, exc: BaseException) -> None:
+    """End the RPC with ``INVALID_ARGUMENT`` and ``exc``'s message if ``exc`` is a ProtocolError.
+
+    Call it in a handler's ``except`` block; anything else (and a call without a gRPC context,
+    as in in-process tests) returns and is handled as before.
+    """
+    if isinstance(exc, ProtocolError) and context is not None:
+        import grpc
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
 def error_header(exc: BaseException, where: str, tb: str = '') -> Dict[str, Any]:

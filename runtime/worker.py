@@ -65,6 +65,7 @@ class ReplicaServer:
         endpoint = '?'
         try:
             header, body = protocol.unpack(frame)
+            protocol.check_request_header(header)
             endpoint = header.get('endpoint', '/')
             parameters = header.get('parameters') or {}
             ep = self.endpoints.lookup(endpoint)
@@ -89,6 +90,7 @@ class ReplicaServer:
             return protocol.pack(reply_header, reply_body)
         except Exception as e:
             self.stats.failed(endpoint)
+            await protocol.refuse_invalid(context, e)   # ProtocolError -> INVALID_ARGUMENT
             tb = '' if isinstance(e, (UnknownEndpointError, protocol.ProtocolError)) else traceback.format_exc()
             if tb:
                 log.error('endpoint %s failed: %s: %s', endpoint, type(e).__name__, e)
