@@ -1,10 +1,10 @@
-"""YAML with line numbers: what config errors need to name the file, the line and the field.
+r"""YAML with line numbers: what config errors need to name the file, the line and the field.
 
     >>> data, label, base = read('jtype: Deployment\nreplicas: 2\n')
     >>> data.lines['replicas'], label
     (2, '<yaml>')
 
-:func:`read` parses a file (or YAML text with a newline) into :class:`Map`\s that
+:func:`read` parses a file (or YAML text with a newline) into :class:`Map` objects that
 remember each key's line; :class:`Where` carries a location (file, line, path
 like ``executors[1].replicas``) and makes the :class:`ConfigError` that names it;
 :func:`substitute_env` replaces ``${{ ENV.VAR }}``. Used by :mod:`runtime.config`
