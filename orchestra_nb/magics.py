@@ -145,8 +145,8 @@ def notebook_uses(spec: str, user_ns: Dict[str, Any]) -> Any:
     runs): class names looked up in ``user_ns``, and the built-ins by short name.
     Raises ``ValueError`` saying what was tried.
 
-    >>> notebook_uses('echo', {})
-    'runtime.executors.echo:Echo'
+    >>> notebook_uses('echo', {}) == BUILTIN_EXECUTORS['echo']
+    True
     """
     from runtime.executor import Executor
     if spec.lower().endswith(YAML_SUFFIXES):

@@ -408,7 +408,7 @@ def in_flight_for(uses: Any, max_in_flight: int) -> Optional[int]:
         if uses.endswith(('.yml', '.yaml')) or '://' in uses:
             return None
         try:
-            from runtime.worker import load_executor_class
+            from runtime.uses import load_executor_class
             cls = load_executor_class(uses)
         except Exception:
             return None

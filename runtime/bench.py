@@ -450,7 +450,7 @@ def _uses_for(setup: Setup, uses: Any) -> Any:
     if setup.batching is None:
         return uses
     from runtime.batching import with_dynamic_batching
-    from runtime.worker import load_executor_class
+    from runtime.uses import load_executor_class
     cls = load_executor_class(uses)
     return with_dynamic_batching(cls, '/search', **setup.batching)
 

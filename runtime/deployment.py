@@ -17,7 +17,7 @@ from runtime.args import DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs, 
 from runtime.executor import RuntimeArgs
 from runtime.orchestration import NodePlan, Orchestration, ReplicaPlan
 from runtime.routing import PollingPolicy
-from runtime.uses import DEFAULT_USES, needs_resolving, resolve_uses
+from runtime.uses import DEFAULT_USES, hub_message, is_hub_reference, needs_resolving, resolve_uses
 from runtime.yamlio import ConfigError, source_label
 
 _NAMES = arg_names(DEPLOYMENT_ARGS)
@@ -50,6 +50,8 @@ class Deployment(Orchestration):
         v = check_values(DEPLOYMENT_ARGS, {k: given[k] for k in _NAMES})
         self._uses_source, self._uses_with_source = uses, uses_with   # as written: what save_config writes
         uses, uses_with = v['uses'], v['uses_with']
+        if is_hub_reference(uses):   # refused up front, as a YAML config and a replica refuse it
+            raise ValueError(f'uses={uses!r}: {hub_message(uses)}')
         if needs_resolving(uses, v['py_modules']):   # class name in py_modules, nested or YAML uses
             uses, uses_with = resolve_uses(uses, uses_with, v['py_modules'])
         self.replicas = v['replicas']
