@@ -54,7 +54,6 @@ from runtime.yamlio import ConfigError, Map, Where, check_keys, plain, read, sub
 __all__ = ['ConfigError', 'load_spec', 'dump_spec', 'normalize_deployment_args', 'deployment_spec', 'flow_spec',
            'to_spec', 'save', 'substitute_env']
 
-_DEPLOYMENT = by_name(DEPLOYMENT_ARGS)
 _FLOW = by_name(FLOW_ARGS)
 _DEPLOYMENT_NAMES = arg_names(DEPLOYMENT_ARGS)
 
