@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from runtime.executor import (_BATCHING_ATTR, _ENDPOINTS_ATTR, DEFAULT_ENDPOINT, Endpoint, EndpointTable,
-                              call_endpoint, load_executor_class, normalise_result)
+                              call_endpoint, normalise_result)
+from runtime.uses import load_executor_class
 
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_WAIT_MS = 2.0
