@@ -19,6 +19,10 @@ where there is no GPU.
 
 The thread runs until :meth:`close`/:meth:`stop`, or until a newer dashboard of
 the same deployment takes over (re-running a cell does not pile up threads).
+Closed, or once its deployment stops, a displayed dashboard leaves its last frame
+behind: the output is replaced (``update_display``) by a PNG snapshot (header,
+charts, per-process table) with a text twin, so a saved notebook -- Run All,
+nbviewer, GitHub -- still shows it.
 While the deployment is stopped it only checks every 2 s. Where the front end
 reports its views (``_view_count``), a dashboard whose views are all gone
 refreshes only every 3 s (JupyterLab 4 does not report them: there it keeps
@@ -27,15 +31,18 @@ refreshing; a PNG is re-rendered only when its data changed).
 from __future__ import annotations
 
 import collections
+import html
 import io
+import re
 import threading
 import time
+import uuid
 import weakref
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import ipywidgets as widgets
 
-from runtime import reprs
+from runtime import orchestration, reprs
 from runtime.orchestration import Orchestration
 
 HIDDEN_INTERVAL = 3.0     # seconds between refreshes while no view shows the dashboard
@@ -77,6 +84,11 @@ class Dashboard(widgets.VBox):
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._seen_view = False
+        self._display_id = f'orchestra-dashboard-{uuid.uuid4().hex}'
+        self._displayed = False
+        self._last_status: Optional[Dict[str, Any]] = None
+        #: the static frame that replaced the live widget in the output (a mimebundle), once frozen
+        self.snapshot_bundle: Optional[Dict[str, Any]] = None
         super().__init__([
             self.header,
             widgets.HBox([self.distribution, self.latency]),
@@ -92,6 +104,46 @@ class Dashboard(widgets.VBox):
         _LIVE.setdefault(id(obj), weakref.WeakSet()).add(self)
         if autostart:
             self.start()
+
+    # -- display: live widget, then a static last frame ------------------------------
+    def _ipython_display_(self) -> None:
+        """Show the widget under a display id, so that :meth:`freeze` can replace it later."""
+        from IPython.display import display
+        if self.snapshot_bundle is not None:
+            display(self.snapshot_bundle, raw=True)
+            return
+        display(self._repr_mimebundle_(), raw=True, display_id=self._display_id)
+        self._displayed = True
+
+    def snapshot(self) -> Dict[str, Any]:
+        """The current frame as a mimebundle: ``image/png`` (header, charts, process table)
+        and ``text/plain`` (header and table)."""
+        header = _plain(self.header.value)
+        table = _status_table(self._last_status) if self._last_status else ''
+        charts = [w.value for w in (self.distribution, self.latency) if w.value]
+        return {'image/png': render_snapshot(header, charts, table),
+                'text/plain': header + ('\n' + table if table else '')}
+
+    def freeze(self, note: Optional[str] = None) -> Optional[Dict[str, Any]]:
+        """Stop refreshing and replace every displayed view by a static snapshot of the last
+        frame (what a saved notebook keeps). Returns the snapshot; nothing happens twice."""
+        if self.snapshot_bundle is not None:
+            return self.snapshot_bundle
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
+        if note:
+            self.header.value = self._header_html(self._last_status, note)
+        bundle = self.snapshot()
+        self.snapshot_bundle = bundle
+        if self._displayed:
+            try:
+                from IPython.display import update_display
+                update_display(bundle, raw=True, display_id=self._display_id)
+            except Exception:  # no display to update (not in IPython any more)
+                pass
+        return bundle
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> 'Dashboard':
@@ -112,9 +164,15 @@ class Dashboard(widgets.VBox):
         self.header.value = self._header_html(None, note)
 
     def close(self) -> None:
-        """Stop the refresh thread and close the widgets."""
+        """Stop the refresh thread, leave the last frame as a static image (see :meth:`freeze`)
+        and close the widgets."""
         if not hasattr(self, '_stop'):  # __init__ failed early; Widget.__del__ still calls close()
             return super().close()
+        if self._displayed and self.snapshot_bundle is None and self.comm is not None:
+            try:
+                self.freeze(f'closed; last frame at {time.strftime("%H:%M:%S")}')
+            except Exception:
+                pass
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -159,6 +217,7 @@ class Dashboard(widgets.VBox):
                 self.header.value = self._header_html(None, 'not running')
                 return None
             status = self.obj.status(timeout=1.0)
+            self._last_status = status
             now = time.monotonic()
             gw = status.get('gateway') or {}
             total = int(sum((gw.get('requests') or {}).values()))
@@ -237,6 +296,63 @@ class Dashboard(widgets.VBox):
         return '<div class="orchestra-dashboard-header">' + ' · '.join(parts) + '</div>'
 
 
+def _on_orchestration_event(event: str, obj: Orchestration) -> None:
+    """A deployment stopped: its displayed dashboards leave their last frame behind."""
+    if event != 'closed':
+        return
+    for dash in list(_LIVE.get(id(obj), [])):
+        if dash.obj is obj and dash._displayed and dash.snapshot_bundle is None:
+            dash.freeze(f'{obj.name} stopped at {time.strftime("%H:%M:%S")}; last frame')
+
+
+orchestration.OBSERVERS.append(_on_orchestration_event)
+
+
+def _plain(markup: str) -> str:
+    """The text of a bit of HTML (the header), for the snapshot."""
+    text = html.unescape(re.sub(r'<[^>]+>', '', markup)).replace('\u25cf', '')
+    return ' '.join(text.split())
+
+
+def _status_table(status: Dict[str, Any]) -> str:
+    """The per-process table as aligned text (for the snapshot)."""
+    head, rows, raw = reprs.replica_rows(status)
+    state_col = raw[0]
+    cells = [[_plain(str(c)) if i == state_col else str('' if c is None else c) for i, c in enumerate(row)]
+             for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(head)]
+    lines = ['  '.join(h.ljust(w) for h, w in zip(head, widths))]
+    lines += ['  '.join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return '\n'.join(lines)
+
+
+def render_snapshot(header: str, charts: List[bytes], table: str) -> bytes:
+    """One PNG: the header line, the chart PNGs side by side, the table in monospace."""
+    import matplotlib.image as mpimg
+    images = [mpimg.imread(io.BytesIO(png), format='png') for png in charts]
+    pad, head_h, line_h = 10, 30, 15
+    charts_w = sum(im.shape[1] for im in images) + pad * max(0, len(images) - 1)
+    charts_h = max((im.shape[0] for im in images), default=0)
+    lines = table.splitlines()
+    width = max(640, charts_w + 2 * pad, 7 * max((len(line) for line in lines), default=0) + 2 * pad)
+    height = head_h + charts_h + pad + line_h * len(lines) + 2 * pad
+    dpi = 100
+    fig = _figure(width / dpi, height / dpi)
+    fig.set_dpi(dpi)
+    fig.patch.set_facecolor('white')
+    fig.text(pad / width, 1 - 20 / height, header, fontsize=10, va='baseline', ha='left')
+    x = pad
+    for im in images:   # pixel offsets from the bottom left
+        fig.figimage(im, xo=x, yo=height - head_h - im.shape[0], origin='upper')
+        x += im.shape[1] + pad
+    if lines:
+        fig.text(pad / width, (line_h * len(lines) + pad) / height, table, fontsize=8.5,
+                 family='monospace', va='top', ha='left', linespacing=1.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi)
+    return buf.getvalue()
+
+
 def short_name(name: str, prefix: str) -> str:
     """'indexer/rep-0' -> 'rep-0' when every replica shares the prefix."""
     return name[len(prefix) + 1:] if prefix and name.startswith(prefix + '/') else name
@@ -281,8 +397,8 @@ def render_distribution(data: Dict[str, Any]) -> bytes:
     ax.invert_yaxis()
     ax.set_title('requests per replica', fontsize=10)
     ax.tick_params(labelsize=8)
-    if series:
-        ax.legend(fontsize=7, loc='lower right')
+    if series:  # beside the bars, never over the last replica's
+        ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0)
     return _png(fig)
 
 

@@ -282,12 +282,13 @@ class ProgressView:
     def render(self, final: Optional[str] = None) -> str:
         rows = [(name, reprs.badge(state)) for name, state in self.entry.progress.items()]
         table = reprs.html_table(['process', 'state'], rows, raw_columns=(1,)) if rows else ''
-        elapsed = f'{final or "…"} ({time.monotonic() - self.t0:.1f} s)'
+        state = reprs.badge(final or 'starting')   # 'indexer: ● starting (0.2 s)', then '● ready (1.3 s)'
+        elapsed = f'{time.monotonic() - self.t0:.1f} s'
         detail = ''
         if self.detail and (self.background or final is None):
             detail = f'<pre style="color: #c62828; white-space: pre-wrap">{reprs.esc(self.detail)}</pre>'
         return reprs.template('progress.html').substitute(
-            name=reprs.esc(self.entry.name), elapsed=reprs.esc(elapsed), table=table, detail=detail)
+            name=reprs.esc(self.entry.name), state=state, elapsed=reprs.esc(elapsed), table=table, detail=detail)
 
 
 class _Rendered:
@@ -336,6 +337,8 @@ class OrchestraMagics(Magics):
             return None
         return handler(args)
 
+    orchestra.__doc__ = HELP   # `%orchestra?` shows the help
+
     # -- helpers --------------------------------------------------------------------
     @property
     def _kernel(self) -> bool:
@@ -349,7 +352,7 @@ class OrchestraMagics(Magics):
 
     def _start(self, obj: Orchestration, no_wait: bool) -> Orchestration:
         try:
-            entry = REGISTRY.add(obj)
+            entry = REGISTRY.add(obj, source='magic')
         except ValueError as e:
             raise usage_error(str(e), 'up') from None
         view = ProgressView(entry, kernel=self._kernel, background=no_wait)
@@ -446,7 +449,7 @@ class OrchestraMagics(Magics):
 
     def _cmd_status(self, args: argparse.Namespace) -> None:
         if args.name is None:
-            display(_Overview(REGISTRY.entries()))
+            display(_Overview(REGISTRY.entries(), REGISTRY.stopped()))
             return
         display(_EntryView(self._entry(args.name, 'status')))
 
@@ -596,32 +599,45 @@ class _EntryView:
 
 
 class _Overview:
-    """``%orchestra status``: one row per orchestration this kernel started."""
+    """``%orchestra status``: one row per Deployment/Flow running in this kernel, then what stopped."""
 
-    HEAD = ['name', 'kind', 'state', 'replicas', 'address', 'runs']
+    HEAD = ['name', 'kind', 'state', 'replicas', 'address', 'runs', 'started by']
+    SOURCES = {'magic': '%orchestra', 'panel': 'ControlPanel', 'code': 'code'}
 
-    def __init__(self, entries: List[Entry]):
+    def __init__(self, entries: List[Entry], stopped: Optional[List[str]] = None):
         self.rows = []
+        self.stopped = list(stopped or [])
         for e in entries:
             o = e.obj
             self.rows.append([e.name, type(o).__name__, e.state,
                               sum(len(n.replicas) for n in o.nodes) or getattr(o, 'replicas', ''),
-                              o.address if e.state == 'running' else '', reprs.summary_line(o)])
+                              o.address if e.state == 'running' else '', reprs.summary_line(o),
+                              self.SOURCES.get(e.source, e.source)])
+
+    def summary(self) -> str:
+        """The line under (or instead of) the table: what is true now."""
+        stopped = f'stopped: {", ".join(self.stopped)}' if self.stopped else ''
+        if not self.rows:
+            if stopped:
+                return f'nothing running; {stopped}'
+            return 'nothing started in this kernel yet (%orchestra up ...)'
+        return stopped
 
     def _repr_html_(self) -> str:
+        note = f'<div style="color: #757575"><i>{reprs.esc(self.summary())}</i></div>' if self.summary() else ''
         if not self.rows:
-            return '<i>nothing started in this kernel yet (%orchestra up ...)</i>'
+            return note
         rows = [r[:2] + [reprs.badge(r[2])] + r[3:] for r in self.rows]
-        return reprs.html_table(self.HEAD, rows, raw_columns=(2,))
+        return reprs.html_table(self.HEAD, rows, raw_columns=(2,)) + note
 
     def __repr__(self) -> str:
         if not self.rows:
-            return 'nothing started in this kernel yet (%orchestra up ...)'
+            return self.summary()
         cells = [[str(c) for c in r] for r in self.rows]
         widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(self.HEAD)]
         lines = ['  '.join(h.ljust(w) for h, w in zip(self.HEAD, widths))]
         lines += ['  '.join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-        return '\n'.join(lines)
+        return '\n'.join(lines + ([self.summary()] if self.summary() else []))
 
 
 def load_ipython_extension(ipython) -> None:

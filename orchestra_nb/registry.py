@@ -1,4 +1,11 @@
-"""What this kernel started: the Deployments/Flows of ``%orchestra`` and the ControlPanel.
+"""Every Deployment and Flow running in this kernel, however it was started.
+
+The magics and the ControlPanel add what they start (:meth:`Registry.add`, which
+refuses a name already running here, whoever started it); a Deployment built in
+code and started with ``start()`` or ``with`` is added by the observer hook of
+:mod:`runtime.orchestration` (``OBSERVERS``), and every close removes its entry
+and remembers the name (``%orchestra status`` says what was stopped). Listeners
+(:meth:`Registry.subscribe`, the ControlPanel) hear about each change.
 
 Every entry is stopped by :func:`close_all`, which runs at interpreter exit (a
 kernel shutdown or restart exits the kernel process, so ``atexit`` runs). Even
@@ -14,26 +21,32 @@ the magics and the ControlPanel; nothing here imports IPython or ipywidgets.
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
+from runtime import orchestration
 from runtime.orchestration import Orchestration
+
+log = logging.getLogger('orchestra')
 
 
 @dataclass
 class Entry:
-    """One orchestration this kernel started (or is starting)."""
+    """One orchestration running (or starting) in this kernel."""
     obj: Orchestration
+    source: str = 'code'                             # who started it: 'magic', 'panel' or 'code'
     thread: Optional[threading.Thread] = None       # set while a --no-wait start runs
     error: Optional[BaseException] = None            # why a background start failed
     progress: Dict[str, str] = field(default_factory=dict)  # process name -> starting/ready/failed
     added_at: float = field(default_factory=time.time)
+    key: str = ''                                    # the registry key: the name, unless it clashed
 
     @property
     def name(self) -> str:
-        return self.obj.name
+        return self.key or self.obj.name
 
     @property
     def state(self) -> str:
@@ -50,23 +63,72 @@ class Registry:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._entries: Dict[str, Entry] = {}
+        self._stopped: List[str] = []
+        self._listeners: List[Callable[[], None]] = []
 
-    def add(self, obj: Orchestration) -> Entry:
-        """Register ``obj``; refuse a name that is already running or starting here."""
+    # -- changes ------------------------------------------------------------------------
+    def add(self, obj: Orchestration, source: str = 'code') -> Entry:
+        """Register ``obj`` before it starts; refuse a name that is already running or starting here."""
         with self._lock:
             old = self._entries.get(obj.name)
             if old is not None and old.obj is not obj and old.state in ('running', 'starting'):
-                raise ValueError(f'{obj.name!r} is already {old.state} in this kernel: '
-                                 f'`%orchestra down {obj.name}` first, or pick another --name')
-            entry = Entry(obj)
+                who = {'magic': 'by %orchestra up', 'panel': 'by a ControlPanel',
+                       'code': 'in code'}.get(old.source, '')
+                raise ValueError(f'{obj.name!r} is already {old.state} in this kernel (started {who}): '
+                                 f'`%orchestra down {obj.name}` first, or pick another name')
+            entry = Entry(obj, source=source, key=obj.name)
             self._entries[obj.name] = entry
-            return entry
+        self._changed()
+        return entry
 
+    def _observe(self, event: str, obj: Orchestration) -> None:
+        """The hook runtime.orchestration calls on every start and close in this process."""
+        with self._lock:
+            mine = [k for k, e in self._entries.items() if e.obj is obj]
+            if event == 'started':
+                if not mine:
+                    key, i = obj.name, 2
+                    while key in self._entries and self._entries[key].state in ('running', 'starting'):
+                        key, i = f'{obj.name}#{i}', i + 1
+                    self._entries[key] = Entry(obj, source='code', key=key)
+                if obj.name in self._stopped:
+                    self._stopped.remove(obj.name)
+            elif event == 'closed':
+                for k in mine:
+                    del self._entries[k]
+                if obj.name in self._stopped:
+                    self._stopped.remove(obj.name)
+                self._stopped.append(obj.name)
+            else:
+                return
+        self._changed()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (in the thread that made the change) after every change."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _changed(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception('a registry listener failed')
+
+    # -- reading --------------------------------------------------------------------------
     def get(self, name: str) -> Entry:
         with self._lock:
             if name not in self._entries:
                 known = ', '.join(self._entries) or 'none'
-                raise KeyError(f'nothing named {name!r} was started in this kernel (known: {known})')
+                stopped = f'; stopped: {", ".join(self._stopped)}' if self._stopped else ''
+                raise KeyError(f'nothing named {name!r} is running in this kernel (running: {known}{stopped})')
             return self._entries[name]
 
     def entries(self) -> List[Entry]:
@@ -77,21 +139,31 @@ class Registry:
         with self._lock:
             return list(self._entries)
 
-    def remove(self, name: str) -> Optional[Entry]:
+    def stopped(self) -> List[str]:
+        """Names stopped in this kernel (oldest first) and not running again."""
         with self._lock:
-            return self._entries.pop(name, None)
+            return [n for n in self._stopped if n not in self._entries]
+
+    # -- stopping -------------------------------------------------------------------------
+    def remove(self, name: str) -> Optional[Entry]:
+        """Forget ``name`` without stopping it (a start that failed)."""
+        with self._lock:
+            entry = self._entries.pop(name, None)
+        if entry is not None:
+            self._changed()
+        return entry
 
     def close(self, name: str, timeout: float = 60.0) -> Entry:
         """Stop ``name`` (waiting for a background start to finish first) and forget it."""
         entry = self.get(name)
         if entry.thread is not None:
             entry.thread.join(timeout)
-        entry.obj.close()
-        self.remove(name)
+        entry.obj.close()  # the observer hook forgets it and remembers the name
+        self.remove(entry.name)
         return entry
 
     def close_all(self) -> List[str]:
-        """Stop everything this kernel started (in parallel); return the names."""
+        """Stop everything running in this kernel (in parallel); return the names."""
         entries = self.entries()
         threads = [threading.Thread(target=self._close_quietly, args=(e,), daemon=True) for e in entries]
         for t in threads:
@@ -112,6 +184,7 @@ class Registry:
 
 #: the one registry of this kernel
 REGISTRY = Registry()
+orchestration.OBSERVERS.append(REGISTRY._observe)
 atexit.register(REGISTRY.close_all)
 
 

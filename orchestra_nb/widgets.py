@@ -1,13 +1,18 @@
-"""``ControlPanel()``: start, scale and stop a Deployment with widgets.
+"""``ControlPanel()``: start, scale, stop and watch the Deployments and Flows of this kernel.
 
     from orchestra_nb import ControlPanel
-    ControlPanel()        # pick an Executor, replicas, shards, polling, stateful; Up / Scale / Down
+    ControlPanel()        # Up a new Deployment; pick any running one: Scale / Down / Dashboard / logs
+
+The *Running* list shows every Deployment and Flow running in the kernel, however it
+was started (``%orchestra up``, this or another panel, or ``dep.start()``/``with dep:``
+in code: :data:`orchestra_nb.registry.REGISTRY` hears of each start and close), and
+follows starts and stops made elsewhere. Scale, Down, the log tail and the Dashboard act
+on the one picked there. Up refuses a name already running, whoever started it.
 
 Actions run in a background thread, so the kernel stays free while replicas
 start; the controls are disabled meanwhile and errors (with the failing
 replica's log tail) appear in the panel. A second thread refreshes the status
-table and the log tail about once a second. What the panel starts is in the
-kernel's registry (``%orchestra status`` lists it; kernel exit stops it).
+table and the log tail about once a second. Kernel exit stops what runs.
 """
 from __future__ import annotations
 
@@ -49,12 +54,13 @@ def _user_namespace() -> Dict[str, Any]:
 
 
 class ControlPanel(widgets.VBox):
-    """Widgets to run one Deployment; see the module docstring.
+    """Widgets over the kernel's running Deployments/Flows; see the module docstring.
 
     ``namespace`` is where notebook Executor classes are looked up (default: the
-    IPython user namespace). ``deployment`` is the one running (or None);
-    :meth:`up`, :meth:`scale`, :meth:`down` do what the buttons do and return at
-    once; :meth:`wait_idle` waits for the action to finish.
+    IPython user namespace). ``deployment`` is the one picked in *Running* (or None);
+    :meth:`select` picks one by name. :meth:`up`, :meth:`scale`, :meth:`down`,
+    :meth:`toggle_dashboard` do what the buttons do and return at once;
+    :meth:`wait_idle` waits for the action to finish.
     """
 
     def __init__(self, namespace: Optional[Dict[str, Any]] = None, refresh_interval: float = 1.0,
@@ -62,57 +68,76 @@ class ControlPanel(widgets.VBox):
         self.namespace = namespace if namespace is not None else _user_namespace()
         self.refresh_interval = refresh_interval
         self.log_lines = log_lines
-        self.deployment = None
         self.last_error: Optional[str] = None
+        self.dashboard = None
         self._action: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        style = {'description_width': '70px'}
+        self._sync_lock = threading.RLock()
+        style = {'description_width': '84px'}
         self.executor = widgets.Dropdown(description='Executor', style=style,
-                                         layout=widgets.Layout(width='340px'))
+                                         layout=widgets.Layout(width='354px'))
         self.rescan_button = widgets.Button(icon='refresh', tooltip='look for Executor classes again',
                                             layout=widgets.Layout(width='36px'))
         self.name = widgets.Text(description='Name', placeholder='from the class', style=style,
-                                 layout=widgets.Layout(width='240px'))
+                                 layout=widgets.Layout(width='260px'))
         self.replicas = widgets.BoundedIntText(value=2, min=1, max=64, description='Replicas', style=style,
-                                               layout=widgets.Layout(width='150px'))
+                                               layout=widgets.Layout(width='164px'))
         self.shards = widgets.BoundedIntText(value=1, min=1, max=16, description='Shards', style=style,
-                                             layout=widgets.Layout(width='150px'))
+                                             layout=widgets.Layout(width='164px'))
         self.polling = widgets.Dropdown(options=[('default', None), ('ANY', 'ANY'), ('ALL', 'ALL')],
-                                        description='Polling', style=style, layout=widgets.Layout(width='180px'))
-        self.stateful = widgets.Checkbox(description='stateful (RAFT)', indent=False)
+                                        description='Polling', style=style, layout=widgets.Layout(width='194px'))
+        self.stateful = widgets.Checkbox(description='stateful (RAFT)', indent=False,
+                                         layout=widgets.Layout(width='140px'))
         self.workspace = widgets.Text(description='Workspace', placeholder='RAFT state dir (default: temporary)',
-                                      style=style, layout=widgets.Layout(width='340px'))
+                                      style=style, layout=widgets.Layout(width='384px'))
         #: argument name -> its field; the fields' values are what Up passes to Deployment(...)
         self.fields = {'uses': self.executor, 'name': self.name, 'replicas': self.replicas,
                        'shards': self.shards, 'polling': self.polling, 'stateful': self.stateful,
                        'workspace': self.workspace}
         for arg in PANEL_ARGS:
             self.fields[arg.name].tooltip = arg.help
-        self.up_button = widgets.Button(description='Up', button_style='success', icon='play')
+        self.up_button = widgets.Button(description='Up', button_style='success', icon='play',
+                                        tooltip='start a new Deployment from these fields')
+        self.target = widgets.Dropdown(description='Running', style=style, options=[('(nothing running)', None)],
+                                       layout=widgets.Layout(width='354px'),
+                                       tooltip='every Deployment/Flow running in this kernel')
         self.scale_button = widgets.Button(description='Scale', icon='arrows-v',
-                                           tooltip='set the running deployment to this many replicas')
-        self.down_button = widgets.Button(description='Down', button_style='danger', icon='stop')
+                                           tooltip='set the picked deployment to the Replicas value')
+        self.down_button = widgets.Button(description='Down', button_style='danger', icon='stop',
+                                          tooltip='stop the picked deployment')
+        self.dashboard_button = widgets.Button(description='Dashboard', icon='line-chart',
+                                               tooltip='show (or hide) the live Dashboard of the picked deployment')
         self.message = widgets.HTML()
         self.status = widgets.HTML('<i>nothing running</i>')
-        self.log_choice = widgets.Dropdown(description='Log of', style=style, layout=widgets.Layout(width='300px'))
+        self.log_choice = widgets.Dropdown(description='Log of', style=style, layout=widgets.Layout(width='354px'))
         self.log_view = widgets.HTML()
+        self.dashboard_box = widgets.VBox()
         self._inputs = [self.executor, self.rescan_button, self.name, self.replicas, self.shards,
                         self.polling, self.stateful, self.workspace]
+        for w, cls in ((self.target, 'running'), (self.replicas, 'replicas'), (self.up_button, 'up'),
+                       (self.scale_button, 'scale'), (self.down_button, 'down'),
+                       (self.dashboard_button, 'dashboard'), (self.status, 'status'), (self.message, 'message')):
+            w.add_class(f'orchestra-panel-{cls}')
         super().__init__([
             widgets.HBox([self.executor, self.rescan_button, self.name]),
             widgets.HBox([self.replicas, self.shards, self.polling]),
             widgets.HBox([self.stateful, self.workspace]),
-            widgets.HBox([self.up_button, self.scale_button, self.down_button]),
-            self.message, self.status, self.log_choice, self.log_view,
+            widgets.HBox([self.up_button]),
+            widgets.HTML('<hr style="margin: 4px 0">'),
+            widgets.HBox([self.target, self.scale_button, self.down_button, self.dashboard_button]),
+            self.message, self.status, self.log_choice, self.log_view, self.dashboard_box,
         ])
         self.add_class('orchestra-control-panel')
         self.rescan_button.on_click(lambda _: self.rescan())
         self.up_button.on_click(lambda _: self.up())
         self.scale_button.on_click(lambda _: self.scale())
         self.down_button.on_click(lambda _: self.down())
+        self.dashboard_button.on_click(lambda _: self.toggle_dashboard())
+        self.target.observe(self._on_pick, 'value')
         self.rescan()
-        self._sync_controls()
+        self._sync_targets()
+        REGISTRY.subscribe(self._sync_targets)
         self._refresher = threading.Thread(target=self._refresh_loop, daemon=True, name='control-panel')
         self._refresher.start()
 
@@ -129,6 +154,52 @@ class ControlPanel(widgets.VBox):
             self.executor.index = 0
         return options
 
+    @property
+    def deployment(self):
+        """The Deployment/Flow picked in *Running* (None when nothing runs)."""
+        name = self.target.value
+        if name is None:
+            return None
+        try:
+            return REGISTRY.get(name).obj
+        except KeyError:
+            return None
+
+    def running_names(self) -> List[str]:
+        """What *Running* offers: every Deployment/Flow running or starting in the kernel."""
+        return [e.name for e in REGISTRY.entries() if e.state in ('running', 'starting')]
+
+    def select(self, name: str) -> None:
+        """Pick ``name`` in *Running*."""
+        self._sync_targets()
+        if name not in self.running_names():
+            raise KeyError(f'{name!r} is not running in this kernel (running: {", ".join(self.running_names()) or "none"})')
+        self.target.value = name
+
+    def _sync_targets(self) -> None:
+        """Offer what runs now (called on every registry change and by the refresher)."""
+        with self._sync_lock:
+            entries = [e for e in REGISTRY.entries() if e.state in ('running', 'starting')]
+            options = [(f'{e.name} ({type(e.obj).__name__}{", starting" if e.state == "starting" else ""})',
+                        e.name) for e in entries] or [('(nothing running)', None)]
+            if list(self.target.options) != options:
+                keep = self.target.value
+                self.target.options = options
+                values = [v for _, v in options]
+                self.target.value = keep if keep in values else values[-1]
+            if not self.busy:
+                self._sync_controls()
+
+    def _on_pick(self, change: Dict[str, Any]) -> None:
+        dep = self.deployment
+        replicas = getattr(dep, 'replicas', None)
+        if isinstance(replicas, int) and not self.busy:
+            self.replicas.value = replicas      # Scale starts from what runs
+        if self.dashboard is not None and (dep is None or self.dashboard.obj is not dep):
+            self._close_dashboard()
+        if not self.busy:
+            self._sync_controls()
+
     # -- actions (each returns at once; the work runs in a thread) ------------------
     @property
     def busy(self) -> bool:
@@ -139,14 +210,35 @@ class ControlPanel(widgets.VBox):
         self._run('up', self._do_up)
 
     def scale(self, replicas: Optional[int] = None) -> None:
-        """Scale the running deployment to ``replicas`` (default: the Replicas box)."""
+        """Scale the picked deployment to ``replicas`` (default: the Replicas box)."""
         if replicas is not None:
             self.replicas.value = replicas
         self._run('scale', self._do_scale)
 
     def down(self) -> None:
-        """Stop the running deployment."""
+        """Stop the picked deployment."""
         self._run('down', self._do_down)
+
+    def toggle_dashboard(self) -> None:
+        """Show the live Dashboard of the picked deployment under the panel, or hide it."""
+        if self.dashboard is not None:
+            self._close_dashboard()
+            return
+        dep = self.deployment
+        if dep is None:
+            self._show_error('nothing picked: start one with Up, or with %orchestra up')
+            return
+        from orchestra_nb.dashboard import Dashboard
+        self.dashboard = Dashboard(dep, replace=False)
+        self.dashboard_box.children = [self.dashboard]
+        self.dashboard_button.description = 'Hide dashboard'
+
+    def _close_dashboard(self) -> None:
+        dash, self.dashboard = self.dashboard, None
+        self.dashboard_box.children = []
+        self.dashboard_button.description = 'Dashboard'
+        if dash is not None:
+            dash.close()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait for the running action; False if it is still running after ``timeout`` s."""
@@ -157,12 +249,15 @@ class ControlPanel(widgets.VBox):
         return True
 
     def close(self) -> None:
-        """Stop refreshing and close the widgets (a running deployment keeps running)."""
+        """Stop refreshing and close the widgets (what runs keeps running)."""
         if not hasattr(self, '_refresher'):  # __init__ failed early; Widget.__del__ still calls close()
             return super().close()
         self._stop.set()
-        for w in self._inputs + [self.up_button, self.scale_button, self.down_button, self.message,
-                                 self.status, self.log_choice, self.log_view]:
+        REGISTRY.unsubscribe(self._sync_targets)
+        self._close_dashboard()
+        for w in self._inputs + [self.up_button, self.target, self.scale_button, self.down_button,
+                                 self.dashboard_button, self.message, self.status, self.log_choice,
+                                 self.log_view, self.dashboard_box]:
             w.close()
         for child in self.children:
             child.close()
@@ -190,15 +285,13 @@ class ControlPanel(widgets.VBox):
 
     def _do_up(self) -> None:
         from runtime.deployment import Deployment
-        if self.deployment is not None and self.deployment.running:
-            raise RuntimeError(f'{self.deployment.name!r} is running: Scale it, or Down first')
         kwargs = self.deployment_kwargs()
         uses = kwargs.get('uses')
         if uses is None:
             raise ValueError('no Executor to run: define an Executor class in the notebook and press ↻')
         name = kwargs.setdefault('name', default_name(uses))
         dep = Deployment(**kwargs)
-        REGISTRY.add(dep)
+        REGISTRY.add(dep, source='panel')   # refuses a name running here, whoever started it
         states: Dict[str, str] = {}
         t0 = time.monotonic()
 
@@ -212,7 +305,8 @@ class ControlPanel(widgets.VBox):
         except BaseException:
             REGISTRY.remove(name)
             raise
-        self.deployment = dep
+        self._sync_targets()
+        self.target.value = name
         self.message.value = (f'<span style="color: #2e7d32">{reprs.esc(name)} is up at '
                               f'<code>{reprs.esc(dep.address)}</code> ({time.monotonic() - t0:.1f} s)</span>')
 
@@ -236,22 +330,27 @@ class ControlPanel(widgets.VBox):
         n = self.replicas.value
         t0 = time.monotonic()
         self.message.value = f'scaling <code>{reprs.esc(dep.name)}</code> to {n} replicas…'
-        dep.scale(n)
+        executor = _only_executor(dep)
+        dep.scale(*((executor, n) if executor else (n,)))
         self.message.value = f'{reprs.esc(dep.name)}: {n} replicas ({time.monotonic() - t0:.1f} s)'
 
     def _do_down(self) -> None:
         dep = self._running()
+        name = self.target.value
         self.message.value = f'stopping <code>{reprs.esc(dep.name)}</code>…'
+        if self.dashboard is not None and self.dashboard.obj is dep:
+            self._close_dashboard()
         try:
-            REGISTRY.close(dep.name)
+            REGISTRY.close(name)
         except KeyError:
             dep.close()
         self.message.value = f'{reprs.esc(dep.name)} stopped'
 
     def _running(self):
-        if self.deployment is None or not self.deployment.running:
-            raise RuntimeError('nothing is running: press Up first')
-        return self.deployment
+        dep = self.deployment
+        if dep is None or not dep.running:
+            raise RuntimeError('nothing picked is running: press Up, or pick one under Running')
+        return dep
 
     # -- display ------------------------------------------------------------------
     def _set_busy(self, busy: bool) -> None:
@@ -260,10 +359,16 @@ class ControlPanel(widgets.VBox):
         self._sync_controls(busy)
 
     def _sync_controls(self, busy: bool = False) -> None:
-        running = self.deployment is not None and self.deployment.running
-        self.up_button.disabled = busy or running
+        dep = self.deployment
+        running = dep is not None and dep.running
+        self.up_button.disabled = busy
+        self.target.disabled = busy
         self.down_button.disabled = busy or not running
-        self.scale_button.disabled = busy or not running or bool(getattr(self.deployment, 'stateful', False))
+        self.dashboard_button.disabled = busy or (not running and self.dashboard is None)
+        from runtime.flow import Flow
+        scalable = running and not getattr(dep, 'stateful', False) and (
+            not isinstance(dep, Flow) or _only_executor(dep) is not None)
+        self.scale_button.disabled = busy or not scalable
 
     def _show_error(self, text: str) -> None:
         self.last_error = text
@@ -275,6 +380,7 @@ class ControlPanel(widgets.VBox):
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_interval):
             try:
+                self._sync_targets()
                 self._refresh_status()
             except Exception as e:  # never let the refresher die
                 self.status.value = f'<span style="color: #757575">status unavailable: {reprs.esc(e)}</span>'
@@ -282,7 +388,9 @@ class ControlPanel(widgets.VBox):
     def _refresh_status(self) -> None:
         dep = self.deployment
         if dep is None or not dep.running:
-            self.status.value = '<i>nothing running</i>' if dep is None else reprs.status_html(dep)
+            stopped = REGISTRY.stopped()
+            self.status.value = ('<i>nothing running' + (f'; stopped: {reprs.esc(", ".join(stopped))}'
+                                                         if stopped else '') + '</i>')
             if not self.busy:
                 self._sync_controls()
             return
@@ -305,3 +413,13 @@ class ControlPanel(widgets.VBox):
             self.log_view.value = html
         if not self.busy:
             self._sync_controls()
+
+
+def _only_executor(obj: Any) -> Optional[str]:
+    """A Flow's Executor name when it has exactly one (what Scale scales); None for a Deployment
+    or a Flow of several (scale those with ``%orchestra scale NAME N --executor E``)."""
+    from runtime.flow import Flow
+    if not isinstance(obj, Flow):
+        return None
+    nodes = [n.name for n in getattr(obj, 'nodes', [])]
+    return nodes[0] if len(nodes) == 1 else None

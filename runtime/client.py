@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import grpc
 
 from runtime import protocol
-from runtime.loop import background_loop, run_async, run_sync
+from runtime.loop import RequestCancelled, background_loop, run_async, run_sync
 
 
 class RemoteError(RuntimeError):
@@ -82,8 +82,11 @@ class Client:
              return_type: Optional[type] = None, prefetch: Optional[int] = None,
              timeout: Optional[float] = None, **kwargs):
         """Send ``inputs`` to endpoint ``on`` in requests of ``request_size`` docs; return a DocList."""
-        return run_sync(self._post(on, inputs, request_size, parameters, return_type, prefetch, timeout, kwargs),
-                        None, what=f'post to {on!r} at {self.address}')
+        try:
+            return run_sync(self._post(on, inputs, request_size, parameters, return_type, prefetch, timeout,
+                                       kwargs), None, what=f'post to {on!r} at {self.address}')
+        except KeyboardInterrupt:  # run_sync cancelled the request; no traceback through the loop
+            raise RequestCancelled(f'post to {on!r} cancelled; {self.address} is still serving') from None
 
     async def apost(self, on: str, inputs: Any = None, request_size: int = 100,
                     parameters: Optional[dict] = None, return_type: Optional[type] = None,

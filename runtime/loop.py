@@ -21,6 +21,15 @@ _lock = threading.Lock()
 _loop: Optional[asyncio.AbstractEventLoop] = None
 
 
+class RequestCancelled(KeyboardInterrupt):
+    """A sync call interrupted (Ctrl-C, the notebook's interrupt button): the request was
+    cancelled, the services keep running. Shown as its one-line message, not as a traceback
+    through this loop's internals (``_render_traceback_`` is what IPython shows)."""
+
+    def _render_traceback_(self) -> list:
+        return [f'KeyboardInterrupt: {self}']
+
+
 def background_loop() -> asyncio.AbstractEventLoop:
     """The toolkit's loop, started on first use."""
     global _loop

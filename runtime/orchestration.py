@@ -29,10 +29,24 @@ import grpc
 
 from runtime import protocol, reprs
 from runtime.client import Client
-from runtime.loop import run_async, run_sync
+from runtime.loop import RequestCancelled, run_async, run_sync
 from runtime.processes import ChildFailedError, ChildProcess, start_all, stop_all, tail
 
 log = logging.getLogger('orchestra')
+
+#: ``callback(event, orchestration)`` for every start and close in this process, ``event``
+#: being ``'started'`` or ``'closed'``; called in the thread that started/closed it. The
+#: notebook face (orchestra_nb/registry.py) subscribes so it knows every running Deployment
+#: and Flow, however it was started. A callback that raises is logged and ignored.
+OBSERVERS: List[Callable[[str, 'Orchestration'], None]] = []
+
+
+def _notify(event: str, obj: 'Orchestration') -> None:
+    for callback in list(OBSERVERS):
+        try:
+            callback(event, obj)
+        except Exception:
+            log.exception('an orchestration observer failed on %r', event)
 
 
 @dataclass
@@ -134,6 +148,7 @@ class Orchestration:
         self._supervisor.start()
         if self.stream_logs:
             self._start_log_streaming()
+        _notify('started', self)
         return self
 
     def close(self) -> None:
@@ -144,7 +159,9 @@ class Orchestration:
             self._client = None
         procs = [r.process for n in self.nodes for r in n.replicas if r.process]
         stop_all(procs + ([self.gateway] if self.gateway else []))
-        self._started = False
+        was_started, self._started = self._started, False
+        if was_started:
+            _notify('closed', self)
 
     def __enter__(self):
         return self.start()
@@ -207,8 +224,16 @@ class Orchestration:
         return self._client
 
     def post(self, on: str, inputs: Any = None, request_size: int = 100, **kwargs):
-        """Send docs to endpoint ``on`` through the gateway; returns a DocList (see :meth:`Client.post`)."""
-        return self._require_started().post(on, inputs, request_size=request_size, **kwargs)
+        """Send docs to endpoint ``on`` through the gateway; returns a DocList (see :meth:`Client.post`).
+
+        Interrupted (Ctrl-C, the notebook's interrupt button), the request is cancelled and
+        :class:`~runtime.loop.RequestCancelled` (a ``KeyboardInterrupt``) says so in one line."""
+        client = self._require_started()
+        try:
+            return client.post(on, inputs, request_size=request_size, **kwargs)
+        except KeyboardInterrupt:
+            raise RequestCancelled(f'{self.name}.post({on!r}) was cancelled; {type(self).__name__} '
+                                   f'{self.name!r} is still running') from None
 
     async def apost(self, on: str, inputs: Any = None, request_size: int = 100, **kwargs):
         """Async twin of :meth:`post`."""

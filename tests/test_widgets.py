@@ -112,6 +112,7 @@ def test_control_panel_up_scale_down():
         labels = [label for label, _ in panel.executor.options]
         assert labels[0] == 'PanelEcho (notebook)' and 'Echo (built-in)' in labels
         assert not panel.up_button.disabled and panel.down_button.disabled and panel.scale_button.disabled
+        assert panel.target.options == (('(nothing running)', None),)
         panel.name.value = 'panel'
         panel.replicas.value = 2
         disabled_log = []
@@ -122,13 +123,15 @@ def test_control_panel_up_scale_down():
         assert disabled_log == [True, False]  # the controls were disabled while Up ran
         dep = panel.deployment
         assert dep is not None and dep.running and dep.replicas == 2 and 'panel' in REGISTRY.names()
-        assert panel.up_button.disabled and not panel.down_button.disabled and not panel.executor.disabled
+        assert panel.target.value == 'panel' and REGISTRY.get('panel').source == 'panel'
+        assert not panel.up_button.disabled and not panel.down_button.disabled and not panel.executor.disabled
         wait_until(lambda: 'panel/rep-1' in panel.status.value, 10, 'the status table to list rep-1')
         wait_until(lambda: '<pre' in panel.log_view.value, 10, 'the log tail')
 
-        panel.up_button.click()  # disabled in the front end; a programmatic click reports why
+        panel.up_button.click()  # the same name again: refused before anything starts
         panel.wait_idle(10)
-        assert 'is running' in panel.last_error
+        assert "'panel' is already running in this kernel (started by a ControlPanel)" in panel.last_error
+        assert panel.deployment is dep and [e.obj for e in REGISTRY.entries()] == [dep]
 
         panel.scale(3)
         assert panel.wait_idle(60)
@@ -141,7 +144,9 @@ def test_control_panel_up_scale_down():
         assert panel.wait_idle(60)
         assert not dep.running and 'panel' not in REGISTRY.names()
         wait_until(lambda: all(pid_gone(p) for p in pids), 10, 'the panel deployment to exit')
-        assert not panel.up_button.disabled and panel.down_button.disabled
+        assert not panel.up_button.disabled and panel.down_button.disabled and panel.target.value is None
+        wait_until(lambda: 'stopped: ' in panel.status.value and 'panel' in panel.status.value, 10,
+                   'the panel to say what stopped')
     finally:
         panel.close()
         REGISTRY.close_all()
@@ -181,3 +186,76 @@ def test_a_newer_dashboard_of_the_same_deployment_takes_over():
         finally:
             first.close()
             second.close()
+
+
+def test_control_panel_manages_what_was_started_elsewhere():
+    """Deployments started by %orchestra up and in code are listed, scaled, stopped and shown."""
+    from IPython.testing.globalipapp import start_ipython
+    ip = start_ipython()
+    ip.run_cell('%load_ext orchestra_nb', store_history=False)
+    panel = ControlPanel(namespace={}, refresh_interval=0.2)
+    code_dep = Deployment(name='incode', uses='sample_executors:Upper')
+    try:
+        assert panel.deployment is None and panel.scale_button.disabled
+        res = ip.run_cell('t_viamagic = %orchestra up --uses sample_executors:Upper --name viamagic',
+                          store_history=False)
+        res.raise_error()
+        magic_dep = ip.user_ns['t_viamagic']
+        wait_until(lambda: panel.target.value == 'viamagic', 10, 'the panel to list viamagic')
+        assert 'viamagic (Deployment)' in [label for label, _ in panel.target.options]
+        assert panel.deployment is magic_dep and panel.replicas.value == 1
+        assert not panel.scale_button.disabled and not panel.down_button.disabled
+        wait_until(lambda: 'viamagic/rep-0' in panel.status.value, 10, 'the status of viamagic')
+
+        panel.name.value = 'viamagic'  # the name is taken by the magic's deployment: refused up front
+        panel.up()
+        assert panel.wait_idle(30)
+        assert "'viamagic' is already running in this kernel (started by %orchestra up)" in panel.last_error
+
+        panel.scale(2)
+        assert panel.wait_idle(60) and panel.last_error is None, panel.last_error
+        assert magic_dep.replicas == 2
+        wait_until(lambda: 'viamagic/rep-1' in panel.status.value, 10, 'the status table to list rep-1')
+
+        panel.toggle_dashboard()
+        dash = panel.dashboard
+        assert dash is not None and dash.obj is magic_dep and panel.dashboard_box.children == (dash,)
+        wait_until(lambda: dash.values['refreshes'] >= 1, 20, 'the dashboard in the panel to refresh')
+        panel.toggle_dashboard()
+        assert panel.dashboard is None and not dash.running
+
+        with code_dep:  # started in code: listed too, and gone from the list once the block ends
+            wait_until(lambda: 'incode' in panel.running_names(), 10, 'the panel to list incode')
+            assert REGISTRY.get('incode').source == 'code'
+            panel.select('incode')
+            assert panel.deployment is code_dep
+        wait_until(lambda: 'incode' not in panel.running_names(), 10, 'the panel to drop incode')
+        assert panel.target.value == 'viamagic'
+
+        pids = [r.process.pid for r in magic_dep.nodes[0].replicas] + [magic_dep.gateway.pid]
+        panel.down()
+        assert panel.wait_idle(60) and panel.last_error is None, panel.last_error
+        assert not magic_dep.running and REGISTRY.names() == []
+        wait_until(lambda: all(pid_gone(p) for p in pids), 10, 'viamagic to exit')
+        assert panel.deployment is None and panel.down_button.disabled
+        ip.run_cell('%orchestra status', store_history=False)
+    finally:
+        panel.close()
+        code_dep.close()
+        REGISTRY.close_all()
+        ip.user_ns.pop('t_viamagic', None)
+
+
+def test_a_stopped_dashboard_leaves_its_last_frame():
+    with Deployment(name='frozen', uses=Tagger) as dep:
+        dash = Dashboard(dep, interval=0.2)
+        dash._displayed = True  # as if shown: freezing then updates the display (no-op outside IPython)
+        dep.post('/tag', DocList[TextDoc]([TextDoc() for _ in range(3)]), request_size=1)
+        wait_until(lambda: '3 requests' in dash.header.value, 20, 'the dashboard to count 3 requests')
+    # the deployment stopped: its dashboard froze, in the thread that closed it
+    assert dash.snapshot_bundle is not None and not dash.running
+    png = dash.snapshot_bundle['image/png']
+    assert png[:8] == b'\x89PNG\r\n\x1a\n'
+    text = dash.snapshot_bundle['text/plain']
+    assert 'frozen stopped' in text and 'frozen/rep-0' in text and '3 requests' in text
+    dash.close()
