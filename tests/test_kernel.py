@@ -140,3 +140,73 @@ def test_a_killed_kernel_takes_its_replicas_along(kernel):
     pids = pids_from(text)
     kernel.km.shutdown_kernel(now=True)  # SIGKILL: no atexit; the lifeline pipes close
     wait_until(lambda: all(pid_gone(p) for p in pids), 15, f'replicas {pids} to exit after the kernel was killed')
+
+
+def test_interrupting_a_post_shows_one_line_and_the_deployment_keeps_running(kernel):
+    reply, text = kernel.run(textwrap.dedent('''\
+        %load_ext orchestra_nb
+        from docarray.documents import TextDoc
+        slow = %orchestra up --uses sample_executors:WhoAmI --name slow --uses-with '{"slow_replicas": [0], "delay": 4}'
+        '''))
+    assert reply['status'] == 'ok', text
+    msg_id = kernel.kc.execute('slow.post("/who", TextDoc(text="x"))')
+    deadline = time.monotonic() + 30
+    while True:  # wait until the cell runs, then press "interrupt" while post waits
+        assert time.monotonic() < deadline, 'the post cell never started'
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg['parent_header'].get('msg_id') == msg_id and msg['msg_type'] == 'execute_input':
+            break
+    time.sleep(0.5)
+    kernel.km.interrupt_kernel()
+    error = None
+    deadline = time.monotonic() + 30
+    while error is None:  # the error the notebook shows for that cell
+        assert time.monotonic() < deadline, 'the interrupted cell showed no error'
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg['parent_header'].get('msg_id') == msg_id and msg['msg_type'] == 'error':
+            error = msg['content']
+    shown = '\n'.join(error['traceback'])
+    assert shown == "KeyboardInterrupt: slow.post('/who') was cancelled; Deployment 'slow' is still running", shown
+    reply, text = kernel.run('print(slow.running, len(slow.post("/who", TextDoc(text="y"))))')
+    assert reply['status'] == 'ok' and 'True 1' in text, text
+    kernel.run('%orchestra down --all')
+
+
+def test_a_closed_dashboard_is_saved_as_an_image(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(textwrap.dedent('''\
+                    from docarray.documents import TextDoc
+                    from orchestra_nb import Dashboard, Deployment
+                    dep = Deployment(name='saved', uses='sample_executors:Upper', replicas=2).start()
+                    other = Deployment(name='other', uses='sample_executors:Upper').start()''')),
+                nbformat.v4.new_code_cell('dash = Dashboard(dep, interval=0.2)\ndash'),
+                nbformat.v4.new_code_cell('Dashboard(other, interval=0.2)'),
+                nbformat.v4.new_code_cell(textwrap.dedent('''\
+                    import time
+                    dep.post('/upper', [TextDoc(text='x')] * 5, request_size=1)
+                    t0 = time.monotonic()
+                    while '5 requests' not in dash.header.value and time.monotonic() - t0 < 30:
+                        time.sleep(0.1)
+                    dash.refresh()''')),
+                nbformat.v4.new_code_cell('dash.close()'),
+                nbformat.v4.new_code_cell('other.close()\ndep.close()')]
+    client = NotebookClient(nb, timeout=120, kernel_name='python3', resources={'metadata': {'path': TESTS}})
+    client.execute()
+    nbformat.write(nb, str(tmp_path / 'saved.ipynb'))
+    saved = nbformat.read(str(tmp_path / 'saved.ipynb'), as_version=4)
+    for cell, name in ((saved.cells[1], 'saved'), (saved.cells[2], 'other')):  # closed / its deployment stopped
+        data = [o for o in cell.outputs if o.get('output_type') in ('display_data', 'execute_result')]
+        assert len(data) == 1, cell.outputs
+        bundle = data[0]['data']
+        assert 'application/vnd.jupyter.widget-view+json' not in bundle, f'{name}: still the live widget'
+        assert 'image/png' in bundle, bundle.keys()
+        import base64
+        assert base64.b64decode(bundle['image/png'])[:8] == b'\x89PNG\r\n\x1a\n'
+        assert f'Deployment {name}' in bundle['text/plain'] and f'{name}/rep-0' in bundle['text/plain']
+    assert '5 requests' in saved.cells[1].outputs[0]['data']['text/plain']

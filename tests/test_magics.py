@@ -175,7 +175,7 @@ def test_cell_magic_resolves_a_class_defined_in_the_shell(ip):
     ('%orchestra up --uses echo --uses-with {bad', 'not valid JSON'),
     ('%orchestra up --uses echo --bogus 1', 'unrecognized arguments: --bogus 1'),
     ('%orchestra up -f /nonexistent/x.yaml', 'no such file'),
-    ('%orchestra status nobody', "nothing named 'nobody' was started in this kernel"),
+    ('%orchestra status nobody', "nothing named 'nobody' is running in this kernel"),
     ('%orchestra scale nobody 2', "nothing named 'nobody'"),
     ('%orchestra scale', 'the following arguments are required: name, replicas'),
     ('%orchestra down', 'give NAME(s) or --all'),
@@ -209,9 +209,46 @@ def test_help_and_a_taken_name(ip, capsys):
     assert run(ip, '%orchestra') is None
     out = capsys.readouterr().out
     assert '%orchestra up --uses EXEC' in out and '%orchestra scale NAME N' in out
+    info = ip.object_inspect('%orchestra')  # what `%orchestra?` shows
+    assert info['found'] and '%orchestra up --uses EXEC' in info['docstring']
+    assert '<no docstring>' not in info['docstring']
+    capsys.readouterr()
+    run(ip, '%orchestra?')
+    assert '%orchestra scale NAME N' in capsys.readouterr().out
     run(ip, '%orchestra up --uses echo --name taken')
     err, printed = run_failing(ip, '%orchestra up --uses echo --name taken', capsys)
     assert isinstance(err, UsageError) and "'taken' is already running in this kernel" in str(err)
+
+
+def test_a_name_taken_in_code_is_refused_and_status_lists_it(ip, capsys):
+    from runtime.deployment import Deployment
+    with Deployment(name='coded', uses='sample_executors:Upper') as dep:
+        err, _ = run_failing(ip, '%orchestra up --uses echo --name coded', capsys)
+        assert isinstance(err, UsageError)
+        assert "'coded' is already running in this kernel (started in code)" in str(err)
+        run(ip, '%orchestra status')
+        out = capsys.readouterr().out
+        assert 'coded' in out and 'running' in out and 'code' in out
+        assert run(ip, '%orchestra up --uses echo').name == 'echo'  # a free default name still starts
+    assert not dep.running
+
+
+def test_status_says_what_stopped(ip, capsys):
+    run(ip, '%orchestra up --uses echo --name first')
+    run(ip, '%orchestra up --uses echo --name second')
+    run(ip, '%orchestra down first')
+    capsys.readouterr()
+    run(ip, '%orchestra status')
+    out = capsys.readouterr().out
+    assert 'second' in out and 'stopped: ' in out and 'first' in out.split('stopped: ')[1]
+    run(ip, '%orchestra down --all')
+    capsys.readouterr()
+    run(ip, '%orchestra status')
+    out = capsys.readouterr().out
+    assert out.startswith('nothing running; stopped: ') and 'first' in out and 'second' in out
+    assert 'nothing started' not in out
+    err, _ = run_failing(ip, '%orchestra status first', capsys)
+    assert "nothing named 'first' is running" in str(err) and 'stopped: ' in str(err)
 
 
 def test_scale_refuses_a_stateful_deployment(ip, tmp_path):
