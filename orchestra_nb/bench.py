@@ -83,10 +83,7 @@ def result_html(result: BenchResult) -> str:
     for s in result.setups:
         if s.error:
             details.append(f'<div style="color:#c62828"><b>{esc(s.name)}</b>: {esc(s.error)}</div>')
-        reps = ', '.join(f'{esc(name)}: ' + ', '.join(f'{esc(str(k))} {esc(str(v))}' for k, v in rec.items())
-                         for name, rec in s.per_replica.items())
-        if reps:
-            details.append(f'<div><b>{esc(s.name)}</b> &mdash; {reps}</div>')
+    details.append(per_replica_html(result))
     w, m = result.workload, result.machine
     caption = (f"{w.get('docs')} docs &times; {w.get('dim')}-d, index request_size={w.get('index_request_size')}; "
                f"{w.get('queries')} queries, request_size=1, limit={w.get('limit')}, {w.get('concurrency')} in flight"
@@ -95,6 +92,28 @@ def result_html(result: BenchResult) -> str:
             f'<caption style="caption-side:bottom;text-align:left;font-size:85%">{caption}</caption>'
             f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
             f'<details style="font-size:85%"><summary>per replica</summary>{"".join(details)}</details></div>')
+
+
+def per_replica_html(result: BenchResult) -> str:
+    """One table row per replica of each setup (its counters as columns), not a run-on paragraph."""
+    esc = html.escape
+    keys = []
+    for s in result.setups:
+        for rec in s.per_replica.values():
+            keys += [k for k in rec if k not in keys]
+    rows = []
+    for s in result.setups:
+        for i, (name, rec) in enumerate(s.per_replica.items()):
+            setup = esc(s.name) if i == 0 else ''
+            cells = ''.join(f'<td style="text-align:right;padding:1px 8px">{esc(str(rec.get(k, "")))}</td>'
+                            for k in keys)
+            rows.append(f'<tr><td style="text-align:left;padding:1px 8px"><b>{setup}</b></td>'
+                        f'<td style="text-align:left;padding:1px 8px">{esc(name)}</td>{cells}</tr>')
+    if not rows:
+        return ''
+    head = ''.join(f'<th style="text-align:left;padding:1px 8px">{esc(c)}</th>' for c in ['setup', 'replica'] + keys)
+    return (f'<table class="orchestra-bench-replicas" style="border-collapse:collapse">'
+            f'<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
 def draw(result: BenchResult, fig) -> None:

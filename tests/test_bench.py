@@ -50,6 +50,9 @@ def test_compare_structure_checks_json_and_views(tmp_path):
     text = str(result)
     assert 'replicas=1 batch32' in text and 'search QPS' in text
     assert '<table' in result._repr_html_() and 'replicas=2' in result._repr_html_()
+    replicas = result._repr_html_().split('class="orchestra-bench-replicas"')[1]  # a table, one row per replica
+    assert replicas.count('<tr>') == 1 + sum(len(s.per_replica) for s in result.setups)
+    assert '>reads</th>' in replicas and '>bench/rep-1</td>' in replicas
     from matplotlib.figure import Figure
     fig = result.plot()
     assert isinstance(fig, Figure) and len(fig.axes) == 3
