@@ -101,7 +101,50 @@ def check_01(nb, probe):
     assert back and back.group(1) != back.group(2), text(tagged(nb, 'restart'))
 
 
-CHECKS = {'00-index.ipynb': check_00, '01-replicas.ipynb': check_01}
+def check_02(nb, probe):
+    table = text(tagged(nb, 'polling-table'))
+    rows = re.findall(r"^(replicas=2|shards=2)\s+(ALL|ANY)\s+(\d+)\s+\['hello'\]", table, re.M)
+    assert {(t, p): int(n) for t, p, n in rows} == {    # Jina's table: calls of the Executor body
+        ('replicas=2', 'ALL'): 1, ('replicas=2', 'ANY'): 1, ('shards=2', 'ALL'): 2, ('shards=2', 'ANY'): 1}, table
+    policies = text(tagged(nb, 'polling-dict'))
+    rows = {label.strip(): [int(x) for x in ns.split()]
+            for label, ns in re.findall(r'^(.*?)((?:\s+\d+){3})$', policies, re.M)}
+    assert rows == {"{'/custom': 'ALL', '*': 'ANY'}": [3, 1, 1],   # '*' beats the /search default
+                    "{'/index': 'ANY', '*': 'ALL'}": [3, 3, 1],
+                    'None (the defaults)': [1, 3, 1]}, policies
+    reduced = re.findall(r'^(q\d): (\d+) matches from shards \[(.*)\], shards_seen \[0, 1\]$',
+                         text(tagged(nb, 'reduce')), re.M)
+    assert [q for q, _, _ in reduced] == ['q0', 'q1'], reduced        # one doc per id, input order
+    for _, n, shards in reduced:
+        order = [int(x) for x in shards.split(',')]
+        assert int(n) == 6 and order == sorted(order) and set(order) == {0, 1}   # every shard, shard order
+    assert "('q0', [0], 3), ('q0', [1], 3)" in text(tagged(nb, 'no-reduce'))
+
+
+def check_03(nb, probe):
+    def table(tag):
+        return re.findall(r'^(stateful_executor/rep-\d)\s+(leader|follower)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$',
+                          text(tagged(nb, tag)), re.M)
+    rows = table('writes-and-reads')
+    assert len(rows) == 3 and sorted(r[1] for r in rows) == ['follower', 'follower', 'leader'], rows
+    assert {int(r[4]) for r in rows} == {30 // 5}, rows              # every replica applied every write
+    assert sum(int(r[5]) for r in rows) == 6, rows                   # each of the 6 reads reached one replica
+    out = text(tagged(nb, 'leader'))
+    old = re.search(r'killed the leader (\S+) \(pid (\d+), term (\d+)\)', out)
+    new = re.search(r'new leader (\S+) \(pid (\d+), term (\d+)\)', out)
+    assert old and new, out
+    assert new.group(2) != old.group(2) and int(new.group(3)) > int(old.group(3)), out
+    rows = table('after-election')
+    assert len(rows) == 3 and [r[1] for r in rows].count('leader') == 1, rows
+    assert {int(r[4]) for r in rows} == {30 // 5 + 1} and len({r[3] for r in rows}) == 1, rows  # caught up
+    assert '35 of 35 documents found after the restart' in text(tagged(nb, 'restarted'))
+    bench = text(tagged(nb, 'bench'))
+    assert 'replicas=1' in bench and 'replicas=3 RAFT' in bench, bench
+    assert images(tagged(nb, 'plot')) == 1                           # `result.plot();` shows the figure once
+
+
+CHECKS = {'00-index.ipynb': check_00, '01-replicas.ipynb': check_01, '02-shards-and-polling.ipynb': check_02,
+          '03-stateful-raft.ipynb': check_03}
 
 
 def _params():
@@ -137,3 +180,26 @@ def test_tutorials_shrink_through_one_environment_variable():
             continue
         source = '\n'.join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == 'code')
         assert "os.environ.get('ORCHESTRA_TUTORIAL_SMALL'" in source, path
+
+
+PLOT_SETUP = """
+from orchestra_nb.bench import NotebookBenchResult, SetupResult
+result = NotebookBenchResult(
+    [SetupResult('replicas=1', 1, False, None, 1, index_seconds=1.0, search_qps=50.0, per_replica={'r0': {'reads': 9}}),
+     SetupResult('replicas=3 RAFT', 3, True, None, 1, index_seconds=2.0, replicated_seconds=2.5, search_qps=80.0,
+                 per_replica={'a': {'reads': 3}, 'b': {'reads': 3}, 'c': {'reads': 3}})],
+    {'docs': 100, 'dim': 8, 'queries': 9}, {'cpus': 2})
+"""
+
+
+def test_bench_plot_shows_its_figure_once_in_a_kernel():
+    """``result.plot();`` (the tutorial's line) shows the figure; so does ``result.plot()`` -- once."""
+    cells = {'setup': PLOT_SETUP, 'semicolon': 'result.plot();', 'bare': 'result.plot()',
+             'assigned': 'fig = result.plot()\nprint(type(fig).__mro__[1].__name__, len(fig.axes))',
+             'later': 'fig', 'quiet': 'quiet = result.plot(show=False)'}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in cells.values()])
+    NotebookClient(nb, timeout=120, kernel_name='python3').execute()
+    shown = dict(zip(cells, nb.cells))
+    assert [images(shown[k]) for k in ('semicolon', 'bare', 'assigned', 'later', 'quiet')] == [1, 1, 1, 1, 0]
+    assert 'Figure 3' in text(shown['assigned'])                         # it still returns the Figure
+    assert not [o for c in nb.cells for o in c.outputs if o.get('output_type') == 'error']
