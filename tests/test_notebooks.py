@@ -49,7 +49,7 @@ def run_notebook(path: str, monkeypatch, extra: str = '') -> tuple:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=180, kernel_name='python3',
                             resources={'metadata': {'path': os.path.dirname(path)}})
-    probe = nbformat.v4.new_code_cell(LEFTOVER + extra)
+    probe = nbformat.v4.new_code_cell(LEFTOVER + '\n' + extra)
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
             client.execute_cell(cell, index)     # raises CellExecutionError naming the cell that failed
@@ -143,8 +143,36 @@ def check_03(nb, probe):
     assert images(tagged(nb, 'plot')) == 1                           # `result.plot();` shows the figure once
 
 
+def check_04(nb, probe):
+    state = json.loads(re.search(r'^STATE (.*)$', probe, re.M).group(1))
+    total, uuids, n = state['TOTAL'], state['UUIDS'], state['REPLICAS']
+    if state['SIMULATED']:
+        assert 'simulating 4 with CUDA_TOTAL_DEVICES=4' in text(tagged(nb, 'gpus'))
+        assert state['CUDA_TOTAL_DEVICES'] is None                  # the last cell undid the simulation
+    expected = {'RR': [str(i % total) for i in range(n)],
+                'RR0:2': [str(list(range(total))[0:2][i % len(list(range(total))[0:2])]) for i in range(n)],
+                'RR' + ','.join(uuids): [uuids[i % len(uuids)] for i in range(n)]}
+    if total >= 4:
+        expected['RR1,3'] = [['1', '3'][i % 2] for i in range(n)]
+    assert state['placements'] == expected, state
+    shown = text(tagged(nb, 'gpu-table'))                            # ... and the printed table says so
+    for spec, devices in expected.items():
+        cells = [d if len(d) <= 8 else d[:8] + '…' for d in devices]
+        label = spec if len(spec) <= 22 else spec[:21] + '…'
+        assert re.search(r'^' + re.escape(label) + r'\s+' + r'\s+'.join(map(re.escape, cells)) + r'$', shown, re.M), \
+            (spec, shown)
+    if state['SIMULATED']:
+        assert "assignment: {'enc/rep-0': '0', 'enc/rep-1': '1'}" in text(tagged(nb, 'gpu-status'))
+
+
+EXTRA = {'04-gpus.ipynb': "print('STATE ' + _json.dumps({'TOTAL': TOTAL, 'UUIDS': UUIDS, 'REPLICAS': REPLICAS, "
+                          "'SIMULATED': SIMULATED, 'placements': placements, "
+                          "'CUDA_TOTAL_DEVICES': __import__('os').environ.get('CUDA_TOTAL_DEVICES')}))"}
+
+
 CHECKS = {'00-index.ipynb': check_00, '01-replicas.ipynb': check_01, '02-shards-and-polling.ipynb': check_02,
-          '03-stateful-raft.ipynb': check_03}
+          '03-stateful-raft.ipynb': check_03,
+          '04-gpus.ipynb': check_04}
 
 
 def _params():
@@ -155,7 +183,7 @@ def _params():
 
 @pytest.mark.parametrize('path', list(_params()))
 def test_tutorial_runs_shows_what_it_says_and_leaves_nothing_running(path, monkeypatch):
-    nb, probe = run_notebook(path, monkeypatch)
+    nb, probe = run_notebook(path, monkeypatch, EXTRA.get(os.path.basename(path), ''))
     errors = [o for c in nb.cells for o in c.get('outputs', []) if o.get('output_type') == 'error']
     assert not errors, errors
     left = json.loads(re.search(r'^LEFTOVER (.*)$', probe, re.M).group(1))
