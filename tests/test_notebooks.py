@@ -165,6 +165,20 @@ def check_04(nb, probe):
         assert "assignment: {'enc/rep-0': '0', 'enc/rep-1': '1'}" in text(tagged(nb, 'gpu-status'))
 
 
+def check_05(nb, probe):
+    out = text(tagged(nb, 'external'))
+    rows = re.findall(r'^(remote/rep-\d)\s+127\.0\.0\.1:(\d+)\s+external=True\s+ready\s+pid (\d+)$', out, re.M)
+    assert [r[0] for r in rows] == ['remote/rep-0', 'remote/rep-1'], out
+    started = re.search(r'external replicas: pids \[(\d+), (\d+)\] on ports \[(\d+), (\d+)\]', text(
+        next(c for c in nb.cells if 'external replicas: pids' in text(c))))
+    assert [(r[1], r[2]) for r in rows] == [(started.group(3), started.group(1)), (started.group(4), started.group(2))]
+    assert re.findall(r'HELLO \d', text(tagged(nb, 'yaml'))) == [f'HELLO {i}' for i in range(6)]
+    cli = text(tagged(nb, 'cli'))
+    assert '6 answers from' in cli and 'orchestra deployment exited with 0' in cli, cli
+    panel = text(tagged(nb, 'panel'))
+    assert "['ready', 'ready']" in panel and 'stopped' in panel, panel
+
+
 EXTRA = {'04-gpus.ipynb': "print('STATE ' + _json.dumps({'TOTAL': TOTAL, 'UUIDS': UUIDS, 'REPLICAS': REPLICAS, "
                           "'SIMULATED': SIMULATED, 'placements': placements, "
                           "'CUDA_TOTAL_DEVICES': __import__('os').environ.get('CUDA_TOTAL_DEVICES')}))"}
@@ -172,7 +186,8 @@ EXTRA = {'04-gpus.ipynb': "print('STATE ' + _json.dumps({'TOTAL': TOTAL, 'UUIDS'
 
 CHECKS = {'00-index.ipynb': check_00, '01-replicas.ipynb': check_01, '02-shards-and-polling.ipynb': check_02,
           '03-stateful-raft.ipynb': check_03,
-          '04-gpus.ipynb': check_04}
+          '04-gpus.ipynb': check_04,
+          '05-external-yaml-cli.ipynb': check_05}
 
 
 def _params():
