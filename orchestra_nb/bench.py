@@ -3,7 +3,7 @@
     >>> from orchestra_nb.bench import compare
     >>> result = compare(docs=5000, queries=200)       # replicas=1 vs replicas=3 stateful (RAFT)
     >>> result                                         # an HTML table in a notebook
-    >>> result.plot()                                  # QPS, index time, per-replica requests
+    >>> result.plot();                                 # QPS, index time, per-replica requests (shown once)
 
 The measuring is :mod:`runtime.bench` (also ``orchestra bench``); this module adds the
 notebook views. :func:`save_plot` writes a PNG without a display (Agg).
@@ -34,15 +34,27 @@ class NotebookBenchResult(BenchResult):
     def _repr_html_(self) -> str:
         return result_html(self)
 
-    def plot(self, figsize: Sequence[float] = (13, 4)):
-        """A matplotlib Figure: search QPS, index seconds and requests per replica, by setup."""
+    def plot(self, figsize: Sequence[float] = (13, 4), show: Optional[bool] = None):
+        """Search QPS, index seconds and requests per replica, by setup; returns the Figure.
+
+        In a notebook the figure is shown right away, exactly once: ``result.plot();`` shows it
+        (the ``;`` only hides the return value), and so does ``result.plot()`` as a cell's last
+        line (the returned Figure does not show itself a second time in that cell; shown in a
+        later cell, or with ``display(fig)`` later, it shows again). ``show=False`` only
+        returns it; outside a notebook nothing is shown. The Figure is not managed by pyplot
+        (no ``plt.close`` needed, nothing left open).
+        """
         try:
-            import matplotlib.pyplot as plt
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
         except ImportError as e:  # pragma: no cover - matplotlib is a dependency
             raise ImportError('plot() needs matplotlib: pip install matplotlib') from e
-        fig = plt.figure(figsize=tuple(figsize))
+        fig = _plot_figure_class()(figsize=tuple(figsize))
+        FigureCanvasAgg(fig)
         draw(self, fig)
-        plt.close(fig)    # returned, not shown twice in a notebook
+        shell = _kernel_shell()
+        if shell is not None and show is not False:
+            _show_png(fig)
+            fig._orchestra_shown_in = shell.execution_count
         return fig
 
     def save_plot(self, path: str) -> str:
@@ -160,6 +172,63 @@ def draw(result: BenchResult, fig) -> None:
                  f"{result.workload.get('queries')} queries  |  {m.get('cpus')} cores, "
                  f"GPU: {m.get('gpu') or 'none'}", fontsize=9)
     fig.tight_layout()
+
+
+_PLOT_FIGURE = None
+
+
+def _plot_figure_class():
+    """A matplotlib ``Figure`` that a notebook shows once per cell (made on first use: lazy import)."""
+    global _PLOT_FIGURE
+    if _PLOT_FIGURE is None:
+        from matplotlib.figure import Figure
+
+        class BenchFigure(Figure):
+            """The Figure :meth:`NotebookBenchResult.plot` returns.
+
+            IPython asks ``_ipython_display_`` before any formatter, both for ``display(fig)``
+            and for a cell's last value. ``plot()`` has shown the figure already in the cell
+            it ran in, so the first such request in that same cell is the echo of
+            ``result.plot()`` and is skipped; any other shows the PNG.
+            """
+            _orchestra_shown_in = None
+
+            def _ipython_display_(self):
+                shell = _kernel_shell()
+                if shell is None:
+                    print(repr(self))
+                    return
+                if self._orchestra_shown_in is not None and self._orchestra_shown_in == shell.execution_count:
+                    self._orchestra_shown_in = None
+                    return
+                _show_png(self)
+
+        _PLOT_FIGURE = BenchFigure
+    return _PLOT_FIGURE
+
+
+def _kernel_shell():
+    """The IPython shell when running in a Jupyter kernel (something shows images), else None."""
+    import sys
+    if 'IPython' not in sys.modules:      # never imported: not in a notebook
+        return None
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover
+        return None
+    shell = get_ipython()
+    if shell is None or getattr(shell, 'kernel', None) is None:
+        return None
+    return shell
+
+
+def _show_png(fig, dpi: int = 100) -> None:
+    import io
+
+    from IPython.display import Image, display
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi)
+    display(Image(data=buf.getvalue(), format='png'))
 
 
 def save_plot(result: BenchResult, path: str, figsize: Sequence[float] = (13, 4), dpi: int = 110) -> str:
