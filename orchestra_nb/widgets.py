@@ -85,7 +85,7 @@ class ControlPanel(widgets.VBox):
                                                layout=widgets.Layout(width='164px'))
         self.shards = widgets.BoundedIntText(value=1, min=1, max=16, description='Shards', style=style,
                                              layout=widgets.Layout(width='164px'))
-        self.polling = widgets.Dropdown(options=[('default', None), ('ANY', 'ANY'), ('ALL', 'ALL')],
+        self.polling = widgets.Dropdown(options=[('default', ''), ('ANY', 'ANY'), ('ALL', 'ALL')], value='',
                                         description='Polling', style=style, layout=widgets.Layout(width='194px'))
         self.stateful = widgets.Checkbox(description='stateful (RAFT)', indent=False,
                                          layout=widgets.Layout(width='140px'))

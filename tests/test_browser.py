@@ -1,9 +1,14 @@
-"""JupyterLab in headless Chromium: a notebook starts a Deployment and its Dashboard renders and updates."""
+"""JupyterLab in headless Chromium: a Dashboard renders and updates; a ControlPanel manages a
+deployment started by ``%orchestra up`` (lists it, scales it, stops it).
+
+Screenshots go to the test's tmp dir, and also to ``$ORCHESTRA_SCREENSHOTS`` when set
+(``ORCHESTRA_SCREENSHOTS=docs/images`` refreshes the pictures in the docs and README)."""
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +27,7 @@ CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networki
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(not os.path.exists(CHROMIUM),
                        reason=f"{CHROMIUM} is absent: install Debian's chromium package (.ci/apt-packages.txt)"),
 ]
@@ -51,6 +57,36 @@ def load():  # traffic in the background: the kernel stays idle while the dashbo
         dep.post('/web', DocList[TextDoc]([TextDoc(text='x')] * 4), request_size=1)
 threading.Thread(target=load, daemon=True).start()''',
 ]
+
+
+PANEL_NOTEBOOK = [
+    'import json\n%load_ext orchestra_nb\nviamagic = %orchestra up --uses echo --name viamagic --replicas 2',
+    'from orchestra_nb import ControlPanel\npanel = ControlPanel()\npanel',
+]
+
+KERNEL_UP = '''() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+                       return !!(w && w.sessionContext && w.sessionContext.session
+                                 && w.sessionContext.session.kernel); }'''
+
+
+def keep_screenshot(path) -> None:
+    """Copy a screenshot to $ORCHESTRA_SCREENSHOTS (e.g. docs/images) when set."""
+    where = os.environ.get('ORCHESTRA_SCREENSHOTS')
+    if where:
+        os.makedirs(where, exist_ok=True)
+        shutil.copy(str(path), os.path.join(where, os.path.basename(str(path))))
+
+
+def open_notebook(p, base: str, tmp_path, name: str):
+    """Chromium on JupyterLab's page for notebook ``name``, once its kernel is up; -> (context, page)."""
+    ctx = p.chromium.launch_persistent_context(str(tmp_path / 'chromium-profile'), executable_path=CHROMIUM,
+                                               headless=True, args=CHROMIUM_ARGS,
+                                               viewport={'width': 1400, 'height': 1000})
+    page = ctx.pages[0] if ctx.pages else ctx.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(f'{base}/lab/tree/{name}')
+    page.wait_for_function(KERNEL_UP)
+    return ctx, page
 
 
 def free_port() -> int:
@@ -125,17 +161,8 @@ def test_dashboard_renders_and_updates_in_jupyterlab(lab, tmp_path):
     nbformat.write(nb, str(root / 'dash.ipynb'))
     shot = tmp_path / 'dashboard.png'
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path / 'chromium-profile'), executable_path=CHROMIUM,
-                                                   headless=True, args=CHROMIUM_ARGS,
-                                                   viewport={'width': 1400, 'height': 1000})
+        ctx, page = open_notebook(p, base, tmp_path, 'dash.ipynb')
         try:
-            page = ctx.pages[0] if ctx.pages else ctx.new_page()
-            page.set_default_timeout(60_000)
-            page.goto(f'{base}/lab/tree/dash.ipynb')
-            page.wait_for_function(
-                '''() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-                           return !!(w && w.sessionContext && w.sessionContext.session
-                                     && w.sessionContext.session.kernel); }''')
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
             header = page.locator('.orchestra-dashboard .orchestra-dashboard-header')
@@ -170,6 +197,7 @@ def test_dashboard_renders_and_updates_in_jupyterlab(lab, tmp_path):
         finally:
             ctx.close()
     assert shot.exists() and shot.stat().st_size > 1000
+    keep_screenshot(shot)
     pids = json.loads((root / 'pids.json').read_text())
     assert len(pids) == 3
     lab_gone = pids  # checked after the fixture shut the kernel down, below
@@ -177,3 +205,52 @@ def test_dashboard_renders_and_updates_in_jupyterlab(lab, tmp_path):
     for k in http(f'{base}/api/kernels') or []:
         http(f'{base}/api/kernels/{k["id"]}', method='DELETE', timeout=30)
     wait_until(lambda: all(pid_gone(p) for p in lab_gone), 20, f'the notebook replicas {pids} to exit')
+
+
+def test_control_panel_manages_a_deployment_started_by_the_magic(lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+    base, root = lab
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in PANEL_NOTEBOOK], metadata={
+        'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}})
+    nbformat.write(nb, str(root / 'panel.ipynb'))
+    shot = tmp_path / 'controlpanel.png'
+    with sync_playwright() as p:
+        ctx, page = open_notebook(p, base, tmp_path, 'panel.ipynb')
+        try:
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            panel = page.locator('.orchestra-control-panel')
+            status = panel.locator('.orchestra-panel-status')
+            try:
+                panel.wait_for(state='visible')
+                page.wait_for_function(  # it lists the magic's deployment and shows its replicas
+                    '''() => { const s = document.querySelector('.orchestra-panel-running select');
+                               const t = document.querySelector('.orchestra-panel-status');
+                               return !!(s && s.selectedOptions.length
+                                         && s.selectedOptions[0].text.includes('viamagic')
+                                         && t && t.innerText.includes('viamagic/rep-1')); }''')
+            except Exception:
+                page.screenshot(path=str(tmp_path / 'failure.png'))
+                pytest.fail('the ControlPanel did not list viamagic; the notebook shows:\n'
+                            + page.locator('.jp-Notebook').inner_text()[-3000:])
+            assert not panel.locator('button.orchestra-panel-scale').is_disabled()
+            assert not panel.locator('button.orchestra-panel-down').is_disabled()
+
+            replicas = panel.locator('.orchestra-panel-replicas input')
+            replicas.fill('3')
+            replicas.press('Enter')
+            panel.locator('button.orchestra-panel-scale').click()
+            page.wait_for_function("() => document.querySelector('.orchestra-panel-status').innerText"
+                                   ".includes('viamagic/rep-2')")
+            page.wait_for_function("() => !document.querySelector('button.orchestra-panel-down').disabled")
+            assert '3 replicas' in panel.locator('.orchestra-panel-message').inner_text()
+            panel.screenshot(path=str(shot))
+
+            panel.locator('button.orchestra-panel-down').click()
+            page.wait_for_function("() => document.querySelector('.orchestra-panel-status').innerText"
+                                   ".includes('nothing running')")
+            assert 'viamagic' in status.inner_text()   # "nothing running; stopped: viamagic"
+            assert panel.locator('button.orchestra-panel-down').is_disabled()
+        finally:
+            ctx.close()
+    assert shot.exists() and shot.stat().st_size > 1000
+    keep_screenshot(shot)
