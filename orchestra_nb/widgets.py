@@ -173,7 +173,8 @@ class ControlPanel(widgets.VBox):
         """Pick ``name`` in *Running*."""
         self._sync_targets()
         if name not in self.running_names():
-            raise KeyError(f'{name!r} is not running in this kernel (running: {", ".join(self.running_names()) or "none"})')
+            running = ', '.join(self.running_names()) or 'none'
+            raise KeyError(f'{name!r} is not running in this kernel (running: {running})')
         self.target.value = name
 
     def _sync_targets(self) -> None:

@@ -5,6 +5,7 @@ import textwrap
 
 import pytest
 from IPython.core.error import UsageError
+from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
 from conftest import pid_gone, wait_until
@@ -14,7 +15,7 @@ from orchestra_nb.registry import REGISTRY
 
 @pytest.fixture(scope='module')
 def ip():
-    shell = start_ipython()
+    shell = start_ipython() or get_ipython()  # one test shell per process (test_widgets may have started it)
     shell.run_cell('%load_ext orchestra_nb', store_history=False)
     yield shell
 

@@ -190,8 +190,9 @@ def test_a_newer_dashboard_of_the_same_deployment_takes_over():
 
 def test_control_panel_manages_what_was_started_elsewhere():
     """Deployments started by %orchestra up and in code are listed, scaled, stopped and shown."""
+    from IPython import get_ipython
     from IPython.testing.globalipapp import start_ipython
-    ip = start_ipython()
+    ip = start_ipython() or get_ipython()  # one test shell per process (test_magics uses it too)
     ip.run_cell('%load_ext orchestra_nb', store_history=False)
     panel = ControlPanel(namespace={}, refresh_interval=0.2)
     code_dep = Deployment(name='incode', uses='sample_executors:Upper')
