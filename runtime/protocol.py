@@ -14,7 +14,8 @@ Methods:
   reply header ``{'ok': True}`` or ``{'ok': False, 'error': {...}}``.
 - ``Info``: readiness and status as JSON (no body).
 - ``Control``: small JSON commands between the parts of one Deployment
-  (e.g. RAFT payload transfer); not for clients.
+  (e.g. RAFT payload transfer); not for clients: it needs the Deployment's secret in the
+  call's metadata, and the gateway serves it on its loopback port only (docs/security.md).
 """
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ import os
 import pickle
 import socket
 import struct
-import time
 import warnings
 import zlib
 
