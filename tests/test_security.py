@@ -110,7 +110,7 @@ def _send_pysyncobj_message(address: str, message) -> None:
         try:
             while s.recv(4096):   # pysyncobj drops (disconnects) a message it cannot decrypt
                 pass
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
 
 
