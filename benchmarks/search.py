@@ -40,14 +40,14 @@ def median_result(rounds: List[BenchResult]) -> BenchResult:
     """Per setup, the median of each figure over the rounds (per-replica counts of the median-QPS round)."""
     first = rounds[0]
     merged = []
-    for i, s in enumerate(first.setups):
+    for i in range(len(first.setups)):
         runs = [r.setups[i] for r in rounds]
         ok = [x for x in runs if x.error is None] or runs
         by_qps = sorted(ok, key=lambda x: x.search_qps or 0.0)
         mid = by_qps[len(by_qps) // 2]
         out = SetupResult(**{k: v for k, v in vars(mid).items()})
 
-        def med(attr: str) -> Optional[float]:
+        def med(attr: str, ok: list = ok) -> Optional[float]:
             vals = [getattr(x, attr) for x in ok if getattr(x, attr) is not None]
             return statistics.median(vals) if vals else None
         for attr in ('index_seconds', 'replicated_seconds', 'search_seconds', 'search_qps', 'p50_ms', 'p99_ms'):
@@ -162,7 +162,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print('\n' + results_markdown(result) + '\n\n' + targets_table(rows, markdown=True))
     if a.json:
         with open(a.json, 'w') as f:
-            json.dump({'median': result.to_dict(), 'rounds': [r.to_dict() for r in rounds], 'targets': rows}, f, indent=2)
+            json.dump({'median': result.to_dict(), 'rounds': [r.to_dict() for r in rounds], 'targets': rows},
+                      f, indent=2)
     return 0 if result.ok else 1
 
 

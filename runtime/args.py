@@ -183,6 +183,11 @@ def check_protocol(value: Any, what: str) -> str:
     return 'grpc'
 
 
+def _check_secret(value: Any, what: str) -> str:
+    from runtime.secrets import check_secret   # what the secret may be: runtime.secrets
+    return check_secret(value, what)
+
+
 # ----------------------------------------------------------------------------- the schema
 
 _INT, _BOOL, _STR, _DICT = (int,), (bool,), (str,), (dict,)
@@ -195,6 +200,15 @@ MAX_IN_FLIGHT = Arg('max_in_flight_per_replica', 4, 'requests in flight per repl
                     _INT, 'an integer', check=check_count)
 STREAM_LOGS = Arg('stream_logs', False, 'copy replica logs to this terminal (always on for the CLI)', _BOOL,
                   'true or false', check=check_flag)
+# the gateway's TLS and the secret: in a Flow, the Flow's (Flow.add refuses them); see docs/security.md
+SECURITY_ARGS = (
+    Arg('secret', None, 'secret of control calls and RAFT encryption (default: generated; kept in the workspace '
+        'when stateful); prefer ORCHESTRA_SECRET_FILE=PATH to a flag, which other local users can see',
+        _STR, 'a string', check=optional(_check_secret)),
+    Arg('tls_cert', None, "PEM certificate (chain) of the gateway's public port: TLS (with tls_key)", _STR,
+        'a string', check=check_path, form='path'),
+    Arg('tls_key', None, 'PEM private key of tls_cert', _STR, 'a string', check=check_path, form='path'),
+)
 
 #: every argument of ``Deployment(...)`` and ``Flow.add(...)``, in signature order
 DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
@@ -237,6 +251,7 @@ DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
         form='names'),   # checked by Flow
     Arg('py_modules', None, 'Python files holding the Executor class', (str, list),
         'a file path or a list of file paths', check=check_paths, form='paths'),
+    *SECURITY_ARGS,
 )
 
 #: every argument of ``Flow(...)`` (YAML: the ``with:`` of a ``jtype: Flow``): its gateway's
@@ -245,7 +260,7 @@ FLOW_ARGS: Tuple[Arg, ...] = (
     Arg('port', None, 'gateway port (0 or omitted: the OS picks)', _INT, 'a port number', check=check_port),
     Arg('host', '127.0.0.1', 'gateway host (default 127.0.0.1)', _STR, 'a string'),
     Arg('protocol', 'grpc', "only 'grpc'", _STR, 'a string', check=check_protocol),
-    TIMEOUT_READY, LOG_DIR, MAX_IN_FLIGHT, STREAM_LOGS,
+    TIMEOUT_READY, LOG_DIR, MAX_IN_FLIGHT, STREAM_LOGS, *SECURITY_ARGS,
 )
 
 #: keys Jina knows that this toolkit refuses, with what to write instead

@@ -104,7 +104,8 @@ def with_dynamic_batching(cls: type, endpoints: Union[str, Sequence[str], None] 
     config = _check_batching(max_batch_size, max_wait_ms)
     wanted = [endpoints] if isinstance(endpoints, str) else (list(endpoints) if endpoints else None)
     namespace: Dict[str, Any] = {'__module__': cls.__module__, '__qualname__': f'{cls.__qualname__}Batched',
-                                 '__doc__': f'{cls.__name__} with dynamic batching on {wanted or "its read endpoints"}.'}
+                                 '__doc__': f'{cls.__name__} with dynamic batching on '
+                                            f'{wanted or "its read endpoints"}.'}
     found = set()
     seen = set()
     for klass in cls.__mro__:

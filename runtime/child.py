@@ -92,6 +92,7 @@ def main(status_fd: Optional[int] = None) -> None:
     global IN_CHILD
     IN_CHILD = True   # an Executor importing orchestra_nb starts no zygote
     status = StatusPipe(int(sys.argv[1]) if status_fd is None else status_fd)
+    os.umask(0o077)   # what a replica or gateway writes (logs, workspace, journal) is private: 0600 / 0700
     spec = _read_spec()
     name = spec['name']
     prefix = f'{name}@{os.getpid()} '

@@ -153,6 +153,7 @@ def cmd_executor(args: argparse.Namespace) -> int:
     """One replica server in this process (what external Executors and containers run)."""
     from runtime.server import PortInUseError
     from runtime.worker import ReplicaServer
+    os.umask(0o077)   # its workspace and files are private (0700 / 0600); the secret: $ORCHESTRA_SECRET_FILE
     name = args.name or args.uses.rsplit(':', 1)[-1].rsplit('.', 1)[-1].rsplit('/', 1)[-1]
     log_level = args.log_level or by_name(EXECUTOR_ARGS)['log_level'].default
     logging.basicConfig(level=log_level, stream=sys.stderr,

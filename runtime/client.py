@@ -55,14 +55,28 @@ def iter_batches(inputs: Any, request_size: int) -> Iterator[List[Any]]:
 
 
 class Client:
-    """Talks to a gateway (or a single replica) on ``host:port``."""
+    """Talks to a gateway (or a single replica) on ``host:port``.
+
+    ``tls=True`` for a gateway started with ``tls_cert``/``tls_key``; ``ca``: the PEM file (or
+    bytes) of the certificate authority to trust -- for a self-signed certificate, the
+    certificate itself; omitted: the system's trusted roots. ``'grpcs://host'`` means ``tls=True``.
+    """
 
     def __init__(self, host: str = '127.0.0.1', port: Optional[int] = None, prefetch: int = 16,
-                 timeout: Optional[float] = None, **kwargs):
+                 timeout: Optional[float] = None, tls: bool = False, ca: Any = None, **kwargs):
         if port is None:
             raise ValueError('Client needs port=..., the port of a Deployment, Flow or executor')
-        self.host = host.replace('grpc://', '')   # Jina-style 'grpc://host' works too
+        if not isinstance(tls, bool):
+            raise ValueError(f'tls={tls!r}: must be True or False')
+        if host.startswith('grpcs://'):
+            tls = True
+        self.host = host.replace('grpcs://', '').replace('grpc://', '')   # Jina-style 'grpc://host' too
         self.port = int(port)
+        self.tls = tls or ca is not None
+        self._credentials = None
+        if self.tls:
+            from runtime.tls import channel_credentials
+            self._credentials = channel_credentials(ca)   # a bad ca fails here, naming it
         self.prefetch = prefetch
         self.timeout = timeout
         self.last_results: Dict[str, Any] = {}
@@ -74,7 +88,11 @@ class Client:
 
     def _stub(self, method: str):
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=protocol.GRPC_OPTIONS)
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(self.address, self._credentials,
+                                                        options=protocol.GRPC_OPTIONS)
+            else:
+                self._channel = grpc.aio.insecure_channel(self.address, options=protocol.GRPC_OPTIONS)
         return self._channel.unary_unary(method)
 
     # -- posting ----------------------------------------------------------------
@@ -191,7 +209,7 @@ class Client:
                 pass
 
     def __del__(self):
-        ch = self._channel
+        ch = getattr(self, '_channel', None)   # None too when __init__ refused its arguments
         if ch is not None:
             try:
                 asyncio.run_coroutine_threadsafe(ch.close(), background_loop())

@@ -277,7 +277,6 @@ def _single_class(docs: list, declared: Any) -> type:
 def _encode_column(w: _Writer, kind: str, base: Any, vals: list, depth: int) -> dict:
     """Encode the present values of one field; may switch to ``json`` or raise _Fallback."""
     tset = {type(v) for v in vals}
-    col: dict
     if kind == 'str' and all(issubclass(t, str) for t in tset):
         return _encode_str(w, vals)
     if kind == 'bytes' and all(issubclass(t, bytes) for t in tset):

@@ -44,6 +44,7 @@ class Deployment(Orchestration):
                  log_dir: Optional[str] = None, no_reduce: bool = False, allow_partial: bool = False,
                  stream_logs: bool = False, log_level: str = 'INFO',
                  needs: Union[str, List[str], None] = None, py_modules: Union[str, List[str], None] = None,
+                 secret: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                  **kwargs):
         check_kwargs(kwargs, _NAMES, 'Deployment')
         given = dict(locals())
@@ -92,7 +93,8 @@ class Deployment(Orchestration):
             validate_stateful(self)
         super().__init__(name=v['name'], port=gw_port, host=gw_host, timeout_ready=v['timeout_ready'],
                          log_dir=v['log_dir'], max_in_flight_per_replica=v['max_in_flight_per_replica'],
-                         stream_logs=v['stream_logs'])
+                         stream_logs=v['stream_logs'], secret=v['secret'], tls_cert=v['tls_cert'],
+                         tls_key=v['tls_key'])
 
     def _check_gpu_spec(self) -> None:
         """A malformed ``CUDA_VISIBLE_DEVICES=RR...`` raises ValueError here, before anything starts.

@@ -18,7 +18,6 @@ transport (gRPC) nor consensus (RAFT).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import logging
 import os

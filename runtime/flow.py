@@ -64,7 +64,8 @@ class Flow(Orchestration):
     # tests/test_args.py checks that this signature matches it.
     def __init__(self, name: str = 'flow', port: Optional[int] = None, host: str = '127.0.0.1',
                  protocol: str = 'grpc', timeout_ready: float = 60.0, log_dir: Optional[str] = None,
-                 max_in_flight_per_replica: int = 4, stream_logs: bool = False, **kwargs):
+                 max_in_flight_per_replica: int = 4, stream_logs: bool = False, secret: Optional[str] = None,
+                 tls_cert: Optional[str] = None, tls_key: Optional[str] = None, **kwargs):
         check_kwargs(kwargs, _FLOW_NAMES, 'Flow')
         given = dict(locals())
         v = check_values(FLOW_ARGS, {k: given[k] for k in _FLOW_NAMES})
@@ -74,7 +75,8 @@ class Flow(Orchestration):
         self.entries: List[FlowEntry] = []
         super().__init__(name=v['name'], port=v['port'], host=host, timeout_ready=v['timeout_ready'],
                          log_dir=v['log_dir'], max_in_flight_per_replica=v['max_in_flight_per_replica'],
-                         stream_logs=v['stream_logs'])
+                         stream_logs=v['stream_logs'], secret=v['secret'], tls_cert=v['tls_cert'],
+                         tls_key=v['tls_key'])
 
     # -- building the graph ------------------------------------------------------------
     def add(self, name: Optional[str] = None, needs: Union[str, Sequence[str], None] = None,
@@ -93,6 +95,10 @@ class Flow(Orchestration):
         if self._started:
             raise RuntimeError(f'Flow {self.name!r} is running; close it before adding Executors')
         check_kwargs(kwargs, _DEPLOYMENT_NAMES, 'Flow.add')
+        for key in ('secret', 'tls_cert', 'tls_key'):   # one gateway, one secret: the Flow's
+            if kwargs.get(key) is not None:
+                raise ValueError(f'Flow.add({key}=...): a Flow has one gateway and one secret; '
+                                 f'pass {key} to Flow(...) instead')
         name = self._new_name(name)
         needs_list = self._resolve_needs(name, needs)
         bare = kwargs.get('uses') is None and not (set(kwargs) & (_PROCESS_ARGS - {'uses'}))

@@ -201,9 +201,9 @@ class ForkServer:
             return True
         try:
             self._sock.settimeout(READY_TIMEOUT)
-            data, fds = _recv(self._sock, 0)
+            data, _ = _recv(self._sock, 0)
         except OSError as e:   # socket.timeout included
-            data, fds = b'', []
+            data = b''
             why = f'the fork server did not start ({type(e).__name__}: {e})'
         else:
             why = 'the fork server exited while starting'

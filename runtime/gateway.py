@@ -293,7 +293,9 @@ class Gateway:
                            **self.stats.snapshot()}).encode()
 
     async def control(self, frame: bytes, context) -> bytes:
-        """``{'op': 'set_replicas', 'node': name, 'shard': i, 'addresses': [...]}`` (scaling, restarts)."""
+        """``{'op': 'set_replicas', 'node': name, 'shard': i, 'addresses': [...]}`` (scaling, restarts).
+
+        Served on the loopback port only, behind the secret (:func:`runtime.server.authenticated`)."""
         header, _ = protocol.unpack(frame)
         try:
             if header.get('op') != 'set_replicas':
@@ -333,18 +335,30 @@ def _topological(nodes: Dict[str, Node]) -> List[str]:
 
 
 def run_gateway(spec: Dict[str, Any], status, stopping: threading.Event) -> None:
-    """Child-process entry for role 'gateway'."""
+    """Child-process entry for role 'gateway'.
+
+    Two listeners: the public port (``host:port``, TLS with ``tls_cert``/``tls_key``) serves
+    ``Call`` and ``Info`` only; the loopback port (127.0.0.1, reported as ``local_port``) serves
+    the owner: ``Call``/``Info`` and ``Control``, which needs the secret.
+    """
+    from runtime.secrets import load_secret
     config = spec['config']
+    secret = config.get('secret') or load_secret()
+    credentials = None
+    if config.get('tls_cert'):
+        from runtime.tls import server_credentials
+        credentials = server_credentials(config['tls_cert'], config['tls_key'])
 
     async def main():
         stop = stop_event_from(stopping)
         gw = Gateway(config)
         server, gw.port = await start_node_server(config.get('host', '127.0.0.1'), int(config.get('port') or 0),
-                                                  gw.call, gw.info, gw.control)
-        status.send(event='ready', port=gw.port, pid=os.getpid())
+                                                  gw.call, gw.info, credentials=credentials)
+        local, local_port = await start_node_server('127.0.0.1', 0, gw.call, gw.info, gw.control, secret)
+        status.send(event='ready', port=gw.port, local_port=local_port, pid=os.getpid())
         try:
             await stop.wait()
         finally:
-            await server.stop(grace=STOP_GRACE_S)
+            await asyncio.gather(server.stop(grace=STOP_GRACE_S), local.stop(grace=STOP_GRACE_S))
             await gw.close()
     asyncio.run(main())

@@ -29,8 +29,10 @@ import grpc
 
 from runtime import protocol, reprs
 from runtime.client import Client
+from runtime.exposure import warn_if_exposed
 from runtime.loop import RequestCancelled, run_async, run_sync
 from runtime.processes import ChildFailedError, ChildProcess, start_all, stop_all, tail
+from runtime.secrets import call_metadata, private_dir, resolve_secret
 
 log = logging.getLogger('orchestra')
 
@@ -77,6 +79,7 @@ class NodePlan:
     allow_partial: bool = False
     stateful: bool = False
     max_in_flight: Optional[int] = None
+    secret_file: Optional[str] = None   # stateful: where the Deployment's secret is kept (runtime.secrets)
 
     @property
     def replicas(self) -> List[ReplicaPlan]:
@@ -87,7 +90,9 @@ class Orchestration:
     """Base of Deployment and Flow; see the module docstring."""
 
     def __init__(self, name: str, port: Optional[int], host: str, timeout_ready: float,
-                 log_dir: Optional[str], max_in_flight_per_replica: int, stream_logs: bool):
+                 log_dir: Optional[str], max_in_flight_per_replica: int, stream_logs: bool,
+                 secret: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None):
+        from runtime.tls import check_tls
         self.name = name
         self._port_arg = port
         self.host = host
@@ -96,6 +101,9 @@ class Orchestration:
         self.stream_logs = stream_logs
         self.log_dir = log_dir or os.path.join(tempfile.gettempdir(), 'orchestra-nb',
                                                f'{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}')
+        self._secret_arg = secret     # never an attribute named `secret`: configs saved from this omit it
+        self._secret: Optional[str] = None   # the one in use (runtime.secrets.resolve_secret at start)
+        self.tls_cert, self.tls_key = check_tls(tls_cert, tls_key)
         self.nodes: List[NodePlan] = []
         self.gateway: Optional[ChildProcess] = None
         self._client: Optional[Client] = None
@@ -122,7 +130,10 @@ class Orchestration:
         self._closing.clear()
         self.nodes = self._plan()
         local = [r for n in self.nodes for r in n.replicas if r.external_address is None]
+        self._secret = resolve_secret(self._secret_arg, [n.secret_file for n in self.nodes if n.secret_file])
+        private_dir(self.log_dir)   # 0700; the log files are 0600
         for r in local:
+            r.config['secret'] = self._secret   # in the spec (private pipe): never argv or env
             r.process = ChildProcess(r.name, 'worker', r.config, self._log_path(r.name), r.env)
         self.gateway = ChildProcess(f'{self.name}/gateway', 'gateway', self._gateway_config(),
                                     self._log_path(f'{self.name}/gateway'))
@@ -142,7 +153,8 @@ class Orchestration:
             stop_all([r.process for r in local if r.process] + [self.gateway])
             raise
         self.startup_seconds = time.monotonic() - t0
-        self._client = Client(port=self.port)
+        warn_if_exposed(self)
+        self._client = Client(port=self._local_port)   # the gateway's loopback port: no TLS to verify
         self._supervisor = threading.Thread(target=self._supervise, daemon=True,
                                             name=f'supervisor-{self.name}')
         self._supervisor.start()
@@ -214,6 +226,11 @@ class Orchestration:
         return self._port_arg or None
 
     @property
+    def _local_port(self) -> Optional[int]:
+        """The gateway's loopback port (Call, Info, and Control with the secret)."""
+        return self.gateway.info.get('local_port') if self.gateway is not None else None
+
+    @property
     def address(self) -> str:
         return f'{self.host}:{self.port}'
 
@@ -250,7 +267,7 @@ class Orchestration:
     async def _astatus(self, timeout: float) -> Dict[str, Any]:
         replicas = [(n, r) for n in self.nodes for r in n.replicas]
         infos = await asyncio.gather(*(_ainfo(r.address, timeout) for _, r in replicas),
-                                     _ainfo(f'127.0.0.1:{self.port}' if self.port else None, timeout))
+                                     _ainfo(f'127.0.0.1:{self._local_port}' if self._local_port else None, timeout))
         out_replicas = []
         for (node, r), info in zip(replicas, infos[:-1]):
             proc = r.process
@@ -297,7 +314,8 @@ class Orchestration:
                 'nodes': [{'name': n.name, 'needs': n.needs, 'polling': n.polling,
                            'no_reduce': n.no_reduce, 'allow_partial': n.allow_partial,
                            'max_in_flight': n.max_in_flight,
-                           'shards': [[] for _ in n.shards]} for n in self.nodes]}
+                           'shards': [[] for _ in n.shards]} for n in self.nodes],
+                'secret': self._secret, 'tls_cert': self.tls_cert, 'tls_key': self.tls_key}
 
     def _connect_gateway(self) -> None:
         """Tell the gateway where every shard's replicas listen."""
@@ -308,9 +326,10 @@ class Orchestration:
 
     def _gateway_control(self, header: Dict[str, Any]) -> None:
         async def go():
-            async with grpc.aio.insecure_channel(f'127.0.0.1:{self.gateway.info["port"]}',
+            async with grpc.aio.insecure_channel(f'127.0.0.1:{self._local_port}',
                                                  options=protocol.GRPC_OPTIONS) as ch:
-                return await ch.unary_unary(protocol.CONTROL)(protocol.pack(header), timeout=10)
+                return await ch.unary_unary(protocol.CONTROL)(protocol.pack(header), timeout=10,
+                                                              metadata=call_metadata(self._secret))
         h, _ = protocol.unpack(run_sync(go(), 15, what=f'the gateway of {self.name!r}'))
         if not h.get('ok'):
             raise RuntimeError(f'gateway refused {header.get("op")}: {h.get("error")}')
@@ -337,6 +356,7 @@ class Orchestration:
             added = [r for shard, want in zip(node.shards, target.shards) for r in want[len(shard):]]
             removed = [r for shard, want in zip(node.shards, target.shards) for r in shard[len(want):]]
             for r in added:
+                r.config['secret'] = self._secret
                 r.process = ChildProcess(r.name, 'worker', r.config, self._log_path(r.name), r.env)
             start_all([r.process for r in added], self.timeout_ready)  # raises (and stops them) on failure
             for r in added:

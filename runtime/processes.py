@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import cloudpickle
 
 from runtime import forkserver  # before our atexit hook: the zygote is stopped after the children
+from runtime.secrets import private_dir
 
 _live: 'weakref.WeakSet[ChildProcess]' = weakref.WeakSet()
 
@@ -66,7 +67,7 @@ class ChildProcess:
 
     # -- lifecycle --------------------------------------------------------
     def start(self) -> None:
-        os.makedirs(os.path.dirname(self.log_path) or '.', exist_ok=True)
+        private_dir(os.path.dirname(self.log_path) or '.')   # logs: 0700 folders, 0600 files
         env = dict(os.environ, PYTHONUNBUFFERED='1')
         for key, value in self.env.items():  # a None value unsets the variable
             if value is None:
@@ -92,7 +93,7 @@ class ChildProcess:
         """Fork the child from the zygote; -> the status pipe's read end, None to fall back."""
         status_r, status_w = os.pipe()
         life_r, life_w = os.pipe()
-        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             handle = forkserver.spawn(life_r, status_w, log_fd, env, os.getcwd())
         finally:
@@ -108,7 +109,8 @@ class ChildProcess:
     def _start_subprocess(self, env: Dict[str, str]) -> int:
         """``python -m runtime.child``; -> the status pipe's read end."""
         status_r, status_w = os.pipe()
-        log = open(self.log_path, 'ab', buffering=0)
+        log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600),
+                        'ab', buffering=0)
         try:
             self.popen = subprocess.Popen(
                 [sys.executable, '-m', 'runtime.child', str(status_w)],

@@ -17,7 +17,8 @@ Methods:
   ``INVALID_ARGUMENT``; a gateway passes a replica's refusal back as an error reply.
 - ``Info``: readiness and status as JSON (no body).
 - ``Control``: small JSON commands between the parts of one Deployment
-  (e.g. RAFT payload transfer); not for clients.
+  (e.g. RAFT payload transfer); not for clients: it needs the Deployment's secret in the
+  call's metadata, and the gateway serves it on its loopback port only (docs/security.md).
 """
 from __future__ import annotations
 

@@ -222,7 +222,7 @@ class ReplicaSet:
                 tried.append(r)
                 if len(tried) >= 2 * max(1, len(self.replicas)) + 2:
                     raise NoReplicaAvailable(f'{self.name}: request failed on every replica '
-                                             f'({", ".join(x.address for x in tried)}): {e.details()}')
+                                             f'({", ".join(x.address for x in tried)}): {e.details()}') from e
             finally:
                 self.release(r)
 

@@ -17,6 +17,7 @@ from typing import Awaitable, Callable, Optional, Tuple
 import grpc
 
 from runtime import protocol
+from runtime.secrets import matches, presented_secret
 
 #: seconds a stopping server gives the calls in flight
 STOP_GRACE_S = 0.5
@@ -28,26 +29,51 @@ class PortInUseError(OSError):
     """The port asked for is already taken."""
 
 
-def node_handler(call: Method, info: Method, control: Optional[Method] = None) -> grpc.GenericRpcHandler:
-    """The ``orchestra.Node`` service with raw-bytes methods.
+def authenticated(control: Method, secret: Optional[str]) -> Method:
+    """``control``, answering ``PERMISSION_DENIED`` (without reading the frame) to a call whose
+    metadata does not carry ``secret`` (constant-time compare; no secret: every call is denied)."""
+    async def checked(frame: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if not matches(presented_secret(context), secret):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                'Control needs the Deployment\'s secret: missing or wrong')
+        return await control(frame, context)
+    return checked
+
+
+async def no_control(frame: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    """``Control`` on a public port: always ``PERMISSION_DENIED``."""
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                        'Control is not served on the public port (control listens on 127.0.0.1 only)')
+    return b''
+
+
+def node_handler(call: Method, info: Method, control: Optional[Method] = None,
+                 secret: Optional[str] = None) -> grpc.GenericRpcHandler:
+    """The ``orchestra.Node`` service with raw-bytes methods; ``Control`` needs ``secret``
+    (without ``control``, every ``Control`` call is denied).
 
     >>> server.add_generic_rpc_handlers((node_handler(call, info),))   # doctest: +SKIP
     """
+    control = authenticated(control, secret) if control is not None else no_control
     methods = {'Call': grpc.unary_unary_rpc_method_handler(call),
-               'Info': grpc.unary_unary_rpc_method_handler(info)}
-    if control is not None:
-        methods['Control'] = grpc.unary_unary_rpc_method_handler(control)
+               'Info': grpc.unary_unary_rpc_method_handler(info),
+               'Control': grpc.unary_unary_rpc_method_handler(control)}
     return grpc.method_handlers_generic_handler(protocol.SERVICE, methods)
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    """Bind ``host:port`` (0: the OS picks); a busy port raises :class:`PortInUseError` naming it.
+def bind(server: grpc.aio.Server, host: str, port: int,
+         credentials: Optional[grpc.ServerCredentials] = None) -> int:
+    """Bind ``host:port`` (0: the OS picks; TLS with ``credentials``); a busy port raises
+    :class:`PortInUseError` naming it.
 
     >>> bind(grpc.aio.server(), '127.0.0.1', 0) > 0   # doctest: +SKIP
     True
     """
     try:
-        bound = server.add_insecure_port(f'{host}:{port}')
+        if credentials is not None:
+            bound = server.add_secure_port(f'{host}:{port}', credentials)
+        else:
+            bound = server.add_insecure_port(f'{host}:{port}')
     except RuntimeError:
         bound = 0
     if not bound:
@@ -57,14 +83,17 @@ def bind(server: grpc.aio.Server, host: str, port: int) -> int:
 
 
 async def start_node_server(host: str, port: int, call: Method, info: Method,
-                            control: Optional[Method] = None) -> Tuple[grpc.aio.Server, int]:
+                            control: Optional[Method] = None, secret: Optional[str] = None,
+                            credentials: Optional[grpc.ServerCredentials] = None
+                            ) -> Tuple[grpc.aio.Server, int]:
     """A started grpc.aio server serving ``orchestra.Node`` on ``host:port``; returns it and its port.
+    See :func:`node_handler` for ``control`` and ``secret``, :func:`bind` for ``credentials``.
 
     >>> server, port = await start_node_server('127.0.0.1', 0, call, info)   # doctest: +SKIP
     """
     server = grpc.aio.server(options=protocol.GRPC_OPTIONS)
-    server.add_generic_rpc_handlers((node_handler(call, info, control),))
-    bound = bind(server, host, port)
+    server.add_generic_rpc_handlers((node_handler(call, info, control, secret),))
+    bound = bind(server, host, port, credentials)
     await server.start()
     return server, bound
 

@@ -118,7 +118,9 @@ class ReplicaServer:
 
     # -- serving ----------------------------------------------------------------
     async def serve(self, host: str, port: int, stop: asyncio.Event, on_ready=None) -> None:
-        server, self.port = await start_node_server(host, port, self.call, self.info, self.control)
+        from runtime.secrets import load_secret
+        secret = self.config.get('secret') or load_secret()
+        server, self.port = await start_node_server(host, port, self.call, self.info, self.control, secret)
         try:
             if self.consensus is None and self.config.get('stateful'):
                 from runtime.consensus import attach_consensus

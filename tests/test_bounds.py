@@ -83,7 +83,8 @@ def test_doc_count_larger_than_columns_hold():
         i: int = 0
     header, body = _split(encode_docs(DocList[Ints]([Ints(i=k) for k in range(3)])))
     header['root']['count'] = 5
-    assert refused(header, body, Ints) == BAD + 'Ints.i claims 5 int values of 8 bytes (40 bytes) but buffer 0 holds 24 bytes'
+    assert refused(header, body, Ints) == (BAD + 'Ints.i claims 5 int values of 8 bytes (40 bytes) '
+                                           'but buffer 0 holds 24 bytes')
 
 
 def test_only_absent_or_none_columns_cannot_carry_a_count():
@@ -162,7 +163,8 @@ def test_nested_counts_must_add_up():
         inner: Optional[Inner] = None
     header, body = _split(encode_docs(DocList[Outer]([Outer(inner=Inner(x=1)), Outer(inner=Inner(x=2))])))
     header['root']['fields']['inner']['child']['count'] = 10 ** 6
-    assert refused(header, body, Outer) == BAD + 'Outer.inner: nested doc schema claims 1000000 documents but 2 values are present'
+    assert refused(header, body, Outer) == (BAD + 'Outer.inner: nested doc schema claims 1000000 documents '
+                                            'but 2 values are present')
 
 
 def test_deep_nesting_refused():
@@ -233,7 +235,8 @@ def test_documents_that_do_not_fit_the_class_are_a_protocol_error():
     ({'endpoint': '/x', 'parameters': 'x'}, "request header field 'parameters' is 'x' (str); allowed: a JSON object"),
     ({'parameters': [1]}, "request header field 'parameters' is [1] (list); allowed: a JSON object"),
     ({'request_id': 7}, "request header field 'request_id' is 7 (int); allowed: a string"),
-    ({'consistency': 'sometimes'}, "request header field 'consistency' is 'sometimes' (str); allowed: 'eventual' or 'strong'"),
+    ({'consistency': 'sometimes'},
+     "request header field 'consistency' is 'sometimes' (str); allowed: 'eventual' or 'strong'"),
     ({'allow_partial': 'yes'}, "request header field 'allow_partial' is 'yes' (str); allowed: true or false"),
     ({'no_reduce': 1}, "request header field 'no_reduce' is 1 (int); allowed: true or false"),
     ({'endpoint': 'x' * 200}, "request header field 'endpoint' is '" + 'x' * 76 + "... (str); "

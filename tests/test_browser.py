@@ -127,7 +127,8 @@ def lab(tmp_path):
         deadline = time.monotonic() + 60
         while True:
             if server.poll() is not None:
-                pytest.fail(f'JupyterLab exited with {server.returncode}:\n{(tmp_path / "lab.log").read_text()[-3000:]}')
+                log_tail = (tmp_path / 'lab.log').read_text()[-3000:]
+                pytest.fail(f'JupyterLab exited with {server.returncode}:\n{log_tail}')
             try:
                 http(f'{base}/api/status', timeout=2)
                 break

@@ -10,7 +10,6 @@ import textwrap
 import threading
 
 import pytest
-from docarray.documents import TextDoc
 
 from conftest import pid_gone, wait_until
 from orchestra_nb import Client, Deployment

@@ -344,7 +344,8 @@ def test_plan_gives_each_replica_its_raft_settings(tmp_path):
     assert cfgs[0][0]['conf']['raftMinTimeout'] == 0.6
     assert cfgs[0][0]['conf']['logCompactionMinEntries'] == 50
     assert len({c['dir'] for s in cfgs for c in s}) == 6
-    assert len({c['token'] for s in cfgs for c in s}) == 1 and len(cfgs[0][0]['token']) == 32
+    assert plan.secret_file == str(tmp_path / 'kv' / '.raft' / 'secret')   # the secret is kept there
+    assert (tmp_path / 'kv' / '.raft').stat().st_mode & 0o777 == 0o700
     grpc = {p['grpc'] for p in cfgs[0][0]['peers']}
     assert grpc == {f'127.0.0.1:{r.config["port"]}' for r in plan.shards[0][1:]}
 

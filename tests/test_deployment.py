@@ -104,7 +104,8 @@ def test_executor_exception_reaches_client_and_replica_keeps_serving():
         err = info.value
         assert 'the executor exploded on purpose' in str(err)
         assert err.type == 'ValueError'
-        assert 'Traceback' in err.remote_traceback and 'def boom' in err.remote_traceback or 'boom' in err.remote_traceback
+        tb = err.remote_traceback
+        assert 'Traceback' in tb and 'def boom' in tb or 'boom' in tb
         assert dep.post('/ok', TextDoc(text='still here')).text == ['still here']
 
 

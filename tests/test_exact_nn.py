@@ -16,7 +16,8 @@ def make(n, dim=8, seed=0, prefix='d'):
 
 
 def executor(tmp_path=None, **uses_with):
-    return build_executor(ExactNNSearch, uses_with, RuntimeArgs(name='nn', workspace=str(tmp_path) if tmp_path else None))
+    workspace = str(tmp_path) if tmp_path else None
+    return build_executor(ExactNNSearch, uses_with, RuntimeArgs(name='nn', workspace=workspace))
 
 
 def brute_force(docs, query, metric='cosine'):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import tempfile
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import psutil
 import pytest

@@ -102,7 +102,8 @@ def test_outcomes_are_pysyncobjs_codes():
              'UNKNOWN_OUTCOME': Outcome.UNKNOWN}
     for name, ours in pairs.items():
         assert getattr(FAIL_REASON, name) == ours
-    assert Outcome.of(4) is Outcome.NOT_LEADER and Outcome.of('x') is Outcome.UNKNOWN and Outcome.of(99) is Outcome.UNKNOWN
+    assert Outcome.of(4) is Outcome.NOT_LEADER
+    assert Outcome.of('x') is Outcome.UNKNOWN and Outcome.of(99) is Outcome.UNKNOWN
     assert Outcome.REFUSED.label == 'refused' and int(Outcome.NO_ANSWER) == -1
 
 

@@ -37,9 +37,9 @@ consistency). ``consistency='strong'`` (per request, or ``Deployment(read_consis
 'strong')``) first commits a barrier record and waits until it is applied locally.
 
 **Security.** pysyncobj unpickles what its peers send: RAFT ports bind to
-127.0.0.1 unless the Deployment's ``host`` says otherwise, and ``raft_password``
-turns on pysyncobj's encryption and authentication. Replica-to-replica ``Control``
-calls carry a random per-Deployment token. See ``docs/raft.md``.
+127.0.0.1 unless the Deployment's ``host`` says otherwise, and every message is
+encrypted and authenticated with the Deployment's secret (or ``raft_password``).
+Replica-to-replica ``Control`` calls carry the same secret. See ``docs/security.md``.
 
 **Code map** (``runtime/consensus.py`` re-exports the public names):
 

@@ -87,7 +87,7 @@ class _Applier(_Base):
                 continue
             payload = await self._payload_for(rec, i)
             if payload is None:   # a peer's snapshot covering this entry was installed instead
-                for j, r, _ in prepared:
+                for _, r, _ in prepared:
                     self._covered(r)
                 prepared = []
                 self._covered(rec)

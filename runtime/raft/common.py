@@ -63,8 +63,9 @@ def _short(e: BaseException) -> str:
 
 
 def _write_json(path: str, obj: Any) -> None:
+    """``obj`` as JSON in ``path`` (atomically; mode 0600: workspace files are private)."""
     tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
         json.dump(obj, f)
     os.replace(tmp, path)
 

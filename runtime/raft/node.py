@@ -73,7 +73,8 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
 
     def _make_node(self) -> RaftLog:
         conf = SyncObjConf(**self.cfg['conf'],
-                           password=self.cfg.get('password') or None,
+                           # pysyncobj encrypts and authenticates every message (Fernet) with this
+                           password=self.cfg.get('password') or self.secret or None,
                            journalFile=os.path.join(self.dir, 'journal.bin'),
                            fullDumpFile=os.path.join(self.dir, 'dump.json'),
                            serializer=self._serialize, deserializer=self._deserialize,
@@ -200,7 +201,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
             'payloads_fetched': self.fetched_payloads, 'snapshots_installed': self.installed_snapshots,
             'proposals': {'entries': self._proposer.entries, 'records': self._proposer.records}
             if self._proposer else None,
-            'encrypted': bool(self.cfg.get('password')), 'ready_seconds': self.ready_seconds,
+            'encrypted': bool(self.cfg.get('password') or self.secret), 'ready_seconds': self.ready_seconds,
         }
         node = self.node
         if node is not None:

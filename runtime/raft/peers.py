@@ -1,4 +1,5 @@
-"""Replica-to-replica messages over gRPC (``Control``), authenticated by the cluster token.
+"""Replica-to-replica messages over gRPC (``Control``), authenticated by the Deployment's secret
+(checked before the frame is read: :func:`runtime.server.authenticated`).
 
 ``_PeerMessages`` (a part of ``Consensus``) answers peers' ``control`` calls (``put_payloads``,
 ``get_payload``, ``get_snapshot``, ``status``), stores payloads here and on a majority, and
@@ -8,7 +9,6 @@ the peers' channels and pushers (:mod:`runtime.raft.links`) and :mod:`runtime.pr
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from runtime import protocol
@@ -16,6 +16,7 @@ from runtime.raft.common import Outcome, RaftNotReady, _short
 from runtime.raft.links import _Peer, _PushResult
 from runtime.raft.payloads import _check_rid
 from runtime.raft.records import RECORD_FIELDS, Record
+from runtime.secrets import call_metadata
 
 if TYPE_CHECKING:   # a part of Consensus: its attributes (see runtime.raft.state for why not at run time)
     from runtime.raft.state import ConsensusState as _Base
@@ -27,10 +28,7 @@ class _PeerMessages(_Base):
     """``Consensus``'s side of replica-to-replica calls: answering peers, pushing payloads."""
 
     async def control(self, header: Dict[str, Any], body: bytes) -> bytes:
-        """Requests from peer replicas (payloads, snapshots); authenticated by the cluster token."""
-        if not self.token or not hmac.compare_digest(str(header.get('token', '')), self.token):
-            return protocol.pack({'ok': False, 'error': {'type': 'PermissionError', 'where': self.name,
-                                                         'message': 'bad or missing RAFT cluster token'}})
+        """Requests from peer replicas (payloads, snapshots); the server checked their secret."""
         op = header.get('op')
         try:
             if op == 'put_payloads':   # a batch from one peer: [[rid, digest, size], ...] + the bodies
@@ -174,8 +172,8 @@ class _PeerMessages(_Base):
 
     async def _call_peer(self, peer: _Peer, header: Dict[str, Any], body: bytes = b'',
                          timeout: float = 30.0) -> Tuple[Dict[str, Any], bytes]:
-        header = dict(header, token=self.token, sender=self.name)
-        reply = await peer.stub()(protocol.pack(header, body), timeout=timeout)
+        header = dict(header, sender=self.name)
+        reply = await peer.stub()(protocol.pack(header, body), timeout=timeout, metadata=call_metadata(self.secret))
         h, b = protocol.unpack(reply)
         return h, bytes(b)
 

@@ -2,20 +2,21 @@
 
 ``validate_stateful`` checks a Deployment's arguments (replicas, ``peer_ports``,
 ``raft_configuration``, ``raft_password``); ``plan_stateful`` picks RAFT ports (remembered in
-``<workspace>/<name>/.raft/peers.json``), folders and the cluster token and puts them in
-each replica's ``config['raft']``. Relies on :mod:`runtime.raft.config`.
+``<workspace>/<name>/.raft/peers.json``) and folders (private: 0700) and puts them in each
+replica's ``config['raft']``; it names the file that keeps the Deployment's secret
+(``NodePlan.secret_file``; :mod:`runtime.secrets`). Relies on :mod:`runtime.raft.config`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import secrets
 import socket
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from runtime.raft.common import _write_json
 from runtime.raft.config import normalize_raft_configuration
+from runtime.secrets import SECRET_FILE_NAME, private_dir, private_tree
 
 log = logging.getLogger('orchestra.raft')
 
@@ -88,10 +89,9 @@ def validate_stateful(dep: Any) -> None:
     dep._raft_peer_ports = normalize_peer_ports(dep.peer_ports, dep.replicas, dep.shards)
     dep._raft_conf, dep._raft_options = normalize_raft_configuration(dep.raft_configuration)
     pw = dep.raft_password
-    if pw is not None:
-        if not isinstance(pw, (str, bytes)) or not pw:
-            raise ValueError('raft_password must be a non-empty string')
-        require_cryptography()
+    if pw is not None and (not isinstance(pw, (str, bytes)) or not pw):
+        raise ValueError('raft_password must be a non-empty string')
+    require_cryptography()   # RAFT traffic is always encrypted: with raft_password, else the secret
 
 
 def require_cryptography() -> None:
@@ -103,8 +103,8 @@ def require_cryptography() -> None:
     except ImportError:
         HAS_CRYPTO = False
     if not HAS_CRYPTO:
-        raise ImportError("raft_password needs the 'cryptography' package for pysyncobj's encryption: "
-                          "pip install 'orchestra-nb[raft-password]' (or pip install cryptography)")
+        raise ImportError("stateful=True needs the 'cryptography' package for pysyncobj's encryption of "
+                          "RAFT traffic: pip install cryptography")
 
 
 def raft_root(workspace: str, name: str) -> str:
@@ -187,7 +187,10 @@ def plan_stateful(dep: Any, plan: Any) -> None:
             if isinstance(ra, dict):
                 ra['workspace'] = dep.workspace
     root = raft_root(dep.workspace, dep.name)
-    os.makedirs(root, exist_ok=True)
+    private_dir(os.path.dirname(root))   # <workspace>/<name>: the replicas' folders go in there too
+    private_dir(root)
+    private_tree(root)   # files an earlier version left readable by others
+    plan.secret_file = os.path.join(root, SECRET_FILE_NAME)
     bind_host = dep.host or '127.0.0.1'
     ports = dep._raft_peer_ports
     if ports is None:
@@ -207,7 +210,6 @@ def plan_stateful(dep: Any, plan: Any) -> None:
                  'shards': dep.shards})
     dep.peer_ports_used = {s: list(p) for s, p in ports.items()}
     connect_host = '127.0.0.1' if bind_host in ('0.0.0.0', '::', '') else bind_host
-    token = secrets.token_hex(16)
     all_raft = [p for s in sorted(ports) for p in ports[s]]
     grpc_ports = _free_ports(len(plan.replicas), avoid=all_raft)
     k = 0
@@ -228,6 +230,6 @@ def plan_stateful(dep: Any, plan: Any) -> None:
                 'peers': [m for m in members if m is not me],
                 'dir': os.path.join(root, f'shard-{s}', f'rep-{r.replica}'),
                 'conf': dict(dep._raft_conf), 'options': dict(dep._raft_options),
-                'password': dep.raft_password, 'token': token,
+                'password': dep.raft_password,   # None: the Deployment's secret (config['secret'])
                 'read_consistency': dep.read_consistency,
             }

@@ -107,7 +107,7 @@ class _Snapshots(_Base):
     SNAPSHOT_CHUNK = 8 * 1024 * 1024
     def _restore_local(self, latest: Tuple[int, str]) -> None:
         """At start, on the Executor's thread: load the newest local snapshot (older ones if it fails)."""
-        for index, path in reversed(self.snapshots.list()):
+        for _, path in reversed(self.snapshots.list()):
             try:
                 self._restore_sync(path, call_restore=not self.options['no_snapshot_restore_on_start'])
                 return

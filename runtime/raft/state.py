@@ -70,7 +70,7 @@ class ConsensusState:
     name: str                            # this replica's name (logs, errors, peers' replies)
     replica: int                         # this replica's number in the shard (a record's origin)
     options: Dict[str, Any]              # orchestra-nb's RAFT options (``DEFAULT_OPTIONS`` + the user's)
-    token: str                           # the cluster token peers' ``control`` calls must carry
+    secret: str                          # the Deployment's secret: peers' ``control`` calls carry it
     default_consistency: str             # 'eventual' or 'strong', for reads that do not say
     dir: str                             # this replica's RAFT folder
     _lock_file: IO[str]                  # held (flock) while this process uses ``dir``
@@ -120,7 +120,7 @@ class ConsensusState:
         self.name = cfg.get('name') or server.name
         self.replica = int(cfg['replica'])
         self.options = dict(DEFAULT_OPTIONS, **(cfg.get('options') or {}))
-        self.token = cfg.get('token') or ''
+        self.secret = server.config.get('secret') or ''
         self.default_consistency = cfg.get('read_consistency') or 'eventual'
         self.dir = cfg['dir']
         os.makedirs(self.dir, exist_ok=True)

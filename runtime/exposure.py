@@ -1,0 +1,59 @@
+"""The warning a Deployment or Flow prints when it listens beyond this machine.
+
+Listeners bind 127.0.0.1 unless ``host`` says otherwise. A non-loopback ``host`` exposes the
+gateway's public port (requests: ``Call`` and ``Info``) and, for stateful Deployments, their
+RAFT ports; this says which, and what protects each (see ``docs/security.md``).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import warnings
+from typing import Any, List, Optional
+
+log = logging.getLogger('orchestra.security')
+
+
+class ExposedWarning(UserWarning):
+    """Ports of a Deployment or Flow are reachable from other machines."""
+
+
+def is_loopback(host: Optional[str]) -> bool:
+    """``'127.0.0.1'``, ``'::1'``, ``'localhost'`` -> True; ``'0.0.0.0'``, ``''``, another address -> False."""
+    if host is None:
+        return True
+    if host == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(host.strip('[]')).is_loopback
+    except ValueError:
+        return False   # a host name: it may resolve to anything
+
+
+def exposure(orch: Any) -> List[str]:
+    """What ``orch`` (started) exposes beyond loopback, one line per plane; empty: nothing."""
+    out = []
+    if not is_loopback(orch.host):
+        tls = 'TLS' if getattr(orch, 'tls_cert', None) else 'plaintext, no TLS (set tls_cert/tls_key)'
+        out.append(f'gateway port {orch.host}:{orch.port} (request plane: Call and Info, unauthenticated, {tls}; '
+                   'Control is not served there)')
+    for node in orch.nodes:
+        binds = [r.config['raft']['bind'] for r in node.replicas if 'raft' in r.config]
+        exposed = [b for b in binds if not is_loopback(b.rsplit(':', 1)[0])]
+        if exposed:
+            key = 'raft_password' if any(r.config['raft'].get('password') for r in node.replicas) else \
+                "the Deployment's secret"
+            out.append(f'RAFT ports of {node.name} {", ".join(exposed)} (consensus plane: pysyncobj, '
+                       f'authenticated and encrypted with {key})')
+    return out
+
+
+def warn_if_exposed(orch: Any) -> None:
+    """Log and ``warnings.warn`` (:class:`ExposedWarning`) what ``orch`` exposes, if anything."""
+    lines = exposure(orch)
+    if not lines:
+        return
+    msg = (f'{type(orch).__name__} {orch.name!r} listens beyond this machine: ' + '; '.join(lines) +
+           '. Anyone who can reach these ports can send requests to the gateway; see docs/security.md.')
+    log.warning('%s', msg)
+    warnings.warn(msg, ExposedWarning, stacklevel=3)
