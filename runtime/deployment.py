@@ -44,6 +44,7 @@ class Deployment(Orchestration):
                  log_dir: Optional[str] = None, no_reduce: bool = False, allow_partial: bool = False,
                  stream_logs: bool = False, log_level: str = 'INFO',
                  needs: Union[str, List[str], None] = None, py_modules: Union[str, List[str], None] = None,
+                 durability: str = 'fsync',
                  **kwargs):
         check_kwargs(kwargs, _NAMES, 'Deployment')
         given = dict(locals())
@@ -74,6 +75,7 @@ class Deployment(Orchestration):
         self.log_level = log_level
         self.needs = needs
         self.py_modules = v['py_modules']
+        self.durability = v['durability']   # stateful only: see runtime.raft.durable
         if self.external:
             from runtime.external import external_addresses
             # the addresses are the replicas: replicas=N (N != 1, the default) must agree
