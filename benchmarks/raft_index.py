@@ -196,7 +196,8 @@ def compare_durability(args: argparse.Namespace) -> int:
     base = modes[0]
     for m in modes:
         med = sorted(index[m])[len(index[m]) // 2]
-        line = f'{m:6s}: index median {med:.2f} s, ratio to {base} {med / sorted(index[base])[len(index[base]) // 2]:.2f}'
+        base_med = sorted(index[base])[len(index[base]) // 2]
+        line = f'{m:6s}: index median {med:.2f} s, ratio to {base} {med / base_med:.2f}'
         if writes[m]:
             wm = sorted(writes[m])[len(writes[m]) // 2]
             line += f'; small writes median {wm:.0f}/s, ratio {wm / sorted(writes[base])[len(writes[base]) // 2]:.2f}'

@@ -12,7 +12,6 @@ import signal
 import threading
 
 import pytest
-from docarray import DocList
 from docarray.documents import TextDoc
 
 from conftest import wait_until

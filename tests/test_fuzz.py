@@ -277,4 +277,4 @@ def test_raft_port_survives_hostile_bytes_and_frames(tmp_path):
                 c.close()
 
         for i in range(3):
-            wait_until(lambda: {'before', *ids} <= held(i), 30, f'replica {i} to apply the writes after the fuzz')
+            wait_until(lambda i=i: {'before', *ids} <= held(i), 30, f'replica {i} to apply the writes after the fuzz')

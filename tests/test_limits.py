@@ -1,4 +1,5 @@
 """Up-front refusals: too many processes, a host that is not one, a binary YAML file, a bind that fails."""
+import asyncio
 import socket
 
 import grpc
@@ -87,16 +88,27 @@ def test_good_hosts_pass(host):
     assert Deployment(host=host).host == host
 
 
+def try_bind(host, port):
+    """bind() on a fresh grpc.aio server, inside an event loop of its own."""
+    async def run():
+        server = grpc.aio.server()
+        try:
+            return bind(server, host, port)
+        finally:
+            await server.stop(None)
+    return asyncio.run(run())
+
+
 def test_a_bind_failure_says_what_it_is():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(PortInUseError, match=rf'127.0.0.1:{port}: the port is already in use'):
-            bind(grpc.aio.server(), '127.0.0.1', port)
+            try_bind('127.0.0.1', port)
     # a valid address that is not this machine's: not "in use"
     with pytest.raises(OSError) as info:
-        bind(grpc.aio.server(), '192.0.2.1', 0)   # TEST-NET-1, never assigned
+        try_bind('192.0.2.1', 0)   # TEST-NET-1, never assigned
     assert not isinstance(info.value, PortInUseError)
     assert "192.0.2.1:0: the address is not one of this machine's" in str(info.value)
 
