@@ -8,6 +8,7 @@ request, a window of 16) per second, one replica against three stateful ones.
 
     python benchmarks/raft_index.py                # 20k docs (about a minute on 2 cores)
     python benchmarks/raft_index.py --docs 100000  # the full target
+    python benchmarks/raft_index.py --durability fsync,none --rounds 3   # durability settings side by side
 
 Uses ``runtime.executors.exact_nn:ExactNNSearch`` when present, else a small array index
 defined here. Numbers go in ``benchmarks/README.md``; this machine is shared, so compare
@@ -90,11 +91,13 @@ def wait_counts(dep: Deployment, n: int, timeout: float = 600.0) -> List[int]:
 
 
 def index_run(uses: Any, docs: DocList[TextDoc], replicas: int, stateful: bool,
-              workspace: Optional[str]) -> Dict[str, Any]:
+              workspace: Optional[str], durability: Optional[str] = None) -> Dict[str, Any]:
     """Start a Deployment, index ``docs`` (request_size=100), check every replica's count."""
     kwargs: Dict[str, Any] = dict(uses=uses, replicas=replicas, timeout_ready=120)
     if stateful:
         kwargs.update(stateful=True, workspace=workspace)
+        if durability:
+            kwargs.update(durability=durability)
     with Deployment(name='indexer', **kwargs) as dep:
         t0 = time.perf_counter()
         dep.post('/index', docs, request_size=100, timeout=600)
@@ -105,11 +108,14 @@ def index_run(uses: Any, docs: DocList[TextDoc], replicas: int, stateful: bool,
     return {'index_s': index_s, 'all_hold_s': all_s, 'counts': held, 'raft': raft}
 
 
-def small_writes(uses: Any, replicas: int, stateful: bool, workspace: Optional[str], n: int) -> float:
+def small_writes(uses: Any, replicas: int, stateful: bool, workspace: Optional[str], n: int,
+                 durability: Optional[str] = None) -> float:
     """Writes per second: ``n`` requests of one small doc, a window of 16."""
     kwargs: Dict[str, Any] = dict(uses=uses, replicas=replicas, timeout_ready=120)
     if stateful:
         kwargs.update(stateful=True, workspace=workspace)
+        if durability:
+            kwargs.update(durability=durability)
     docs = make_docs(n, 8, seed=1)
     with Deployment(name='writes', **kwargs) as dep:
         dep.post('/index', docs[:50], request_size=1)   # warm up
@@ -124,7 +130,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument('--dim', type=int, default=128)
     ap.add_argument('--writes', type=int, default=2000, help='small writes for the writes/s figure (0: skip)')
     ap.add_argument('--executor', default=None, help="'package.module:Class' (default: ExactNNSearch if present)")
+    ap.add_argument('--durability', default=None,
+                    help="stateful runs with these durability settings, comma-separated and run in turn "
+                         "(e.g. 'fsync,none': both, side by side, ratios to the first); default: the default")
+    ap.add_argument('--rounds', type=int, default=1, help='with --durability: rounds of the settings, alternating')
     args = ap.parse_args(argv)
+    if args.durability:
+        return compare_durability(args)
     uses = args.executor or pick_executor()
     name = uses if isinstance(uses, str) else f'{uses.__module__}:{uses.__name__}'
     print(f'executor {name}; {args.docs} docs x {args.dim}-d, request_size=100; {os.cpu_count()} CPUs')
@@ -152,6 +164,44 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f'ratio {w3 / w1:.2f}')
     finally:
         shutil.rmtree(ws, ignore_errors=True)
+    print('CHECK all replicas hold every doc:', 'OK' if ok else 'FAILED')
+    return 0 if ok else 1
+
+
+def compare_durability(args: argparse.Namespace) -> int:
+    """Stateful indexing (and small writes) with each ``--durability`` setting, alternating rounds."""
+    modes = [m.strip() for m in args.durability.split(',') if m.strip()]
+    uses = args.executor or pick_executor()
+    print(f'durability {modes} x {args.rounds} rounds; {args.docs} docs x {args.dim}-d, request_size=100; '
+          f'{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.1f}')
+    docs = make_docs(args.docs, args.dim)
+    ws = tempfile.mkdtemp(prefix='raft-bench-')
+    index: Dict[str, List[float]] = {m: [] for m in modes}
+    writes: Dict[str, List[float]] = {m: [] for m in modes}
+    ok = True
+    try:
+        for k in range(args.rounds):
+            for m in (modes if k % 2 == 0 else modes[::-1]):
+                run = index_run(uses, docs, 3, True, os.path.join(ws, f'index-{m}-{k}'), m)
+                ok = ok and all(c == args.docs for c in run['counts'])
+                index[m].append(run['index_s'])
+                line = f'round {k} {m:6s}: index {run["index_s"]:7.2f} s (all hold {run["all_hold_s"]:.2f} s)'
+                if args.writes:
+                    writes[m].append(small_writes(uses, 3, True, os.path.join(ws, f'writes-{m}-{k}'),
+                                                  args.writes, m))
+                    line += f'   small writes {writes[m][-1]:6.0f}/s'
+                print(line, flush=True)
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+    base = modes[0]
+    for m in modes:
+        med = sorted(index[m])[len(index[m]) // 2]
+        base_med = sorted(index[base])[len(index[base]) // 2]
+        line = f'{m:6s}: index median {med:.2f} s, ratio to {base} {med / base_med:.2f}'
+        if writes[m]:
+            wm = sorted(writes[m])[len(writes[m]) // 2]
+            line += f'; small writes median {wm:.0f}/s, ratio {wm / sorted(writes[base])[len(writes[base]) // 2]:.2f}'
+        print(line)
     print('CHECK all replicas hold every doc:', 'OK' if ok else 'FAILED')
     return 0 if ok else 1
 

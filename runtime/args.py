@@ -251,6 +251,10 @@ DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
         form='names'),   # checked by Flow
     Arg('py_modules', None, 'Python files holding the Executor class', (str, list),
         'a file path or a list of file paths', check=check_paths, form='paths'),
+    # -- durability (docs/reliability.md) --
+    Arg('durability', 'fsync', "stateful: 'fsync' puts the RAFT journal and request bodies on disk before a "
+        "write is acknowledged (survives a power cut); 'none' leaves them in the page cache (faster)",
+        _STR, 'a string', check=one_of('fsync', 'none'), choices=('fsync', 'none')),
     *SECURITY_ARGS,
 )
 

@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional, Union
 from runtime import config
 from runtime.args import DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs, check_port, check_values
 from runtime.executor import RuntimeArgs
+from runtime.hosts import check_host
+from runtime.limits import check_processes
 from runtime.orchestration import NodePlan, Orchestration, ReplicaPlan
 from runtime.routing import PollingPolicy
 from runtime.uses import DEFAULT_USES, hub_message, is_hub_reference, needs_resolving, resolve_uses
@@ -44,6 +46,7 @@ class Deployment(Orchestration):
                  log_dir: Optional[str] = None, no_reduce: bool = False, allow_partial: bool = False,
                  stream_logs: bool = False, log_level: str = 'INFO',
                  needs: Union[str, List[str], None] = None, py_modules: Union[str, List[str], None] = None,
+                 durability: str = 'fsync',
                  secret: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                  **kwargs):
         check_kwargs(kwargs, _NAMES, 'Deployment')
@@ -75,6 +78,7 @@ class Deployment(Orchestration):
         self.log_level = log_level
         self.needs = needs
         self.py_modules = v['py_modules']
+        self.durability = v['durability']   # stateful only: see runtime.raft.durable
         if self.external:
             from runtime.external import external_addresses
             # the addresses are the replicas: replicas=N (N != 1, the default) must agree
@@ -85,6 +89,8 @@ class Deployment(Orchestration):
             if not isinstance(host, str):
                 raise ValueError(f'host={host!r}: a list of hosts needs external=True')
             gw_port, gw_host = check_port(port), host
+            check_host(host, 'host')
+            check_processes(self.replicas, self.shards, f'Deployment {v["name"]!r}')
             if self.uses is None:
                 self.uses = DEFAULT_USES
             self._check_gpu_spec()
@@ -160,6 +166,7 @@ class Deployment(Orchestration):
         """
         n = check_count(replicas, 'replicas')
         self.check_scalable()
+        check_processes(n, self.shards, f'Deployment {self.name!r}.scale')
         self._require_started()
         self._scale_node(self.plan_with_replicas(n), drain_timeout)
         self.replicas = n

@@ -30,6 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from runtime import config
 from runtime.args import DEPLOYMENT_ARGS, FLOW_ARGS, arg_names, check_count, check_kwargs, check_port, check_values
 from runtime.deployment import Deployment
+from runtime.hosts import check_host
+from runtime.limits import check_processes
 from runtime.orchestration import NodePlan, Orchestration
 from runtime.yamlio import ConfigError, source_label
 
@@ -71,6 +73,7 @@ class Flow(Orchestration):
         v = check_values(FLOW_ARGS, {k: given[k] for k in _FLOW_NAMES})
         if not isinstance(host, str):
             raise ValueError(f'host={host!r}: the Flow gateway listens on one host, e.g. "127.0.0.1"')
+        check_host(host, 'host')
         self.protocol = v['protocol']
         self.entries: List[FlowEntry] = []
         super().__init__(name=v['name'], port=v['port'], host=host, timeout_ready=v['timeout_ready'],
@@ -117,6 +120,8 @@ class Flow(Orchestration):
                                  f'replica and one shard (got {n} processes); omit port to let the OS pick')
             kwargs = {k: v for k, v in kwargs.items() if k != 'port'}
         dep = Deployment(name=name, needs=needs_list, **kwargs)
+        if not dep.external:   # the Flow's total, as well as this Executor's
+            check_processes(dep.replicas, dep.shards, f'Flow.add(name={name!r})', self._local_processes())
         self.entries.append(FlowEntry(name, needs_list, dep, replica_port))
         return self
 
@@ -188,12 +193,18 @@ class Flow(Orchestration):
         if dep is None:
             raise ValueError(f'{executor!r} is a join inside the gateway; it has no replicas to scale')
         n = check_count(replicas, 'replicas')
+        check_processes(n, dep.shards, f'Flow {self.name!r}.scale({executor!r})', self._local_processes(dep))
         self._require_started()
         target = dep.plan_with_replicas(n)
         target.needs = next(list(e.needs) for e in self.entries if e.name == executor)
         self._scale_node(target, drain_timeout)
         dep.replicas = n
         return self
+
+    def _local_processes(self, leave_out: Optional[Deployment] = None) -> int:
+        """Replica processes the Flow's Executors start (``leave_out``'s not counted)."""
+        return sum(e.deployment.replicas * e.deployment.shards for e in self.entries
+                   if e.deployment is not None and e.deployment is not leave_out and not e.deployment.external)
 
     # -- what the base class runs --------------------------------------------------------
     def _plan(self) -> List[NodePlan]:

@@ -11,12 +11,14 @@ the stop signal of a child process.
 from __future__ import annotations
 
 import asyncio
+import errno
 import threading
 from typing import Awaitable, Callable, Optional, Tuple
 
 import grpc
 
 from runtime import protocol
+from runtime.hosts import bind_error, grpc_address
 from runtime.secrets import matches, presented_secret
 
 #: seconds a stopping server gives the calls in flight
@@ -64,21 +66,22 @@ def node_handler(call: Method, info: Method, control: Optional[Method] = None,
 def bind(server: grpc.aio.Server, host: str, port: int,
          credentials: Optional[grpc.ServerCredentials] = None) -> int:
     """Bind ``host:port`` (0: the OS picks; TLS with ``credentials``); a busy port raises
-    :class:`PortInUseError` naming it.
+    :class:`PortInUseError` naming it, any other failure an ``OSError`` saying what the OS said
+    (:func:`runtime.hosts.bind_error`).
 
     >>> bind(grpc.aio.server(), '127.0.0.1', 0) > 0   # doctest: +SKIP
     True
     """
     try:
         if credentials is not None:
-            bound = server.add_secure_port(f'{host}:{port}', credentials)
+            bound = server.add_secure_port(grpc_address(host, port), credentials)
         else:
-            bound = server.add_insecure_port(f'{host}:{port}')
+            bound = server.add_insecure_port(grpc_address(host, port))
     except RuntimeError:
         bound = 0
-    if not bound:
-        raise PortInUseError(f'cannot listen on {host}:{port}: the port is already in use '
-                             '(choose another port, or omit port to let the OS pick one)')
+    if not bound:   # gRPC does not say why: ask the OS (a bad host is not a busy port)
+        code, message = bind_error(host, port)
+        raise PortInUseError(message) if code == errno.EADDRINUSE else OSError(message)
     return bound
 
 

@@ -85,13 +85,16 @@ def read(source: str) -> Tuple[Any, str, str]:
     else:
         if not os.path.isfile(source):
             raise FileNotFoundError(f'config file {source!r} does not exist')
-        with open(source, encoding='utf-8') as f:
-            text = f.read()
         label, base = source, os.path.dirname(os.path.abspath(source))
+        text = _read_text(source)
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError as e:
         raise ConfigError(f'{label}: {e}') from None
+    except yaml.reader.ReaderError as e:   # a control character: no line/column marks, a position
+        ch = chr(e.character) if isinstance(e.character, int) else e.character
+        raise ConfigError(f'{label}: not a YAML text file: character {ch!r} at position {e.position} '
+                          f'is not allowed in YAML ({e.reason})') from None
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None) or getattr(e, 'context_mark', None)
         where = f'line {mark.line + 1}, column {mark.column + 1}' if mark else 'unknown line'
@@ -100,6 +103,21 @@ def read(source: str) -> Tuple[Any, str, str]:
         raise ConfigError(f'{label}: YAML syntax error at {where}: {problem}'
                           + (f' ({context})' if context else '')) from None
     return data, label, base
+
+
+def _read_text(path: str) -> str:
+    """A config file's text (UTF-8); a binary or otherwise unreadable file -> ConfigError naming it."""
+    try:
+        with open(path, 'rb') as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f'{path}: cannot read the config file: {e.strerror or e}') from None
+    try:
+        return raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line = raw.count(b'\n', 0, e.start) + 1
+        raise ConfigError(f'{path}: not a YAML text file: byte {raw[e.start:e.start + 1]!r} at line {line} '
+                          f'(offset {e.start}) is not UTF-8 text; a config is a UTF-8 YAML file') from None
 
 
 # ----------------------------------------------------------------------------- ${{ ENV.VAR }}

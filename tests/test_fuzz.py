@@ -161,3 +161,120 @@ def test_replica_and_gateway_survive_hostile_frames():
             assert_serves(addr)
         after = dep.status()['replicas'][0]
         assert after['pid'] == replica['pid'] and after['state'] == 'ready'
+
+
+# ----------------------------------------------------------------------------- a RAFT (pysyncobj) port
+
+_RAFT_TYPES = ['append_entries', 'request_vote', 'response_vote', 'next_node_idx', 'apply_command',
+               'apply_command_response', 'timeout_now', 'bogus']
+_RAFT_FIELDS = ['term', 'commit_index', 'prevLogIdx', 'prevLogTerm', 'entries', 'last_log_index', 'last_log_term',
+                'next_node_idx', 'reset', 'success', 'request_id', 'command', 'transmission', 'data',
+                'serialized', 'log_idx', 'log_term', 'error']
+
+
+@st.composite
+def raft_messages(draw) -> Any:
+    """What pysyncobj unpickles from a peer: a dict with a message type and hostile field values."""
+    kind = draw(st.integers(0, 5))
+    if kind == 0:   # not a dict at all
+        return draw(st.sampled_from([None, 7, 'x', b'y', [], ['status'], ('a', 1), {'no': 'type'}]))
+    if kind == 1:   # well-formed: a vote request or a leader's heartbeat with a higher term (forces an
+        term = draw(st.integers(2, 10 ** 6))   # election; entries and commit indexes are left out: without
+        if draw(st.booleans()):               # raft_password a peer port trusts its peers, docs/raft.md)
+            return {'type': 'request_vote', 'term': term, 'last_log_index': draw(st.integers(0, 10 ** 6)),
+                    'last_log_term': draw(st.integers(0, term))}
+        return {'type': 'append_entries', 'term': term, 'commit_index': 0}
+    msg = {'type': draw(st.sampled_from(_RAFT_TYPES))}
+    for key in draw(st.lists(st.sampled_from(_RAFT_FIELDS), max_size=6, unique=True)):
+        msg[key] = draw(st.sampled_from(_HOSTILE_VALUES + [[(b'x', 1, 1)], [('cmd', 'i', 't')], 'start']))
+    return msg
+
+
+@st.composite
+def raft_streams(draw) -> bytes:
+    """Bytes for one TCP connection to a RAFT port: random, broken framing, broken zlib or pickle,
+    or a handshake (a node id) followed by well-framed pysyncobj messages."""
+    import pickle
+    import struct
+    import zlib
+
+    def frame(payload: bytes) -> bytes:
+        return struct.pack('i', len(payload)) + payload
+
+    how = draw(st.sampled_from(('random', 'length', 'zlib', 'pickle', 'messages', 'messages')))
+    if how == 'random':
+        return draw(st.binary(max_size=300))
+    if how == 'length':   # a length prefix (negative, huge, short) and junk
+        return struct.pack('i', draw(st.sampled_from([-1, 0, 3, 2 ** 31 - 1]))) + draw(st.binary(max_size=100))
+    if how == 'zlib':     # framed, not zlib
+        return frame(draw(st.binary(max_size=200)))
+    if how == 'pickle':   # framed zlib, not a pickle
+        return frame(zlib.compress(draw(st.binary(max_size=200))))
+    hello = draw(st.sampled_from(['readonly', 'readonly', '127.0.0.1:1', 'nobody', 12, None, ['status']]))
+    out = frame(zlib.compress(pickle.dumps(hello)))
+    for msg in draw(st.lists(raft_messages(), min_size=1, max_size=4)):
+        out += frame(zlib.compress(pickle.dumps(msg)))
+    return out
+
+
+def test_raft_port_survives_hostile_bytes_and_frames(tmp_path):
+    """Random bytes and pysyncobj-shaped frames at one replica's RAFT port; the cluster then
+    still accepts writes and every replica applies them."""
+    import socket
+    import time
+
+    from conftest import wait_until
+    from orchestra_nb import Client, Deployment
+    from sample_executors import KV
+
+    with Deployment(name='kvfuzz', uses=KV, replicas=3, stateful=True, workspace=str(tmp_path)) as dep:
+        dep.post('/index', DocList[TextDoc]([TextDoc(id='before', text='b')]))
+        target = ('127.0.0.1', dep.peer_ports_used[0][0])
+        sent = {'connections': 0, 'bytes': 0}
+
+        conns: List[socket.socket] = []   # kept open until the end: pysyncobj drops what it has not
+        # parsed when the peer hangs up, so closing at once would test little
+
+        @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(raft_streams())
+        def fuzz(stream: bytes) -> None:
+            s = socket.create_connection(target, timeout=5)
+            conns.append(s)
+            try:
+                s.sendall(stream)
+            except OSError:   # it hung up on us: fine
+                pass
+            sent['connections'] += 1
+            sent['bytes'] += len(stream)
+
+        try:
+            fuzz()
+            time.sleep(1.0)   # let the node read every stream
+        finally:
+            for s in conns:
+                s.close()
+        terms = [(r.get('raft') or {}).get('term') for r in dep.status()['replicas']]
+        print('RAFT port fuzz:', sent, 'terms after:', terms)
+        assert sent['connections'] >= 50, sent
+        ids = [f'after-{i}' for i in range(10)]
+        deadline = time.monotonic() + 60
+        while True:   # a hostile term may have forced an election: writes resume once it is over
+            try:
+                dep.post('/index', DocList[TextDoc]([TextDoc(id=i, text=i) for i in ids]), request_size=2,
+                         timeout=20)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+        def held(i: int) -> set:
+            host, port = dep.nodes[0].replicas[i].address.rsplit(':', 1)
+            c = Client(host=host, port=int(port))
+            try:
+                return set(c.post('/ids').id)
+            finally:
+                c.close()
+
+        for i in range(3):
+            wait_until(lambda i=i: {'before', *ids} <= held(i), 30, f'replica {i} to apply the writes after the fuzz')

@@ -135,6 +135,7 @@ class _Applier(_Base):
                 reply = (protocol.error_header(e, self.name, traceback.format_exc()), b'')
             self.writes_applied += 1
             self.payloads.applied(rid, index)
+            self.trace('applied', rid, index)
             out.append((rid, reply))
         self._exec_index = max(self._exec_index, last)
         return out

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from runtime.raft.apply import _Applier
 from runtime.raft.common import Outcome, RaftNotReady
+from runtime.raft.durable import fsync_dir, fsync_file
 from runtime.raft.payloads import _RID, _digest
 from runtime.raft.peers import _PeerMessages
 from runtime.raft.proposer import _Proposer
@@ -81,7 +82,11 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
                            onStateChanged=self._on_state_changed,
                            useFork=False, autoTick=True, dynamicMembershipChange=False,
                            bindAddress=self.cfg['bind'])
-        return RaftLog(self._on_commit, self.cfg['self'], [p.raft for p in self.peers], conf)
+        node = RaftLog(self._on_commit, self.cfg['self'], [p.raft for p in self.peers], conf)
+        if self.durable:   # the journal on disk before any message reflects it (runtime.raft.durable)
+            node.make_durable(conf.fullDumpFile,
+                              (lambda index: self.trace('journal', index)) if self.trace.enabled else None)
+        return node
 
     async def _report_progress(self, t0: float) -> None:
         """Every 5 s while not ready: what we wait for (the log tail explains a start that times out)."""
@@ -120,6 +125,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
             except Exception:
                 pass
         await asyncio.to_thread(self.payloads.close)
+        self.trace.close()
 
     # -- the worker's hooks ------------------------------------------------------------------
     async def write(self, endpoint: str, parameters: dict, body: bytes,
@@ -165,6 +171,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         header, reply = await self._commit(record, max(0.1, deadline - t1), f'write to {endpoint!r}', trace,
                                            delegate if delegate is not None else None)
         took = self.loop.time() - t0
+        self.trace('ack', rid)
         if took > 2.0:   # say where the time went: the payload's majority, or the log
             log.warning('%s: slow write to %s: %.2f s (payload on a majority %.2f s, commit and apply %.2f s; '
                         'proposal outcomes %s; %s, leader %s)', self.name, endpoint, took, t1 - t0,
@@ -344,12 +351,18 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
                'records': [[i, [_record_to_json(x) for x in r]] for i, r in recs]}
         with open(path, 'w') as f:
             json.dump(doc, f, separators=(',', ':'))
+            if self.durable:   # pysyncobj renames it, then cuts the journal (RaftLog.make_durable)
+                f.flush()
+                os.fsync(f.fileno())
         self._post(_SnapshotDue())
 
     def _deserialize(self, path: str) -> Tuple[Any, Any, Any]:
         """A dump (ours at restart, or the leader's when we are too far behind) -> pysyncobj's tuple."""
         with open(path) as f:
             doc = json.load(f)
+        if self.durable:   # a dump received from the leader replaces our journal: on disk first
+            fsync_file(path)
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
         if doc.get('format') != 'orchestra-raft-dump/1':
             raise ValueError(f'{path} is not an orchestra-nb RAFT dump')
         records = [(int(i), [_record_from_json(x) for x in r]) for i, r in doc['records']]

@@ -17,6 +17,7 @@ import uuid
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from runtime.raft.common import _unlink
+from runtime.raft.durable import fsync_dir
 
 log = logging.getLogger('orchestra.raft')
 
@@ -49,17 +50,22 @@ class PayloadStore:
     in it is dropped. Bodies not yet applied are also kept in memory (up to ``cache_bytes``),
     with the digest they were stored under (so the applier need not hash them again).
 
-    Files are written without fsync: a process crash loses nothing written before it
-    (the page cache survives it); a power cut can lose the last writes of a replica.
+    With ``durable`` (``durability='fsync'``) each appended batch is ``fdatasync``ed before it
+    counts as written; without, a process crash loses nothing written before it (the page
+    cache survives it), a power cut can lose the last writes of a replica.
     A body cut short by a crash is detected (length) when the segment is read at start.
     """
 
     SEGMENT_BYTES = 32 * 1024 * 1024
 
     def __init__(self, root: str, cache_bytes: int = 512 * 1024 * 1024,
-                 on_written: Optional[Callable[[List[str], Optional[BaseException]], None]] = None):
+                 on_written: Optional[Callable[[List[str], Optional[BaseException]], None]] = None,
+                 durable: bool = False, trace: Optional[Callable[..., None]] = None):
         self.root = root
         os.makedirs(root, exist_ok=True)
+        #: durability='fsync': each appended batch is fdatasync'ed before it counts as written
+        self.durable = durable
+        self._trace = trace
         self.on_written = on_written
         self._lock = threading.Lock()        # the index, the cache, the pending bodies
         self._write_lock = threading.Lock()  # the active segment
@@ -143,6 +149,8 @@ class PayloadStore:
                     self._seg += 1
                 self._fd = os.open(self._path(self._seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 self._seg_size = 0
+                if self.durable:   # the new segment's name on disk
+                    fsync_dir(self.root)
             seg, base = self._seg, self._seg_size
             parts, where, offset = [], [], base
             for rid, data, digest in items:
@@ -156,6 +164,10 @@ class PayloadStore:
             while view:
                 view = view[os.write(self._fd, view):]
             self._seg_size = offset
+            if self.durable:   # one sync for the whole batch (group commit)
+                os.fdatasync(self._fd)
+                if self._trace is not None:
+                    self._trace('payloads', ','.join(rid for rid, _, _ in items))
         now = time.time()
         with self._lock:
             for rid, off, n, digest in where:

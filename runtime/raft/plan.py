@@ -232,4 +232,5 @@ def plan_stateful(dep: Any, plan: Any) -> None:
                 'conf': dict(dep._raft_conf), 'options': dict(dep._raft_options),
                 'password': dep.raft_password,   # None: the Deployment's secret (config['secret'])
                 'read_consistency': dep.read_consistency,
+                'durability': getattr(dep, 'durability', 'fsync'),
             }

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from runtime import protocol
 from runtime.raft.common import _short, _unlink, _write_json
+from runtime.raft.durable import fsync_dir, fsync_tree
 
 if TYPE_CHECKING:   # a part of Consensus: its attributes (see runtime.raft.state for why not at run time)
     from runtime.raft.state import ConsensusState as _Base
@@ -33,8 +34,9 @@ log = logging.getLogger('orchestra.raft')
 class SnapshotStore:
     """``snap-<index>/`` folders: ``state`` (written by Executor.snapshot) and ``meta.json``."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, durable: bool = False):
         self.root = root
+        self.durable = durable   # durability='fsync': a snapshot is on disk before it is named
         os.makedirs(root, exist_ok=True)
         for name in os.listdir(root):   # leftovers of a snapshot or transfer cut short
             if name.startswith(('tmp-', 'incoming-')) or name.endswith('.tmp'):
@@ -65,7 +67,11 @@ class SnapshotStore:
         if os.path.exists(final):
             shutil.rmtree(tmp, ignore_errors=True)
         else:
+            if self.durable:
+                fsync_tree(tmp)
             os.rename(tmp, final)
+            if self.durable:
+                fsync_dir(self.root)
         return final
 
     def prune(self, keep: int = 2) -> None:

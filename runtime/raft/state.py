@@ -17,6 +17,7 @@ import threading
 from typing import IO, TYPE_CHECKING, Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple, Union
 
 from runtime.raft.config import DEFAULT_OPTIONS
+from runtime.raft.durable import Trace
 from runtime.raft.links import _Peer, _Pusher
 from runtime.raft.payloads import PayloadStore
 from runtime.raft.records import Record
@@ -74,6 +75,8 @@ class ConsensusState:
     default_consistency: str             # 'eventual' or 'strong', for reads that do not say
     dir: str                             # this replica's RAFT folder
     _lock_file: IO[str]                  # held (flock) while this process uses ``dir``
+    durable: bool                        # durability='fsync': sync bodies, journal, dump, snapshots (raft.durable)
+    trace: Trace                         # the test-only trace of fsyncs and acks (a no-op unless enabled)
     # -- stores and peers ---------------------------------------------------------------------
     payloads: PayloadStore               # request bodies (its writer thread calls ``_PeerMessages._on_written``)
     snapshots: SnapshotStore             # the Executor's snapshots in ``dir/snapshots``
@@ -125,8 +128,11 @@ class ConsensusState:
         self.dir = cfg['dir']
         os.makedirs(self.dir, exist_ok=True)
         self._lock_file = self._lock_dir()   # before the stores tidy up leftovers in the folder
-        self.payloads = PayloadStore(os.path.join(self.dir, 'payloads'), on_written=self._on_written)
-        self.snapshots = SnapshotStore(os.path.join(self.dir, 'snapshots'))
+        self.durable = cfg.get('durability', 'fsync') == 'fsync'
+        self.trace = Trace(self.name)
+        self.payloads = PayloadStore(os.path.join(self.dir, 'payloads'), on_written=self._on_written,
+                                     durable=self.durable, trace=self.trace if self.trace.enabled else None)
+        self.snapshots = SnapshotStore(os.path.join(self.dir, 'snapshots'), durable=self.durable)
         self.peers = [_Peer(p['replica'], p['name'], p['raft'], p['grpc']) for p in cfg['peers']]
         self._pushers = {p.name: _Pusher(self, p) for p in self.peers}   # type: ignore[arg-type]
         self._names = {p.raft: p.name for p in self.peers}

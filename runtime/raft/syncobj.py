@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import _socket
 import logging
+import os
 import socket
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -24,7 +25,11 @@ _inet_pton_before = getattr(socket, 'inet_pton', None)
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated  # noqa: E402  (after saving them)
 from pysyncobj import win_inet_pton as _shim  # noqa: E402
 from pysyncobj.encryptor import HAS_CRYPTO  # noqa: E402
+from pysyncobj.journal import FileJournal  # noqa: E402
 from pysyncobj.node import TCPNode  # noqa: E402
+from pysyncobj.pickle import dumps as _pysyncobj_dumps  # noqa: E402
+
+from runtime.raft.durable import fsync_dir, fsync_file  # noqa: E402
 
 log = logging.getLogger('orchestra.raft')
 
@@ -118,6 +123,77 @@ class RaftLog:
     def log_size(self) -> int:
         """Entries in the in-memory log. ``SyncObj._getRaftLogSize``: public only in ``getStatus()``."""
         return self._obj._getRaftLogSize()
+
+    def make_durable(self, dump_file: str, on_flush: Optional[Callable[[int], None]] = None) -> None:
+        """``durability='fsync'``: nothing leaves this node that reflects journal state not on disk.
+
+        pysyncobj's ``FileJournal`` writes ``journal.bin`` through ``mmap`` (the page cache only)
+        and has no hook between appending entries and answering a peer, so:
+
+        * ``SyncObj._SyncObj__raftLog`` (the journal): its ``add``/``clear``/``deleteEntriesFrom``
+          mark it changed; ``deleteEntriesTo`` (log compaction) first syncs ``dump_file`` (written
+          and synced by our serializer, renamed by pysyncobj) and its folder, then flushes the cut;
+          its meta storer (term, vote, commit index) writes, syncs, renames and syncs the folder;
+        * ``SyncObj._SyncObj__transport.send``: before any message goes out, a changed journal is
+          flushed (``msync``): a follower acknowledges entries, a candidate asks for votes and the
+          leader sends entries only once they are on disk. One flush covers every entry appended
+          since the previous one (group commit); ``on_flush(last log index)`` is called after each.
+
+        Called right after the node is built: its tick thread waits 0.1 s before its first tick.
+        """
+        journal = self._obj._SyncObj__raftLog
+        transport = self._obj._SyncObj__transport
+        if not isinstance(journal, FileJournal):
+            raise TypeError(f'durability needs pysyncobj\'s FileJournal, got {type(journal).__name__}')
+        state = {'dirty': True}
+
+        def changed(method: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(*args: Any) -> Any:
+                state['dirty'] = True
+                return method(*args)
+            return wrapper
+
+        def flush() -> None:
+            if state['dirty']:
+                state['dirty'] = False
+                journal.flush()
+                if on_flush is not None:
+                    on_flush(journal[-1][1] if len(journal) else 0)
+
+        cut = journal.deleteEntriesTo
+
+        def delete_entries_to(entry_to: int) -> None:
+            if os.path.exists(dump_file):   # the dump covers what the cut removes: on disk first
+                fsync_file(dump_file)
+                fsync_dir(os.path.dirname(os.path.abspath(dump_file)))
+            cut(entry_to)
+            state['dirty'] = True
+            flush()
+
+        for name in ('add', 'clear', 'deleteEntriesFrom'):
+            setattr(journal, name, changed(getattr(journal, name)))
+        journal.deleteEntriesTo = delete_entries_to
+
+        meta_storer = journal._FileJournal__metaStorer
+        meta_path = meta_storer.getPath()
+
+        def store_meta(meta: Dict[str, Any]) -> None:
+            tmp = meta_path + '.tmp'
+            with open(tmp, 'wb') as f:
+                f.write(_pysyncobj_dumps(meta))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, meta_path)
+            fsync_dir(os.path.dirname(os.path.abspath(meta_path)))
+
+        meta_storer.storeMeta = store_meta
+        send = transport.send
+
+        def durable_send(node: Any, message: Any) -> Any:
+            flush()
+            return send(node, message)
+
+        transport.send = durable_send
 
     def destroy(self) -> Optional[Callable[[float], None]]:
         """Stop the node; -> a function that waits (with a timeout) for its tick thread to end.
