@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import shlex
 import tempfile
@@ -30,8 +29,10 @@ from IPython.display import display
 
 from orchestra_nb import reprs
 from orchestra_nb.registry import REGISTRY, Entry
+from runtime.args import DEPLOYMENT_ARGS, add_flags, flag_values, without
 from runtime.flow import Flow
 from runtime.orchestration import Orchestration
+from runtime.uses import BUILTIN_EXECUTORS, YAML_SUFFIXES
 
 HELP = """\
 %orchestra: start and watch scaled-out Executors from this notebook.
@@ -39,7 +40,9 @@ HELP = """\
   %orchestra up --uses EXEC [--name N] [--replicas 3] [--shards 2] [--polling ANY|ALL|JSON]
                 [--stateful] [--peer-ports 12345,12346,12347] [--workspace DIR] [--port P]
                 [--uses-with JSON] [--env KEY=VALUE ...] [--timeout-ready S] [--no-wait]
-      EXEC: a class defined in this notebook, 'package.module:Class', or a YAML file.
+                (every Deployment argument is a flag: %orchestra up --help lists them)
+      EXEC: a class defined in this notebook, 'package.module:Class', a built-in
+      (echo, exact_nn), or a YAML file.
       Returns the Deployment once every replica answers (dep = %orchestra up ...);
       --no-wait returns at once and starts in the background.
   %orchestra up -f deployment_or_flow.yaml [--name N] [--no-wait]
@@ -55,9 +58,9 @@ HELP = """\
 Everything started here stops when the kernel shuts down or restarts; the
 interrupt button stops the running cell, not the services."""
 
-BUILTIN_EXECUTORS = {'echo': 'runtime.executors.echo:Echo',
-                     'exact_nn': 'runtime.executors.exact_nn:ExactNNSearch'}
-YAML_SUFFIXES = ('.yml', '.yaml')
+#: the Deployment arguments that are ``%orchestra up`` flags (--uses resolves notebook classes first;
+#: needs is for Flows)
+UP_ARGS = without(DEPLOYMENT_ARGS, 'uses', 'needs')
 
 
 class OrchestraError(Exception):
@@ -93,17 +96,7 @@ def _parsers() -> Dict[str, _Parser]:
     up = p['up'] = _Parser(prog='%orchestra up')
     up.add_argument('--uses', help="a class in this notebook, 'package.module:Class', or a YAML file")
     up.add_argument('-f', '--file', help='a YAML Deployment or Flow')
-    up.add_argument('--name')
-    up.add_argument('--replicas', type=int)
-    up.add_argument('--shards', type=int)
-    up.add_argument('--polling', help="ANY, ALL, or a JSON object endpoint -> mode")
-    up.add_argument('--stateful', action='store_true')
-    up.add_argument('--peer-ports', help='comma-separated RAFT ports, one per replica')
-    up.add_argument('--workspace')
-    up.add_argument('--port', type=int)
-    up.add_argument('--uses-with', help='JSON object of constructor arguments')
-    up.add_argument('--env', action='append', default=[], metavar='KEY=VALUE')
-    up.add_argument('--timeout-ready', type=float)
+    add_flags(up, UP_ARGS)
     up.add_argument('--no-wait', action='store_true', help='return at once; start in the background')
     down = p['down'] = _Parser(prog='%orchestra down')
     down.add_argument('names', nargs='*')
@@ -145,10 +138,15 @@ def usage_error(message: str, command: Optional[str] = None) -> UsageError:
 
 
 # -- resolving --uses -------------------------------------------------------------------
-def resolve_uses(spec: str, user_ns: Dict[str, Any]) -> Any:
+def notebook_uses(spec: str, user_ns: Dict[str, Any]) -> Any:
     """``--uses`` -> a class (notebook namespace), a 'module:Class' string, or a YAML path.
 
+    What the notebook adds to :func:`runtime.uses.resolve_uses` (which the Deployment then
+    runs): class names looked up in ``user_ns``, and the built-ins by short name.
     Raises ``ValueError`` saying what was tried.
+
+    >>> notebook_uses('echo', {}) == BUILTIN_EXECUTORS['echo']
+    True
     """
     from runtime.executor import Executor
     if spec.lower().endswith(YAML_SUFFIXES):
@@ -411,16 +409,13 @@ class OrchestraMagics(Magics):
         if not source:
             raise usage_error('what should run? give --uses EXEC or -f file.yaml', 'up')
         try:
-            uses = os.path.abspath(args.file) if args.file else resolve_uses(args.uses, user_ns)
+            uses = os.path.abspath(args.file) if args.file else notebook_uses(args.uses, user_ns)
             if isinstance(uses, str) and uses.lower().endswith(YAML_SUFFIXES):
                 if args.file and not os.path.isfile(uses):
                     raise ValueError(f'-f {args.file!r}: no such file (from {os.getcwd()})')
-                extra = [k for k in ('replicas', 'shards', 'polling', 'peer_ports', 'workspace', 'port',
-                                     'uses_with', 'timeout_ready') if getattr(args, k) is not None]
-                extra += ['stateful'] if args.stateful else []
-                extra += ['env'] if args.env else []
+                extra = [a.flag for a in UP_ARGS if a.name != 'name' and getattr(args, a.name) is not None]
                 if extra:
-                    raise ValueError(f'with a YAML file, set {", ".join("--" + e.replace("_", "-") for e in extra)} '
+                    raise ValueError(f'with a YAML file, set {", ".join(extra)} '
                                      'in the YAML (only --name and --no-wait apply)')
                 obj = load_yaml(uses, user_ns)
                 if args.name:
@@ -433,29 +428,9 @@ class OrchestraMagics(Magics):
 
     def _deployment(self, uses: Any, args: argparse.Namespace):
         from runtime.deployment import Deployment
-        kwargs: Dict[str, Any] = {'name': args.name or default_name(uses), 'uses': uses}
-        for key in ('replicas', 'shards', 'workspace', 'port', 'timeout_ready'):
-            if getattr(args, key) is not None:
-                kwargs[key] = getattr(args, key)
-        if args.stateful:
-            kwargs['stateful'] = True
-        if args.polling is not None:
-            kwargs['polling'] = _json_or_plain(args.polling, '--polling')
-        if args.uses_with is not None:
-            kwargs['uses_with'] = _json_object(args.uses_with, '--uses-with')
-        if args.peer_ports is not None:
-            try:
-                kwargs['peer_ports'] = [int(p) for p in args.peer_ports.split(',') if p.strip()]
-            except ValueError:
-                raise ValueError(f'--peer-ports {args.peer_ports!r}: expected comma-separated port numbers') from None
-        if args.env:
-            env = {}
-            for item in args.env:
-                key, sep, value = item.partition('=')
-                if not sep or not key:
-                    raise ValueError(f'--env {item!r}: expected KEY=VALUE')
-                env[key] = value
-            kwargs['env'] = env
+        kwargs: Dict[str, Any] = flag_values(args, UP_ARGS)
+        kwargs['uses'] = uses
+        kwargs.setdefault('name', default_name(uses))
         return Deployment(**kwargs)
 
     def _up_cell(self, argv: List[str], body: str) -> Orchestration:
@@ -563,7 +538,7 @@ class OrchestraMagics(Magics):
             raw = _option_kwargs(argv)
             kwargs = {k: _coerce(v, params.get(k)) for k, v in raw.items()}
             if isinstance(kwargs.get('uses'), str):  # a class defined in the notebook, by name
-                kwargs['uses'] = resolve_uses(kwargs['uses'], self.shell.user_ns)
+                kwargs['uses'] = notebook_uses(kwargs['uses'], self.shell.user_ns)
             inspect.signature(bench.compare).bind(**kwargs)
         except (ValueError, TypeError) as e:
             raise usage_error(f'orchestra_nb.bench.compare: {e}', 'bench') from None
@@ -571,22 +546,6 @@ class OrchestraMagics(Magics):
             return bench.compare(**kwargs)
         except (ValueError, TypeError) as e:
             raise OrchestraError(f'bench failed: {e}') from None
-
-
-def _json_or_plain(value: str, what: str) -> Any:
-    if value.strip().startswith('{'):
-        return _json_object(value, what)
-    return value
-
-
-def _json_object(value: str, what: str) -> Dict[str, Any]:
-    try:
-        obj = json.loads(value)
-    except ValueError as e:
-        raise ValueError(f'{what} {value!r}: not valid JSON ({e})') from None
-    if not isinstance(obj, dict):
-        raise ValueError(f'{what} {value!r}: expected a JSON object')
-    return obj
 
 
 def _coerce(value: Any, param: Optional[Any]) -> Any:

@@ -20,10 +20,13 @@ import ipywidgets as widgets
 
 from orchestra_nb import reprs
 from orchestra_nb.registry import REGISTRY
+from runtime.args import DEPLOYMENT_ARGS, pick
+from runtime.uses import BUILTIN_EXECUTORS
 
 #: Executors that ship with the runtime: label -> 'module:Class'
-BUILTINS = {'Echo (built-in)': 'runtime.executors.echo:Echo',
-            'ExactNNSearch (built-in)': 'runtime.executors.exact_nn:ExactNNSearch'}
+BUILTINS = {f'{spec.rsplit(":", 1)[-1]} (built-in)': spec for spec in BUILTIN_EXECUTORS.values()}
+#: the Deployment arguments the panel has a field for (the Executor dropdown is ``uses``)
+PANEL_ARGS = pick(DEPLOYMENT_ARGS, 'uses', 'name', 'replicas', 'shards', 'polling', 'stateful', 'workspace')
 
 
 def builtin_executors() -> Dict[str, str]:
@@ -82,6 +85,12 @@ class ControlPanel(widgets.VBox):
         self.stateful = widgets.Checkbox(description='stateful (RAFT)', indent=False)
         self.workspace = widgets.Text(description='Workspace', placeholder='RAFT state dir (default: temporary)',
                                       style=style, layout=widgets.Layout(width='340px'))
+        #: argument name -> its field; the fields' values are what Up passes to Deployment(...)
+        self.fields = {'uses': self.executor, 'name': self.name, 'replicas': self.replicas,
+                       'shards': self.shards, 'polling': self.polling, 'stateful': self.stateful,
+                       'workspace': self.workspace}
+        for arg in PANEL_ARGS:
+            self.fields[arg.name].tooltip = arg.help
         self.up_button = widgets.Button(description='Up', button_style='success', icon='play')
         self.scale_button = widgets.Button(description='Scale', icon='arrows-v',
                                            tooltip='set the running deployment to this many replicas')
@@ -187,13 +196,12 @@ class ControlPanel(widgets.VBox):
         from runtime.deployment import Deployment
         if self.deployment is not None and self.deployment._started:
             raise RuntimeError(f'{self.deployment.name!r} is running: Scale it, or Down first')
-        uses = self.executor.value
+        kwargs = self.deployment_kwargs()
+        uses = kwargs.get('uses')
         if uses is None:
             raise ValueError('no Executor to run: define an Executor class in the notebook and press ↻')
-        name = self.name.value.strip() or default_name(uses)
-        extra = {'workspace': self.workspace.value.strip()} if self.workspace.value.strip() else {}
-        dep = Deployment(name=name, uses=uses, replicas=self.replicas.value, shards=self.shards.value,
-                         polling=self.polling.value, stateful=self.stateful.value, **extra)
+        name = kwargs.setdefault('name', default_name(uses))
+        dep = Deployment(**kwargs)
         REGISTRY.add(dep)
         states: Dict[str, str] = {}
         t0 = time.monotonic()
@@ -211,6 +219,21 @@ class ControlPanel(widgets.VBox):
         self.deployment = dep
         self.message.value = (f'<span style="color: #2e7d32">{reprs.esc(name)} is up at '
                               f'<code>{reprs.esc(dep.address)}</code> ({time.monotonic() - t0:.1f} s)</span>')
+
+    def deployment_kwargs(self) -> Dict[str, Any]:
+        """The Deployment arguments the fields say now (blank text and unset fields left out).
+
+        >>> ControlPanel(namespace={}).deployment_kwargs()['replicas']  # doctest: +SKIP
+        2
+        """
+        out: Dict[str, Any] = {}
+        for arg in PANEL_ARGS:
+            value = self.fields[arg.name].value
+            if isinstance(value, str):
+                value = value.strip() or None
+            if value is not None:
+                out[arg.name] = value
+        return out
 
     def _do_scale(self) -> None:
         dep = self._running()

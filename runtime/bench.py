@@ -48,6 +48,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from runtime.uses import BUILTIN_EXECUTORS
+
 DEFAULT_DOCS = 5000
 DEFAULT_QUERIES = 200
 DEFAULT_DIM = 128
@@ -56,7 +58,7 @@ DEFAULT_LIMIT = 100
 DEFAULT_CONCURRENCY = 32
 INDEX_REQUEST_SIZE = 100
 TOP_MATCH_PROBES = 10
-DEFAULT_USES = 'runtime.executors.exact_nn:ExactNNSearch'
+DEFAULT_USES = BUILTIN_EXECUTORS['exact_nn']
 
 
 # --------------------------------------------------------------------------- setups
@@ -440,7 +442,7 @@ def _cpu_seconds(procs: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
-def _resolve_uses(uses: Any) -> Any:
+def _uses_or_default(uses: Any) -> Any:
     return DEFAULT_USES if uses is None else uses
 
 
@@ -448,7 +450,7 @@ def _uses_for(setup: Setup, uses: Any) -> Any:
     if setup.batching is None:
         return uses
     from runtime.batching import with_dynamic_batching
-    from runtime.worker import load_executor_class
+    from runtime.uses import load_executor_class
     cls = load_executor_class(uses)
     return with_dynamic_batching(cls, '/search', **setup.batching)
 
@@ -462,7 +464,7 @@ def run_setup(setup: Setup, index_docs, query_docs, uses: Any = None, limit: int
     from runtime.deployment import Deployment
     from runtime.executors.exact_nn import QueryDoc
     from runtime.worker import default_blas_threads
-    uses = _resolve_uses(uses)
+    uses = _uses_or_default(uses)
     res = SetupResult(name=setup.name, replicas=setup.replicas, stateful=setup.stateful,
                       batching=setup.batching,
                       blas_threads=setup.blas_threads or default_blas_threads(setup.replicas))
@@ -622,7 +624,7 @@ def compare(docs: int = DEFAULT_DOCS, queries: int = DEFAULT_QUERIES, dim: int =
 
 def _compare(parsed, index_docs, query_docs, uses, limit, concurrency, progress, seed, result_cls,
              docs, queries, dim) -> BenchResult:
-    uses = _resolve_uses(uses)
+    uses = _uses_or_default(uses)
     uses_name = uses if isinstance(uses, str) else f'{uses.__module__}:{uses.__qualname__}'
     results = []
     overall = _bar_factory(progress)(total=len(parsed), desc='setups', unit='setup')

@@ -24,121 +24,27 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from runtime.deployment import DEPLOYMENT_ARGS
-
-_HELP = {
-    'name': 'name of the Executor (replicas are NAME/rep-i)', 'uses': None,
-    'uses_with': 'constructor arguments of the Executor, as JSON',
-    'replicas': 'replicas per shard', 'shards': 'number of shards',
-    'polling': "'ANY', 'ALL', or JSON {endpoint: mode, '*': fallback}",
-    'port': 'gateway port (0 or omitted: the OS picks); with --external, replica ports',
-    'host': 'gateway host (default 127.0.0.1); with --external, replica hosts (or HOST:PORT)',
-    'env': 'environment of the replicas: KEY=VALUE (repeatable) or JSON',
-    'workspace': 'folder for Executor state', 'timeout_ready': 'seconds to wait for readiness',
-    'stateful': 'replicate @write endpoints through RAFT', 'peer_ports': 'RAFT ports (ints, or JSON)',
-    'raft_configuration': 'RAFT settings as JSON', 'raft_password': 'RAFT password',
-    'read_consistency': "'eventual' or 'strong'", 'external': 'use replicas already running at host/port',
-    'max_in_flight_per_replica': 'requests in flight per replica before the gateway queues',
-    'blas_threads': 'BLAS threads per replica', 'log_dir': 'folder for the replica logs',
-    'no_reduce': 'ALL polling: concatenate shard results instead of merging by id',
-    'allow_partial': 'ALL polling: answer from the live shards when one is down',
-    'stream_logs': 'copy replica logs to this terminal (always on for the CLI)',
-    'needs': 'Executors this one waits for (Flow only)', 'py_modules': 'Python files holding the Executor class',
-    'log_level': 'log level of the replicas (DEBUG, INFO, ...)', 'protocol': "only 'grpc'",
-}
-
-
-# ----------------------------------------------------------------------------- flag helpers
-
-def _json_or_text(text: str) -> Any:
-    """``'{"a": 1}'`` -> dict, ``'[1, 2]'`` -> list, ``'3'`` -> 3, anything else -> the text."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _flag(key: str) -> str:
-    return '--' + key.replace('_', '-')
-
-
-def _add_args(parser: argparse.ArgumentParser, keys: Sequence[str]) -> None:
-    """One flag per config key; types follow :data:`runtime.config.FIELD_TYPES`."""
-    from runtime.config import FIELD_TYPES
-    for key in keys:
-        types, say = FIELD_TYPES.get(key, ((str,), 'a string'))
-        helptext = _HELP.get(key) or say
-        flag = _flag(key)
-        if key == 'env':
-            parser.add_argument(flag, action='append', metavar='KEY=VALUE', help=helptext)
-        elif key in ('py_modules', 'peer_ports', 'needs'):
-            parser.add_argument(flag, nargs='+', help=helptext)
-        elif key in ('host', 'port'):
-            parser.add_argument(flag, nargs='+', help=helptext)
-        elif key == 'no_reduce':
-            g = parser.add_mutually_exclusive_group()
-            g.add_argument('--no-reduce', dest='no_reduce', action='store_const', const=True, help=helptext)
-            g.add_argument('--reduce', dest='no_reduce', action='store_const', const=False,
-                           help='ALL polling: merge shard results by id (the default)')
-        elif types == (bool,):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
-        elif types == (int,):
-            parser.add_argument(flag, type=int, help=helptext)
-        elif float in types:
-            parser.add_argument(flag, type=float, help=helptext)
-        elif types == (str,):
-            parser.add_argument(flag, help=helptext)
-        else:
-            parser.add_argument(flag, type=_json_or_text, help=helptext)
-
-
-def _overrides(args: argparse.Namespace, keys: Sequence[str]) -> Dict[str, Any]:
-    """The flags given on the command line, as config values."""
-    out: Dict[str, Any] = {}
-    for key in keys:
-        value = getattr(args, key, None)
-        if value is None:
-            continue
-        if key == 'env':
-            env: Dict[str, Any] = {}
-            for item in value:
-                parsed = _json_or_text(item)
-                if isinstance(parsed, dict):
-                    env.update(parsed)
-                elif isinstance(item, str) and '=' in item:
-                    k, v = item.split('=', 1)
-                    env[k] = v
-                else:
-                    raise ValueError(f'--env {item!r}: write KEY=VALUE or a JSON mapping')
-            value = env
-        elif key in ('peer_ports', 'py_modules', 'needs'):
-            parsed = [_json_or_text(v) for v in value]
-            if key != 'py_modules' and len(parsed) == 1 and isinstance(parsed[0], (dict, list)):
-                value = parsed[0]
-            else:
-                value = parsed if key == 'peer_ports' else list(value)
-        elif key == 'port':
-            try:
-                ports = [int(v) for v in value]
-            except ValueError:
-                raise ValueError(f'--port {" ".join(value)}: ports are integers') from None
-            value = ports[0] if len(ports) == 1 else ports
-        elif key == 'host':
-            value = value[0] if len(value) == 1 else list(value)
-        out[key] = value
-    return out
+from runtime import config
+from runtime.args import (DEPLOYMENT_ARGS, FLOW_ARGS, add_flags, by_name, check_port, check_values, flag_values, pick,
+                          without)
+from runtime.deployment import Deployment
+from runtime.flow import Flow
+from runtime.uses import is_yaml_path, load_executor_class, resolve_uses
+from runtime.yamlio import Where, read
 
 
 # ----------------------------------------------------------------------------- deployment / flow
 
-_SERVE_DEPLOYMENT_KEYS = [k for k in DEPLOYMENT_ARGS if k not in ('uses', 'needs')]
+#: the flags of ``orchestra deployment`` (besides --uses, which also takes a config; needs is Flow only)
+SERVE_DEPLOYMENT_ARGS = without(DEPLOYMENT_ARGS, 'uses', 'needs')
+#: the flags of ``orchestra executor`` taken from the schema (its --port/--host are the replica's own)
+EXECUTOR_ARGS = pick(DEPLOYMENT_ARGS, 'uses_with', 'py_modules', 'name', 'workspace', 'log_level')
 
 
 def _deployment_spec(args: argparse.Namespace) -> Dict[str, Any]:
-    from runtime import config
     uses = args.uses
     spec: Dict[str, Any]
-    if uses.lower().endswith(('.yml', '.yaml')):
+    if is_yaml_path(uses):
         if not os.path.isfile(uses):
             raise FileNotFoundError(f'--uses {uses!r}: no such file')
         kind = _peek_jtype(uses)
@@ -151,30 +57,27 @@ def _deployment_spec(args: argparse.Namespace) -> Dict[str, Any]:
     else:
         spec = {'jtype': 'Deployment', 'with': {'uses': uses}}
     merged = dict(spec['with'])
-    merged.update(_overrides(args, _SERVE_DEPLOYMENT_KEYS))
-    w = config._Where('command line')
+    merged.update(flag_values(args, SERVE_DEPLOYMENT_ARGS))
+    w = Where('command line')
     spec['with'] = config.normalize_deployment_args(merged, w, os.getcwd())
     return spec
 
 
 def _flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
-    from runtime import config
-    from runtime.flow import FLOW_ARGS
-    if not args.uses.lower().endswith(('.yml', '.yaml')):
+    if not is_yaml_path(args.uses):
         raise ValueError(f'--uses {args.uses!r}: orchestra flow takes a jtype: Flow YAML file')
     spec = config.load_spec(args.uses)
     if spec['jtype'] != 'Flow':
         raise ValueError(f'--uses {args.uses!r} is a jtype: {spec["jtype"]} config; '
                          f'run `orchestra deployment --uses {args.uses}`')
-    over = _overrides(args, FLOW_ARGS)
+    over = flag_values(args, FLOW_ARGS)
     if over:
         spec['with'] = dict(spec.get('with') or {}, **over)
     return spec
 
 
 def _peek_jtype(path: str) -> Optional[str]:
-    from runtime import config
-    data, _, _ = config._read(path)
+    data, _, _ = read(path)
     return data.get('jtype') if isinstance(data, dict) else None
 
 
@@ -226,11 +129,10 @@ def _serve(obj: Any, kind: str) -> int:
             signal.signal(s, h)
 
 
-def _build_and_serve(kind: str, make_spec: Callable[[], Any]) -> int:
-    """Build a Deployment or Flow from its spec and serve it; a bad spec exits 2 with its error."""
-    from runtime import config
+def _build_and_serve(kind: str, make_spec: Callable[[], Any], cls: Any) -> int:
+    """Build a Deployment or Flow (``cls``) from its spec and serve it; a bad spec exits 2 with its error."""
     try:
-        obj = config.build(make_spec())
+        obj = cls.from_spec(make_spec())
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f'orchestra {kind}: {e}', file=sys.stderr)
         return 2
@@ -238,37 +140,33 @@ def _build_and_serve(kind: str, make_spec: Callable[[], Any]) -> int:
 
 
 def cmd_deployment(args: argparse.Namespace) -> int:
-    return _build_and_serve('deployment', lambda: _deployment_spec(args))
+    return _build_and_serve('deployment', lambda: _deployment_spec(args), Deployment)
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
-    return _build_and_serve('flow', lambda: _flow_spec(args))
+    return _build_and_serve('flow', lambda: _flow_spec(args), Flow)
 
 
 # ----------------------------------------------------------------------------- executor
 
 def cmd_executor(args: argparse.Namespace) -> int:
     """One replica server in this process (what external Executors and containers run)."""
-    from runtime.config import resolve_uses
-    from runtime.deployment import check_port
     from runtime.worker import PortInUseError, ReplicaServer
     name = args.name or args.uses.rsplit(':', 1)[-1].rsplit('.', 1)[-1].rsplit('/', 1)[-1]
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+    log_level = args.log_level or by_name(EXECUTOR_ARGS)['log_level'].default
+    logging.basicConfig(level=log_level, stream=sys.stderr,
                         format=f'{name}@{os.getpid()} %(asctime)s %(levelname)-7s %(message)s',
                         datefmt='%H:%M:%S')
     for noisy in ('grpc', 'asyncio'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         port = check_port(args.port, '--port') or 0
-        uses_with = _json_or_text(args.uses_with) if args.uses_with else None
-        if uses_with is not None and not isinstance(uses_with, dict):
-            raise ValueError(f'--uses-with {args.uses_with!r}: must be a JSON object of constructor arguments')
-        uses, uses_with = resolve_uses(args.uses, uses_with, args.py_modules)
+        values = check_values(EXECUTOR_ARGS, flag_values(args, EXECUTOR_ARGS))
+        uses, uses_with = resolve_uses(args.uses, values.get('uses_with'), values.get('py_modules'))
         if isinstance(uses, str):
-            from runtime.worker import load_executor_class
             uses = load_executor_class(uses)
         server = ReplicaServer({'uses': uses, 'uses_with': uses_with, 'display_name': name,
-                                'runtime_args': {'name': name, 'workspace': args.workspace}})
+                                'runtime_args': {'name': name, 'workspace': values.get('workspace')}})
     except Exception as e:
         print(f'orchestra executor: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
         return 1
@@ -370,7 +268,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     """The ``orchestra`` parser; ``with_bench`` loads ``runtime.bench``'s flags (imports it)."""
-    from runtime.flow import FLOW_ARGS
     parser = argparse.ArgumentParser(prog='orchestra', description='Scale out docarray Executors: '
                                      'Deployments, Flows, replicas, shards, RAFT.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
@@ -380,13 +277,13 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
                                    'a jtype: Deployment YAML; flags override the YAML.')
     p.add_argument('--uses', required=True,
                    help='a jtype: Deployment YAML, an Executor YAML, or package.module:Class')
-    _add_args(p, _SERVE_DEPLOYMENT_KEYS)
+    add_flags(p, SERVE_DEPLOYMENT_ARGS)
     p.set_defaults(func=cmd_deployment)
 
     p = sub.add_parser('flow', help='serve a Flow until Ctrl-C / SIGTERM',
                        description='Serve a Flow until SIGINT/SIGTERM. Flags override the YAML\'s `with:`.')
     p.add_argument('--uses', required=True, help='a jtype: Flow YAML')
-    _add_args(p, FLOW_ARGS)
+    add_flags(p, FLOW_ARGS)
     p.set_defaults(func=cmd_flow)
 
     p = sub.add_parser('executor', help='serve one Executor replica in this process',
@@ -395,11 +292,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
                                                  'or an Executor YAML')
     p.add_argument('--port', type=int, default=0, help='port to listen on (0: the OS picks)')
     p.add_argument('--host', default='127.0.0.1', help='address to listen on (default 127.0.0.1)')
-    p.add_argument('--uses-with', help='constructor arguments as a JSON object')
-    p.add_argument('--py-modules', nargs='+', help='Python files holding the Executor class')
-    p.add_argument('--name', help='name in logs and status (default: the class name)')
-    p.add_argument('--workspace', help='folder for Executor state')
-    p.add_argument('--log-level', default='INFO', help='DEBUG, INFO, WARNING, ...')
+    add_flags(p, EXECUTOR_ARGS)
     p.set_defaults(func=cmd_executor)
 
     p = sub.add_parser('ping', help='exit 0 when HOST:PORT answers ready, 1 otherwise',

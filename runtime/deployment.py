@@ -9,52 +9,29 @@ closest valid name (Jina only warns).
 """
 from __future__ import annotations
 
-import difflib
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Union
 
+from runtime import config
+from runtime.args import DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs, check_port, check_values
 from runtime.executor import RuntimeArgs
 from runtime.orchestration import NodePlan, Orchestration, ReplicaPlan
 from runtime.routing import PollingPolicy
+from runtime.uses import DEFAULT_USES, hub_message, is_hub_reference, needs_resolving, resolve_uses
+from runtime.yamlio import ConfigError, source_label
 
-#: every argument a Deployment (and Flow.add) accepts
-DEPLOYMENT_ARGS = (
-    'name', 'uses', 'uses_with', 'replicas', 'shards', 'polling', 'port', 'host', 'env',
-    'workspace', 'timeout_ready', 'stateful', 'peer_ports', 'raft_configuration', 'raft_password',
-    'read_consistency', 'external', 'max_in_flight_per_replica', 'blas_threads', 'log_dir',
-    'no_reduce', 'allow_partial', 'stream_logs', 'needs', 'py_modules', 'log_level',
-)
-
-
-def check_kwargs(kwargs: Dict[str, Any], allowed: Sequence[str], where: str) -> None:
-    """Refuse unknown keyword arguments, suggesting the closest valid one."""
-    for key in kwargs:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f'; did you mean {close[0]!r}?' if close else ''
-            raise ValueError(f'{where} got an unknown argument {key!r}{hint} '
-                             f'(valid: {", ".join(sorted(allowed))})')
-
-
-def check_count(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f'{what}={value!r}: must be an integer >= {minimum}')
-    return value
-
-
-def check_port(port: Any, what: str = 'port') -> Optional[int]:
-    if port is None:
-        return None
-    if isinstance(port, str) and port.isdigit():
-        port = int(port)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f'{what}={port!r}: must be an integer from 0 to 65535 (0 or None: the OS picks)')
-    return port
+_NAMES = arg_names(DEPLOYMENT_ARGS)
 
 
 class Deployment(Orchestration):
     """One Executor served by ``replicas`` processes per shard, behind one gateway port."""
 
+    #: what a YAML config of this class says in ``jtype:``
+    jtype = 'Deployment'
+
+    # The keywords are spelled out (not generated) so that editors and Jupyter show them;
+    # runtime/args.py declares each one's default, check and help, and tests/test_args.py
+    # checks that this signature lists exactly those names and defaults, in that order.
     def __init__(self, name: str = 'executor', uses: Any = None, uses_with: Optional[dict] = None,
                  replicas: int = 1, shards: int = 1, polling: Union[str, Dict[str, str], None] = None,
                  port: Union[int, List[int], None] = None, host: Union[str, List[str]] = '127.0.0.1',
@@ -65,43 +42,38 @@ class Deployment(Orchestration):
                  read_consistency: str = 'eventual', external: bool = False,
                  max_in_flight_per_replica: int = 4, blas_threads: Optional[int] = None,
                  log_dir: Optional[str] = None, no_reduce: bool = False, allow_partial: bool = False,
-                 stream_logs: bool = False, log_level: str = 'INFO', **kwargs):
-        check_kwargs(kwargs, DEPLOYMENT_ARGS, 'Deployment')
+                 stream_logs: bool = False, log_level: str = 'INFO',
+                 needs: Union[str, List[str], None] = None, py_modules: Union[str, List[str], None] = None,
+                 **kwargs):
+        check_kwargs(kwargs, _NAMES, 'Deployment')
+        given = dict(locals())
+        v = check_values(DEPLOYMENT_ARGS, {k: given[k] for k in _NAMES})
         self._uses_source, self._uses_with_source = uses, uses_with   # as written: what save_config writes
-        if kwargs.get('py_modules') or isinstance(uses, dict) or (
-                isinstance(uses, str) and uses.lower().endswith(('.yml', '.yaml'))):
-            from runtime.config import resolve_uses   # class name in py_modules, nested or YAML uses
-            uses, uses_with = resolve_uses(uses, uses_with, kwargs.get('py_modules'))
-        if not isinstance(name, str) or not name or '/' in name:
-            raise ValueError(f'name={name!r}: must be a non-empty string without "/"')
-        self.replicas = check_count(replicas, 'replicas')
-        self.shards = check_count(shards, 'shards')
+        uses, uses_with = v['uses'], v['uses_with']
+        if is_hub_reference(uses):   # refused up front, as a YAML config and a replica refuse it
+            raise ValueError(f'uses={uses!r}: {hub_message(uses)}')
+        if needs_resolving(uses, v['py_modules']):   # class name in py_modules, nested or YAML uses
+            uses, uses_with = resolve_uses(uses, uses_with, v['py_modules'])
+        self.replicas = v['replicas']
+        self.shards = v['shards']
         self.polling = PollingPolicy(polling)   # validates
-        if uses_with is not None and not isinstance(uses_with, dict):
-            raise ValueError(f'uses_with={uses_with!r}: must be a dict of constructor arguments')
-        if env is not None and not isinstance(env, dict):
-            raise ValueError(f'env={env!r}: must be a dict of environment variables')
-        if not isinstance(timeout_ready, (int, float)) or timeout_ready <= 0:
-            raise ValueError(f'timeout_ready={timeout_ready!r}: must be a number of seconds > 0')
-        if read_consistency not in ('eventual', 'strong'):
-            raise ValueError(f"read_consistency={read_consistency!r}: allowed: 'eventual', 'strong'")
-        self.external = bool(external)
+        self.external = v['external']
         self.uses = uses
         self.uses_with = dict(uses_with or {})
-        self.env = dict(env or {})
-        self.workspace = os.path.abspath(workspace) if workspace else None
-        self.stateful = bool(stateful)
+        self.env = dict(v['env'] or {})
+        self.workspace = os.path.abspath(v['workspace']) if v['workspace'] else None
+        self.stateful = v['stateful']
         self.peer_ports = peer_ports
         self.raft_configuration = (dict(raft_configuration) if isinstance(raft_configuration, dict)
                                    else raft_configuration or {})   # a non-dict: validate_stateful says why
         self.raft_password = raft_password
-        self.read_consistency = read_consistency
-        self.blas_threads = blas_threads
-        self.no_reduce = no_reduce
-        self.allow_partial = allow_partial
+        self.read_consistency = v['read_consistency']
+        self.blas_threads = v['blas_threads']
+        self.no_reduce = v['no_reduce']
+        self.allow_partial = v['allow_partial']
         self.log_level = log_level
-        self.needs = kwargs.get('needs')
-        self.py_modules = kwargs.get('py_modules')
+        self.needs = needs
+        self.py_modules = v['py_modules']
         if self.external:
             from runtime.external import external_addresses
             # the addresses are the replicas: replicas=N (N != 1, the default) must agree
@@ -113,15 +85,14 @@ class Deployment(Orchestration):
                 raise ValueError(f'host={host!r}: a list of hosts needs external=True')
             gw_port, gw_host = check_port(port), host
             if self.uses is None:
-                self.uses = 'runtime.executors.echo:Echo'
+                self.uses = DEFAULT_USES
             self._check_gpu_spec()
         if self.stateful:
             from runtime.consensus import validate_stateful
             validate_stateful(self)
-        super().__init__(name=name, port=gw_port, host=gw_host, timeout_ready=timeout_ready,
-                         log_dir=log_dir, max_in_flight_per_replica=check_count(
-                             max_in_flight_per_replica, 'max_in_flight_per_replica'),
-                         stream_logs=stream_logs)
+        super().__init__(name=v['name'], port=gw_port, host=gw_host, timeout_ready=v['timeout_ready'],
+                         log_dir=v['log_dir'], max_in_flight_per_replica=v['max_in_flight_per_replica'],
+                         stream_logs=v['stream_logs'])
 
     def _check_gpu_spec(self) -> None:
         """A malformed ``CUDA_VISIBLE_DEVICES=RR...`` raises ValueError here, before anything starts.
@@ -212,15 +183,33 @@ class Deployment(Orchestration):
 
     # -- configs ----------------------------------------------------------------------
     @classmethod
+    def from_spec(cls, spec: Dict[str, Any]) -> 'Deployment':
+        """A (not started) Deployment from a ``jtype: Deployment`` spec (:func:`runtime.config.load_spec`)."""
+        if spec.get('jtype') != cls.jtype:
+            raise ValueError(f"expected a jtype: {cls.jtype} spec, got jtype: {spec.get('jtype')!r}")
+        return cls(**spec.get('with', {}))
+
+    @classmethod
     def load_config(cls, source: str) -> 'Deployment':
-        """A Deployment from a ``jtype: Deployment`` YAML file (or YAML text); see runtime.config."""
-        from runtime.config import load_deployment
-        return load_deployment(source)
+        """A Deployment from a ``jtype: Deployment`` YAML file (or YAML text); see runtime.config.
+
+        >>> Deployment.load_config('jtype: Deployment\\nreplicas: 2\\n').replicas
+        2
+        """
+        spec = config.load_spec(source)
+        label = source_label(source)
+        if spec['jtype'] != cls.jtype:
+            raise ConfigError(f'{label} is a jtype: {spec["jtype"]} config; use Flow.load_config')
+        try:
+            return cls.from_spec(spec)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f'{label}: {e}') from None
 
     def save_config(self, path: str) -> None:
         """Write this Deployment as ``jtype: Deployment`` YAML; :meth:`load_config` reads it back."""
-        from runtime.config import save
-        save(self, path)
+        config.save(self, path)
 
     def needs_all(self, **kwargs) -> 'Deployment':
         """A Deployment is one Executor: nothing to join (Jina's docs call it; kept for their examples)."""

@@ -27,17 +27,18 @@ import html
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from runtime.deployment import DEPLOYMENT_ARGS, Deployment, check_count, check_kwargs, check_port
+from runtime import config
+from runtime.args import DEPLOYMENT_ARGS, FLOW_ARGS, arg_names, check_count, check_kwargs, check_port, check_values
+from runtime.deployment import Deployment
 from runtime.orchestration import NodePlan, Orchestration
+from runtime.yamlio import ConfigError, source_label
 
 GATEWAY = 'gateway'
 
-#: every argument ``Flow(...)`` (YAML: ``with:`` of a ``jtype: Flow``) accepts
-FLOW_ARGS = ('name', 'port', 'host', 'protocol', 'timeout_ready', 'log_dir',
-             'max_in_flight_per_replica', 'stream_logs')
-
+_DEPLOYMENT_NAMES = arg_names(DEPLOYMENT_ARGS)
+_FLOW_NAMES = arg_names(FLOW_ARGS)
 #: arguments that make an Executor without ``uses`` a real (Echo) process rather than a join
-_PROCESS_ARGS = frozenset(DEPLOYMENT_ARGS) - {'name', 'needs'}
+_PROCESS_ARGS = frozenset(_DEPLOYMENT_NAMES) - {'name', 'needs'}
 
 
 @dataclass
@@ -56,24 +57,24 @@ class FlowEntry:
 class Flow(Orchestration):
     """Executors chained (or branched) behind one gateway; see the module docstring."""
 
+    #: what a YAML config of this class says in ``jtype:``
+    jtype = 'Flow'
+
+    # Spelled out for editors; runtime/args.py (FLOW_ARGS) declares defaults and checks, and
+    # tests/test_args.py checks that this signature matches it.
     def __init__(self, name: str = 'flow', port: Optional[int] = None, host: str = '127.0.0.1',
                  protocol: str = 'grpc', timeout_ready: float = 60.0, log_dir: Optional[str] = None,
                  max_in_flight_per_replica: int = 4, stream_logs: bool = False, **kwargs):
-        check_kwargs(kwargs, FLOW_ARGS, 'Flow')
-        if not isinstance(name, str) or not name or '/' in name:
-            raise ValueError(f'name={name!r}: must be a non-empty string without "/"')
+        check_kwargs(kwargs, _FLOW_NAMES, 'Flow')
+        given = dict(locals())
+        v = check_values(FLOW_ARGS, {k: given[k] for k in _FLOW_NAMES})
         if not isinstance(host, str):
             raise ValueError(f'host={host!r}: the Flow gateway listens on one host, e.g. "127.0.0.1"')
-        if not isinstance(protocol, str) or protocol.lower() != 'grpc':
-            raise ValueError(f"protocol={protocol!r}: only 'grpc' is supported")
-        if isinstance(timeout_ready, bool) or not isinstance(timeout_ready, (int, float)) or timeout_ready <= 0:
-            raise ValueError(f'timeout_ready={timeout_ready!r}: must be a number of seconds > 0')
-        self.protocol = 'grpc'
+        self.protocol = v['protocol']
         self.entries: List[FlowEntry] = []
-        super().__init__(name=name, port=check_port(port), host=host, timeout_ready=timeout_ready,
-                         log_dir=log_dir, max_in_flight_per_replica=check_count(
-                             max_in_flight_per_replica, 'max_in_flight_per_replica'),
-                         stream_logs=bool(stream_logs))
+        super().__init__(name=v['name'], port=v['port'], host=host, timeout_ready=v['timeout_ready'],
+                         log_dir=v['log_dir'], max_in_flight_per_replica=v['max_in_flight_per_replica'],
+                         stream_logs=v['stream_logs'])
 
     # -- building the graph ------------------------------------------------------------
     def add(self, name: Optional[str] = None, needs: Union[str, Sequence[str], None] = None,
@@ -91,7 +92,7 @@ class Flow(Orchestration):
              join_if_bare: bool) -> 'Flow':
         if self._started:
             raise RuntimeError(f'Flow {self.name!r} is running; close it before adding Executors')
-        check_kwargs(kwargs, DEPLOYMENT_ARGS, 'Flow.add')
+        check_kwargs(kwargs, _DEPLOYMENT_NAMES, 'Flow.add')
         name = self._new_name(name)
         needs_list = self._resolve_needs(name, needs)
         bare = kwargs.get('uses') is None and not (set(kwargs) & (_PROCESS_ARGS - {'uses'}))
@@ -209,15 +210,30 @@ class Flow(Orchestration):
 
     # -- configs -------------------------------------------------------------------------
     @classmethod
+    def from_spec(cls, spec: Dict[str, Any]) -> 'Flow':
+        """A (not started) Flow from a ``jtype: Flow`` spec (:func:`runtime.config.load_spec`)."""
+        if spec.get('jtype') != cls.jtype:
+            raise ValueError(f"expected a jtype: {cls.jtype} spec, got jtype: {spec.get('jtype')!r}")
+        flow = cls(**spec.get('with', {}))
+        for entry in spec.get('executors', []):
+            try:
+                flow.add(**entry)
+            except ValueError as e:
+                raise ConfigError(f'Executor {entry.get("name")!r}: {e}') from None
+        return flow
+
+    @classmethod
     def load_config(cls, source: str) -> 'Flow':
         """A Flow from a ``jtype: Flow`` YAML file (or YAML text)."""
-        from runtime.config import load_flow
-        return load_flow(source)
+        spec = config.load_spec(source)
+        if spec['jtype'] != cls.jtype:
+            raise ConfigError(f'{source_label(source)} is a jtype: {spec["jtype"]} config; '
+                              'use Deployment.load_config')
+        return _built(source, cls.from_spec, spec)
 
     def save_config(self, path: str) -> None:
         """Write this Flow as ``jtype: Flow`` YAML; :meth:`load_config` reads it back."""
-        from runtime.config import save
-        save(self, path)
+        config.save(self, path)
 
     # -- reprs -----------------------------------------------------------------------------
     def _describe_entry(self, e: FlowEntry) -> str:
@@ -313,3 +329,32 @@ class Flow(Orchestration):
                 + ''.join(svg)
                 + '<table><tr><th>Executor</th><th>needs</th><th>what</th></tr>' + rows_html
                 + '</table></div>')
+
+
+# -- either kind -----------------------------------------------------------------------------
+def build(spec: Dict[str, Any]) -> Union[Deployment, Flow]:
+    """A spec -> a (not started) Deployment or Flow, by its ``jtype``."""
+    kinds = {Deployment.jtype: Deployment, Flow.jtype: Flow}
+    kind = kinds.get(spec.get('jtype'))
+    if kind is None:
+        raise ValueError(f"spec jtype must be 'Deployment' or 'Flow', got {spec.get('jtype')!r}")
+    return kind.from_spec(spec)
+
+
+def load(source: str) -> Union[Deployment, Flow]:
+    """A YAML path (or text) -> a Deployment or a Flow, by its ``jtype``.
+
+    >>> load('jtype: Deployment\\nreplicas: 2\\n').replicas
+    2
+    """
+    return _built(source, build, config.load_spec(source))
+
+
+def _built(source: str, make: Any, spec: Dict[str, Any]) -> Any:
+    """``make(spec)``, a ValueError becoming a ConfigError that names ``source``."""
+    try:
+        return make(spec)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f'{source_label(source)}: {e}') from None

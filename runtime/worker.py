@@ -25,11 +25,12 @@ from runtime import protocol
 from runtime.batching import Batchers
 from runtime.codec import decode_docs, encode_docs  # loaded before ready, not on the first request
 from runtime.executor import (Endpoint, EndpointTable, RuntimeArgs, UnknownEndpointError, build_executor,
-                              call_endpoint, load_executor_class, normalise_result)
+                              call_endpoint, normalise_result)
 from runtime.server import STOP_GRACE_S, start_node_server, stop_event_from
 from runtime.telemetry import RequestStats
-# still importable from here (runtime.cli, runtime.bench): declared in runtime.executor / runtime.server
-from runtime.executor import ExecutorLoadError  # noqa: F401,E402
+from runtime.uses import load_executor_class
+# still importable from here (runtime.cli, runtime.bench): declared in runtime.uses / runtime.server
+from runtime.uses import ExecutorLoadError  # noqa: F401,E402
 from runtime.server import PortInUseError  # noqa: F401,E402
 
 log = logging.getLogger('orchestra.worker')

@@ -192,11 +192,10 @@ def test_help_lists_the_flags(capsys, command, flags):
 
 
 def test_every_deployment_flag_is_a_yaml_key():
-    from runtime.cli import _SERVE_DEPLOYMENT_KEYS
-    from runtime.config import FIELD_TYPES
-    from runtime.deployment import DEPLOYMENT_ARGS
-    assert set(_SERVE_DEPLOYMENT_KEYS) | {'uses', 'needs'} == set(DEPLOYMENT_ARGS)
-    assert set(DEPLOYMENT_ARGS) <= set(FIELD_TYPES)
+    from runtime.args import DEPLOYMENT_ARGS, arg_names
+    from runtime.cli import SERVE_DEPLOYMENT_ARGS
+    assert set(arg_names(SERVE_DEPLOYMENT_ARGS)) | {'uses', 'needs'} == set(arg_names(DEPLOYMENT_ARGS))
+    assert all(a.types and a.say for a in DEPLOYMENT_ARGS)   # each is a YAML key with a type
 
 
 def test_bad_cli_input(tmp_path, capsys):

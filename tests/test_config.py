@@ -6,6 +6,7 @@ from docarray.documents import TextDoc
 
 from orchestra_nb import Deployment, Executor, Flow, requests
 from runtime import config
+from runtime.flow import load
 
 EXEC_PY = '''
 from docarray.documents import TextDoc
@@ -160,9 +161,9 @@ def test_python_deployment_with_py_modules(tmp_path, execs):
 
 
 def test_load_accepts_yaml_text_and_picks_the_kind():
-    obj = config.load('jtype: Flow\nexecutors:\n  - name: only\n    uses: topology_executors:Append\n')
+    obj = load('jtype: Flow\nexecutors:\n  - name: only\n    uses: topology_executors:Append\n')
     assert isinstance(obj, Flow) and obj.entries[0].name == 'only'
-    assert isinstance(config.load('jtype: Deployment\nreplicas: 2\n'), Deployment)
+    assert isinstance(load('jtype: Deployment\nreplicas: 2\n'), Deployment)
 
 
 # -- bad configs --------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def test_bad_yaml_gets_a_clear_error(tmp_path, case):
     path = tmp_path / 'bad.yaml'
     path.write_text(text)
     with pytest.raises(ValueError, match=match) as info:
-        config.load(str(path))
+        load(str(path))
     assert str(path) in str(info.value)
 
 
