@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from runtime.executor import (_BATCHING_ATTR, _ENDPOINTS_ATTR, DEFAULT_ENDPOINT, Endpoint, EndpointTable,
-                              call_endpoint, load_executor_class, normalise_result)
+                              call_endpoint, normalise_result)
 
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_WAIT_MS = 2.0
@@ -397,6 +397,7 @@ def in_flight_for(uses: Any, max_in_flight: int) -> Optional[int]:
         if uses.endswith(('.yml', '.yaml')) or '://' in uses:
             return None
         try:
+            from runtime.uses import load_executor_class
             cls = load_executor_class(uses)
         except Exception:
             return None

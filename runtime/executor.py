@@ -256,43 +256,6 @@ def _load_docarray_classes() -> Tuple[type, type]:
     return _docarray_classes
 
 
-class ExecutorLoadError(ImportError):
-    """``uses`` names a class that cannot be found or is not an Executor."""
-
-
-def load_executor_class(uses: Any) -> type:
-    """``'pkg.mod:Class'`` (or ``'pkg.mod.Class'``) or a class -> the Executor class.
-
-    >>> load_executor_class('orchestra_nb.executors:ExactNNSearch')  # doctest: +SKIP
-    """
-    if isinstance(uses, type):
-        cls = uses
-    elif isinstance(uses, str):
-        if uses.startswith(('jinaai://', 'jinahub://', 'jinahub+docker://', 'jinaai+docker://')):
-            raise ExecutorLoadError(
-                f'uses={uses!r} is a Jina Hub reference; hub references are not supported. '
-                "Install the Executor's package and write uses='package.module:ClassName', "
-                'or pass the class itself.')
-        module_name, sep, attr = uses.partition(':')
-        if not sep:
-            module_name, _, attr = uses.rpartition('.')
-        if not module_name or not attr:
-            raise ExecutorLoadError(f"uses={uses!r}: expected 'package.module:ClassName'")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ExecutorLoadError(f'uses={uses!r}: cannot import module {module_name!r}: {e}') from e
-        try:
-            cls = getattr(module, attr)
-        except AttributeError:
-            raise ExecutorLoadError(f'uses={uses!r}: module {module_name!r} has no attribute {attr!r}') from None
-    else:
-        raise ExecutorLoadError(f'uses must be an Executor class or "package.module:Class", got {uses!r}')
-    if not (isinstance(cls, type) and issubclass(cls, Executor)):
-        raise ExecutorLoadError(f'uses={uses!r} is not an orchestra_nb.Executor subclass')
-    return cls
-
-
 # The replica process sets these before building the Executor, so that
 # ``self.runtime_args`` exists even before (and without) ``super().__init__``.
 _pending_runtime_args: Optional[RuntimeArgs] = None
