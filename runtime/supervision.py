@@ -162,6 +162,7 @@ class Supervisor:
 
     # -- the loop ------------------------------------------------------------------
     def start(self) -> None:
+        self.children()   # a watch for each child now: status() shows them from the start
         self._thread = threading.Thread(target=self.run, daemon=True, name=f'supervisor-{self.orch.name}')
         self._thread.start()
 
