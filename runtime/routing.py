@@ -312,6 +312,8 @@ class ReplicaSet:
             head = (f'{self.name}: request to {endpoint!r} failed: {parts}; not retried on another replica: '
                     f'{endpoint!r} is a @write of a stateful Deployment (or not yet known not to be one), and the '
                     'replica may still apply it')
+        if not any(r.healthy for r in self.replicas):
+            head = head.replace(f'{self.name}: ', f'{self.name}: no replica reachable; ', 1)
         last = lost[-1][0]
         if last.log_path:
             text = tail(last.log_path, 12).rstrip()
