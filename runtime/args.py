@@ -245,8 +245,8 @@ DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
         'the rotation', _SECONDS, 'a number of seconds', check=check_seconds),
     Arg('restart_grace', 10.0, 'seconds a replica may fail its health probes before it is killed and restarted',
         _SECONDS, 'a number of seconds', check=check_seconds),
-    Arg('max_restarts', 5, 'a replica (or gateway) that dies this many times within restart_window is not '
-        'restarted again (crash loop)', _INT, 'an integer', check=check_count),
+    Arg('max_restarts', 5, 'a replica (or gateway) restarted this many times within restart_window that dies '
+        'again is left down (crash loop)', _INT, 'an integer', check=check_count),
     Arg('restart_window', 60.0, 'seconds over which max_restarts is counted', _SECONDS, 'a number of seconds',
         check=check_seconds),
 )
