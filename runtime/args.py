@@ -251,6 +251,18 @@ DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
         form='names'),   # checked by Flow
     Arg('py_modules', None, 'Python files holding the Executor class', (str, list),
         'a file path or a list of file paths', check=check_paths, form='paths'),
+    # supervision (docs/reliability.md); defaults in runtime.supervision.Policy
+    Arg('timeout_send', None, 'seconds a replica may take to answer one request before the gateway gives up '
+        '(and retries it on another replica where that is safe); omitted: no limit on the Executor call',
+        _SECONDS, 'a number of seconds', check=optional(check_seconds)),
+    Arg('health_timeout', 2.0, 'seconds a replica has to answer its health probe; one that misses it leaves '
+        'the rotation', _SECONDS, 'a number of seconds', check=check_seconds),
+    Arg('restart_grace', 10.0, 'seconds a replica may fail its health probes before it is killed and restarted',
+        _SECONDS, 'a number of seconds', check=check_seconds),
+    Arg('max_restarts', 5, 'a replica (or gateway) restarted this many times within restart_window that dies '
+        'again is left down (crash loop)', _INT, 'an integer', check=check_count),
+    Arg('restart_window', 60.0, 'seconds over which max_restarts is counted', _SECONDS, 'a number of seconds',
+        check=check_seconds),
     # -- durability (docs/reliability.md) --
     Arg('durability', 'fsync', "stateful: 'fsync' puts the RAFT journal and request bodies on disk before a "
         "write is acknowledged (survives a power cut); 'none' leaves them in the page cache (faster)",

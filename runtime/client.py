@@ -90,16 +90,21 @@ class Client:
         if self._channel is None:
             if self._credentials is not None:
                 self._channel = grpc.aio.secure_channel(self.address, self._credentials,
-                                                        options=protocol.GRPC_OPTIONS)
+                                                        options=protocol.CHANNEL_OPTIONS)
             else:
-                self._channel = grpc.aio.insecure_channel(self.address, options=protocol.GRPC_OPTIONS)
+                self._channel = grpc.aio.insecure_channel(self.address, options=protocol.CHANNEL_OPTIONS)
         return self._channel.unary_unary(method)
 
     # -- posting ----------------------------------------------------------------
     def post(self, on: str, inputs: Any = None, request_size: int = 100, parameters: Optional[dict] = None,
              return_type: Optional[type] = None, prefetch: Optional[int] = None,
              timeout: Optional[float] = None, **kwargs):
-        """Send ``inputs`` to endpoint ``on`` in requests of ``request_size`` docs; return a DocList."""
+        """Send ``inputs`` to endpoint ``on`` in requests of ``request_size`` docs; return a DocList.
+
+        ``max_attempts=N`` (default 1, Jina's name): a request the gateway could not be reached
+        for (``UNAVAILABLE``, e.g. while it is restarted) is sent again, up to N times in all,
+        waiting ``initial_backoff`` (0.5 s) times 1.5 per attempt, at most ``max_backoff`` (2 s).
+        """
         try:
             return run_sync(self._post(on, inputs, request_size, parameters, return_type, prefetch, timeout,
                                        kwargs), None, what=f'post to {on!r} at {self.address}')
@@ -141,9 +146,24 @@ class Client:
         tasks: List[asyncio.Task] = []
         failures: List[BaseException] = []
 
+        attempts = int(extra.get('max_attempts') or 1)
+        if attempts < 1:
+            raise ValueError(f'max_attempts={attempts!r}: must be an integer >= 1')
+        first_wait, max_wait = float(extra.get('initial_backoff') or 0.5), float(extra.get('max_backoff') or 2.0)
+
+        async def call_with_retries(frame: bytes) -> bytes:
+            for attempt in range(attempts):
+                try:
+                    return await call(frame, timeout=timeout)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
+                        raise
+                    await asyncio.sleep(min(max_wait, first_wait * 1.5 ** attempt))
+            raise AssertionError('unreachable')
+
         async def send(i: int, frame: bytes):
             try:
-                reply = await call(frame, timeout=timeout)
+                reply = await call_with_retries(frame)
                 h, body = protocol.unpack(reply)
                 if not h.get('ok'):
                     raise RemoteError(h.get('error') or {})

@@ -19,6 +19,7 @@ from runtime.hosts import check_host
 from runtime.limits import check_processes
 from runtime.orchestration import NodePlan, Orchestration, ReplicaPlan
 from runtime.routing import PollingPolicy
+from runtime.supervision import Policy
 from runtime.uses import DEFAULT_USES, hub_message, is_hub_reference, needs_resolving, resolve_uses
 from runtime.yamlio import ConfigError, source_label
 
@@ -46,6 +47,8 @@ class Deployment(Orchestration):
                  log_dir: Optional[str] = None, no_reduce: bool = False, allow_partial: bool = False,
                  stream_logs: bool = False, log_level: str = 'INFO',
                  needs: Union[str, List[str], None] = None, py_modules: Union[str, List[str], None] = None,
+                 timeout_send: Optional[float] = None, health_timeout: float = 2.0, restart_grace: float = 10.0,
+                 max_restarts: int = 5, restart_window: float = 60.0,
                  durability: str = 'fsync',
                  secret: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                  **kwargs):
@@ -78,6 +81,9 @@ class Deployment(Orchestration):
         self.log_level = log_level
         self.needs = needs
         self.py_modules = v['py_modules']
+        self.timeout_send = v['timeout_send']
+        self.policy = Policy(health_timeout=v['health_timeout'], restart_grace=v['restart_grace'],
+                             max_restarts=v['max_restarts'], restart_window=v['restart_window'])
         self.durability = v['durability']   # stateful only: see runtime.raft.durable
         if self.external:
             from runtime.external import external_addresses
@@ -125,7 +131,8 @@ class Deployment(Orchestration):
         if self.external:
             shard = [ReplicaPlan(name=f'{self.name}/rep-{i}', shard=0, replica=i, config={},
                                  external_address=a) for i, a in enumerate(self.external_addresses)]
-            return NodePlan(self.name, [shard], polling=self.polling.to_config(), needs=self.needs)
+            return NodePlan(self.name, [shard], polling=self.polling.to_config(), needs=self.needs,
+                            timeout_send=self.timeout_send, policy=self.policy)
         from runtime.gpu import assign_devices, replica_env, warn_if_cuda_initialised
         spec = self.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'))
         devices = assign_devices(spec, self.shards * self.replicas)
@@ -149,13 +156,37 @@ class Deployment(Orchestration):
                 shard.append(ReplicaPlan(name=rname, shard=s, replica=r, config=config, env=env))
             shards.append(shard)
         plan = NodePlan(self.name, shards, polling=self.polling.to_config(), needs=self.needs,
-                        no_reduce=self.no_reduce, allow_partial=self.allow_partial, stateful=self.stateful)
+                        no_reduce=self.no_reduce, allow_partial=self.allow_partial, stateful=self.stateful,
+                        timeout_send=self.timeout_send, policy=self.policy)
         from runtime.batching import in_flight_for   # dynamic batching needs room to gather a batch
         plan.max_in_flight = in_flight_for(self.uses, self.max_in_flight_per_replica)
         if self.stateful:
             from runtime.consensus import plan_stateful
             plan_stateful(self, plan)
         return plan
+
+    # -- poison entries ---------------------------------------------------------------
+    def skip_entry(self, index: int, shard: int = 0) -> None:
+        """Apply RAFT log entry ``index`` of ``shard`` as a no-op on every replica, from their next start.
+
+        For a ``@write`` whose call kills the replica applying it (every replica, each time it
+        is restarted: a crash loop that ``status()`` names with the index). The index goes to
+        the shard's skip list in the workspace; replicas left down by the crash loop are
+        restarted. See docs/reliability.md, "Skipping a poison log entry".
+        """
+        if not self.stateful:
+            raise ValueError(f'{self.name!r} is not stateful: it has no RAFT log to skip entries of')
+        if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < self.shards:
+            raise ValueError(f'shard={shard!r}: must be an integer from 0 to {self.shards - 1}')
+        from runtime.raft.plan import raft_root
+        from runtime.raft.skip import SKIP_FILE, add_skipped
+        if self.workspace is None:
+            raise ValueError(f'{self.name!r} has no workspace yet: start it first')
+        add_skipped(os.path.join(raft_root(self.workspace, self.name), f'shard-{shard}', SKIP_FILE), index)
+        if self._started:
+            names = [r.name for n in self.nodes for r in n.shards[shard]]
+            for name in names:
+                self.restart_replica(name)
 
     # -- scaling ----------------------------------------------------------------------
     def scale(self, replicas: int, drain_timeout: float = 30.0) -> 'Deployment':

@@ -59,7 +59,9 @@ class Node:
         self.shards: List[ReplicaSet] = [
             ReplicaSet(addrs, name=self._shard_name(i, len(spec['shards'])),
                        max_in_flight=int(spec.get('max_in_flight') or max_in_flight),
-                       wait_for_replica=replica_wait_s)
+                       wait_for_replica=replica_wait_s, timeout_send=spec.get('timeout_send'),
+                       health_timeout=float(spec.get('health_timeout') or 2.0),
+                       stateful=bool(spec.get('stateful')))
             for i, addrs in enumerate(spec['shards'])]
         self._rr = itertools.count()
 
@@ -80,17 +82,17 @@ class Node:
             return out, body, protocol.pack(out, body)
         if len(self.shards) == 1 or self.polling.mode(endpoint) == 'ANY':
             shard = self.shards[0] if len(self.shards) == 1 else pick_shard(self.shards, self._rr)
-            reply = await self._send(shard, frame)
+            reply = await self._send(shard, frame, endpoint)
             h, body = protocol.unpack(reply)
             if not h.get('ok'):
                 raise NodeError(h)
             return h, body, reply
         return await self._call_all(header, frame)
 
-    async def _send(self, shard: ReplicaSet, frame: bytes) -> bytes:
+    async def _send(self, shard: ReplicaSet, frame: bytes, endpoint: str) -> bytes:
         """One request to one shard; any transport failure becomes a NodeError naming the shard."""
         try:
-            return await shard.send(frame)
+            return await shard.send(frame, endpoint)
         except NoReplicaAvailable as e:
             raise NodeError(protocol.error_header(e, shard.name)) from None
         except grpc.aio.AioRpcError as e:
@@ -100,7 +102,9 @@ class Node:
     async def _call_all(self, header: Dict[str, Any], frame: bytes) -> Tuple[Dict[str, Any], bytes, bytes]:
         """ALL polling: every shard gets the request; the replies are reduced (or concatenated)."""
         decode_docs, encode_docs = _codec()
-        replies = await asyncio.gather(*(self._send(s, frame) for s in self.shards), return_exceptions=True)
+        endpoint = header.get('endpoint', '/')
+        replies = await asyncio.gather(*(self._send(s, frame, endpoint) for s in self.shards),
+                                       return_exceptions=True)
         partial_ok = self.allow_partial or bool(header.get('allow_partial'))
         parts, merged_results, missing = [], {}, []
         for shard, reply in zip(self.shards, replies):
@@ -301,7 +305,8 @@ class Gateway:
             if header.get('op') != 'set_replicas':
                 raise ValueError(f"unknown control op {header.get('op')!r}; allowed: 'set_replicas'")
             node = self.nodes[header['node']]
-            node.shards[int(header.get('shard', 0))].update(list(header['addresses']))
+            node.shards[int(header.get('shard', 0))].update(list(header['addresses']), header.get('names'),
+                                                            header.get('logs'), header.get('stopped'))
             return protocol.pack({'ok': True})
         except Exception as e:
             return protocol.pack(protocol.error_header(e, self.name))
@@ -354,7 +359,8 @@ def run_gateway(spec: Dict[str, Any], status, stopping: threading.Event) -> None
         gw = Gateway(config)
         server, gw.port = await start_node_server(config.get('host', '127.0.0.1'), int(config.get('port') or 0),
                                                   gw.call, gw.info, credentials=credentials)
-        local, local_port = await start_node_server('127.0.0.1', 0, gw.call, gw.info, gw.control, secret)
+        local, local_port = await start_node_server('127.0.0.1', int(config.get('local_port') or 0),
+                                                    gw.call, gw.info, gw.control, secret)
         status.send(event='ready', port=gw.port, local_port=local_port, pid=os.getpid())
         try:
             await stop.wait()

@@ -33,6 +33,7 @@ from runtime.exposure import warn_if_exposed
 from runtime.loop import RequestCancelled, run_async, run_sync
 from runtime.processes import ChildFailedError, ChildProcess, start_all, stop_all, tail
 from runtime.secrets import call_metadata, private_dir, resolve_secret
+from runtime.supervision import Policy, Supervisor
 
 log = logging.getLogger('orchestra')
 
@@ -80,6 +81,8 @@ class NodePlan:
     stateful: bool = False
     max_in_flight: Optional[int] = None
     secret_file: Optional[str] = None   # stateful: where the Deployment's secret is kept (runtime.secrets)
+    timeout_send: Optional[float] = None    # the gateway's deadline per request to a replica
+    policy: Optional[Policy] = None         # supervision settings (None: the defaults)
 
     @property
     def replicas(self) -> List[ReplicaPlan]:
@@ -109,7 +112,8 @@ class Orchestration:
         self._client: Optional[Client] = None
         self._started = False
         self._closing = threading.Event()
-        self._supervisor: Optional[threading.Thread] = None
+        self._supervisor: Optional[Supervisor] = None
+        self._gateway_port: Optional[int] = None   # kept across gateway restarts
         self._lock = threading.RLock()
 
     # -- what a subclass implements ------------------------------------------------
@@ -147,6 +151,7 @@ class Orchestration:
                     if r.external_address:
                         r.address = r.external_address
             self._started = True
+            self._gateway_port = int(self.gateway.info['port'])
             self._connect_gateway()
         except BaseException:
             self._started = False
@@ -155,8 +160,7 @@ class Orchestration:
         self.startup_seconds = time.monotonic() - t0
         warn_if_exposed(self)
         self._client = Client(port=self._local_port)   # the gateway's loopback port: no TLS to verify
-        self._supervisor = threading.Thread(target=self._supervise, daemon=True,
-                                            name=f'supervisor-{self.name}')
+        self._supervisor = Supervisor(self)
         self._supervisor.start()
         if self.stream_logs:
             self._start_log_streaming()
@@ -166,6 +170,8 @@ class Orchestration:
     def close(self) -> None:
         """Stop every process (in parallel). Safe to call twice."""
         self._closing.set()
+        if self._supervisor is not None:   # its restarts in flight stop what they started
+            self._supervisor.join()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -223,7 +229,7 @@ class Orchestration:
     def port(self) -> Optional[int]:
         if self.gateway is not None and self.gateway.info.get('port'):
             return int(self.gateway.info['port'])
-        return self._port_arg or None
+        return self._gateway_port or self._port_arg or None
 
     @property
     def _local_port(self) -> Optional[int]:
@@ -283,15 +289,36 @@ class Orchestration:
             if info:
                 rec.update({k: v for k, v in info.items() if k not in ('name', 'shard', 'replica', 'ready')})
             rec.setdefault('cuda_visible_devices', r.env.get('CUDA_VISIBLE_DEVICES'))
+            self._supervision_status(rec, r.name, info is not None)
             out_replicas.append(rec)
         gw = infos[-1] or {}
         gw['state'] = 'ready' if infos[-1] else ('down' if self._started else 'stopped')
         gw['pid'] = self.gateway.pid if self.gateway else None
+        self._supervision_status(gw, f'{self.name}/gateway', infos[-1] is not None)
         from runtime.telemetry import gpu_status   # NVML off the loop: a slow driver blocks nothing
         gpus = await asyncio.to_thread(gpu_status, {r['name']: r.get('cuda_visible_devices')
                                                     for r in out_replicas if not r['external']})
         return {'name': self.name, 'address': self.address, 'gateway': gw, 'replicas': out_replicas,
                 'gpus': gpus}
+
+    def _supervision_status(self, rec: Dict[str, Any], name: str, answered: bool) -> None:
+        """Add the supervisor's view (``rec['supervision']``); a down child's state and ``error`` say why."""
+        watch = self._supervisor.describe(name) if self._supervisor and self._started else None
+        if watch is None:
+            return
+        rec['supervision'] = watch
+        if not answered and watch['state'] != 'running':
+            rec['state'] = watch['state']   # crash-loop, restarting, waiting (backoff), hung
+        if watch.get('cause') and watch['state'] in ('crash-loop', 'hung'):
+            rec['error'] = watch['cause']
+
+    def restart_replica(self, name: str) -> None:
+        """Let the supervisor restart ``name`` (a replica or ``NAME/gateway``) left down by a crash loop."""
+        if self._supervisor is None or name not in self._supervisor.watches:
+            known = ', '.join(self._supervisor.watches) if self._supervisor else 'none (not started)'
+            raise ValueError(f'{name!r} is not a supervised process of {self.name!r}; known: {known}')
+        self._supervisor.reset([name])
+        self._tell_gateway_stopped()
 
     def logs(self, replica: Optional[str] = None, n: int = 50) -> str:
         """The last ``n`` lines of each replica's log (or of the one whose name contains ``replica``)."""
@@ -313,16 +340,33 @@ class Orchestration:
                 'max_in_flight_per_replica': self.max_in_flight_per_replica,
                 'nodes': [{'name': n.name, 'needs': n.needs, 'polling': n.polling,
                            'no_reduce': n.no_reduce, 'allow_partial': n.allow_partial,
-                           'max_in_flight': n.max_in_flight,
+                           'max_in_flight': n.max_in_flight, 'stateful': n.stateful,
+                           'timeout_send': n.timeout_send,
+                           'health_timeout': (n.policy or Policy()).health_timeout,
                            'shards': [[] for _ in n.shards]} for n in self.nodes],
                 'secret': self._secret, 'tls_cert': self.tls_cert, 'tls_key': self.tls_key}
 
     def _connect_gateway(self) -> None:
         """Tell the gateway where every shard's replicas listen."""
         for n in self.nodes:
-            for i, shard in enumerate(n.shards):
-                self._gateway_control({'op': 'set_replicas', 'node': n.name, 'shard': i,
-                                       'addresses': [r.address for r in shard if r.address]})
+            for i in range(len(n.shards)):
+                self._gateway_control(self._replicas_header(n, i))
+
+    def _replicas_header(self, n: NodePlan, i: int) -> Dict[str, Any]:
+        """``set_replicas`` for shard ``i`` of ``n``: addresses, names, logs, and why any is left down."""
+        live = [r for r in n.shards[i] if r.address]
+        stopped = self._supervisor.stopped_reasons() if self._supervisor else {}
+        return {'op': 'set_replicas', 'node': n.name, 'shard': i, 'addresses': [r.address for r in live],
+                'names': [r.name for r in live],
+                'logs': [r.process.log_path if r.process else None for r in live],
+                'stopped': {r.address: stopped[r.name] for r in live if r.name in stopped}}
+
+    def _tell_gateway_stopped(self) -> None:
+        """Re-send every shard's replicas (with the crash-looped ones' causes) to the gateway."""
+        try:
+            self._connect_gateway()
+        except Exception as e:   # the gateway is down: it gets them when it is restarted
+            log.warning('could not tell the gateway of %s which replicas are down: %s', self.name, e)
 
     def _gateway_control(self, header: Dict[str, Any]) -> None:
         async def go():
@@ -365,8 +409,7 @@ class Orchestration:
                 if len(want) == len(shard):
                     continue
                 shard[:] = shard + want[len(shard):] if len(want) > len(shard) else shard[:len(want)]
-                self._gateway_control({'op': 'set_replicas', 'node': node.name, 'shard': i,
-                                       'addresses': [r.address for r in shard if r.address]})
+                self._gateway_control(self._replicas_header(node, i))
         if removed:
             run_sync(self._adrain(removed, drain_timeout), drain_timeout + 5,
                      what=f'replicas of {node.name!r} to finish their requests')
@@ -388,33 +431,43 @@ class Orchestration:
         log.warning('replicas %s still busy after %.0f s; stopping them anyway',
                     ', '.join(r.name for r in replicas), timeout)
 
-    def _supervise(self) -> None:
-        """Restart replicas that die while the orchestration runs (same port, same config)."""
-        while not self._closing.wait(0.3):
-            for n in self.nodes:
-                for r in n.replicas:
-                    p = r.process
-                    if p is None or p.alive or self._closing.is_set():
-                        continue
-                    self._restart(r)
-
     def _restart(self, r: ReplicaPlan) -> None:
-        with self._lock:
-            if self._closing.is_set() or not any(r is x for n in self.nodes for x in n.replicas):
-                return  # closing, or scaled away
-            log.warning('%s (pid %s) died; restarting it on port %s', r.name, r.process.pid, r.port)
-            config = dict(r.config, port=r.port)
-            proc = ChildProcess(r.name, 'worker', config, r.process.log_path, r.env)
-            r.process = proc
-            try:
-                proc.start()
-                proc.wait_ready(self.timeout_ready)
-            except ChildFailedError as e:
-                log.error('restarting %s failed: %s', r.name, e)
-                if self._closing.is_set():
-                    proc.stop()
-                else:
-                    time.sleep(1.0)
+        """Start dead replica ``r`` again on its port with its config (in a thread of the
+        :class:`~runtime.supervision.Supervisor`, one per replica: restarts run in parallel).
+        Raises :class:`ChildFailedError` when it does not get ready."""
+        if self._closing.is_set() or not any(r is x for n in self.nodes for x in n.replicas):
+            return  # closing, or scaled away
+        log.warning('restarting %s on port %s', r.name, r.port)
+        r.process = ChildProcess(r.name, 'worker', dict(r.config, port=r.port), r.process.log_path, r.env)
+        self._start_supervised(r.process)
+
+    def _restart_gateway(self) -> None:
+        """Start the dead gateway again on its port, then send it the replica addresses."""
+        if self._closing.is_set():
+            return
+        log.warning('restarting the gateway of %s on port %s', self.name, self._gateway_port)
+        old = self.gateway
+        # both listeners come back on their ports: clients (and this owner's own, on the loopback one) reconnect
+        config = dict(self._gateway_config(), port=self._gateway_port, local_port=old.info.get('local_port'))
+        self.gateway = ChildProcess(old.name, 'gateway', config, old.log_path)
+        self._start_supervised(self.gateway)
+        if not self._closing.is_set():
+            self._connect_gateway()
+
+    def _start_supervised(self, proc: ChildProcess) -> None:
+        """Start ``proc`` and wait until it is ready (``timeout_ready``), or until closing (then stop it)."""
+        proc.start()
+        deadline = time.monotonic() + self.timeout_ready
+        while not proc.wait_reported(0.2) and time.monotonic() < deadline and not self._closing.is_set():
+            pass
+        if self._closing.is_set():
+            proc.stop()
+            return
+        if not proc.wait_reported(0):   # not ready in time: a death, counted like any other
+            proc.kill()
+            raise ChildFailedError(proc._explain(f'{proc.role} {proc.name} was not ready within '
+                                                 f'{self.timeout_ready:.1f} s'))
+        proc.wait_ready(0)   # raises when it failed to start
 
     def _start_log_streaming(self) -> None:
         procs = [r.process for n in self.nodes for r in n.replicas if r.process]

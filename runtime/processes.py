@@ -62,6 +62,9 @@ class ChildProcess:
         self.lifeline: Optional[typing.BinaryIO] = None  # the write end of the child's stdin
         self.info: Dict[str, Any] = {}
         self.failure: Optional[str] = None
+        #: the RAFT log entry a stateful replica is applying now ({'index', 'endpoint'}), else None:
+        #: the one it was applying when it died (runtime.supervision names a poison entry by it)
+        self.applying: Optional[Dict[str, Any]] = None
         self._ready = threading.Event()
         self.started_at = 0.0
 
@@ -139,6 +142,10 @@ class ChildProcess:
                 elif msg.get('event') == 'failed':
                     self.failure = msg.get('error', 'failed')
                     self._ready.set()
+                elif msg.get('event') == 'applying':
+                    self.applying = {'index': msg.get('index'), 'endpoint': msg.get('endpoint')}
+                elif msg.get('event') == 'applied':
+                    self.applying = None
                 else:
                     self.info.update(msg)
         if not self._ready.is_set():  # EOF before ready: the process died
@@ -154,6 +161,10 @@ class ChildProcess:
             self.handle and self.handle.wait(1.0)
             raise ChildFailedError(self._explain(f'{self.role} {self.name} failed to start: {self.failure}'))
         return self.info
+
+    def wait_reported(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until it reported ready or failed (or died); True when it did."""
+        return self._ready.wait(timeout)
 
     @property
     def pid(self) -> Optional[int]:

@@ -43,6 +43,14 @@ GRPC_OPTIONS = [
     ('grpc.so_reuseport', 0),
 ]
 
+#: channels to a gateway or a replica: reconnect within a second of a restarted server
+#: answering again (gRPC's default backoff grows to 120 s; docs/reliability.md)
+CHANNEL_OPTIONS = GRPC_OPTIONS + [
+    ('grpc.initial_reconnect_backoff_ms', 100),
+    ('grpc.min_reconnect_backoff_ms', 100),
+    ('grpc.max_reconnect_backoff_ms', 1000),
+]
+
 
 class ProtocolError(ValueError):
     """Bytes from the network that are not a valid orchestra-nb message (frame, header or body).

@@ -7,6 +7,16 @@ replica therefore never builds a backlog and gets fewer requests than its
 peers. A replica whose connection fails is marked down, probed in the
 background, and the request is retried on another replica.
 
+**Health and retries** (docs/reliability.md). Every replica's ``Info`` is probed
+each second; one that does not answer within ``health_timeout`` leaves the
+rotation at once and the requests it holds are taken back (a SIGSTOPped or
+deadlocked process holds them no longer). A request that lost its replica (the
+connection, the health probe, or ``timeout_send``) is retried on another replica
+**at most once**, and only where that is safe: a lost connection always (a
+stateful replica applies a request id once); a hung replica or a timeout only on
+stateless Deployments and for reads of stateful ones, never a ``@write``. Then it
+fails naming the replicas and the tail of the last one's log.
+
 **Polling.** :class:`PollingPolicy` says, per endpoint, whether one shard
 (``ANY``) or every shard (``ALL``) gets a request. Precedence: the endpoint's
 own key, then ``'*'``, then a plain string, then the defaults (``/search``
@@ -22,12 +32,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
 import logging
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
 from runtime import protocol
+from runtime.supervision import HEALTH_INTERVAL_S
 
 log = logging.getLogger('orchestra.routing')
 
@@ -84,17 +96,28 @@ class NoReplicaAvailable(ConnectionError):
     """Every replica of a shard is unreachable."""
 
 
+class ReplicaLost(NoReplicaAvailable):
+    """A request lost its replica and was not retried again (or could not be, safely)."""
+
+
+#: a request that lost its replica is sent again at most this many times
+MAX_RETRIES = 1
+
+
 class Replica:
     """A connection to one replica server."""
 
-    def __init__(self, address: str, name: str):
+    def __init__(self, address: str, name: str, log_path: Optional[str] = None):
         self.address = address
         self.name = name
+        self.log_path = log_path
         self.in_flight = 0
         self.sent = 0
         self.healthy = True
         self.draining = False
-        self.channel = grpc.aio.insecure_channel(address, options=protocol.GRPC_OPTIONS)
+        self.calls: Dict[Any, str] = {}   # its calls in flight -> endpoint (taken back when it hangs)
+        self.abandoned: set = set()       # those taken back
+        self.channel = grpc.aio.insecure_channel(address, options=protocol.CHANNEL_OPTIONS)
         self.call = self.channel.unary_unary(protocol.CALL)
         self.info = self.channel.unary_unary(protocol.INFO)
 
@@ -109,29 +132,48 @@ class ReplicaSet:
     """The replicas of one shard, routed idle first; see the module docstring."""
 
     def __init__(self, addresses: Sequence[str], name: str = 'shard', max_in_flight: int = 4,
-                 wait_for_replica: float = 5.0):
+                 wait_for_replica: float = 5.0, timeout_send: Optional[float] = None,
+                 health_timeout: float = 2.0, stateful: bool = False):
         if max_in_flight < 1:
             raise ValueError(f'max_in_flight must be >= 1, got {max_in_flight}')
         self.name = name
         self.max_in_flight = max_in_flight
         self.wait_for_replica = wait_for_replica
+        self.timeout_send = timeout_send
+        self.health_timeout = health_timeout
+        self.stateful = stateful
+        self.endpoints: Optional[Dict[str, Any]] = None   # endpoint -> {'write': ...}, from Info
+        self.stopped: Dict[str, str] = {}                  # address -> why it is left down
         self.replicas: List[Replica] = []
         self._rr = itertools.count()
         self._waiters: collections.deque = collections.deque()
         self._probes: Dict[str, asyncio.Task] = {}
+        self._health: Optional[asyncio.Task] = None
         self.update(addresses)
 
     # -- membership ----------------------------------------------------------------
-    def update(self, addresses: Sequence[str]) -> None:
-        """Serve from these addresses now: new ones join, missing ones drain and close."""
+    def update(self, addresses: Sequence[str], names: Optional[Sequence[str]] = None,
+               logs: Optional[Sequence[Optional[str]]] = None, stopped: Optional[Dict[str, str]] = None) -> None:
+        """Serve from these addresses now: new ones join, missing ones drain and close.
+
+        ``names``/``logs``: each replica's name and log file (for error messages);
+        ``stopped``: address -> why the supervisor left it down (crash loop).
+        """
         current = {r.address: r for r in self.replicas if not r.draining}
         keep = []
         for i, addr in enumerate(addresses):
-            keep.append(current.pop(addr, None) or Replica(addr, f'{self.name}/rep-{i}'))
+            r = current.pop(addr, None) or Replica(addr, f'{self.name}/rep-{i}')
+            if names and i < len(names) and names[i]:
+                r.name = names[i]
+            if logs and i < len(logs):
+                r.log_path = logs[i]
+            keep.append(r)
         for gone in current.values():
             gone.draining = True
             asyncio.ensure_future(self._close_when_idle(gone))
         self.replicas = keep
+        self.stopped = dict(stopped or {})
+        self._start_health()
         self._dispatch()
 
     async def _close_when_idle(self, r: Replica) -> None:
@@ -140,6 +182,8 @@ class ReplicaSet:
         await r.close()
 
     async def close(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
         for t in self._probes.values():
             t.cancel()
         for r in self.replicas:
@@ -203,47 +247,140 @@ class ReplicaSet:
                 return
             await asyncio.sleep(0.05)
         addrs = ', '.join(r.address for r in self.replicas) or 'none'
-        raise NoReplicaAvailable(f'{self.name}: no replica reachable (tried {addrs})')
+        why = ''.join(f'\n{r.name} is left down: {self.stopped[r.address]}'
+                      for r in self.replicas if r.address in self.stopped)
+        raise NoReplicaAvailable(f'{self.name}: no replica reachable (tried {addrs}){why}')
 
     # -- sending ---------------------------------------------------------------------
-    async def send(self, frame: bytes, timeout: Optional[float] = None) -> bytes:
-        """Send one request frame; on a lost connection retry on another replica."""
-        tried: List[Replica] = []
+    async def send(self, frame: bytes, endpoint: str = '/') -> bytes:
+        """Send one request frame (to ``endpoint``); see the module docstring for retries."""
+        lost: List[Tuple[Replica, str]] = []
         while True:
+            tried = [x for x, _ in lost]
             r = await self.acquire(tried if len(tried) < len(self.replicas) else ())
+            call = None
             try:
                 r.sent += 1
-                return await r.call(frame, timeout=timeout)
-            except grpc.aio.AioRpcError as e:
-                if e.code() not in _CONNECTION_LOST:
+                call = r.call(frame, timeout=self.timeout_send)
+                r.calls[call] = endpoint
+                return await call
+            except asyncio.CancelledError:
+                if call is None or call not in r.abandoned:
                     raise
-                log.warning('%s (%s) lost: %s; retrying on another replica', r.name, r.address, e.details())
-                self._mark_down(r)
-                tried.append(r)
-                if len(tried) >= 2 * max(1, len(self.replicas)) + 2:
-                    raise NoReplicaAvailable(f'{self.name}: request failed on every replica '
-                                             f'({", ".join(x.address for x in tried)}): {e.details()}') from e
+                why, retry = self._hung(endpoint)
+            except grpc.aio.AioRpcError as e:
+                if call in r.abandoned:
+                    why, retry = self._hung(endpoint)
+                elif e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self.timeout_send:
+                    why, retry = f'no answer within timeout_send={self.timeout_send:g} s', self.retry_safe(endpoint)
+                elif e.code() in _CONNECTION_LOST:
+                    why, retry = f'connection lost ({e.code().name}: {e.details()})', True
+                    self._mark_down(r)
+                else:
+                    raise
             finally:
+                if call is not None:
+                    r.calls.pop(call, None)
+                    r.abandoned.discard(call)
                 self.release(r)
+            lost.append((r, why))
+            if not retry or len(lost) > MAX_RETRIES:
+                raise ReplicaLost(self._lost_message(endpoint, lost, retry))
+            log.warning('%s (%s): %s; retrying %s on another replica', r.name, r.address, why, endpoint)
 
-    def _mark_down(self, r: Replica) -> None:
+    def _hung(self, endpoint: str) -> Tuple[str, bool]:
+        # only calls that are safe to retry are taken back (a @write stays until the process is killed)
+        return f'it stopped answering (no health probe answer within {self.health_timeout:g} s)', True
+
+    def retry_safe(self, endpoint: str) -> bool:
+        """May a request that a hung or slow replica may still apply go to another replica too?"""
+        if not self.stateful:
+            return True
+        if not self.endpoints:
+            return False   # not known yet whether it is a @write
+        ep = self.endpoints.get(endpoint) or self.endpoints.get('__default__')
+        return ep is not None and not ep.get('write')
+
+    def _lost_message(self, endpoint: str, lost: List[Tuple[Replica, str]], retry: bool) -> str:
+        from runtime.processes import tail   # only here, on the error path
+        parts = '; '.join(f'{r.name} ({r.address}): {why}' for r, why in lost)
+        if retry:
+            head = (f'{self.name}: request to {endpoint!r} lost {len(lost)} replicas and is not retried again '
+                    f'(a request that loses its replica is retried at most {MAX_RETRIES} time(s): it may be '
+                    f'what kills them): {parts}')
+        else:
+            head = (f'{self.name}: request to {endpoint!r} failed: {parts}; not retried on another replica: '
+                    f'{endpoint!r} is a @write of a stateful Deployment (or not yet known not to be one), and the '
+                    'replica may still apply it')
+        if not any(r.healthy for r in self.replicas):
+            head = head.replace(f'{self.name}: ', f'{self.name}: no replica reachable; ', 1)
+        last = lost[-1][0]
+        if last.log_path:
+            text = tail(last.log_path, 12).rstrip()
+            head += f"\n--- last lines of {last.name}'s log ({last.log_path}) ---\n{text or '(empty log)'}"
+        return head
+
+    def _mark_down(self, r: Replica, abandon: bool = False) -> None:
+        """Out of the rotation until it answers again; ``abandon``: take back its calls in flight
+        that are safe to retry elsewhere (a stateful ``@write`` waits until the supervisor kills a
+        hung replica: then its connection is lost, and a request id is applied once)."""
         r.healthy = False
+        if abandon:
+            for call, endpoint in list(r.calls.items()):
+                if self.retry_safe(endpoint):
+                    r.abandoned.add(call)
+                    call.cancel()
         if r.address not in self._probes or self._probes[r.address].done():
             self._probes[r.address] = asyncio.ensure_future(self._probe(r))
 
     async def _probe(self, r: Replica) -> None:
         while not r.draining:
             try:
-                await r.info(b'', timeout=1.0)
+                self._learn(await r.info(b'', timeout=self.health_timeout))
                 r.healthy = True
+                log.warning('%s (%s) answers again: back in rotation', r.name, r.address)
                 self._dispatch()
                 return
-            except grpc.aio.AioRpcError:
+            except (grpc.aio.AioRpcError, ValueError):
                 await asyncio.sleep(0.2)
+
+    # -- health ------------------------------------------------------------------------
+    def _start_health(self) -> None:
+        if self._health is None or self._health.done():
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return   # built outside a loop: started by the first update inside one
+            self._health = asyncio.ensure_future(self._health_loop())
+
+    async def _health_loop(self) -> None:
+        """Each second, every replica in rotation must answer Info within ``health_timeout``."""
+        await asyncio.gather(*(self._check(r) for r in self.replicas))   # learn the endpoints now
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            await asyncio.gather(*(self._check(r) for r in self.replicas if r.healthy and not r.draining))
+
+    async def _check(self, r: Replica) -> None:
+        try:
+            self._learn(await r.info(b'', timeout=self.health_timeout))
+        except (grpc.aio.AioRpcError, ValueError) as e:
+            if r.healthy and not r.draining:
+                code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else 'a bad answer'
+                log.warning('%s (%s) missed its health probe (%s within %g s): out of rotation, its %d '
+                            'request(s) in flight taken back', r.name, r.address, code, self.health_timeout,
+                            len(r.calls))
+                self._mark_down(r, abandon=True)
+
+    def _learn(self, info: bytes) -> None:
+        if self.endpoints is None:
+            eps = json.loads(info).get('endpoints')
+            if isinstance(eps, dict):
+                self.endpoints = eps
 
     def describe(self) -> List[Dict[str, Any]]:
         return [{'name': r.name, 'address': r.address, 'in_flight': r.in_flight, 'sent': r.sent,
-                 'healthy': r.healthy} for r in self.replicas]
+                 'healthy': r.healthy, **({'stopped': self.stopped[r.address]} if r.address in self.stopped else {})}
+                for r in self.replicas]
 
 
 def pick_shard(shards: Sequence[ReplicaSet], counter: itertools.count) -> ReplicaSet:

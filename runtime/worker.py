@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from runtime import protocol
 from runtime.batching import Batchers
@@ -50,6 +50,8 @@ class ReplicaServer:
         self.consensus = None     # set by runtime.consensus for stateful replicas
         self.batchers = Batchers(self.endpoints, self.pool, encode_reply)  # endpoint -> dynamic batcher
         self.port: Optional[int] = None
+        #: ``report(event=..., **fields)``: a line on the status pipe to the owner (set by run_worker)
+        self.report: Callable[..., None] = lambda **msg: None
 
     # -- the request path -----------------------------------------------------
     def run_endpoint(self, ep: Endpoint, parameters: dict, body: bytes) -> Tuple[Dict[str, Any], bytes]:
@@ -161,6 +163,7 @@ def run_worker(spec: Dict[str, Any], status, stopping: threading.Event) -> None:
     async def main():
         stop = stop_event_from(stopping)
         server = ReplicaServer(config)
+        server.report = status.send
         await server.serve(config.get('host', '127.0.0.1'), int(config.get('port') or 0), stop,
                            on_ready=lambda s: status.send(event='ready', port=s.port, pid=os.getpid(),
                                                           endpoints=s.endpoints.names))

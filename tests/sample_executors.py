@@ -69,3 +69,43 @@ class KV(Executor):
     @requests(on='/ids')
     def ids(self, **kwargs) -> DocList[TextDoc]:
         return DocList[TextDoc]([TextDoc(id=k, text=v) for k, v in sorted(self.kv.items())])
+
+
+class Poison(Executor):
+    """Dies (``os._exit(1)``) on a doc whose text is 'poison'; echoes the rest, tagged with its replica."""
+
+    @requests
+    def serve(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        if any(d.text == 'poison' for d in docs):
+            print('about to swallow the poison', flush=True)
+            os._exit(1)
+        for d in docs:
+            d.text = f'{d.text}@{self.runtime_args.replica_id}'
+        return docs
+
+
+class PoisonKV(KV):
+    """KV whose @write dies when applying a doc whose text is 'poison' (on every replica)."""
+
+    @requests(on='/index')
+    @write
+    def index(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        if any(d.text == 'poison' for d in docs):
+            print('applying the poison write', flush=True)
+            os._exit(1)
+        for d in docs:
+            self.kv[d.id] = d.text
+
+
+class DiesAtStartIf(Executor):
+    """Exits in __init__ while the file named by env ORCHESTRA_TEST_DIE_FILE exists (a crash loop)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if os.path.exists(os.environ.get('ORCHESTRA_TEST_DIE_FILE', '/nonexistent')):
+            print('refusing to start: the die file exists', flush=True)
+            os._exit(3)
+
+    @requests
+    def serve(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        return docs

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from runtime import protocol
 from runtime.codec import decode_docs
@@ -110,8 +110,14 @@ class _Applier(_Base):
             fut.set_result(({'ok': True, 'applied_via_snapshot': True}, body or b''))
 
     def _apply_sync(self, prepared: List[Tuple[int, Record, Optional[bytes]]], last: int) -> List[Tuple[str, Any]]:
-        """On the Executor's thread: run each record's endpoint, in log order."""
+        """On the Executor's thread: run each record's endpoint, in log order.
+
+        Before each call the owner hears which entry is being applied (the status pipe's
+        ``applying`` event; ``applied`` after the batch): a replica that dies in the call is
+        named with the entry (runtime.supervision). Entries in the skip list are no-ops.
+        """
         out: List[Tuple[str, Any]] = []
+        reported = False
         for index, rec, payload in prepared:
             rid, endpoint = rec.rid, rec.endpoint
             if endpoint is None:
@@ -121,6 +127,11 @@ class _Applier(_Base):
                 out.append((rid, ({'ok': True, 'duplicate': True}, payload or b'')))
                 continue
             self._remember(rid)
+            if index in self.skipped_entries:
+                out.append((rid, self._skip(index, rec)))
+                continue
+            self.server.report(event='applying', index=index, endpoint=endpoint)
+            reported = True
             reply = None
             try:
                 ep = self.server.endpoints.lookup(endpoint)
@@ -137,8 +148,20 @@ class _Applier(_Base):
             self.payloads.applied(rid, index)
             self.trace('applied', rid, index)
             out.append((rid, reply))
+        if reported:
+            self.server.report(event='applied', index=last)
         self._exec_index = max(self._exec_index, last)
         return out
+
+    def _skip(self, index: int, rec: Record) -> Tuple[Dict[str, Any], bytes]:
+        """Pass over a record of a skipped entry (every replica does): the reply says so."""
+        self.writes_skipped += 1
+        self.payloads.applied(rec.rid, index)
+        log.warning('%s: log entry %d (%s, request %s) is in the skip list: not applied', self.name, index,
+                    rec.endpoint, rec.rid)
+        err = RuntimeError(f'log entry {index} ({rec.endpoint}) was skipped by the operator '
+                           '(Deployment.skip_entry): this write was not applied on any replica')
+        return protocol.error_header(err, self.name), b''
 
     def _remember(self, rid: str) -> None:
         self._seen.append(rid)

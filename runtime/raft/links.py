@@ -30,10 +30,7 @@ class _Peer:
         if self._stub is None:
             import grpc
             # reconnect fast to a restarted peer (gRPC's default backoff grows to 2 minutes)
-            options = protocol.GRPC_OPTIONS + [('grpc.initial_reconnect_backoff_ms', 100),
-                                               ('grpc.min_reconnect_backoff_ms', 100),
-                                               ('grpc.max_reconnect_backoff_ms', 1000)]
-            self._channel = grpc.aio.insecure_channel(self.grpc_address, options=options)
+            self._channel = grpc.aio.insecure_channel(self.grpc_address, options=protocol.CHANNEL_OPTIONS)
             self._stub = self._channel.unary_unary(protocol.CONTROL)
         return self._stub
 

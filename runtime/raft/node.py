@@ -201,7 +201,8 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         """role, term, commit_index, applied_index, writes_applied, leader, ... (JSON-able)."""
         st: Dict[str, Any] = {
             'role': self.role, 'term': None, 'commit_index': None, 'applied_index': self.applied_index,
-            'writes_applied': self.writes_applied, 'leader': None, 'leader_address': None,
+            'writes_applied': self.writes_applied, 'writes_skipped': self.writes_skipped,
+            'leader': None, 'leader_address': None,
             'ready': self._ready.is_set(), 'snapshot_index': self.snapshot_index,
             'address': self.cfg['self'], 'peers': {p.name: False for p in self.peers},
             'log_entries': None, 'payloads_stored': len(self.payloads),

@@ -21,6 +21,7 @@ from runtime.raft.durable import Trace
 from runtime.raft.links import _Peer, _Pusher
 from runtime.raft.payloads import PayloadStore
 from runtime.raft.records import Record
+from runtime.raft.skip import read_skipped, skip_file
 from runtime.raft.snapshots import SnapshotStore
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ class ConsensusState:
     _exec_index: int                     # log index the Executor's state includes
     _seen: Deque[str]                    # request ids applied, oldest first (at most ``SEEN_LIMIT``)
     _seen_set: Set[str]                  # the same, for lookups
+    skipped_entries: Set[int]            # log indexes applied as no-ops (the operator's skip list, read at start)
+    writes_skipped: int                  # records of those entries passed over since this start
     # -- records since the latest snapshot, for pysyncobj's compaction dump (pysyncobj thread + loop)
     _records: Dict[int, List[Record]]    # log index -> its records
     _records_lock: threading.Lock        # guards ``_records``
@@ -159,6 +162,8 @@ class ConsensusState:
         self._exec_index = 0
         self._seen = collections.deque()
         self._seen_set = set()
+        self.skipped_entries = read_skipped(skip_file(self.dir))
+        self.writes_skipped = 0
         self._records = {}
         self._records_lock = threading.Lock()
         self._last_marked = 0
