@@ -202,6 +202,8 @@ def _stopping_on_signals() -> threading.Event:
 
 
 def _logging(level: str, name: str) -> None:
+    from runtime import child
+    child.IN_CHILD = True   # like a replica a Deployment starts: `import orchestra_nb` starts no fork server
     logging.basicConfig(level=level, stream=sys.stderr,
                         format=f'{name}@{os.getpid()} %(asctime)s %(levelname)-7s %(message)s', datefmt='%H:%M:%S')
     for noisy in ('grpc', 'asyncio'):
@@ -251,6 +253,8 @@ async def serve_gateway(graph: Dict[str, Any], host: str, port: int, stop: async
         if node.get('discover') == 'dns':
             dns += [(node['name'], i, list(t)) for i, t in enumerate(node['shards'])]
             node['shards'] = [[] for _ in node['shards']]
+        else:   # fixed names (a StatefulSet's pods, Compose services, external hosts): gRPC resolves them
+            node['shards'] = [[resolver.mapped(a) for a in shard] for shard in node['shards']]
         nodes.append(node)
     config['nodes'] = nodes
     gw = Gateway(config)
