@@ -21,12 +21,14 @@ ENV VIRTUAL_ENV=/opt/orchestra \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Dependencies first, in their own layer: a change of the code alone reuses it.
+# Dependencies first, in their own layer: a change of the code alone reuses it. dumb-init is
+# PID 1: it reaps orphans and passes signals on; a Python PID 1 would ignore a SIGTERM that
+# comes before its handler is installed (`docker stop` during start-up would wait 10 s, then kill).
 # (tomllib: Python 3.11+; on 3.10 the dependencies come with the project below.)
 WORKDIR /opt/orchestra-src
 COPY pyproject.toml README.md ./
 RUN python3 -m venv /opt/orchestra \
- && pip install -q 'setuptools>=64' wheel \
+ && pip install -q 'setuptools>=64' wheel 'dumb-init>=1.2.5' \
  && (python3 -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
      > /tmp/requirements.txt 2>/dev/null || : > /tmp/requirements.txt) \
  && pip install -q -r /tmp/requirements.txt \
@@ -41,5 +43,6 @@ RUN pip install -q --no-build-isolation . \
 
 # Executor state (--workspace) and user code (--py-modules) go here.
 WORKDIR /workspace
-ENTRYPOINT ["orchestra"]
+# --single-child: SIGTERM goes to orchestra only, which stops its replica processes itself
+ENTRYPOINT ["dumb-init", "--single-child", "--", "orchestra"]
 CMD ["--help"]
