@@ -1,8 +1,8 @@
 """Docker Compose export: the file itself (fast), and the exported Flow run for real (slow).
 
-The real run needs a Docker engine: ``.ci/docker.sh`` (from the docker branch) installs and
-starts one and builds the base image; without one the test skips, saying why. It builds the
-runtime image from this checkout (``docker build --build-arg BASE=...``), exports a Flow (a
+The real run needs a Docker engine: ``tests/docker_support.py`` (from the docker branch) gets
+one through ``.ci/docker.sh`` and builds the runtime image of this checkout (``docker build
+--build-arg BASE=...``); without an engine the test skips, saying why. It exports a Flow (a
 sharded stateless Executor and a 3-replica RAFT Executor) with ``orchestra export
 docker-compose``, runs ``docker-compose up -d``, indexes and searches through the published
 gateway port, ``docker kill``s the RAFT leader's container while writes continue, checks that
@@ -26,7 +26,6 @@ from conftest import wait_until
 from test_export_kubernetes import write_flow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE = 'orchestra-nb:export-test'
 
 RUN_FLOW = """\
 jtype: Flow
@@ -103,20 +102,11 @@ def _run(cmd, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope='module')
 def runtime_image():
-    """The runtime image built from this checkout, or a skip naming why there is no engine."""
-    if not shutil.which('bash') or not os.path.exists(os.path.join(ROOT, '.ci', 'docker.sh')):
-        pytest.skip('.ci/docker.sh (the docker branch) is not here')
-    r = subprocess.run(['bash', os.path.join(ROOT, '.ci', 'docker.sh')], capture_output=True, text=True,
-                       timeout=3600)
-    last = (r.stdout.strip().splitlines() or [''])[-1]
-    if r.returncode != 0 or not last or last.startswith('no-docker'):
-        pytest.skip(f'no Docker engine: {last or r.stderr.strip()[-500:]}')
-    args = ['docker', 'build', '-q', '-t', IMAGE, '--build-arg', f'BASE={last}']
-    for var in ('PIP_INDEX_URL', 'PIP_EXTRA_INDEX_URL', 'PIP_TRUSTED_HOST'):
-        if os.environ.get(var):
-            args += ['--build-arg', f'{var}={os.environ[var]}']
-    _run(args + [ROOT], timeout=1800)
-    return IMAGE
+    """The runtime image of this tree (docker_support, from the docker branch: it runs
+    .ci/docker.sh and ``docker build --build-arg BASE=<base image>``), or a skip naming why
+    there is no engine."""
+    from docker_support import docker_image
+    return docker_image()
 
 
 def _free_port() -> int:
