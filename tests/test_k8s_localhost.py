@@ -28,7 +28,6 @@ import sys
 import time
 
 import pytest
-import yaml
 
 from conftest import wait_until
 from test_export_kubernetes import load_docs, write_flow
