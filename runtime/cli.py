@@ -5,7 +5,9 @@
     orchestra executor --uses pkg.mod:Class --port 12345 [--uses-with '{"dim": 128}']
     orchestra ping 127.0.0.1:5555                                     # exit 0 ready, 1 not
     orchestra bench --setups 1,3s                                     # runtime.bench
-    orchestra export ...                                              # planned
+    orchestra export docker-compose flow.yml out/docker-compose.yml   # runtime.export
+    orchestra export kubernetes flow.yml out/k8s [--k8s-namespace NS]
+    orchestra replica|gateway ...                                     # what exported containers run
 
 Every flag of ``deployment``/``flow`` is also a YAML key (``--uses-with`` is
 ``uses_with``); a flag given on the command line overrides the YAML's value.
@@ -260,10 +262,37 @@ def _bench_module():
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    print('orchestra export: not available yet -- exporting a Deployment/Flow to Kubernetes or '
-          'Docker Compose is planned. For now run `orchestra deployment|flow --uses config.yaml` '
-          'on the target machine, or `orchestra executor` per container.', file=sys.stderr)
-    return 2
+    """``orchestra export docker-compose|kubernetes CONFIG OUT``: see runtime.export."""
+    from runtime import config
+    from runtime.export.plan import ExportError
+    try:
+        obj = config.load(args.config)
+        app_dir = os.path.dirname(os.path.abspath(args.config))
+        if args.target == 'docker-compose':
+            from runtime.export.compose import write_compose
+            out = write_compose(obj, args.output, network_name=args.network_name, image=args.image,
+                                app_dir=app_dir)
+            print(f'wrote {out}; start it with: docker-compose -f {out} up -d', flush=True)
+        else:
+            from runtime.export.kubernetes import write_kubernetes
+            files = write_kubernetes(obj, args.output, k8s_namespace=args.k8s_namespace, image=args.image,
+                                     app_dir=app_dir)
+            print(f'wrote {len(files)} files to {args.output}; apply them with: kubectl apply -f {args.output}',
+                  flush=True)
+    except (ExportError, ValueError, FileNotFoundError, ImportError) as e:
+        print(f'orchestra export: {e}', file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def cmd_replica(args: argparse.Namespace) -> int:
+    from runtime.export.serve import run_replica
+    return run_replica(args)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from runtime.export.serve import run_gateway
+    return run_gateway(args)
 
 
 # ----------------------------------------------------------------------------- the parser
@@ -312,9 +341,47 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         _bench_module().add_arguments(p)
     p.set_defaults(func=None)
 
-    p = sub.add_parser('export', help='(planned) export to Kubernetes / Docker Compose')
-    p.add_argument('rest', nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_export)
+    from runtime.export.plan import DEFAULT_IMAGE
+    p = sub.add_parser('export', help='write Docker Compose or Kubernetes files for a Deployment/Flow YAML',
+                       description='Export a jtype: Deployment/Flow YAML (docs/scaling-out.md).')
+    ex = p.add_subparsers(dest='target', metavar='TARGET', required=True)
+    q = ex.add_parser('docker-compose', help='one service per replica, plus the gateway')
+    q.add_argument('config', help='a jtype: Deployment or Flow YAML')
+    q.add_argument('output', help='the compose file to write (e.g. deploy/docker-compose.yml)')
+    q.add_argument('--network-name', help='name of the Compose network (default: Compose picks)')
+    q.add_argument('--image', default=DEFAULT_IMAGE, help=f'the runtime image (default {DEFAULT_IMAGE})')
+    q.set_defaults(func=cmd_export)
+    q = ex.add_parser('kubernetes', help='manifests for kubectl apply -f OUT_DIR')
+    q.add_argument('config', help='a jtype: Deployment or Flow YAML')
+    q.add_argument('output', help='the folder to write the manifests to')
+    q.add_argument('--k8s-namespace', help='namespace (default: the Deployment/Flow name)')
+    q.add_argument('--image', default=DEFAULT_IMAGE, help=f'the runtime image (default {DEFAULT_IMAGE})')
+    q.set_defaults(func=cmd_export)
+
+    p = sub.add_parser('replica', help='(in a container) serve one replica of an exported setup',
+                       description='One replica of an exported Deployment/Flow, in the foreground.')
+    p.add_argument('--config', required=True, help='the config the export wrote')
+    p.add_argument('--executor', required=True, help='the Executor (Flow node or Deployment) name')
+    p.add_argument('--shard', type=int, default=0, help='shard index (default 0)')
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument('--replica', type=int, help='replica index')
+    g.add_argument('--replica-from-hostname', action='store_true',
+                   help="the replica index is the host name's -<ordinal> (StatefulSet pods)")
+    p.add_argument('--host', default='0.0.0.0', help='address to listen on (default 0.0.0.0)')
+    p.add_argument('--port', type=int, required=True, help='gRPC port to listen on')
+    p.add_argument('--peer-hosts', nargs='+', help='stateful: the host name of every replica of the shard')
+    p.add_argument('--raft-password-from-secret', action='store_true',
+                   help='derive the RAFT password from $ORCHESTRA_SECRET_FILE')
+    p.add_argument('--log-level', default='INFO', help='DEBUG, INFO, WARNING, ...')
+    p.set_defaults(func=cmd_replica)
+
+    p = sub.add_parser('gateway', help='(in a container) serve the gateway of an exported setup',
+                       description='The gateway of an exported Deployment/Flow, in the foreground.')
+    p.add_argument('--graph', required=True, help='the graph as JSON (written by orchestra export)')
+    p.add_argument('--host', default='0.0.0.0', help='address to listen on (default 0.0.0.0)')
+    p.add_argument('--port', type=int, required=True, help='port to listen on')
+    p.add_argument('--log-level', default='INFO', help='DEBUG, INFO, WARNING, ...')
+    p.set_defaults(func=cmd_gateway)
     return parser
 
 

@@ -262,6 +262,21 @@ class Orchestration:
         """Async twin of :meth:`post`."""
         return await self._require_started().apost(on, inputs, request_size=request_size, **kwargs)
 
+    # -- beyond one machine (runtime/export, docs/scaling-out.md) -------------------------
+    def to_docker_compose_yaml(self, output_path: str, network_name: Optional[str] = None,
+                               image: Optional[str] = None, app_dir: Optional[str] = None) -> str:
+        """Write a Docker Compose file (one service per replica + the gateway); returns its path."""
+        from runtime.export import DEFAULT_IMAGE, to_docker_compose_yaml
+        return to_docker_compose_yaml(self, output_path, network_name=network_name,
+                                      image=image or DEFAULT_IMAGE, app_dir=app_dir)
+
+    def to_kubernetes_yaml(self, output_base_path: str, k8s_namespace: Optional[str] = None,
+                           image: Optional[str] = None, app_dir: Optional[str] = None) -> List[str]:
+        """Write Kubernetes manifests under ``output_base_path``; returns the files written."""
+        from runtime.export import DEFAULT_IMAGE, to_kubernetes_yaml
+        return to_kubernetes_yaml(self, output_base_path, k8s_namespace=k8s_namespace,
+                                  image=image or DEFAULT_IMAGE, app_dir=app_dir)
+
     # -- status and logs --------------------------------------------------------------
     def status(self, timeout: float = 2.0) -> Dict[str, Any]:
         """Structured state: the gateway and every replica (pid, state, requests, ...)."""

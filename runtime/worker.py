@@ -122,6 +122,7 @@ class ReplicaServer:
     async def serve(self, host: str, port: int, stop: asyncio.Event, on_ready=None) -> None:
         from runtime.secrets import load_secret
         secret = self.config.get('secret') or load_secret()
+        self.config['secret'] = secret   # RAFT (its password, calls to peers) uses the same one
         server, self.port = await start_node_server(host, port, self.call, self.info, self.control, secret)
         try:
             if self.consensus is None and self.config.get('stateful'):
