@@ -21,28 +21,29 @@ ENV VIRTUAL_ENV=/opt/orchestra \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Dependencies first, in their own layer: a change of the code alone reuses it. dumb-init is
-# PID 1: it reaps orphans and passes signals on; a Python PID 1 would ignore a SIGTERM that
-# comes before its handler is installed (`docker stop` during start-up would wait 10 s, then kill).
-# (tomllib: Python 3.11+; on 3.10 the dependencies come with the project below.)
-WORKDIR /opt/orchestra-src
-COPY pyproject.toml README.md ./
-RUN python3 -m venv /opt/orchestra \
- && pip install -q 'setuptools>=64' wheel 'dumb-init>=1.2.5' \
- && (python3 -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-     > /tmp/requirements.txt 2>/dev/null || : > /tmp/requirements.txt) \
- && pip install -q -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
-
-# The project (not editable: the source folder could go, it stays for tracebacks).
-COPY runtime ./runtime
-COPY orchestra_nb ./orchestra_nb
-RUN pip install -q --no-build-isolation . \
- && rm -rf build *.egg-info \
- && orchestra --help >/dev/null
-
-# Executor state (--workspace) and user code (--py-modules) go here.
+# Metadata first: steps after a COPY of the code rerun on every code change, and with the vfs
+# storage driver each step costs a full copy of the file system.
 WORKDIR /workspace
 # --single-child: SIGTERM goes to orchestra only, which stops its replica processes itself
 ENTRYPOINT ["dumb-init", "--single-child", "--", "orchestra"]
 CMD ["--help"]
+
+# Dependencies in their own layer: a change of the code alone reuses it. dumb-init is PID 1:
+# it reaps orphans and passes signals on; a Python PID 1 would ignore a SIGTERM that comes
+# before its handler is installed (`docker stop` during start-up would wait 10 s, then kill).
+# (tomllib: Python 3.11+; on 3.10 the dependencies come with the project below.)
+COPY pyproject.toml README.md /opt/orchestra-src/
+RUN python3 -m venv /opt/orchestra \
+ && pip install -q 'setuptools>=64' wheel 'dumb-init>=1.2.5' \
+ && (python3 -c "import tomllib; print('\\n'.join(tomllib.load(open('/opt/orchestra-src/pyproject.toml', 'rb'))['project']['dependencies']))" \
+     > /tmp/requirements.txt 2>/dev/null || : > /tmp/requirements.txt) \
+ && pip install -q -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+
+# The project: .dockerignore lets in only pyproject.toml, README.md, runtime/, orchestra_nb/.
+# Not editable; the source folder stays for tracebacks. Executor state (--workspace) and user
+# code (--py-modules) go in /workspace.
+COPY . /opt/orchestra-src/
+RUN pip install -q --no-build-isolation /opt/orchestra-src \
+ && rm -rf /opt/orchestra-src/build /opt/orchestra-src/*.egg-info \
+ && orchestra --help >/dev/null

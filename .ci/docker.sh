@@ -7,7 +7,7 @@
 # Idempotent: every step is skipped when its result is already there, so a second run takes a
 # second. Steps:
 #   1. apt-get install docker.io docker-compose debootstrap (only what is missing)
-#   2. start dockerd (vfs storage: works on any filesystem, even nested) unless `docker info`
+#   2. start dockerd (vfs storage by default: works on any filesystem) unless `docker info`
 #      already answers; its log goes to $ORCHESTRA_DOCKERD_LOG
 #   3. build the base image orchestra-base:<release> (unless it exists): debootstrap a minimal
 #      Debian of the release this machine's apt uses, from the same mirror, `docker import` it,
@@ -20,6 +20,9 @@
 # Environment:
 #   ORCHESTRA_DOCKERD_LOG   dockerd's log (default /tmp/orchestra-dockerd.log)
 #   ORCHESTRA_DOCKER_WAIT   seconds to wait for dockerd to answer (default 60)
+#   ORCHESTRA_DOCKER_STORAGE  dockerd's storage driver (default vfs: slow, a full copy of the
+#                           image per container and layer, but it works everywhere; overlay2
+#                           is much faster where the kernel and filesystem allow it)
 #   ORCHESTRA_BASE_RELEASE  Debian release to debootstrap (default: the one apt uses)
 #   ORCHESTRA_BASE_MIRROR   Debian mirror (default: the one apt uses)
 set -uo pipefail
@@ -33,6 +36,7 @@ give_up() {
 
 dockerd_log="${ORCHESTRA_DOCKERD_LOG:-/tmp/orchestra-dockerd.log}"
 wait_s="${ORCHESTRA_DOCKER_WAIT:-60}"
+storage="${ORCHESTRA_DOCKER_STORAGE:-vfs}"
 # one run at a time (several test sessions may call this at once)
 exec 9>/tmp/orchestra-docker.lock
 flock -w 3600 9 || give_up "could not take the lock /tmp/orchestra-docker.lock"
@@ -84,9 +88,9 @@ if ! timeout 20 docker info >/dev/null 2>&1; then
   if pgrep -x dockerd >/dev/null 2>&1; then
     log "a dockerd runs but does not answer yet; waiting for it"
   else
-    log "starting dockerd --storage-driver=vfs (log: $dockerd_log)"
+    log "starting dockerd --storage-driver=$storage (log: $dockerd_log)"
     # its own session, so it outlives this script and the caller's process group
-    setsid nohup dockerd --storage-driver=vfs >>"$dockerd_log" 2>&1 </dev/null 9>&- &
+    setsid nohup dockerd --storage-driver="$storage" >>"$dockerd_log" 2>&1 </dev/null 9>&- &
   fi
   t0=$SECONDS
   until timeout 10 docker info >/dev/null 2>&1; do

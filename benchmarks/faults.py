@@ -282,9 +282,11 @@ def _stateful(kill: str, q: bool) -> dict:
             check = check_replicas(dep, acked)
             leader_after = next((r['replica'] for r in dep.status()['replicas']
                                  if (r.get('raft') or {}).get('role') == 'leader'), None)
+        extra = check['held_per_replica'][0] - len(acked) if check['replicas_agree'] else None
         notes = (f'{len(acked)} writes acknowledged in all, on every replica: '
                  f'{"yes" if check["lost"] == 0 else "NO, missing " + str(check["missing_per_replica"])}; '
-                 f'replicas agree: {check["replicas_agree"]} ({check["held_per_replica"]} docs)')
+                 f'replicas agree: {check["replicas_agree"]} ({check["held_per_replica"]} docs'
+                 + (f': {extra} writes that failed were applied anyway' if extra else '') + ')')
         if kill == 'all':   # and from disk: a fresh Deployment on the same workspace
             with Deployment(name='fkv', uses='sample_executors:KV', replicas=3, stateful=True, workspace=ws) as dep2:
                 again = check_replicas(dep2, acked)
@@ -292,9 +294,9 @@ def _stateful(kill: str, q: bool) -> dict:
             notes += f'; a fresh Deployment on the workspace: {again["lost"]} lost'
             lost = max(check['lost'], again['lost'])
         else:
-            notes += f'; new leader: rep-{leader_after}'
+            notes += f'; leader at the end: rep-{leader_after}'
             lost = check['lost']
-        notes += f'; failed writes: {", ".join(w["errors"][:2])[:200]}' if w['errors'] else ''
+        notes += f'; failed writes said: "{w["errors"][0][:150]}..."' if w['errors'] else ''
         return dict(load=w, fault=what, lost=lost, check=check, first_ok_s=load.first_ok_after(tf),
                     ready_s=t_ready, notes=notes)
     finally:
@@ -319,8 +321,8 @@ def sc_hung(q: bool) -> dict:
             tf = time.monotonic()
             os.kill(pid, signal.SIGSTOP)
             stopped = True
-            wait_for(lambda: any(not r['healthy'] for r in
-                                 dep.status()['gateway']['nodes']['fh']['shards'][0]), 30,
+            wait_for(lambda: any(not r['healthy'] for r in   # short Info timeouts: the stopped replica's
+                                 dep.status(timeout=0.3)['gateway']['nodes']['fh']['shards'][0]), 30,
                      'the gateway to take the stopped replica out of rotation', 0.05)
             t_out = time.monotonic() - tf
             wait_for(lambda: back_ready(dep, 1, pid), 60, 'the stopped replica to be killed and restarted', 0.05)

@@ -457,7 +457,7 @@ class OrchestraMagics(Magics):
         entry = self._entry(args.name, 'logs')
         if args.lines < 1:
             raise usage_error(f'-n {args.lines}: must be >= 1', 'logs')
-        from runtime.processes import tail
+        from runtime.logfiles import tail
         obj = entry.obj
         procs = [(r.replica, r.name, r.process) for n in obj.nodes for r in n.replicas if r.process]
         if obj.gateway is not None:

@@ -31,7 +31,8 @@ from runtime import protocol, reprs
 from runtime.client import Client
 from runtime.exposure import warn_if_exposed
 from runtime.loop import RequestCancelled, run_async, run_sync
-from runtime.processes import ChildFailedError, ChildProcess, start_all, stop_all, tail
+from runtime.logfiles import tail
+from runtime.processes import ChildFailedError, ChildProcess, start_all, stop_all
 from runtime.secrets import call_metadata, private_dir, resolve_secret
 from runtime.supervision import Policy, Supervisor
 

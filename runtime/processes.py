@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import cloudpickle
 
 from runtime import forkserver  # before our atexit hook: the zygote is stopped after the children
+from runtime.logfiles import tail
 from runtime.secrets import private_dir
 
 _live: 'weakref.WeakSet[ChildProcess]' = weakref.WeakSet()
@@ -263,19 +264,6 @@ def _docarray_generic(name: str, doc_type: type, origin: bool):
     import docarray
     alias = getattr(docarray, name)[doc_type]
     return getattr(alias, '__origin__', alias) if origin else alias
-
-
-def tail(path: str, lines: int = 20) -> str:
-    """The last ``lines`` lines of a text file ('' when it does not exist)."""
-    try:
-        with open(path, 'rb') as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            data = f.read().decode(errors='replace')
-    except OSError:
-        return ''
-    return '\n'.join(data.splitlines()[-lines:])
 
 
 class ProcessHandle(typing.Protocol):

@@ -39,6 +39,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import grpc
 
 from runtime import protocol
+from runtime.logfiles import tail
 from runtime.supervision import HEALTH_INTERVAL_S
 
 log = logging.getLogger('orchestra.routing')
@@ -302,7 +303,6 @@ class ReplicaSet:
         return ep is not None and not ep.get('write')
 
     def _lost_message(self, endpoint: str, lost: List[Tuple[Replica, str]], retry: bool) -> str:
-        from runtime.processes import tail   # only here, on the error path
         parts = '; '.join(f'{r.name} ({r.address}): {why}' for r, why in lost)
         if retry:
             head = (f'{self.name}: request to {endpoint!r} lost {len(lost)} replicas and is not retried again '

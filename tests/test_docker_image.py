@@ -10,7 +10,11 @@ import sys
 
 import pytest
 
-from docker_support import container, orchestra_image  # noqa: F401  (a fixture)
+import docker_support
+from docker_support import container
+
+# the session fixture, under this module's name for it (a plain import would shadow the arguments)
+orchestra_image = docker_support.orchestra_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 

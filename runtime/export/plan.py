@@ -223,10 +223,15 @@ class ExportPlan:
         raise ExportError(f'no Executor named {name!r}; known: {", ".join(e.name for e in self.executors)}')
 
 
+def _is_flow(obj: Any) -> bool:
+    # by its kind, not isinstance: Deployment/Flow call into this package (to_*_yaml), so it
+    # must not import them back
+    return getattr(obj, 'jtype', None) == 'Flow'
+
+
 def _entries(obj: Any) -> List[Tuple[str, Any, Optional[int]]]:
     """(name, Deployment or None for a join, fixed replica port) per node, in graph order."""
-    from runtime.flow import Flow
-    if isinstance(obj, Flow):
+    if _is_flow(obj):
         return [(e.name, e.deployment, e.replica_port) for e in obj.entries]
     return [(obj.name, obj, None)]
 
@@ -246,8 +251,7 @@ def _twin(dep: Any) -> Any:
 
 def local_plan(obj: Any) -> Tuple[list, Dict[str, Any]]:
     """``obj._plan()`` and ``obj._gateway_config()`` -- the local run's code -- for an export."""
-    from runtime.flow import Flow
-    if isinstance(obj, Flow):
+    if _is_flow(obj):
         clone = copy.copy(obj)
         clone.entries = [dataclasses.replace(e, deployment=_twin(e.deployment)) if e.deployment else e
                          for e in obj.entries]
@@ -261,9 +265,7 @@ def local_plan(obj: Any) -> Tuple[list, Dict[str, Any]]:
 def build_plan(obj: Any, app_dir: Optional[str] = None) -> ExportPlan:
     """The export plan of a (not necessarily started) Deployment or Flow; see the module docstring."""
     from runtime.config import to_spec
-    from runtime.deployment import Deployment
-    from runtime.flow import Flow
-    if not isinstance(obj, (Deployment, Flow)):
+    if getattr(obj, 'jtype', None) not in ('Deployment', 'Flow'):
         raise ExportError(f'expected a Deployment or a Flow, got {type(obj).__name__}')
     try:
         spec = to_spec(obj)

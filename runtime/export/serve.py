@@ -122,8 +122,7 @@ def _ordinal() -> int:
 
 
 def _deployment_of(obj: Any, executor: str) -> Any:
-    from runtime.flow import Flow
-    if isinstance(obj, Flow):
+    if obj.jtype == 'Flow':
         known = [e.name for e in obj.entries if e.deployment is not None]
         if executor not in known:
             raise ExportError(f'--executor {executor!r}: the Flow has no Executor of that name with '
@@ -138,10 +137,10 @@ def replica_config(config_path: str, executor: str, shard: int, replica: Optiona
                    peer_hosts: Optional[List[str]] = None, raft_password_from_secret: bool = False,
                    resolver: Optional[Resolver] = None) -> Dict[str, Any]:
     """The worker config of one replica, from the exported config and the local run's plan."""
-    from runtime import config as configs
+    from runtime.flow import load
     if os.path.isdir(APP_DIR) and APP_DIR not in sys.path:
         sys.path.append(APP_DIR)          # `uses: module:Class` next to the config
-    obj = configs.build(configs.load_spec(config_path))
+    obj = load(config_path)
     dep = _deployment_of(obj, executor)
     replica = _ordinal() if replica is None else replica
     if not 0 <= shard < dep.shards or not 0 <= replica < dep.replicas:
