@@ -366,7 +366,13 @@ def stop_all(children: Iterable[ChildProcess], grace: float = 3.0) -> None:
 
 @atexit.register
 def _stop_leftovers() -> None:
-    stop_all(list(_live), grace=1.0)
+    # No thread pool here: at interpreter exit concurrent.futures refuses new work. Closing
+    # every lifeline first lets the children shut down together; the waits then overlap.
+    children = [c for c in list(_live) if c.handle is not None]
+    for c in children:
+        c.close_lifeline()
+    for c in children:
+        c.stop(grace=1.0)
 
 
 def live_children() -> List[ChildProcess]:

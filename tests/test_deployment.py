@@ -215,6 +215,30 @@ def test_children_die_when_owner_is_killed(tmp_path):
         owner.wait()
 
 
+def test_an_owner_exiting_with_a_deployment_open_stops_it_cleanly(tmp_path):
+    """At exit the leftovers are stopped without a thread pool (concurrent.futures refuses new
+    work then), also after a restart left a dead process's record behind."""
+    script = tmp_path / 'owner.py'
+    script.write_text(textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from conftest import wait_until
+        from orchestra_nb import Deployment
+        dep = Deployment(uses='sample_executors:Upper', replicas=2).start()
+        old = dep.nodes[0].replicas[0].process
+        old.kill()
+        wait_until(lambda: dep.nodes[0].replicas[0].process is not old
+                   and dep.status()['replicas'][0]['state'] == 'ready', 30, 'the restart')
+        print(' '.join(str(r['pid']) for r in dep.status()['replicas']), dep.gateway.pid, flush=True)
+    '''))
+    owner = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                           cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert owner.returncode == 0 and 'Traceback' not in owner.stderr, owner.stderr[-3000:]
+    pids = [int(p) for p in owner.stdout.split()]
+    assert len(pids) == 3
+    wait_until(lambda: all(pid_gone(p) for p in pids), timeout=5, what=f'children {pids} to exit')
+
+
 def test_async_post_from_a_running_loop():
     import asyncio
 
