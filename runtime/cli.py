@@ -30,7 +30,7 @@ from runtime import config
 from runtime.args import (DEPLOYMENT_ARGS, FLOW_ARGS, add_flags, by_name, check_port, check_values, flag_values, pick,
                           without)
 from runtime.deployment import Deployment
-from runtime.flow import Flow
+from runtime.flow import Flow, load
 from runtime.uses import is_yaml_path, load_executor_class, resolve_uses
 from runtime.yamlio import Where, read
 
@@ -252,21 +252,16 @@ def cmd_ping(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- bench / export
 
 def _bench_module():
-    try:
-        import runtime.bench as bench
-    except ModuleNotFoundError as e:
-        if e.name in ('runtime.bench',):
-            raise ImportError('the benchmark (runtime/bench.py) is not installed in this version') from None
-        raise
+    """runtime.bench, imported only for ``orchestra bench`` (it pulls in more than the other commands)."""
+    import runtime.bench as bench
     return bench
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``orchestra export docker-compose|kubernetes CONFIG OUT``: see runtime.export."""
-    from runtime import config
     from runtime.export.plan import ExportError
     try:
-        obj = config.load(args.config)
+        obj = load(args.config)
         app_dir = os.path.dirname(os.path.abspath(args.config))
         if args.target == 'docker-compose':
             from runtime.export.compose import write_compose
@@ -396,12 +391,6 @@ def main(argv: Optional[Sequence[str]] = None, plotter: Optional[Callable[..., A
     """Run the CLI; returns the exit status. ``plotter`` goes to ``runtime.bench.run_from_args``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     with_bench = _command_of(argv) == 'bench'
-    if with_bench:
-        try:
-            _bench_module()
-        except ImportError as e:
-            print(f'orchestra bench: {e}', file=sys.stderr)
-            return 2
     args = build_parser(with_bench).parse_args(argv)
     if args.command == 'bench':
         return int(_bench_module().run_from_args(args, plotter=plotter) or 0)

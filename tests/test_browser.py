@@ -1,5 +1,7 @@
 """JupyterLab in headless Chromium: a Dashboard renders and updates; a ControlPanel manages a
-deployment started by ``%orchestra up`` (lists it, scales it, stops it).
+deployment started by ``%orchestra up`` (lists it, scales it, stops it); the tutorial
+``notebooks/01-replicas.ipynb`` runs with Run All, its Dashboard shows every replica, and nothing
+is left running after it.
 
 Screenshots go to the test's tmp dir, and also to ``$ORCHESTRA_SCREENSHOTS`` when set
 (``ORCHESTRA_SCREENSHOTS=docs/images`` refreshes the pictures in the docs and README)."""
@@ -17,6 +19,7 @@ import time
 import urllib.request
 
 import nbformat
+import psutil
 import pytest
 
 from conftest import pid_gone, wait_until
@@ -103,12 +106,14 @@ def http(url: str, method: str = 'GET', timeout: float = 5.0):
 
 
 @pytest.fixture
-def lab(tmp_path):
-    """A token-less JupyterLab on 127.0.0.1 serving ``tmp_path``; stopped (kernels first) at the end."""
+def lab(tmp_path, request):
+    """A token-less JupyterLab on 127.0.0.1 serving ``tmp_path``; stopped (kernels first) at the end.
+
+    Indirect parametrization adds variables to the server's (and so the kernels') environment."""
     root = tmp_path / 'root'
     root.mkdir()
     port = free_port()
-    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(tmp_path / 'settings'),
+    env = dict(os.environ, **getattr(request, 'param', {}), JUPYTERLAB_SETTINGS_DIR=str(tmp_path / 'settings'),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / 'workspaces'),
                JUPYTER_RUNTIME_DIR=str(tmp_path / 'runtime'), JUPYTER_CONFIG_DIR=str(tmp_path / 'config'))
     notify = tmp_path / 'settings' / '@jupyterlab' / 'apputils-extension'
@@ -255,3 +260,167 @@ def test_control_panel_manages_a_deployment_started_by_the_magic(lab, tmp_path):
             ctx.close()
     assert shot.exists() and shot.stat().st_size > 1000
     keep_screenshot(shot)
+
+
+TUTORIAL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'notebooks',
+                        '01-replicas.ipynb')
+
+# The live Dashboard of the tutorial's `uneven` deployment once it shows all three replicas, each
+# with requests: the cell that waits for the killed replica to come back has run (and posted its
+# last documents), the header counts every request the tutorial sent to `uneven` (two posts of N,
+# N from "N of N requests answered", and the restart cell's make_docs(k)) with 3/3 ready, the
+# process table names rep-0..2 (each with its CPU bar), both charts have loaded. -> its text, else
+# false. It stays live until the last cell closes it; the magic cells in between take seconds.
+# textContent, not innerText: JupyterLab may leave off-screen cells unrendered (content-visibility).
+UNEVEN_LIVE = r'''() => {
+    const code = window.jupyterapp.shell.currentWidget.content.widgets.filter(c => c.model.type === 'code');
+    const tagged = t => code.find(c => (c.model.getMetadata('tags') || []).includes(t));
+    const kill = tagged('kill'), restart = tagged('restart');
+    const n = kill.outputArea.node.textContent.match(/(\d+) of \1 requests answered/);
+    const k = restart.model.sharedModel.getSource().match(/make_docs\((\d+)\)/);
+    if (!n || !k || restart.model.executionCount === null
+        || !/now pid \d+ ready/.test(restart.outputArea.node.textContent)) return false;
+    const total = 2 * +n[1] + +k[1];
+    for (const d of document.querySelectorAll('.orchestra-dashboard')) {
+        const h = d.querySelector('.orchestra-dashboard-header');
+        const head = h ? h.textContent : '';
+        const m = head.match(/(\d+) requests/);
+        if (!head.includes('uneven') || !head.includes('3/3 replicas ready') || !m || +m[1] < total) continue;
+        const names = [...d.querySelectorAll('table tr')].map(r => (r.cells[0] || {}).textContent || '');
+        if (!['rep-0', 'rep-1', 'rep-2'].every(n => names.includes(n))) continue;
+        const imgs = d.querySelectorAll('img');
+        if (imgs.length >= 2 && [...imgs].every(i => i.complete && i.naturalWidth > 0)) return d.textContent;
+    }
+    return false;
+}'''
+
+# Where Run All stands: 'error' (a cell raised; Run All stops there), 'done' (the last code cell has
+# its execution count, no cell is running and the kernel is idle), else false.
+RUN_STATE = '''() => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    const code = panel.content.widgets.filter(c => c.model.type === 'code');
+    for (const c of code)
+        for (let i = 0; i < c.model.outputs.length; i++)
+            if (c.model.outputs.get(i).type === 'error') return 'error';
+    const last = code[code.length - 1];
+    const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+    const running = code.some(c => c.model.executionState === 'running');
+    return last.model.executionCount !== null && !running && kernel && kernel.status === 'idle' ? 'done' : false;
+}'''
+
+# Per code cell: its source, the text its outputs show, and the MIME types of its outputs.
+CELLS = '''() => window.jupyterapp.shell.currentWidget.content.widgets
+    .filter(c => c.model.type === 'code')
+    .map(c => ({source: c.model.sharedModel.getSource(), text: c.outputArea.node.textContent,
+                tags: c.model.getMetadata('tags') || [],
+                mimes: Array.from({length: c.model.outputs.length},
+                                  (_, i) => Object.keys(c.model.outputs.get(i).data || {}))}))'''
+
+
+def lab_server(base: str) -> psutil.Process:
+    """The JupyterLab process of the ``lab`` fixture serving ``base`` (a child of this process)."""
+    port = base.rsplit(':', 1)[1]
+    for p in psutil.Process().children():
+        try:
+            if f'--ServerApp.port={port}' in p.cmdline():
+                return p
+        except psutil.Error:
+            pass
+    pytest.fail(f'no JupyterLab process for {base}')
+
+
+def kernel_leftovers(server: psutil.Process) -> list:
+    """Processes under the lab server's kernels, but for each kernel's own fork server (a direct
+    child running zygote_main, which lives as long as the kernel): what a notebook left running."""
+    out = []
+    for kernel in server.children():
+        try:
+            for p in kernel.children(recursive=True):
+                try:
+                    cmd = ' '.join(p.cmdline())
+                    if p.ppid() == kernel.pid and 'zygote_main' in cmd:
+                        continue
+                    if p.status() != psutil.STATUS_ZOMBIE:
+                        out.append(f'pid {p.pid} ({cmd[:100]})')
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+    return out
+
+
+@pytest.mark.parametrize('lab', [{'ORCHESTRA_TUTORIAL_SMALL': '1'}], indirect=True, ids=['small'])
+def test_replicas_tutorial_runs_in_jupyterlab_and_its_dashboard_shows_every_replica(lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+    base, root = lab
+    shutil.copy(TUTORIAL, str(root / '01-replicas.ipynb'))
+    shot = tmp_path / 'replicas-dashboard.png'
+    with sync_playwright() as p:
+        ctx, page = open_notebook(p, base, tmp_path, '01-replicas.ipynb')
+
+        def fail(why: str):
+            page.screenshot(path=str(tmp_path / 'failure.png'))
+            cells = page.evaluate(CELLS)
+            pytest.fail(f'{why}; the outputs so far:\n'
+                        + '\n'.join(f'[{i}] {c["text"][-600:]}' for i, c in enumerate(cells) if c['text'])[-4000:])
+
+        try:
+            try:
+                page.locator('.lm-MenuBar-item', has_text=re.compile(r'^Run$')).click()   # Run > Run All Cells
+                page.get_by_role('menuitem', name='Run All Cells', exact=True).click()
+            except Exception as e:
+                fail(f'Run > Run All Cells: {e}')
+
+            # the second Dashboard (`uneven`) is live from its cell until the last cell closes it
+            try:
+                shown = page.wait_for_function(UNEVEN_LIVE, timeout=240_000, polling=100).json_value()
+                print('T live', time.monotonic())
+                page.locator('.orchestra-dashboard', has=page.locator('.orchestra-dashboard-header',
+                                                                      has_text='uneven')
+                             ).screenshot(path=str(shot), timeout=15_000)
+                print('T shot', time.monotonic())
+            except Exception as e:
+                fail(f'no live Dashboard of "uneven" showing rep-0..2 with both charts ({type(e).__name__})')
+
+            try:
+                page.wait_for_function(RUN_STATE, timeout=240_000, polling=250)
+            except Exception:
+                fail('Run All did not finish within 240 s')
+            print('T done', time.monotonic())
+            if page.evaluate(RUN_STATE) == 'error':
+                fail('a cell of the tutorial raised')
+            cells = page.evaluate(CELLS)
+        finally:
+            ctx.close()
+
+    assert 'Deployment' in shown and 'uneven' in shown and 'not stateful' in shown, shown
+    assert shot.exists() and shot.stat().st_size > 1000
+    keep_screenshot(shot)
+
+    # the distribution tables the tutorial printed list every replica
+    def rows(cell_text: str, name: str) -> list:
+        return sorted(re.findall(rf'^({name}/rep-\d)\s+(?:slow|normal)\s+\d+\s+\d+$', cell_text, re.M))
+
+    everything = '\n'.join(c['text'] for c in cells)
+    assert rows(everything, 'workers') == ['workers/rep-0', 'workers/rep-1', 'workers/rep-2'], everything
+    tagged = [c for c in cells if 'distribution' in c['tags']]
+    assert len(tagged) == 1
+    assert rows(tagged[0]['text'], 'uneven') == ['uneven/rep-0', 'uneven/rep-1', 'uneven/rep-2'], tagged[0]['text']
+    assert '40 of 40 requests answered' in everything                      # N_DOCS when small: the env got through
+    # both Dashboards were closed by the tutorial: each output is now a static last frame (a PNG)
+    dashboards = [c for c in cells if c['source'].rstrip().endswith('dash')]
+    assert len(dashboards) == 2, [c['source'] for c in cells]
+    for c in dashboards:
+        assert any('image/png' in m for m in c['mimes']), c['mimes']
+
+    # the tutorial closed everything it started; then the kernel's shutdown takes its fork server along
+    server = lab_server(base)
+    deadline = time.monotonic() + 20
+    while kernel_leftovers(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert kernel_leftovers(server) == []
+    kernels = http(f'{base}/api/kernels') or []
+    assert len(kernels) == 1
+    http(f'{base}/api/kernels/{kernels[0]["id"]}', method='DELETE', timeout=30)
+    wait_until(lambda: not [c for c in server.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE],
+               30, 'the kernel and everything under the lab server to exit')
