@@ -174,7 +174,9 @@ def test_a_stopped_replica_leaves_rotation_is_restarted_and_rejoins():
 @pytest.mark.slow
 def test_timeout_send_fails_a_write_and_retries_a_read_on_a_stopped_replica(tmp_path):
     with Deployment(name='ts', uses='sample_executors:KV', replicas=3, stateful=True, workspace=str(tmp_path),
-                    timeout_send=1.5, health_timeout=30, restart_grace=60) as dep:
+                    # the health probe must not take the stopped replica out of rotation during the test,
+                    # even on a loaded machine: then the writes would never reach it
+                    timeout_send=1.5, health_timeout=120, restart_grace=120) as dep:
         dep.post('/index', docs('a', 'b'))
         follower = wait_until(lambda: next((r for r in dep.status()['replicas']
                                             if (r.get('raft') or {}).get('role') == 'follower'), None),
