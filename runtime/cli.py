@@ -340,18 +340,18 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser('export', help='write Docker Compose or Kubernetes files for a Deployment/Flow YAML',
                        description='Export a jtype: Deployment/Flow YAML (docs/scaling-out.md).')
     ex = p.add_subparsers(dest='target', metavar='TARGET', required=True)
-    q = ex.add_parser('docker-compose', help='one service per replica, plus the gateway')
-    q.add_argument('config', help='a jtype: Deployment or Flow YAML')
-    q.add_argument('output', help='the compose file to write (e.g. deploy/docker-compose.yml)')
-    q.add_argument('--network-name', help='name of the Compose network (default: Compose picks)')
-    q.add_argument('--image', default=DEFAULT_IMAGE, help=f'the runtime image (default {DEFAULT_IMAGE})')
-    q.set_defaults(func=cmd_export)
-    q = ex.add_parser('kubernetes', help='manifests for kubectl apply -f OUT_DIR')
-    q.add_argument('config', help='a jtype: Deployment or Flow YAML')
-    q.add_argument('output', help='the folder to write the manifests to')
-    q.add_argument('--k8s-namespace', help='namespace (default: the Deployment/Flow name)')
-    q.add_argument('--image', default=DEFAULT_IMAGE, help=f'the runtime image (default {DEFAULT_IMAGE})')
-    q.set_defaults(func=cmd_export)
+    for target, what, output, (flag, flag_help) in (
+            ('docker-compose', 'one service per replica, plus the gateway',
+             'the compose file to write (e.g. deploy/docker-compose.yml)',
+             ('--network-name', 'name of the Compose network (default: Compose picks)')),
+            ('kubernetes', 'manifests for kubectl apply -f OUT_DIR', 'the folder to write the manifests to',
+             ('--k8s-namespace', 'namespace (default: the Deployment/Flow name)'))):
+        q = ex.add_parser(target, help=what)
+        q.add_argument('config', help='a jtype: Deployment or Flow YAML')
+        q.add_argument('output', help=output)
+        q.add_argument(flag, help=flag_help)
+        q.add_argument('--image', default=DEFAULT_IMAGE, help=f'the runtime image (default {DEFAULT_IMAGE})')
+        q.set_defaults(func=cmd_export)
 
     p = sub.add_parser('replica', help='(in a container) serve one replica of an exported setup',
                        description='One replica of an exported Deployment/Flow, in the foreground.')
