@@ -191,18 +191,9 @@ def load_yaml(path: str, user_ns: Dict[str, Any]) -> Orchestration:
         raise ValueError(f'{path} is not valid YAML: {e}') from None
     if not isinstance(doc, dict) or doc.get('jtype') not in ('Deployment', 'Flow'):
         raise ValueError(f"{path}: expected a mapping with 'jtype: Deployment' or 'jtype: Flow'")
-    if doc['jtype'] == 'Flow':
-        try:
-            from runtime.flow import Flow
-        except ImportError as e:
-            raise OrchestraError(f'a Flow needs runtime.flow, which this install lacks ({e})') from None
-        cls = Flow
-    else:
-        from runtime.deployment import Deployment
-        cls = Deployment
-    if not hasattr(cls, 'load_config'):
-        raise OrchestraError(f'{cls.__name__}.load_config (runtime/config.py) is not available in this '
-                             'install; start it with %orchestra up --uses ... instead')
+    from runtime.deployment import Deployment
+    from runtime.flow import Flow
+    cls = Flow if doc['jtype'] == 'Flow' else Deployment
     obj = cls.load_config(path)
     _resolve_notebook_classes(obj, user_ns)
     return obj
@@ -507,12 +498,7 @@ class OrchestraMagics(Magics):
         return Dashboard(entry.obj, interval=args.interval)
 
     def _cmd_bench(self, argv: List[str]):
-        try:
-            from orchestra_nb import bench
-        except ImportError as e:
-            raise OrchestraError(f'the benchmark (orchestra_nb.bench) is not available: {e}') from None
-        if not hasattr(bench, 'compare'):
-            raise OrchestraError('orchestra_nb.bench has no compare() in this install')
+        from orchestra_nb import bench
         import inspect
         params = inspect.signature(bench.compare).parameters
         try:

@@ -253,7 +253,6 @@ def test_status_says_what_stopped(ip, capsys):
 
 
 def test_scale_refuses_a_stateful_deployment(ip, tmp_path):
-    pytest.importorskip('runtime.consensus', reason='RAFT (runtime/consensus.py) is not in this tree yet')
     from runtime.deployment import Deployment
     dep = Deployment(name='raftish', uses='sample_executors:Upper', replicas=3, stateful=True,
                      workspace=str(tmp_path))
@@ -282,7 +281,6 @@ def test_await_apost_at_top_level(ip):
 
 
 def test_bench_delegates_to_the_benchmark(ip):
-    pytest.importorskip('orchestra_nb.bench', reason='the benchmark (orchestra_nb.bench) is not in this tree yet')
     res = run(ip, '%orchestra bench --docs 300 --queries 5 --dim 16 --setups 1 --progress False')
     assert [s.ok for s in res.setups] == [True]
     assert 'replicas=1' in ip.display_formatter.format(res)[0]['text/plain']
