@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, 'notebooks', '*.ipynb')))
 SLOW = {'01-replicas.ipynb', '02-shards-and-polling.ipynb', '03-stateful-raft.ipynb', '04-gpus.ipynb',
-        '05-external-yaml-cli.ipynb'}
+        '05-external-yaml-cli.ipynb', '06-scaling-out.ipynb'}
 
 # Run in the notebook's kernel after its last cell: every process the kernel started is gone, except
 # its own fork server (runtime/forkserver.py, a direct child running zygote_main).
@@ -179,6 +179,39 @@ def check_05(nb, probe):
     assert "['ready', 'ready']" in panel and 'stopped' in panel, panel
 
 
+def check_06(nb, probe):
+    local = text(tagged(nb, 'local'))
+    assert 'the Flow answered: 6 of 6 documents indexed' in local, local        # N_DOCS when small
+    assert '/count: 6 documents on replica' in local, local                      # the RAFT Store holds them all
+    roles = re.findall(r'^store/rep-\d\s+(leader|follower)\s+writes applied: \d+', local, re.M)
+    assert sorted(roles) == ['follower', 'follower', 'leader'], local
+    assert "'search' closed: running=False" in local, local
+    compose = text(tagged(nb, 'compose'))
+    services = re.findall(r'^(\S+)\s+(?:\w+ shard \d rep \d|gateway, publishes \S+)\s+(.*?)\s+search-secret$',
+                          compose, re.M)
+    assert [svc for svc, rest in services] == [                        # one per replica + the gateway
+        'tagger-shard-0-rep-0', 'tagger-shard-1-rep-0', 'store-rep-0', 'store-rep-1', 'store-rep-2', 'gateway'], compose
+    peers = 'store-rep-0 store-rep-1 store-rep-2'
+    assert [rest.split()[:3] == peers.split() for svc, rest in services] == [False, False, True, True, True, False]
+    assert 'volumes: store-rep-0-workspace store-rep-1-workspace store-rep-2-workspace' in compose, compose
+    assert 'secrets: search-secret (file ./search-secret, mode 600)' in compose, compose
+    k8s = {(kind, name): rest.strip() for kind, name, rest in
+           re.findall(r'^\S+\.yml +(\w+) +(\S+) *(.*)$', text(tagged(nb, 'kubernetes')), re.M)}
+    assert 'podManagementPolicy=Parallel serviceName=store-headless' in k8s[('StatefulSet', 'store')], k8s
+    assert k8s[('Service', 'store-headless')] == 'headless (clusterIP=None) publishNotReadyAddresses', k8s
+    for s in (0, 1):                                                  # a Deployment + headless Service per shard
+        assert k8s[('Deployment', f'tagger-shard-{s}')] == 'replicas=1', k8s
+        assert k8s[('Service', f'tagger-shard-{s}-headless')] == 'headless (clusterIP=None)', k8s
+    assert ('Deployment', 'gateway') in k8s and k8s[('Service', 'gateway')] == 'ClusterIP', k8s
+    assert k8s[('Secret', 'search-secret')] == 'type=Opaque, file mode 600', k8s
+    assert k8s[('ConfigMap', 'search-config')] == 'data: orchestra.yml, execs.py', k8s
+    assert len(k8s) == 11, k8s
+    cli = text(tagged(nb, 'cli'))
+    for line in ('orchestra export docker-compose exited with 0', 'orchestra export kubernetes exited with 0',
+                 'same services as the Python export: True', 'same manifests as the Python export: True'):
+        assert line in cli, cli
+
+
 EXTRA = {'04-gpus.ipynb': "print('STATE ' + _json.dumps({'TOTAL': TOTAL, 'UUIDS': UUIDS, 'REPLICAS': REPLICAS, "
                           "'SIMULATED': SIMULATED, 'placements': placements, "
                           "'CUDA_TOTAL_DEVICES': __import__('os').environ.get('CUDA_TOTAL_DEVICES')}))"}
@@ -187,7 +220,8 @@ EXTRA = {'04-gpus.ipynb': "print('STATE ' + _json.dumps({'TOTAL': TOTAL, 'UUIDS'
 CHECKS = {'00-index.ipynb': check_00, '01-replicas.ipynb': check_01, '02-shards-and-polling.ipynb': check_02,
           '03-stateful-raft.ipynb': check_03,
           '04-gpus.ipynb': check_04,
-          '05-external-yaml-cli.ipynb': check_05}
+          '05-external-yaml-cli.ipynb': check_05,
+          '06-scaling-out.ipynb': check_06}
 
 
 def _params():
