@@ -174,10 +174,16 @@ def test_a_stopped_replica_leaves_rotation_is_restarted_and_rejoins():
 @pytest.mark.slow
 def test_timeout_send_fails_a_write_and_retries_a_read_on_a_stopped_replica(tmp_path):
     with Deployment(name='ts', uses='sample_executors:KV', replicas=3, stateful=True, workspace=str(tmp_path),
-                    # the health probe must not take the stopped replica out of rotation during the test,
-                    # even on a loaded machine: then the writes would never reach it
-                    timeout_send=1.5, health_timeout=120, restart_grace=120) as dep:
+                    timeout_send=1.5, health_timeout=30, restart_grace=60) as dep:
         dep.post('/index', docs('a', 'b'))
+
+        def every_replica_served() -> bool:
+            dep.post('/get', docs('', ''))
+            return all(r['sent'] > 0 for r in dep.status()['gateway']['nodes']['ts']['shards'][0])
+        # the gateway's channel to each replica is then connected: a replica stopped before its first
+        # connection fails that call at once ("connection lost") and leaves the rotation, so no write
+        # would ever reach it
+        wait_until(every_replica_served, 30, 'every replica to serve a read')
         follower = wait_until(lambda: next((r for r in dep.status()['replicas']
                                             if (r.get('raft') or {}).get('role') == 'follower'), None),
                               30, 'a follower')   # stopping the leader would stall writes for an election
