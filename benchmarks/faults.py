@@ -29,7 +29,6 @@ import platform
 import random
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,8 @@ sys.path.insert(0, TESTS)   # sample_executors: replicas get the owner's sys.pat
 from orchestra_nb import Client, Deployment  # noqa: E402
 from runtime import protocol  # noqa: E402
 from runtime.codec import encode_docs  # noqa: E402
+from mutations import hostile_frame  # noqa: E402  (tests/mutations.py)
+from pids import pid_gone  # noqa: E402  (tests/pids.py)
 
 
 class Timeout(Exception):
@@ -70,14 +71,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             raise Timeout(f'timed out after {timeout} s waiting for {what}')
         time.sleep(interval)
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return True
 
 
 def docs(*texts: str, ids: Optional[List[str]] = None) -> DocList:
@@ -430,32 +423,6 @@ def sc_owner_kill(q: bool) -> dict:
 
 
 # -- bad inputs ----------------------------------------------------------------------------------------
-def _split(data: bytes):
-    _magic, _ver, hlen = struct.unpack_from('<3sBI', data)
-    end = 8 + hlen
-    return json.loads(data[8:end]), data[end + (-end % 8):]
-
-
-def _join(header, body: bytes) -> bytes:
-    h = json.dumps(header).encode()
-    return struct.pack('<3sBI', b'ONB', 1, len(h)) + h + b'\0' * (-(8 + len(h)) % 8) + body
-
-
-def _leaves(node, path=()):
-    out = [path]
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _leaves(v, path + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _leaves(v, path + (i,))
-    return out
-
-
-_HOSTILE = [None, True, -1, 0, 1, 7, 2 ** 31, 2 ** 63 - 1, 2 ** 64, 10 ** 6, 1.5, 'x', '<f8', '|O',
-            [], [0, 10 ** 9], {}, {'kind': 'doc'}]
-
-
 class Frames:
     """Random and mutated frames, as tests/test_fuzz.py draws them, with ``random`` (seeded)."""
 
@@ -470,41 +437,8 @@ class Frames:
                                           TextDoc()])),
         ]
 
-    def body(self) -> bytes:
-        r, data = self.rng, self.rng.choice(self.bodies)
-        how = r.choice(('random', 'flip', 'truncate', 'inflate', 'retype'))
-        if how == 'random':
-            return r.choice((b'', b'ONB\x01')) + r.randbytes(r.randint(0, 200))
-        if how == 'flip':
-            buf = bytearray(data)
-            for _ in range(r.randint(1, 4)):
-                buf[r.randrange(len(buf))] = r.randrange(256)
-            return bytes(buf)
-        if how == 'truncate':
-            return data[:r.randrange(len(data))]
-        header, rest = _split(data)
-        path = r.choice(_leaves(header))
-        value = (r.choice([10 ** 6, 2 ** 31, 2 ** 40, 2 ** 63 - 1, 2 ** 64, -1, 3, 4]) if how == 'inflate'
-                 else json.loads(json.dumps(r.choice(_HOSTILE))))
-        if not path:
-            return _join({'root': value}, rest)
-        node = header
-        for k in path[:-1]:
-            node = node[k]
-        node[path[-1]] = value
-        return _join(header, rest)
-
     def frame(self) -> bytes:
-        r = self.rng
-        how = r.choice(('raw', 'body', 'body', 'header'))
-        if how == 'raw':
-            return r.randbytes(r.randint(0, 200)) if r.random() < 0.5 else b'ON1' + self.body()
-        if how == 'body':
-            return protocol.pack({'endpoint': '/upper', 'parameters': {}}, self.body())
-        header = {'endpoint': '/upper', 'parameters': {}, 'request_id': 'r'}
-        key = r.choice(sorted(header) + ['consistency', 'allow_partial', 'no_reduce'])
-        header[key] = json.loads(json.dumps(r.choice(_HOSTILE)))
-        return protocol.pack(header, self.bodies[0])
+        return hostile_frame(self.rng, self.bodies)
 
 
 def sc_bad_inputs(q: bool) -> dict:

@@ -7,6 +7,8 @@ import time
 import psutil
 import pytest
 
+from pids import pid_gone  # noqa: F401  (tests import it from here)
+
 
 def _listening_ports(proc: psutil.Process) -> set:
     try:
@@ -54,15 +56,6 @@ def no_leaks(request):
     if leaked or ports:
         what = [f'pid {p.pid} ({" ".join(p.cmdline()[:4]) if _alive(p) else "?"})' for p in leaked]
         pytest.fail(f'test left behind processes {what} and listening ports {sorted(ports)}')
-
-
-def pid_gone(pid: int) -> bool:
-    """True when the process is gone or a zombie (a killed child may linger as one)."""
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] == 'Z'
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return True
 
 
 def wait_until(predicate, timeout: float = 10.0, what: str = 'a condition', interval: float = 0.05):

@@ -18,7 +18,9 @@ from docarray.typing import NdArray
 
 from runtime import protocol
 from runtime.codec import ProtocolError, decode_docs, encode_docs, wire_schema
-from test_codec import Match, Query, _join, _split
+from mutations import join_message as _join
+from mutations import split_message as _split
+from test_codec import Match, Query
 
 BAD = 'malformed orchestra-nb document message: '
 

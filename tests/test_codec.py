@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from pydantic import Field
 from typing_extensions import Annotated
 
+from mutations import join_message as _join
+from mutations import split_message as _split
 from runtime.codec import decode_docs, encode_docs, register_doc_type, wire_schema
 
 
@@ -96,19 +98,6 @@ def _roundtrip(docs: DocList, doc_type: Any = 'same') -> DocList:
     out = decode_docs(data, docs.doc_type if doc_type == 'same' else doc_type)
     assert isinstance(out, DocList)
     return out
-
-
-def _split(data: bytes) -> Tuple[dict, bytes]:
-    """Header dict and data area of a message (to craft malformed ones)."""
-    _magic, _ver, hlen = struct.unpack_from('<3sBI', data)
-    end = 8 + hlen
-    return json.loads(data[8:end]), data[end + (-end % 8):]
-
-
-def _join(header: dict, body: bytes, magic: bytes = b'ONB', version: int = 1) -> bytes:
-    h = json.dumps(header).encode()
-    pad = -(8 + len(h)) % 8
-    return struct.pack('<3sBI', magic, version, len(h)) + h + b'\0' * pad + body
 
 
 # --------------------------------------------------------------------------- round trips

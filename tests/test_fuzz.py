@@ -4,7 +4,6 @@ INVALID_ARGUMENT), never crash or hang, and still serve a normal request afterwa
 
 from __future__ import annotations
 
-import json
 from typing import Any, List
 
 import grpc
@@ -18,7 +17,8 @@ from hypothesis import strategies as st
 from runtime import codec, protocol
 from runtime.codec import ProtocolError, decode_docs, encode_docs
 from test_bounds import assert_serves
-from test_codec import Match, Person, Query, Scalars, Tensors, Unsupported, _join, _split
+from mutations import HOSTILE_VALUES, hostile_body, hostile_frame
+from test_codec import Match, Person, Query, Scalars, Tensors, Unsupported
 
 pytestmark = pytest.mark.slow
 
@@ -41,57 +41,10 @@ def _samples() -> List[bytes]:
 
 
 SAMPLES = _samples()
-_HOSTILE_VALUES = [None, True, -1, 0, 1, 7, 2 ** 31, 2 ** 63 - 1, 2 ** 64, 10 ** 6, 1.5, 'x', '<f8', '|O',
-                   [], [0, 10 ** 9], {}, {'kind': 'doc'}]
-
-
-def _leaves(node: Any, path: tuple = ()) -> list:
-    """Paths of every value in a JSON tree (dict keys and list indices)."""
-    out = [path]
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _leaves(v, path + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _leaves(v, path + (i,))
-    return out
-
-
-def _set(tree: Any, path: tuple, value: Any) -> Any:
-    if not path:
-        return value
-    node = tree
-    for k in path[:-1]:
-        node = node[k]
-    node[path[-1]] = value
-    return tree
-
-
-@st.composite
-def hostile_bodies(draw) -> bytes:
-    """Random bytes, or a valid message with flipped bytes, a cut, or one header value replaced
-    (counts and sizes inflated, types changed)."""
-    data = draw(st.sampled_from(SAMPLES))
-    how = draw(st.sampled_from(('random', 'flip', 'truncate', 'inflate', 'retype')))
-    if how == 'random':
-        return draw(st.sampled_from((b'', b'ONB\x01'))) + draw(st.binary(max_size=200))
-    if how == 'flip':
-        buf = bytearray(data)
-        for _ in range(draw(st.integers(1, 4))):
-            buf[draw(st.integers(0, len(buf) - 1))] = draw(st.integers(0, 255))
-        return bytes(buf)
-    if how == 'truncate':
-        return data[:draw(st.integers(0, len(data) - 1))]
-    header, body = _split(data)
-    path = draw(st.sampled_from(_leaves(header)))
-    if how == 'inflate':
-        value = draw(st.sampled_from([10 ** 6, 2 ** 31, 2 ** 40, 2 ** 63 - 1, 2 ** 64, -1, 3, 4]))
-    else:
-        value = json.loads(json.dumps(draw(st.sampled_from(_HOSTILE_VALUES))))  # a fresh copy
-    header = _set(header, path, value)
-    if not isinstance(header, dict):
-        return _join({'root': header}, body)
-    return _join(header, body)
+# hypothesis draws the random.Random that drives tests/mutations.py (and shrinks through it)
+_rngs = st.randoms(use_true_random=False)
+hostile_bodies = _rngs.map(lambda rng: hostile_body(rng, SAMPLES))   # a valid message mutated, or random bytes
+hostile_frames = _rngs.map(lambda rng: hostile_frame(rng, SAMPLES))  # a whole Call frame
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -104,26 +57,12 @@ def own_class_cache():
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(hostile_bodies(), st.sampled_from([None, TextDoc, Query, Scalars, Tensors, Person]))
+@given(hostile_bodies, st.sampled_from([None, TextDoc, Query, Scalars, Tensors, Person]))
 def test_decoder_raises_only_protocol_error(data, doc_type):
     try:
         decode_docs(data, doc_type)
     except ProtocolError:
         pass
-
-
-@st.composite
-def hostile_frames(draw) -> bytes:
-    """A whole Call frame: random bytes, a good header with a hostile body, or a hostile header."""
-    how = draw(st.sampled_from(('raw', 'body', 'body', 'header')))
-    if how == 'raw':
-        return draw(st.binary(max_size=200)) if draw(st.booleans()) else b'ON1' + draw(hostile_bodies())
-    if how == 'body':
-        return protocol.pack({'endpoint': '/upper', 'parameters': {}}, draw(hostile_bodies()))
-    header = {'endpoint': '/upper', 'parameters': {}, 'request_id': 'r'}
-    key = draw(st.sampled_from(sorted(header) + ['consistency', 'allow_partial', 'no_reduce']))
-    header[key] = json.loads(json.dumps(draw(st.sampled_from(_HOSTILE_VALUES))))
-    return protocol.pack(header, SAMPLES[-1])
 
 
 def test_replica_and_gateway_survive_hostile_frames():
@@ -139,7 +78,7 @@ def test_replica_and_gateway_survive_hostile_frames():
 
             @settings(max_examples=100, deadline=None, database=None,
                       suppress_health_check=[HealthCheck.too_slow])
-            @given(hostile_frames(), st.sampled_from(sorted(targets)))
+            @given(hostile_frames, st.sampled_from(sorted(targets)))
             def fuzz(frame: bytes, target: str) -> None:
                 try:
                     reply = calls[target](frame, timeout=10)
@@ -186,7 +125,7 @@ def raft_messages(draw) -> Any:
         return {'type': 'append_entries', 'term': term, 'commit_index': 0}
     msg = {'type': draw(st.sampled_from(_RAFT_TYPES))}
     for key in draw(st.lists(st.sampled_from(_RAFT_FIELDS), max_size=6, unique=True)):
-        msg[key] = draw(st.sampled_from(_HOSTILE_VALUES + [[(b'x', 1, 1)], [('cmd', 'i', 't')], 'start']))
+        msg[key] = draw(st.sampled_from(HOSTILE_VALUES + [[(b'x', 1, 1)], [('cmd', 'i', 't')], 'start']))
     return msg
 
 
