@@ -87,6 +87,20 @@ class Kernel:
         reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
         return reply['content'], ''.join(out)
 
+    def message(self, msg_id: str, msg_type: str, what: str, timeout: float = 30) -> dict:
+        """The next ``msg_type`` message for request ``msg_id`` (``execute_reply`` from the shell
+        channel, any other type from iopub); fails naming ``what`` after ``timeout`` s."""
+        get = self.kc.get_shell_msg if msg_type == 'execute_reply' else self.kc.get_iopub_msg
+        deadline = time.monotonic() + timeout
+        while True:
+            assert time.monotonic() < deadline, f'timed out after {timeout} s waiting for {what}'
+            try:
+                msg = get(timeout=1)
+            except queue.Empty:
+                continue
+            if msg['parent_header'].get('msg_id') == msg_id and msg['msg_type'] == msg_type:
+                return msg
+
     def close(self):
         self.kc.stop_channels()
         if self.km.is_alive():
@@ -106,20 +120,10 @@ def test_interrupt_stops_the_cell_not_the_services_and_restart_stops_them(kernel
     pids = pids_from(text)
 
     msg_id = kernel.kc.execute('import time\nfor _ in range(600): time.sleep(0.1)')
-    deadline = time.monotonic() + 30
-    while True:  # wait until the cell runs, then press "interrupt"
-        assert time.monotonic() < deadline, 'the long cell never started'
-        try:
-            msg = kernel.kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg['parent_header'].get('msg_id') == msg_id and msg['msg_type'] == 'execute_input':
-            break
+    kernel.message(msg_id, 'execute_input', 'the long cell to start')   # then press "interrupt"
     time.sleep(0.3)
     kernel.km.interrupt_kernel()
-    reply = kernel.kc.get_shell_msg(timeout=30)
-    while reply['parent_header'].get('msg_id') != msg_id:
-        reply = kernel.kc.get_shell_msg(timeout=30)
+    reply = kernel.message(msg_id, 'execute_reply', 'the interrupted cell to reply')
     assert reply['content']['status'] == 'error' and reply['content']['ename'] == 'KeyboardInterrupt'
 
     assert not any(pid_gone(p) for p in pids), 'the interrupt reached the replicas'
@@ -150,38 +154,14 @@ def test_interrupting_a_post_shows_one_line_and_the_deployment_keeps_running(ker
         '''))
     assert reply['status'] == 'ok', text
     msg_id = kernel.kc.execute('slow.post("/who", TextDoc(text="x"))')
-    deadline = time.monotonic() + 30
-    while True:  # wait until the cell runs, then press "interrupt" while post waits
-        assert time.monotonic() < deadline, 'the post cell never started'
-        try:
-            msg = kernel.kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg['parent_header'].get('msg_id') == msg_id and msg['msg_type'] == 'execute_input':
-            break
+    kernel.message(msg_id, 'execute_input', 'the post cell to start')   # then "interrupt" while post waits
     time.sleep(0.5)
     kernel.km.interrupt_kernel()
-    error = None
-    deadline = time.monotonic() + 30
-    while error is None:  # the error the notebook shows for that cell
-        assert time.monotonic() < deadline, 'the interrupted cell showed no error'
-        try:
-            msg = kernel.kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg['parent_header'].get('msg_id') == msg_id and msg['msg_type'] == 'error':
-            error = msg['content']
+    error = kernel.message(msg_id, 'error', 'the error the notebook shows for the interrupted cell')['content']
     shown = '\n'.join(error['traceback'])
     assert shown == "KeyboardInterrupt: slow.post('/who') was cancelled; Deployment 'slow' is still running", shown
-    deadline = time.monotonic() + 30
-    while True:  # the interrupted cell's reply: a cell sent before it may still be aborted (stop_on_error)
-        assert time.monotonic() < deadline, 'the interrupted cell never replied'
-        try:
-            msg = kernel.kc.get_shell_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg['parent_header'].get('msg_id') == msg_id:
-            break
+    # its reply first: a cell sent before it may still be aborted (stop_on_error)
+    kernel.message(msg_id, 'execute_reply', 'the interrupted cell to reply')
     for _ in range(3):  # ipykernel aborts what arrives while it still clears the failed cell's queue
         reply, text = kernel.run('print(slow.running, len(slow.post("/who", TextDoc(text="y"))))')
         if reply['status'] != 'aborted':
