@@ -223,7 +223,7 @@ class ExportPlan:
         raise ExportError(f'no Executor named {name!r}; known: {", ".join(e.name for e in self.executors)}')
 
 
-def _is_flow(obj: Any) -> bool:
+def is_flow(obj: Any) -> bool:
     # by its kind, not isinstance: Deployment/Flow call into this package (to_*_yaml), so it
     # must not import them back
     return getattr(obj, 'jtype', None) == 'Flow'
@@ -231,7 +231,7 @@ def _is_flow(obj: Any) -> bool:
 
 def _entries(obj: Any) -> List[Tuple[str, Any, Optional[int]]]:
     """(name, Deployment or None for a join, fixed replica port) per node, in graph order."""
-    if _is_flow(obj):
+    if is_flow(obj):
         return [(e.name, e.deployment, e.replica_port) for e in obj.entries]
     return [(obj.name, obj, None)]
 
@@ -251,7 +251,7 @@ def _twin(dep: Any) -> Any:
 
 def local_plan(obj: Any) -> Tuple[list, Dict[str, Any]]:
     """``obj._plan()`` and ``obj._gateway_config()`` -- the local run's code -- for an export."""
-    if _is_flow(obj):
+    if is_flow(obj):
         clone = copy.copy(obj)
         clone.entries = [dataclasses.replace(e, deployment=_twin(e.deployment)) if e.deployment else e
                          for e in obj.entries]

@@ -32,7 +32,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
-from runtime.export.plan import APP_DIR, ExportError, derive, read_secret
+from runtime.export.plan import APP_DIR, ExportError, derive, is_flow, read_secret
 
 log = logging.getLogger('orchestra.export')
 
@@ -122,7 +122,7 @@ def _ordinal() -> int:
 
 
 def _deployment_of(obj: Any, executor: str) -> Any:
-    if obj.jtype == 'Flow':
+    if is_flow(obj):
         known = [e.name for e in obj.entries if e.deployment is not None]
         if executor not in known:
             raise ExportError(f'--executor {executor!r}: the Flow has no Executor of that name with '
