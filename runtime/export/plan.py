@@ -38,6 +38,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from runtime.secrets import SECRET_FILE_ENV, SecretError, load_secret
+
 #: the image exports use unless told otherwise (``--image`` / ``image=``)
 DEFAULT_IMAGE = 'orchestra-nb:latest'
 #: the gateway's port inside its container (``port=`` of the Deployment/Flow overrides it)
@@ -55,7 +57,7 @@ APP_DIR = '/orchestra/app'
 #: a replica's workspace (a volume for stateful replicas)
 WORKSPACE_DIR = '/orchestra/workspace'
 #: the environment variable naming the file that holds the per-Deployment secret
-SECRET_ENV = 'ORCHESTRA_SECRET_FILE'
+SECRET_ENV = SECRET_FILE_ENV   # where every exported process finds the secret (runtime.secrets)
 #: Kubernetes stores a ConfigMap in etcd; its data may not exceed 1 MiB
 CONFIGMAP_LIMIT_BYTES = 1024 * 1024
 
@@ -83,23 +85,18 @@ def dns_label(text: str) -> str:
 # ----------------------------------------------------------------------------- the secret
 
 def new_secret() -> str:
-    """A fresh random per-Deployment secret (64 hex characters)."""
+    """A fresh random per-Deployment secret for an export (64 hex characters)."""
     return secrets.token_hex(32)
 
 
 def read_secret() -> Optional[bytes]:
-    """The secret from the file named by ``$ORCHESTRA_SECRET_FILE``; None when the variable is unset."""
-    path = os.environ.get(SECRET_ENV)
-    if not path:
-        return None
+    """The secret from the file named by ``$ORCHESTRA_SECRET_FILE`` (:func:`runtime.secrets.load_secret`),
+    as bytes for :func:`derive`; None when the variable is unset."""
     try:
-        with open(path, 'rb') as f:
-            value = f.read().strip()
-    except OSError as e:
-        raise ExportError(f'{SECRET_ENV}={path!r}: cannot read the secret file ({e.strerror})') from None
-    if not value:
-        raise ExportError(f'{SECRET_ENV}={path!r}: the secret file is empty')
-    return value
+        secret = load_secret()
+    except SecretError as e:
+        raise ExportError(f'{SECRET_ENV}: {e}') from None
+    return secret.encode() if secret is not None else None
 
 
 def derive(secret: bytes, purpose: str) -> str:
