@@ -129,6 +129,8 @@ def test_sharded_stateless_and_gateway(exported):
     assert nodes['store'].get('discover') is None
     assert nodes['store']['shards'] == [[f'store-{i}.store-headless.search-ns.svc:8081' for i in range(3)]]
     assert nodes['store']['needs'] == ['indexer'] and nodes['encoder']['needs'] == ['gateway']
+    # the gateway never retries a stateful Executor's @write elsewhere: it must know which ones are
+    assert nodes['store']['stateful'] is True and nodes['indexer']['stateful'] is False
     assert docs[('Service', 'gateway')]['spec']['ports'][0]['port'] == 8080
     assert gw['readinessProbe']['exec']['command'][:3] == ['orchestra', 'ping', '127.0.0.1:8080']
 

@@ -255,6 +255,9 @@ def local_plan(obj: Any) -> Tuple[list, Dict[str, Any]]:
     else:
         clone = _twin(obj)
     nodes = clone._plan()
+    stateful = {name: dep is not None and dep.stateful for name, dep, _ in _entries(obj)}
+    for n in nodes:   # the twin planned no RAFT, but the gateway must know: it never retries a stateful @write
+        n.stateful = stateful.get(n.name, n.stateful)
     clone.nodes = nodes
     return nodes, clone._gateway_config()
 
