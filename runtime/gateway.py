@@ -1,13 +1,20 @@
-"""The public port: routes each request through the graph of deployments.
+"""The public port: routes each request through the graph of deployments, on one path.
 
-A Deployment is a graph of one node; a Flow chains nodes (``needs``). Each node
-is a list of shards, each shard a :class:`~runtime.routing.ReplicaSet`.
+A Deployment is a graph of one node; a Flow chains nodes (``needs``). Each node is a list
+of shards, each shard a :class:`~runtime.routing.ReplicaSet` (idle-first balancing, health,
+retries). :meth:`Gateway.route_request` is the one entry every front door calls.
 
-- One node, one shard, or ANY polling: the request frame is forwarded as is
-  (the gateway never decodes documents on this path).
-- ALL polling, or a node that joins branches: shard/branch results are decoded
-  and merged by :func:`~runtime.routing.reduce_docs` (or concatenated with
-  ``no_reduce``).
+Every request takes the same path: the nodes run in topological order, each on its inputs'
+output. What makes a graph fast is computed once, when it is built (:class:`Graph`):
+
+- a node that nothing can run beside (every other node is its ancestor or its descendant:
+  every node of a straight chain) runs inline, in the request's own coroutine; only the
+  branches of a fork run as tasks;
+- a node fed by the gateway alone gets the client's frame as is, and a reply whose results
+  need no merging goes back as is: one node (a Deployment) forwards both without decoding
+  documents; along a chain, only the request header is packed again (once) in front of each
+  reply body;
+- documents are decoded only to merge (ALL polling, joins): :mod:`runtime.merging`.
 """
 from __future__ import annotations
 
@@ -18,13 +25,13 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import grpc
 
 from runtime import protocol
-from runtime.routing import (NoReplicaAvailable, PollingPolicy, ReplicaSet, concat_docs, pick_shard,
-                             reduce_docs)
+from runtime.merging import merge_bodies, merge_results
+from runtime.routing import NoReplicaAvailable, PollingPolicy, ReplicaSet, choose_shards
 from runtime.server import STOP_GRACE_S, start_node_server, stop_event_from
 from runtime.telemetry import RequestStats
 
@@ -33,18 +40,24 @@ log = logging.getLogger('orchestra.gateway')
 GATEWAY = 'gateway'
 
 
-def _codec():
-    """``(decode_docs, encode_docs)``; the gateway decodes only to reduce or join."""
-    from runtime.codec import decode_docs, encode_docs
-    return decode_docs, encode_docs
-
-
 class NodeError(RuntimeError):
     """A node's call failed; carries the error header to pass back to the client."""
 
     def __init__(self, header: Dict[str, Any]):
         super().__init__(header.get('error', {}).get('message', 'failed'))
         self.header = header
+
+    @property
+    def unknown_endpoint(self) -> bool:
+        return self.header.get('error', {}).get('type') == 'UnknownEndpointError'
+
+
+class Output(NamedTuple):
+    """What a node (or the gateway, for the request) hands on: a reply header and body, and the
+    reply ``frame`` when it can go back to the client as is (else ``None``)."""
+    header: Dict[str, Any]
+    body: Any
+    frame: Optional[bytes]
 
 
 class Node:
@@ -63,7 +76,7 @@ class Node:
                        health_timeout=float(spec.get('health_timeout') or 2.0),
                        stateful=bool(spec.get('stateful')))
             for i, addrs in enumerate(spec['shards'])]
-        self._rr = itertools.count()
+        self._turns = itertools.count()
 
     def _shard_name(self, i: int, n: int) -> str:
         return f'{self.name}/shard-{i}' if n > 1 else self.name
@@ -73,21 +86,17 @@ class Node:
         """A node without processes (``Flow.needs_all()`` without ``uses``): it only joins its inputs."""
         return not self.shards
 
-    async def call(self, header: Dict[str, Any], frame: bytes) -> Tuple[Dict[str, Any], bytes, bytes]:
-        """-> (reply header, reply body, reply frame). Raises :class:`NodeError` on failure."""
+    async def call(self, header: Dict[str, Any], frame: bytes) -> Output:
+        """Send the request ``frame`` to the shards polling picks; raises :class:`NodeError` on failure."""
         endpoint = header.get('endpoint', '/')
-        if self.is_join:
-            _, body = protocol.unpack(frame)
-            out = {'ok': True, 'replica': self.name}
-            return out, body, protocol.pack(out, body)
-        if len(self.shards) == 1 or self.polling.mode(endpoint) == 'ANY':
-            shard = self.shards[0] if len(self.shards) == 1 else pick_shard(self.shards, self._rr)
-            reply = await self._send(shard, frame, endpoint)
+        picked = choose_shards(self.polling.mode(endpoint), [s.in_flight for s in self.shards], self._turns)
+        if len(picked) == 1:
+            reply = await self._send(self.shards[picked[0]], frame, endpoint)
             h, body = protocol.unpack(reply)
             if not h.get('ok'):
                 raise NodeError(h)
-            return h, body, reply
-        return await self._call_all(header, frame)
+            return Output(h, body, reply)
+        return await self._call_all([self.shards[i] for i in picked], header, frame, endpoint)
 
     async def _send(self, shard: ReplicaSet, frame: bytes, endpoint: str) -> bytes:
         """One request to one shard; any transport failure becomes a NodeError naming the shard."""
@@ -99,15 +108,14 @@ class Node:
             err = ConnectionError(f'{shard.name}: {e.code().name}: {e.details()}')
             raise NodeError(protocol.error_header(err, shard.name)) from None
 
-    async def _call_all(self, header: Dict[str, Any], frame: bytes) -> Tuple[Dict[str, Any], bytes, bytes]:
+    async def _call_all(self, shards: List[ReplicaSet], header: Dict[str, Any], frame: bytes,
+                        endpoint: str) -> Output:
         """ALL polling: every shard gets the request; the replies are reduced (or concatenated)."""
-        decode_docs, encode_docs = _codec()
-        endpoint = header.get('endpoint', '/')
-        replies = await asyncio.gather(*(self._send(s, frame, endpoint) for s in self.shards),
+        replies = await asyncio.gather(*(self._send(s, frame, endpoint) for s in shards),
                                        return_exceptions=True)
         partial_ok = self.allow_partial or bool(header.get('allow_partial'))
-        parts, merged_results, missing = [], {}, []
-        for shard, reply in zip(self.shards, replies):
+        headers, bodies, missing = [], [], []
+        for shard, reply in zip(shards, replies):
             if isinstance(reply, NodeError) and reply.header.get('error', {}).get('type') == 'NoReplicaAvailable':
                 if partial_ok:
                     missing.append(shard.name)
@@ -121,22 +129,19 @@ class Node:
             h, body = protocol.unpack(reply)
             if not h.get('ok'):
                 raise NodeError(h)
-            merged_results.update(h.get('results') or {})
-            parts.append(decode_docs(bytes(body)))
-        if not parts:
+            headers.append(h)
+            bodies.append(body)
+        if not bodies:
             raise NodeError(protocol.error_header(
                 NoReplicaAvailable(f'every shard of {self.name} is down ({", ".join(missing)})'), self.name))
-        if self.no_reduce or header.get('no_reduce'):
-            docs = concat_docs(parts)
-        else:
-            docs = reduce_docs(parts)
         out: Dict[str, Any] = {'ok': True, 'replica': self.name}
-        if merged_results:
-            out['results'] = merged_results
+        results = merge_results(headers)
+        if results:
+            out['results'] = results
         if missing:
             out['missing_shards'] = missing
-        body = encode_docs(docs)
-        return out, body, protocol.pack(out, body)
+        body = merge_bodies(bodies, reduce=not (self.no_reduce or header.get('no_reduce')))
+        return Output(out, body, None)
 
     def describe(self) -> Dict[str, Any]:
         return {'needs': self.needs, 'polling': self.polling.to_config(), 'join_only': self.is_join,
@@ -146,6 +151,29 @@ class Node:
     async def close(self):
         for s in self.shards:
             await s.close()
+
+
+class Graph:
+    """The nodes and what routing needs to know of their shape, computed once.
+
+    ``order``: topological; ``leaves``: nodes nothing needs (their outputs, joined, are the
+    answer); ``inline``: the nodes that nothing can run beside (every other node is an ancestor
+    or a descendant), which run in the request's coroutine instead of a task; ``skips_unknown``:
+    in a Flow (more than one node), a node that does not serve an endpoint passes its input on.
+    """
+
+    def __init__(self, nodes: Dict[str, Node]):
+        self.nodes = nodes
+        self.order = _topological(nodes)
+        self.leaves = [n for n in self.order if not any(n in m.needs for m in nodes.values())]
+        ancestors: Dict[str, set] = {}
+        for n in self.order:
+            ancestors[n] = set().union(*({m} | ancestors.get(m, set()) for m in nodes[n].needs))
+            ancestors[n].discard(GATEWAY)
+        self.inline = {n: all(m == n or m in ancestors[n] or n in ancestors[m] for m in self.order)
+                       for n in self.order}
+        self.skips_unknown = len(nodes) > 1
+        self.served = sum(1 for node in nodes.values() if not node.is_join)
 
 
 class Gateway:
@@ -160,119 +188,46 @@ class Gateway:
         self.nodes: Dict[str, Node] = {}
         for spec in config['nodes']:
             self.nodes[spec['name']] = Node(spec, max_in_flight, wait)
-        self.order = _topological(self.nodes)
-        self.leaves = [n for n in self.order if not any(n in m.needs for m in self.nodes.values())]
-        self.chain = self._as_chain()
+        self.graph = Graph(self.nodes)
         self.stats = RequestStats()
         self.port: Optional[int] = None
 
     async def route_request(self, frame: bytes) -> bytes:
-        """One client request through the graph -> the reply frame."""
+        """One client request frame through the graph -> the reply frame (an error reply raises
+        :class:`NodeError`, whose ``header`` is the reply). The one entry of every front door."""
         header, body = protocol.unpack(frame)
         protocol.check_request_header(header)
-        if len(self.nodes) == 1:  # the Deployment fast path: no decoding
-            (node,) = self.nodes.values()
-            _, _, reply = await node.call(header, frame)
-            return reply
-        if self.chain is not None:
-            return await self._route_chain(header, frame, body)
-        outputs: Dict[str, asyncio.Future] = {}
-        loop = asyncio.get_running_loop()
-        gateway_out = loop.create_future()
-        gateway_out.set_result(({'ok': True}, body))
-        outputs[GATEWAY] = gateway_out
-        skipped: List[Tuple[str, NodeError]] = []
-        for name in self.order:
-            outputs[name] = asyncio.ensure_future(self._run_node(self.nodes[name], header, outputs, skipped))
+        graph = self.graph
+        request = Output({'ok': True}, body, None)
+        route = _Route(self, header, frame, request)
+        outputs: Dict[str, Any] = {GATEWAY: request}   # name -> Output, or the Task computing it
         try:
-            results = [await outputs[n] for n in self.leaves]
+            for name in graph.order:
+                if graph.inline[name]:
+                    outputs[name] = await route.run(self.nodes[name], outputs)
+                else:
+                    outputs[name] = asyncio.ensure_future(route.run(self.nodes[name], outputs))
+            answers = [await _output(outputs[n]) for n in graph.leaves]
         finally:
             for f in outputs.values():
-                if not f.done():
-                    f.cancel()
-                elif not f.cancelled():
-                    f.exception()  # retrieved: no 'exception was never retrieved' noise
-        served = [n for n, node in self.nodes.items() if not node.is_join]
-        if served and len(skipped) == len(served):
-            raise self._nobody_serves(header.get('endpoint', '/'), skipped)
-        return protocol.pack(*self._join(results))
+                if isinstance(f, asyncio.Future):
+                    if not f.done():
+                        f.cancel()
+                    elif not f.cancelled():
+                        f.exception()  # retrieved: no 'exception was never retrieved' noise
+        if graph.skips_unknown and graph.served and len(route.skipped) == graph.served:
+            raise self._nobody_serves(header.get('endpoint', '/'), route.skipped)
+        answer = answers[0] if len(answers) == 1 else _join(answers)
+        if answer.frame is not None:
+            return answer.frame
+        return protocol.pack(answer.header, bytes(answer.body))
 
-    def _as_chain(self) -> Optional[List[Node]]:
-        """The nodes in order when the graph is one straight line (gateway -> a -> b -> ...), else None."""
-        chain, prev = [], GATEWAY
-        for name in self.order:
-            node = self.nodes[name]
-            if node.needs != [prev]:
-                return None
-            chain.append(node)
-            prev = name
-        return chain
-
-    async def _route_chain(self, header: Dict[str, Any], frame: bytes, body) -> bytes:
-        """A straight line of nodes: one coroutine, no tasks, no copies of the docs."""
-        head = protocol.pack(header)  # the request header, packed once; a frame is head + body
-        results: Dict[str, Any] = {}
-        skipped: List[Tuple[str, NodeError]] = []
-        reply: Optional[bytes] = None
-        h: Dict[str, Any] = {'ok': True}
-        for node in self.chain:
-            try:
-                h, body, reply = await node.call(header, frame if reply is None and not skipped else head + body)
-            except NodeError as e:
-                if e.header.get('error', {}).get('type') != 'UnknownEndpointError':
-                    raise
-                skipped.append((node.name, e))
-                continue
-            if h.get('results'):
-                results.update(h['results'])
-        served = [n for n in self.chain if not n.is_join]
-        if served and len(skipped) == len(served):
-            raise self._nobody_serves(header.get('endpoint', '/'), skipped)
-        if reply is not None and (not results or results == h.get('results')):
-            return reply   # the last node's reply frame, as is
-        out = dict(h, ok=True)
-        if results:
-            out['results'] = results
-        return protocol.pack(out, bytes(body))
-
-    async def _run_node(self, node: Node, header, outputs, skipped) -> Tuple[Dict[str, Any], bytes]:
-        ins = [await outputs[n] for n in node.needs]
-        h_in, body = self._join(ins)
-        try:
-            h, b, _ = await node.call(header, protocol.pack(header, body))
-        except NodeError as e:
-            # In a Flow, an Executor that does not serve an endpoint passes the docs on unchanged
-            # (as in Jina); if no Executor of the Flow serves it, the request fails (unlike Jina).
-            if e.header.get('error', {}).get('type') != 'UnknownEndpointError':
-                raise
-            skipped.append((node.name, e))
-            return h_in, body
-        merged = dict(h_in.get('results') or {})
-        merged.update(h.get('results') or {})
-        if merged:
-            h = dict(h, results=merged)
-        return h, bytes(b)
-
-    def _nobody_serves(self, endpoint: str, skipped: List[Tuple[str, 'NodeError']]) -> NodeError:
+    def _nobody_serves(self, endpoint: str, skipped: List[Tuple[str, NodeError]]) -> NodeError:
         detail = '; '.join(f'{name}: {e.header["error"].get("message", "")}' for name, e in skipped)
         err = LookupError(f'no Executor of {self.name} serves endpoint {endpoint!r} ({detail})')
         header = protocol.error_header(err, self.name)
         header['error']['type'] = 'UnknownEndpointError'
         return NodeError(header)
-
-    @staticmethod
-    def _join(parts: List[Tuple[Dict[str, Any], bytes]]) -> Tuple[Dict[str, Any], bytes]:
-        """Several branches' outputs -> one (merged by doc id, in ``needs`` order)."""
-        if len(parts) == 1:
-            return parts[0]
-        decode_docs, encode_docs = _codec()
-        header: Dict[str, Any] = {'ok': True}
-        results: Dict[str, Any] = {}
-        for h, _ in parts:
-            results.update(h.get('results') or {})
-        if results:
-            header['results'] = results
-        return header, encode_docs(reduce_docs([decode_docs(bytes(b)) for _, b in parts]))
 
     # -- gRPC methods -------------------------------------------------------------
     async def call(self, frame: bytes, context) -> bytes:
@@ -314,6 +269,58 @@ class Gateway:
     async def close(self):
         for node in self.nodes.values():
             await node.close()
+
+
+class _Route:
+    """One request's way through the graph: the request, its header packed once, skipped nodes."""
+
+    def __init__(self, gateway: Gateway, header: Dict[str, Any], frame: bytes, request: Output):
+        self.skips_unknown = gateway.graph.skips_unknown
+        self.header = header
+        self.frame = frame
+        self.request = request
+        self.head: Optional[bytes] = None
+        self.skipped: List[Tuple[str, NodeError]] = []
+
+    async def run(self, node: Node, outputs: Dict[str, Any]) -> Output:
+        """``node`` on its inputs' output (joined): its reply, results merged with its inputs'."""
+        given = [await _output(outputs[n]) for n in node.needs]
+        given = given[0] if len(given) == 1 else _join(given)
+        if node.is_join:
+            return given
+        if given is self.request:
+            frame = self.frame            # the client's frame, as is
+        else:
+            if self.head is None:
+                self.head = protocol.pack(self.header)   # a request frame is head + body
+            frame = self.head + given.body
+        try:
+            out = await node.call(self.header, frame)
+        except NodeError as e:
+            # In a Flow, an Executor that does not serve an endpoint passes the docs on unchanged
+            # (as in Jina); if no Executor of the Flow serves it, the request fails (unlike Jina).
+            if not (self.skips_unknown and e.unknown_endpoint):
+                raise
+            self.skipped.append((node.name, e))
+            return given
+        if given.header.get('results'):
+            merged = merge_results([given.header, out.header])
+            return Output(dict(out.header, results=merged), out.body, None)
+        return out
+
+
+async def _output(value: Any) -> Output:
+    """An Output, or the Task computing it (a node on a branch of a fork)."""
+    return value if isinstance(value, Output) else await value
+
+
+def _join(parts: List[Output]) -> Output:
+    """Several branches' outputs -> one, merged by doc id in ``needs`` order."""
+    header: Dict[str, Any] = {'ok': True}
+    results = merge_results([p.header for p in parts])
+    if results:
+        header['results'] = results
+    return Output(header, merge_bodies([p.body for p in parts]), None)
 
 
 def _topological(nodes: Dict[str, Node]) -> List[str]:

@@ -1,4 +1,4 @@
-"""Replica choice (idle first), shard polling, and the reduce of shard results.
+"""The gateway's balancing: replica choice (idle first), shard choice (polling), health, retries.
 
 **Idle first.** A :class:`ReplicaSet` keeps at most ``max_in_flight`` requests
 in flight per replica and holds the rest in its own FIFO queue. Each request
@@ -23,9 +23,9 @@ own key, then ``'*'``, then a plain string, then the defaults (``/search``
 ALL, every other endpoint ANY). Unlike Jina, a plain ``polling='ALL'``
 covers every endpoint, ``/index`` included.
 
-**Reduce.** :func:`reduce_docs` merges the shards' DocLists by doc id: for
-single values the lowest shard's (non-None) value wins; lists and nested
-DocLists are concatenated in shard order.
+The decisions are pure functions, tested in process: :func:`choose_replica` (which
+replica), :func:`choose_shards` (which shards) and :func:`retry_allowed` (retry or not).
+Merging the shards' documents lives in :mod:`runtime.merging`.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import collections
 import itertools
 import json
 import logging
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -103,6 +103,76 @@ class ReplicaLost(NoReplicaAvailable):
 
 #: a request that lost its replica is sent again at most this many times
 MAX_RETRIES = 1
+
+#: why a request lost its replica: its connection broke, the replica missed its health probe
+#: (the request was taken back), or ``timeout_send`` ran out
+LOST_CAUSES = ('connection', 'hung', 'timeout')
+
+
+# -- the decisions (pure functions) ------------------------------------------------------------
+
+def choose_replica(in_flight: Sequence[int], eligible: Sequence[bool], max_in_flight: int,
+                   turns: Iterator[int]) -> Optional[int]:
+    """Idle first: the index of the eligible replica with the fewest requests in flight, among
+    those below ``max_in_flight``; ties round robin (the next of ``turns``, drawn only on a tie
+    or a single choice). ``None``: none has room (the request waits in the FIFO).
+
+    >>> turns = itertools.count()
+    >>> choose_replica([2, 0, 0], [True, True, True], 4, turns), choose_replica([2, 0, 0], [True] * 3, 4, turns)
+    (1, 2)
+    >>> choose_replica([4, 1], [True, False], 4, turns) is None
+    True
+    """
+    fewest = max_in_flight
+    tied: List[int] = []
+    for i, (n, ok) in enumerate(zip(in_flight, eligible)):
+        if not ok or n >= max_in_flight:
+            continue
+        if n < fewest:
+            fewest, tied = n, [i]
+        elif n == fewest:
+            tied.append(i)
+    if not tied:
+        return None
+    return tied[0] if len(tied) == 1 else tied[next(turns) % len(tied)]
+
+
+def choose_shards(mode: str, in_flight: Sequence[int], turns: Iterator[int]) -> List[int]:
+    """Polling: which shards get a request. ``ALL``: every one; ``ANY``: the one with the fewest
+    requests in flight, ties round robin (as :func:`choose_replica`). One shard: that one, whatever
+    the mode.
+
+    >>> turns = itertools.count()
+    >>> choose_shards('ALL', [0, 3], turns), choose_shards('ANY', [3, 1], turns), choose_shards('ALL', [5], turns)
+    ([0, 1], [1], [0])
+    """
+    if len(in_flight) == 1:
+        return [0]
+    if mode == 'ALL':
+        return list(range(len(in_flight)))
+    fewest = min(in_flight)
+    tied = [i for i, n in enumerate(in_flight) if n == fewest]
+    return [tied[0] if len(tied) == 1 else tied[next(turns) % len(tied)]]
+
+
+def retry_allowed(cause: str, stateful: bool, write: Optional[bool]) -> bool:
+    """May a request that lost its replica (``cause``, one of :data:`LOST_CAUSES`) go to another one?
+
+    A lost connection: always (a stateful replica applies a request id once). A replica that
+    hung or ran out of ``timeout_send`` may still apply the request: only on a stateless
+    Deployment, or for an endpoint known not to be a ``@write`` (``write`` is ``None`` while
+    that is not known yet). The caller also keeps to :data:`MAX_RETRIES`.
+
+    >>> retry_allowed('connection', True, True), retry_allowed('hung', True, True)
+    (True, False)
+    >>> retry_allowed('timeout', False, None), retry_allowed('timeout', True, False)
+    (True, True)
+    """
+    if cause not in LOST_CAUSES:
+        raise ValueError(f'cause={cause!r}; allowed: {", ".join(LOST_CAUSES)}')
+    if cause == 'connection' or not stateful:
+        return True
+    return write is False
 
 
 class Replica:
@@ -196,13 +266,10 @@ class ReplicaSet:
         return sum(r.in_flight for r in self.replicas)
 
     def _pick(self, exclude: Iterable[Replica] = ()) -> Optional[Replica]:
-        candidates = [r for r in self.replicas
-                      if r.healthy and r.in_flight < self.max_in_flight and r not in exclude]
-        if not candidates:
-            return None
-        fewest = min(r.in_flight for r in candidates)
-        tied = [r for r in candidates if r.in_flight == fewest]
-        return tied[next(self._rr) % len(tied)]
+        replicas = self.replicas
+        i = choose_replica([r.in_flight for r in replicas],
+                           [r.healthy and r not in exclude for r in replicas], self.max_in_flight, self._rr)
+        return None if i is None else replicas[i]
 
     def _dispatch(self) -> None:
         while self._waiters:
@@ -268,14 +335,14 @@ class ReplicaSet:
             except asyncio.CancelledError:
                 if call is None or call not in r.abandoned:
                     raise
-                why, retry = self._hung(endpoint)
+                cause, why = 'hung', self._why_hung()
             except grpc.aio.AioRpcError as e:
                 if call in r.abandoned:
-                    why, retry = self._hung(endpoint)
+                    cause, why = 'hung', self._why_hung()
                 elif e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self.timeout_send:
-                    why, retry = f'no answer within timeout_send={self.timeout_send:g} s', self.retry_safe(endpoint)
+                    cause, why = 'timeout', f'no answer within timeout_send={self.timeout_send:g} s'
                 elif e.code() in _CONNECTION_LOST:
-                    why, retry = f'connection lost ({e.code().name}: {e.details()})', True
+                    cause, why = 'connection', f'connection lost ({e.code().name}: {e.details()})'
                     self._mark_down(r)
                 else:
                     raise
@@ -284,23 +351,25 @@ class ReplicaSet:
                     r.calls.pop(call, None)
                     r.abandoned.discard(call)
                 self.release(r)
+            retry = retry_allowed(cause, self.stateful, self._is_write(endpoint))
             lost.append((r, why))
             if not retry or len(lost) > MAX_RETRIES:
                 raise ReplicaLost(self._lost_message(endpoint, lost, retry))
             log.warning('%s (%s): %s; retrying %s on another replica', r.name, r.address, why, endpoint)
 
-    def _hung(self, endpoint: str) -> Tuple[str, bool]:
-        # only calls that are safe to retry are taken back (a @write stays until the process is killed)
-        return f'it stopped answering (no health probe answer within {self.health_timeout:g} s)', True
+    def _why_hung(self) -> str:
+        return f'it stopped answering (no health probe answer within {self.health_timeout:g} s)'
+
+    def _is_write(self, endpoint: str) -> Optional[bool]:
+        """Whether ``endpoint`` is a ``@write`` (learnt from the replicas' Info); None: not known yet."""
+        if not self.endpoints:
+            return None
+        ep = self.endpoints.get(endpoint) or self.endpoints.get('__default__')
+        return None if ep is None else bool(ep.get('write'))
 
     def retry_safe(self, endpoint: str) -> bool:
         """May a request that a hung or slow replica may still apply go to another replica too?"""
-        if not self.stateful:
-            return True
-        if not self.endpoints:
-            return False   # not known yet whether it is a @write
-        ep = self.endpoints.get(endpoint) or self.endpoints.get('__default__')
-        return ep is not None and not ep.get('write')
+        return retry_allowed('hung', self.stateful, self._is_write(endpoint))
 
     def _lost_message(self, endpoint: str, lost: List[Tuple[Replica, str]], retry: bool) -> str:
         parts = '; '.join(f'{r.name} ({r.address}): {why}' for r, why in lost)
@@ -381,67 +450,3 @@ class ReplicaSet:
         return [{'name': r.name, 'address': r.address, 'in_flight': r.in_flight, 'sent': r.sent,
                  'healthy': r.healthy, **({'stopped': self.stopped[r.address]} if r.address in self.stopped else {})}
                 for r in self.replicas]
-
-
-def pick_shard(shards: Sequence[ReplicaSet], counter: itertools.count) -> ReplicaSet:
-    """ANY polling: the shard with the fewest requests in flight, ties round robin."""
-    fewest = min(s.in_flight for s in shards)
-    tied = [s for s in shards if s.in_flight == fewest]
-    return tied[next(counter) % len(tied)]
-
-
-def reduce_docs(results: Sequence[Any]):
-    """Merge DocLists from shards (or branches) by doc id, in order.
-
-    A doc id seen first in an earlier result keeps its place; for single values the
-    earliest result's non-None value wins, lists and nested DocLists are concatenated
-    in result order, dicts are merged (earlier keys win), nested docs merge recursively.
-
-    >>> merged = reduce_docs([shard0_docs, shard1_docs])  # doctest: +SKIP
-    """
-    from docarray import DocList
-    results = [r for r in results if r is not None]
-    if not results:
-        return None
-    doc_type = results[0].doc_type
-    by_id: Dict[str, Any] = {}
-    order: List[str] = []
-    for docs in results:
-        for doc in docs:
-            if doc.id in by_id:
-                _merge_into(by_id[doc.id], doc)
-            else:
-                by_id[doc.id] = doc
-                order.append(doc.id)
-    return DocList[doc_type].construct([by_id[i] for i in order])
-
-
-def concat_docs(results: Sequence[Any]):
-    """``no_reduce``: every result's docs, concatenated in order, unmerged."""
-    from docarray import DocList
-    results = [r for r in results if r is not None]
-    if not results:
-        return None
-    return DocList[results[0].doc_type].construct([d for r in results for d in r])
-
-
-def _merge_into(left, right) -> None:
-    from docarray import BaseDoc, DocList
-    right_fields = type(right).model_fields
-    for field in type(left).model_fields:
-        if field == 'id' or field not in right_fields:
-            continue
-        lv, rv = getattr(left, field), getattr(right, field)
-        if rv is None:
-            continue
-        if lv is None:
-            setattr(left, field, rv)
-        elif isinstance(lv, DocList) and isinstance(rv, DocList):
-            lv.extend(rv)
-        elif isinstance(lv, list) and isinstance(rv, list):
-            setattr(left, field, lv + rv)
-        elif isinstance(lv, dict) and isinstance(rv, dict):
-            setattr(left, field, {**rv, **lv})
-        elif isinstance(lv, BaseDoc) and isinstance(rv, BaseDoc):
-            _merge_into(lv, rv)
-        # other single values: the earliest (lowest shard's) value wins

@@ -1,11 +1,14 @@
-"""Shards, polling and reduce, end to end: real replica processes behind a real gateway."""
+"""Shards, polling and reduce, end to end: real replica processes behind a real gateway; the
+balancing decisions (replica, shards, retry) in process."""
+import itertools
+
 import pytest
 from docarray import DocList
 from docarray.documents import TextDoc
 
 from orchestra_nb import Deployment, RemoteError
-from runtime.routing import PollingPolicy, concat_docs, reduce_docs
-from topology_executors import Match, Query, calls
+from runtime.routing import PollingPolicy, choose_replica, choose_shards, retry_allowed
+from topology_executors import Query, calls
 
 
 # -- the table of Jina's scale-out page: Executor body runs for one request to '/' ----------------
@@ -109,17 +112,6 @@ def test_sharded_index_any_spreads_docs_and_all_gathers_them():
     assert shards == {'0', '1'}, found.text                         # both shards hold some docs
 
 
-def test_reduce_docs_unit_rules():
-    a = DocList[Query]([Query(id='1', owner='a', shard_seen=[0], matches=DocList[Match]([Match(text='a')]))])
-    b = DocList[Query]([Query(id='1', owner='b', shard_seen=[1], matches=DocList[Match]([Match(text='b')])),
-                        Query(id='2', owner='b2')])
-    merged = reduce_docs([a, b])
-    assert [d.id for d in merged] == ['1', '2']
-    assert merged[0].owner == 'a' and merged[0].shard_seen == [0, 1] and merged[0].matches.text == ['a', 'b']
-    assert len(concat_docs([a, b])) == 3
-    assert reduce_docs([]) is None
-
-
 # -- a shard that is down while polling ALL ---------------------------------------------------------
 
 def test_shard_down_fails_naming_it_unless_partial_results_are_allowed(monkeypatch):
@@ -148,3 +140,42 @@ def test_replica_and_shard_names():
     with Deployment(name='grid', uses='topology_executors:ShardedSearch', shards=2, replicas=2) as dep:
         names = [r['name'] for r in dep.status()['replicas']]
     assert names == ['grid/shard-0/rep-0', 'grid/shard-0/rep-1', 'grid/shard-1/rep-0', 'grid/shard-1/rep-1']
+
+
+# -- the decisions, in process ------------------------------------------------------------------------
+
+def test_choose_replica_idle_first_bounded_ties_round_robin():
+    turns = itertools.count()
+    ok = [True, True, True]
+    assert choose_replica([1, 0, 2], ok, 4, turns) == 1                      # the fewest in flight
+    assert [choose_replica([0, 0, 0], ok, 4, turns) for _ in range(6)] == [0, 1, 2, 0, 1, 2]   # ties: round robin
+    assert choose_replica([0, 1, 1], [False, True, True], 4, turns) in (1, 2)  # unhealthy/excluded: skipped
+    assert choose_replica([4, 4], [True, True], 4, turns) is None           # all full: the request waits (FIFO)
+    assert choose_replica([4, 3], [True, True], 4, turns) == 1
+    assert choose_replica([], [], 4, turns) is None
+
+
+def test_choose_shards_any_all_and_one_shard():
+    turns = itertools.count()
+    assert choose_shards('ALL', [3, 0, 1], turns) == [0, 1, 2]
+    assert choose_shards('ANY', [3, 0, 1], turns) == [1]
+    assert [choose_shards('ANY', [0, 0], turns)[0] for _ in range(4)] == [0, 1, 0, 1]
+    assert choose_shards('ALL', [7], turns) == [0] and choose_shards('ANY', [7], turns) == [0]
+
+
+@pytest.mark.parametrize('cause, stateful, write, allowed', [
+    ('connection', False, None, True),
+    ('connection', True, True, True),      # a stateful replica applies a request id once
+    ('hung', False, None, True),
+    ('timeout', False, True, True),
+    ('hung', True, True, False),           # a stateful @write is never sent twice
+    ('timeout', True, None, False),        # not known yet whether it is a @write
+    ('timeout', True, False, True),        # a read of a stateful Deployment
+])
+def test_retry_allowed(cause, stateful, write, allowed):
+    assert retry_allowed(cause, stateful, write) is allowed
+
+
+def test_retry_allowed_refuses_an_unknown_cause():
+    with pytest.raises(ValueError, match="cause='boom'; allowed: connection, hung, timeout"):
+        retry_allowed('boom', False, None)
