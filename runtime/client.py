@@ -142,9 +142,10 @@ class Client:
         timeout = timeout if timeout is not None else self.timeout
         results: Dict[int, Any] = {}
         out_type = return_type
-        room = asyncio.Semaphore(window)
-        tasks: List[asyncio.Task] = []
-        failures: List[BaseException] = []
+        frames = protocol.RequestFrames(header)
+        # request ids: a retried request (the gateway retries when a replica vanishes) is recognised
+        # by stateful replicas and applied once. 24 random hex digits per post + 8 of a counter.
+        post_id = uuid.uuid4().hex[:24]
 
         attempts = int(extra.get('max_attempts') or 1)
         if attempts < 1:
@@ -161,43 +162,35 @@ class Client:
                     await asyncio.sleep(min(max_wait, first_wait * 1.5 ** attempt))
             raise AssertionError('unreachable')
 
-        async def send(i: int, frame: bytes):
-            try:
-                reply = await call_with_retries(frame)
+        batches = enumerate(iter_batches(inputs, request_size))
+
+        async def sender() -> None:
+            """One of ``window`` senders: each takes the next batch (in input order) when its
+            previous request is answered, so at most ``window`` requests are in flight."""
+            nonlocal in_type, out_type
+            for i, batch in batches:
+                if in_type is None:
+                    in_type = type(batch[0]) if batch else (return_type or TextDoc)
+                if out_type is None:
+                    out_type = in_type
+                if not all(type(d) is in_type for d in batch):   # else a list of in_type docs will do
+                    batch = DocList[in_type](batch)
+                reply = await call_with_retries(frames.pack(f'{post_id}{i & 0xffffffff:08x}', encode_docs(batch)))
                 h, body = protocol.unpack(reply)
                 if not h.get('ok'):
                     raise RemoteError(h.get('error') or {})
                 if h.get('results'):
                     self.last_results.update(h['results'])
-                results[i] = decode_docs(bytes(body), out_type)
-            except BaseException as e:
-                failures.append(e)
-                raise
-            finally:
-                room.release()
+                results[i] = decode_docs(body, out_type)
 
+        senders = [asyncio.ensure_future(sender()) for _ in range(window)]
         try:
-            for i, batch in enumerate(iter_batches(inputs, request_size)):
-                if in_type is None:
-                    in_type = type(batch[0]) if batch else (return_type or TextDoc)
-                if out_type is None:
-                    out_type = in_type
-                docs = batch if isinstance(batch, DocList) else DocList[in_type](batch)
-                # request_id: a retried request (the gateway retries when a replica vanishes) is
-                # recognised by stateful replicas and applied once
-                frame = protocol.pack(dict(header, request_id=uuid.uuid4().hex), encode_docs(docs))
-                await room.acquire()          # at most `window` requests in flight
-                if failures:
-                    break
-                tasks.append(asyncio.ensure_future(send(i, frame)))
-            if failures:   # stopped early: raise the first failure, as gather would
-                raise failures[0]
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*senders)
         except grpc.aio.AioRpcError as e:
             raise ConnectionError(f'request to {on!r} at {self.address} failed: '
                                   f'{e.code().name}: {e.details()}') from None
         finally:
-            for t in tasks:
+            for t in senders:
                 if not t.done():
                     t.cancel()
         out_type = out_type or TextDoc

@@ -307,6 +307,23 @@ def _encode_column(w: _Writer, kind: str, base: Any, vals: list, depth: int) -> 
     raise _Fallback(f'values of types {sorted(t.__name__ for t in tset)} do not fit a {kind} column')
 
 
+_ENCODE_FIELDS: dict = {}
+
+
+def _encode_fields(cls: type) -> list:
+    """``(name, kind, base, optional, type name)`` of each field of ``cls``, worked out once."""
+    try:
+        return _ENCODE_FIELDS[cls]
+    except KeyError:
+        pass
+    out = []
+    for name, finfo in cls.model_fields.items():
+        kind, base, optional = _classify(finfo.annotation)
+        out.append((name, kind, base, optional, _type_name(kind, base)))
+    _ENCODE_FIELDS[cls] = out
+    return out
+
+
 def _encode_schema(w: _Writer, docs: list, cls: type, depth: int) -> dict:
     if depth > _MAX_DEPTH:
         raise _Fallback('documents nested too deeply')
@@ -315,15 +332,14 @@ def _encode_schema(w: _Writer, docs: list, cls: type, depth: int) -> dict:
     n = len(docs)
     dicts = [d.__dict__ for d in docs]
     fields: dict = {}
-    for name, finfo in cls.model_fields.items():
-        kind, base, optional = _classify(finfo.annotation)
+    for name, kind, base, optional, type_name in _encode_fields(cls):
         try:
             vals = list(map(itemgetter(name), dicts))
         except KeyError:
             vals = [dd.get(name) for dd in dicts]
         present = [v for v in vals if v is not None]  # not list.count: arrays compare elementwise
         nulls = n - len(present)
-        col: dict = {'kind': kind, 'type': _type_name(kind, base), 'optional': optional or nulls > 0}
+        col: dict = {'kind': kind, 'type': type_name, 'optional': optional or nulls > 0}
         if nulls == n:  # also n == 0
             col['present'] = 'none'
         elif nulls == 0:
@@ -932,6 +948,25 @@ def _plain_json(ann: Any) -> bool:
         return False
 
 
+_DECODE_FIELDS: dict = {}
+
+
+def _decode_fields(cls: type) -> list:
+    """What decoding needs of each field of ``cls``, worked out once: ``(name, field info, kind,
+    base, optional, has constraint metadata, a plain JSON field, the type name on the wire)``."""
+    try:
+        return _DECODE_FIELDS[cls]
+    except KeyError:
+        pass
+    out = []
+    for name, finfo in cls.model_fields.items():
+        tkind, tbase, toptional = _classify(finfo.annotation)
+        out.append((name, finfo, tkind, tbase, toptional, bool(finfo.metadata),
+                    tkind == 'json' and _plain_json(tbase), _type_name(tkind, tbase)))
+    _DECODE_FIELDS[cls] = out
+    return out
+
+
 def _decode_schema(r: _Reader, schema: dict, target: Optional[type], depth: int) -> tuple[type, list]:
     """Decode one schema level into a list of docs of ``target`` (or a class from the schema)."""
     if depth > _MAX_DEPTH:
@@ -944,7 +979,7 @@ def _decode_schema(r: _Reader, schema: dict, target: Optional[type], depth: int)
         raise _bad('schema fields is not an object')
     cls = target if target is not None else _class_for_schema(schema)
     names, cols, fields_set = [], [], set()
-    for name, finfo in cls.model_fields.items():
+    for name, finfo, tkind, tbase, toptional, metadata, plain_json, tname in _decode_fields(cls):
         col = fields.get(name)
         names.append(name)
         if col is None:
@@ -958,12 +993,10 @@ def _decode_schema(r: _Reader, schema: dict, target: Optional[type], depth: int)
         if not isinstance(col, dict):
             raise _bad(f'column {name!r} is not an object')
         fields_set.add(name)
-        ann = finfo.annotation
-        tkind, tbase, toptional = _classify(ann)
         wkind = col.get('kind')
         mask, present = _expand(r, col, count)
-        fast = (tkind == wkind and not finfo.metadata and (toptional or mask is None)
-                and (tkind != 'json' or (_plain_json(tbase) and col.get('type') == _type_name(tkind, tbase))))
+        fast = (tkind == wkind and not metadata and (toptional or mask is None)
+                and (tkind != 'json' or (plain_json and col.get('type') == tname)))
         if mask is not None and present == 0:
             cols.append(itertools.repeat(None, count) if (toptional or tkind == 'other')
                         else _validate_all(finfo, name, [None] * count))
@@ -1131,6 +1164,8 @@ def _class_for_schema(schema: dict, depth: int = 0) -> type:
 
 # --------------------------------------------------------------------------- public decode API
 
+#: messages from this size on are decoded with the cyclic GC paused (:func:`_gc_paused`)
+_GC_PAUSE_FROM = 16384
 _GC_LOCK = threading.Lock()
 _GC_PAUSED = [0, False]  # active decodes, whether the collector was on before the first
 
@@ -1183,8 +1218,11 @@ def decode_docs(data: bytes, doc_type: Optional[type] = None) -> DocList:
             raise _bad(f'unknown mode {_shown(mode)}')
         name = root.get('doc_type')
         _Bounds(r).level(root, name if isinstance(name, str) and len(name) <= 60 else 'root', 0)
-        with _gc_paused():
+        if len(mv) < _GC_PAUSE_FROM:   # few objects to build: pausing costs more than it saves
             cls, docs = _decode_schema(r, root, doc_type, 0)
+        else:
+            with _gc_paused():
+                cls, docs = _decode_schema(r, root, doc_type, 0)
         return DocList[cls].construct(docs)
     except ProtocolError:
         raise

@@ -284,8 +284,10 @@ class _Route:
 
     async def run(self, node: Node, outputs: Dict[str, Any]) -> Output:
         """``node`` on its inputs' output (joined): its reply, results merged with its inputs'."""
-        given = [await _output(outputs[n]) for n in node.needs]
-        given = given[0] if len(given) == 1 else _join(given)
+        if len(node.needs) == 1:
+            given = await _output(outputs[node.needs[0]])
+        else:
+            given = _join([await _output(outputs[n]) for n in node.needs])
         if node.is_join:
             return given
         if given is self.request:

@@ -23,6 +23,7 @@ Methods:
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any, Dict, Tuple
 
@@ -64,6 +65,31 @@ def pack(header: Dict[str, Any], body: bytes = b'') -> bytes:
     """``pack({'endpoint': '/x'}, b'...')`` -> one frame."""
     h = json.dumps(header, separators=(',', ':')).encode()
     return b''.join((MAGIC, _LEN.pack(len(h)), h, body))
+
+
+class RequestFrames:
+    """The request frames of one ``post``: the header is encoded once, each frame adds its own
+    ``request_id`` (hex digits, so nothing in it needs escaping).
+
+    >>> frames = RequestFrames({'endpoint': '/x', 'parameters': {}})
+    >>> unpack(frames.pack('0f' * 16, b'body'))[0]['request_id'] == '0f' * 16
+    True
+    """
+
+    def __init__(self, header: Dict[str, Any]):
+        if 'request_id' in header:
+            raise ValueError('RequestFrames adds request_id itself; the header must not have one')
+        h = json.dumps(header, separators=(',', ':')).encode()
+        self._open = h[:-1] + (b',"request_id":"' if header else b'"request_id":"')
+
+    def pack(self, request_id: str, body: bytes) -> bytes:
+        if not _HEX.fullmatch(request_id):
+            raise ValueError(f'request_id={request_id!r}: must be hex digits')
+        h = b'%s%s"}' % (self._open, request_id.encode())
+        return b''.join((MAGIC, _LEN.pack(len(h)), h, body))
+
+
+_HEX = re.compile(r'[0-9a-f]{1,64}')
 
 
 def unpack(frame: bytes) -> Tuple[Dict[str, Any], memoryview]:

@@ -18,12 +18,12 @@ import os
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from runtime import protocol
 from runtime.batching import Batchers
 from runtime.codec import decode_docs, encode_docs  # loaded before ready, not on the first request
+from runtime.executor_thread import ExecutorThread
 from runtime.executor import (Endpoint, EndpointTable, RuntimeArgs, UnknownEndpointError, build_executor,
                               call_endpoint, normalise_result)
 from runtime.server import STOP_GRACE_S, start_node_server, stop_event_from
@@ -46,10 +46,12 @@ class ReplicaServer:
         self.endpoints = EndpointTable(self.executor)
         self.stats = RequestStats()
         # one thread: Executors see one request at a time, as in Jina
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='executor')
+        self.pool = ExecutorThread('executor')
         self.consensus = None     # set by runtime.consensus for stateful replicas
         self.batchers = Batchers(self.endpoints, self.pool, encode_reply)  # endpoint -> dynamic batcher
         self.port: Optional[int] = None
+        # the most common reply, an answer without results: its header packed once (a frame is head + body)
+        self._ok_head = protocol.pack({'ok': True, 'replica': self.name})
         #: ``report(event=..., **fields)``: a line on the status pipe to the owner (set by run_worker)
         self.report: Callable[..., None] = lambda **msg: None
 
@@ -81,11 +83,11 @@ class ReplicaServer:
                 else:
                     if self.consensus is not None:   # caught up; strong: all committed applied
                         await self.consensus.before_read(header)
-                    loop = asyncio.get_running_loop()
-                    reply_header, reply_body = await loop.run_in_executor(
-                        self.pool, self.run_endpoint, ep, parameters, body)
+                    reply_header, reply_body = await self.pool.run(self.run_endpoint, ep, parameters, body)
             finally:
                 self.stats.finished(endpoint, time.perf_counter() - t0)
+            if reply_header == _OK:
+                return self._ok_head + reply_body
             reply_header['replica'] = self.name
             return protocol.pack(reply_header, reply_body)
         except Exception as e:
@@ -140,6 +142,9 @@ class ReplicaServer:
                 self.executor.close()
             except Exception:
                 log.exception('Executor.close() failed')
+
+
+_OK = {'ok': True}
 
 
 def encode_reply(results: Optional[Dict[str, Any]], docs: Any) -> Tuple[Dict[str, Any], bytes]:

@@ -311,3 +311,15 @@ def test_replica_and_gateway_refuse_hostile_requests_and_keep_serving():
         assert dep.post('/upper', TextDoc(text='after')).text == ['AFTER']
         after = dep.status()['replicas'][0]
         assert after['pid'] == replica['pid'] and after['state'] == 'ready'
+
+
+def test_request_frames_add_a_request_id_to_a_header_encoded_once():
+    frames = protocol.RequestFrames({'endpoint': '/x', 'parameters': {'k': 'v"'}})
+    header, body = protocol.unpack(frames.pack('ab12' * 8, b'docs'))
+    assert header == {'endpoint': '/x', 'parameters': {'k': 'v"'}, 'request_id': 'ab12' * 8}
+    assert bytes(body) == b'docs'
+    assert protocol.unpack(protocol.RequestFrames({}).pack('0', b''))[0] == {'request_id': '0'}
+    with pytest.raises(ValueError, match='must be hex digits'):
+        frames.pack('"}, "x": "', b'')
+    with pytest.raises(ValueError, match='must not have one'):
+        protocol.RequestFrames({'request_id': 'x'})
