@@ -9,15 +9,18 @@ Side by side in one run (ratios, not absolute times -- the machine is shared):
    number of single-doc requests through ``Client.post`` with the same window.
 3. **Flow of two echo Executors** (when ``runtime.flow`` is present).
 
-Also prints time to ready (replicas=1 and 3) and the memory of all processes.
+Each round runs the bare chain, then each of ours, back to back (``--rounds``); the ratios
+are per round, and their medians. Also prints time to ready (replicas=1 and 3) and the
+memory of all processes.
 
-    python benchmarks/echo.py [--requests 2000] [--window 16]
+    python benchmarks/echo.py [--requests 2000] [--window 16] [--rounds 3]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -114,36 +117,48 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--requests', type=int, default=2000)
     ap.add_argument('--window', type=int, default=16, help='requests in flight from the client')
+    ap.add_argument('--rounds', type=int, default=3, help='rounds, each: bare chain, then ours, back to back')
     args = ap.parse_args(argv)
     n, w = args.requests, args.window
-    rows = []
-    bare = bare_chain(n, w)
-    rows.append(('bare grpc client -> proxy -> server', bare, 1.0))
-    for replicas in (1, 3):
-        t0 = time.perf_counter()
-        with Deployment(name='echo', replicas=replicas) as dep:
-            ready = time.perf_counter() - t0
-            rate = ours(dep, n, w)
-            procs, rss, pss = memory(dep)
-        rows.append((f'Deployment replicas={replicas}', rate, rate / bare))
-        print(f'time to ready, replicas={replicas}: {ready:.2f} s; {procs} processes, '
-              f'{rss:.0f} MB RSS, {pss:.0f} MB PSS')
     try:
         from orchestra_nb import Flow
     except ImportError:
         Flow = None
-    if Flow is not None:
-        with Flow().add(name='a').add(name='b') as flow:
-            rate = ours(flow, n, w)
-        one = rows[1][1]
-        rows.append(('Flow of 2 echo Executors', rate, rate / bare))
-        print(f'Flow(2) / Deployment(1): {rate / one:.2f} (target >= 0.6)')
-    print(f'\n{n} single-doc requests, {w} in flight (Jina 3.34 here: 754 req/s replicas=1, '
+    setups = []
+    try:
+        for replicas in (1, 3):
+            t0 = time.perf_counter()
+            dep = Deployment(name=f'echo{replicas}', replicas=replicas).start()
+            setups.append((f'Deployment replicas={replicas}', dep))
+            procs, rss, pss = memory(dep)
+            print(f'time to ready, replicas={replicas}: {time.perf_counter() - t0:.2f} s; {procs} processes, '
+                  f'{rss:.0f} MB RSS, {pss:.0f} MB PSS')
+        if Flow is not None:
+            setups.append(('Flow of 2 echo Executors', Flow().add(name='a').add(name='b').start()))
+        rows = []
+        for r in range(args.rounds):
+            bare = bare_chain(n, w)
+            rates = [ours(o, n, w) for _, o in setups]
+            rows.append((bare, rates))
+            print(f'round {r + 1}: bare {bare:.0f} req/s; ' + '; '.join(
+                f'{name} {rate:.0f} ({rate / bare:.2f} x bare)' for (name, _), rate in zip(setups, rates))
+                + f'; load average {os.getloadavg()[0]:.1f}', flush=True)
+    finally:
+        for _, o in setups:
+            o.close()
+    print(f'\n{n} single-doc requests, {w} in flight, {args.rounds} rounds (Jina 3.34 here: 754 req/s replicas=1, '
           '610 replicas=3, 417 Flow of 2)')
-    print(f'{"setup":<40}{"req/s":>10}{"x bare":>10}')
-    for name, rate, ratio in rows:
-        print(f'{name:<40}{rate:>10.0f}{ratio:>10.2f}')
-    print('target: Deployment replicas=1 >= 0.70 x bare')
+    print(f'{"setup":<40}{"median req/s":>14}{"x bare, per round":>30}{"median":>8}')
+    print(f'{"bare grpc client -> proxy -> server":<40}{statistics.median(b for b, _ in rows):>14.0f}')
+    for k, (name, _) in enumerate(setups):
+        ratios = [rates[k] / bare for bare, rates in rows]
+        print(f'{name:<40}{statistics.median(rates[k] for _, rates in rows):>14.0f}'
+              f'{" ".join(f"{x:.2f}" for x in ratios):>30}{statistics.median(ratios):>8.2f}')
+    if Flow is not None:
+        flow_vs_dep = statistics.median(rates[-1] / rates[0] for _, rates in rows)
+        print(f'Flow(2) / Deployment(1): {flow_vs_dep:.2f} (target >= 0.6)')
+    print(f'target: Deployment replicas=1 >= 0.8 x bare; load average now {os.getloadavg()[0]:.1f} '
+          f'on {os.cpu_count()} CPUs')
 
 
 if __name__ == '__main__':
