@@ -32,7 +32,7 @@ def _resolve(fut: asyncio.Future, result: Any, exc: Optional[BaseException]) -> 
 
 
 class ExecutorThread(concurrent.futures.Executor):
-    """One daemon thread running submitted calls in order (started on first use)."""
+    """One thread running submitted calls in order (started on first use)."""
 
     def __init__(self, name: str = 'executor'):
         self.name = name
@@ -47,7 +47,12 @@ class ExecutorThread(concurrent.futures.Executor):
                 if self._shutdown:
                     raise RuntimeError(f'{self.name}: cannot schedule new calls after shutdown')
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                    # like ThreadPoolExecutor's: not a daemon, told to stop when the interpreter
+                    # exits, which then waits for the call it is running (a snapshot, a RAFT apply)
+                    at_exit = getattr(threading, '_register_atexit', None)
+                    self._thread = threading.Thread(target=self._work, name=self.name, daemon=at_exit is None)
+                    if at_exit is not None:
+                        at_exit(self._queue.put, None)
                     self._thread.start()
         elif self._shutdown:
             raise RuntimeError(f'{self.name}: cannot schedule new calls after shutdown')
