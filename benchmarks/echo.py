@@ -80,27 +80,39 @@ async def _bare_client(port: int, frame: bytes, n: int, window: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
-def bare_chain(n: int, window: int) -> float:
+def _cpu_s(pids: list) -> float:
+    """CPU seconds (user + system, all threads) the processes ``pids`` have used so far."""
+    return sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+
+
+def bare_chain(n: int, window: int) -> tuple:
+    """-> (requests/s, CPU µs per request of client + proxy + server)."""
     frame = protocol.pack({'endpoint': '/echo', 'parameters': {}},
                           encode_docs(DocList[TextDoc]([TextDoc(text='hello')])))
     server, sport = _start_bare('server')
     proxy, pport = _start_bare('proxy', f'127.0.0.1:{sport}')
+    pids = [os.getpid(), proxy.pid, server.pid]
     try:
-        return asyncio.run(_bare_client(pport, frame, n, window))
+        cpu = _cpu_s(pids)
+        rate = asyncio.run(_bare_client(pport, frame, n, window))
+        return rate, (_cpu_s(pids) - cpu) / n * 1e6
     finally:
         for p in (proxy, server):
             p.stdin.close()
             p.wait(5)
 
 
-def ours(orchestration, n: int, window: int) -> float:
+def ours(orchestration, n: int, window: int) -> tuple:
+    """-> (requests/s, CPU µs per request of client + gateway + replicas)."""
     docs = DocList[TextDoc]([TextDoc(text='hello') for _ in range(n)])
     orchestration.post('/echo', docs[:50], request_size=1, prefetch=window)   # warm up
+    pids = [os.getpid(), orchestration.gateway.pid] + [r['pid'] for r in orchestration.status()['replicas']]
+    cpu = _cpu_s(pids)
     t0 = time.perf_counter()
     out = orchestration.post('/echo', docs, request_size=1, prefetch=window)
     rate = n / (time.perf_counter() - t0)
     assert len(out) == n
-    return rate
+    return rate, (_cpu_s(pids) - cpu) / n * 1e6
 
 
 def memory(orchestration) -> tuple:
@@ -136,12 +148,16 @@ def main(argv=None) -> None:
         if Flow is not None:
             setups.append(('Flow of 2 echo Executors', Flow().add(name='a').add(name='b').start()))
         rows = []
+        cpu_rows = []
         for r in range(args.rounds):
-            bare = bare_chain(n, w)
-            rates = [ours(o, n, w) for _, o in setups]
+            bare, bare_cpu = bare_chain(n, w)
+            measured = [ours(o, n, w) for _, o in setups]
+            rates = [rate for rate, _ in measured]
             rows.append((bare, rates))
-            print(f'round {r + 1}: bare {bare:.0f} req/s; ' + '; '.join(
-                f'{name} {rate:.0f} ({rate / bare:.2f} x bare)' for (name, _), rate in zip(setups, rates))
+            cpu_rows.append((bare_cpu, [cpu for _, cpu in measured]))
+            print(f'round {r + 1}: bare {bare:.0f} req/s, {bare_cpu:.0f} µs CPU/request; ' + '; '.join(
+                f'{name} {rate:.0f} ({rate / bare:.2f} x bare), {cpu:.0f} µs CPU/request'
+                for (name, _), (rate, cpu) in zip(setups, measured))
                 + f'; load average {os.getloadavg()[0]:.1f}', flush=True)
     finally:
         for _, o in setups:
@@ -154,6 +170,11 @@ def main(argv=None) -> None:
         ratios = [rates[k] / bare for bare, rates in rows]
         print(f'{name:<40}{statistics.median(rates[k] for _, rates in rows):>14.0f}'
               f'{" ".join(f"{x:.2f}" for x in ratios):>30}{statistics.median(ratios):>8.2f}')
+    print('CPU per request, all processes (client, gateway or proxy, replicas or server), median µs: bare '
+          f'{statistics.median(c for c, _ in cpu_rows):.0f}; ' + '; '.join(
+              f'{name} {statistics.median(cpus[k] for _, cpus in cpu_rows):.0f} '
+              f'(bare / ours {statistics.median(c / cpus[k] for c, cpus in cpu_rows):.2f}: the ratio where CPU '
+              'is the limit)' for k, (name, _) in enumerate(setups)))
     if Flow is not None:
         flow_vs_dep = statistics.median(rates[-1] / rates[0] for _, rates in rows)
         print(f'Flow(2) / Deployment(1): {flow_vs_dep:.2f} (target >= 0.6)')
