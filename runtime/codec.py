@@ -754,7 +754,7 @@ def _decode_values(r: _Reader, col: dict, count: int, depth: int, target: Any) -
             child_target = None
         child_cls, children = _decode_schema(r, child_schema, child_target, depth + 1)
         dl_cls = target if target is not None and getattr(target, 'doc_type', AnyDoc) is not AnyDoc \
-            else DocList[child_cls]
+            else _doclist_of(child_cls)
         bounds = [0]
         bounds.extend(np.cumsum(lengths).tolist())
         construct = dl_cls.construct
@@ -881,6 +881,17 @@ def _fill(mask: Optional[list], vals: list) -> list:
         return vals
     it = iter(vals)
     return [next(it) if m else None for m in mask]
+
+
+_DOCLISTS: dict = {}
+
+
+def _doclist_of(cls: type) -> type:
+    """``DocList[cls]``, looked up once per class (docarray's own lookup walks typing machinery)."""
+    try:
+        return _DOCLISTS[cls]
+    except KeyError:
+        return _DOCLISTS.setdefault(cls, DocList[cls])
 
 
 _BUILDERS: dict = {}
@@ -1223,7 +1234,7 @@ def decode_docs(data: bytes, doc_type: Optional[type] = None) -> DocList:
         else:
             with _gc_paused():
                 cls, docs = _decode_schema(r, root, doc_type, 0)
-        return DocList[cls].construct(docs)
+        return _doclist_of(cls).construct(docs)
     except ProtocolError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError,
