@@ -88,7 +88,7 @@ def check_kwargs(kwargs: Dict[str, Any], allowed: Sequence[str], where: str) -> 
     ValueError: Deployment got an unknown argument 'replica'; did you mean 'replicas'? (valid: replicas)
     """
     for key in kwargs:
-        if key not in allowed:
+        if key not in allowed and not check_jina_keyword(key, kwargs[key], where):
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f'; did you mean {close[0]!r}?' if close else ''
             raise ValueError(f'{where} got an unknown argument {key!r}{hint} '
@@ -279,13 +279,109 @@ FLOW_ARGS: Tuple[Arg, ...] = (
     TIMEOUT_READY, LOG_DIR, MAX_IN_FLIGHT, STREAM_LOGS, *SECURITY_ARGS,
 )
 
-#: keys Jina knows that this toolkit refuses, with what to write instead
-JINA_ONLY = {
+#: keys Jina knows that this toolkit refuses, with why and what to write instead (one line each);
+#: the constructors, YAML configs, the CLI and the magic all refuse them from this table
+#: (docs/jina-compatibility.md lists every Jina argument with its decision)
+JINA_ONLY: Dict[str, str] = {
+    # Jina Hub, containers and clouds
     'install_requirements': 'it installs Jina Hub Executors; hub Executors are not supported here: '
                             'install the package yourself and write uses: package.module:Class',
-    'uses_metas': "use 'uses: {jtype: Class, metas: {py_modules: [...]}}' or 'py_modules'",
-    'gpus': "use env: {CUDA_VISIBLE_DEVICES: RR} to spread replicas over GPUs",
+    'force_update': 'it re-pulls Jina Hub Executors; hub Executors are not supported here: install the package '
+                    'and write uses: package.module:Class',
+    'prefer_platform': 'it picks the Docker platform of a containerized Executor; Executors run as local processes '
+                       'here (export Compose/Kubernetes files with dep.to_docker_compose_yaml for containers)',
+    'gpus': "it passes GPUs to a Docker container; use env={'CUDA_VISIBLE_DEVICES': 'RR'} to spread replicas "
+            'over GPUs',
+    'docker_kwargs': 'Executors run as local processes, not Docker containers; use dep.to_docker_compose_yaml '
+                     'for containers',
+    'entrypoint': 'Executors run as local processes, not Docker containers; use dep.to_docker_compose_yaml',
+    'disable_auto_volume': 'Executors run as local processes, not Docker containers: no volume is mounted',
+    'provider': 'cloud providers (SageMaker, Azure) are not supported; export Kubernetes or Compose files instead',
+    'provider_endpoint': 'cloud providers (SageMaker, Azure) are not supported; export Kubernetes or Compose files',
+    # Jina internals with no counterpart
+    'runtime_cls': "Jina's runtime classes do not exist here: every replica runs runtime.worker",
+    'connection_list': "internal to Jina's head runtime; to use running replicas write external=True with host/port",
+    'uses_before': 'shard pre-processing Executors are not supported; add an Executor before this one in a Flow',
+    'uses_after': "shard post-processing Executors are not supported; shard results are merged by id (no_reduce=True "
+                  "concatenates them), or add an Executor after this one in a Flow",
+    'uses_before_address': 'shard pre-processing Executors are not supported; add an Executor before it in a Flow',
+    'uses_after_address': 'shard post-processing Executors are not supported; add an Executor after it in a Flow',
+    'uses_requests': 'remapping endpoints from outside the class is not supported; write @requests(on=...) '
+                     'in the Executor',
+    'uses_dynamic_batching': 'write @dynamic_batching(preferred_batch_size=...) on the endpoint method',
+    'when': "DocArray v1 query filters are not supported on docarray v2 (Jina's own when= is v1 only); filter "
+            'inside the Executor',
+    'output_array_type': 'a docarray v1 protobuf option; the columnar codec keeps each tensor type as it is',
+    'allow_concurrent': 'a replica runs one request at a time, so Executors need not be thread-safe; scale out '
+                        'with replicas=N',
+    'exit_on_exceptions': 'a failing request is answered with its error and the replica keeps serving; a replica '
+                          'that dies is restarted (max_restarts, restart_window)',
+    'reload': 'hot reloading is not supported; restart the Deployment (in a notebook: re-run the cell)',
+    'retries': 'the gateway retries a request on another replica when its replica is lost (never a @write '
+               'that may have been applied); the client retries with post(max_attempts=N)',
+    'timeout_ctrl': 'control calls have fixed timeouts; readiness waits timeout_ready seconds',
+    'grpc_server_options': 'servers use fixed options (1 GiB messages, SO_REUSEPORT off)',
+    'grpc_channel_options': 'channels use fixed options (1 GiB messages)',
+    'grpc_metadata': 'the gateway sends no custom gRPC metadata to replicas',
+    'compression': 'requests between the gateway and its replicas are not compressed (they travel on 127.0.0.1); '
+                   'post(compression=...) compresses between client and gateway',
+    'log_config': "Jina's logging YAML is not read; use log_level='DEBUG' and dep.logs()",
+    'quiet': "replica logs go to files, not to this terminal (stream_logs=True copies them); use log_level='ERROR'",
+    'quiet_error': "use log_level='CRITICAL'; errors always reach the client with their traceback",
+    'suppress_root_logging': 'the root logger is never changed here',
+    'tracing': 'OpenTelemetry tracing is not supported; dep.status() and docs/telemetry.md give per-replica counters',
+    'traces_exporter_host': 'OpenTelemetry tracing is not supported; dep.status() gives per-replica counters',
+    'traces_exporter_port': 'OpenTelemetry tracing is not supported; dep.status() gives per-replica counters',
+    'metrics': 'OpenTelemetry metrics are not supported; dep.status() gives per-replica counters',
+    'metrics_exporter_host': 'OpenTelemetry metrics are not supported; dep.status() gives per-replica counters',
+    'metrics_exporter_port': 'OpenTelemetry metrics are not supported; dep.status() gives per-replica counters',
+    'port_monitoring': 'the Prometheus endpoint is not there yet (a later metrics issue); dep.status() gives '
+                       'per-replica counters',
+    'tls': "a Deployment's gateway serves TLS with tls_cert=... and tls_key=...; a Client connects with tls=True",
+    'ssl_certfile': "the gRPC gateway's TLS is tls_cert=PATH (with tls_key)",
+    'ssl_keyfile': "the gRPC gateway's TLS key is tls_key=PATH (with tls_cert)",
+    'inspect': "inspect Executors (Flow(inspect=...)) are not supported; read dep.logs() and dep.status()",
+    'uses_after_metas': 'shard post-processing Executors are not supported',
+    # HTTP / WebSocket gateway settings (see docs/jina-compatibility.md)
+    'cors': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
+    'title': 'an HTTP gateway (OpenAPI) setting; with the gRPC gateway it does not apply',
+    'description': 'an HTTP gateway (OpenAPI) setting; with the gRPC gateway it does not apply',
+    'uvicorn_kwargs': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
+    'no_debug_endpoints': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
+    'no_crud_endpoints': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
+    'expose_endpoints': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
+    'expose_graphql_endpoint': 'GraphQL is not supported',
+    'proxy': 'the client never reads http_proxy for gRPC; nothing to turn off',
 }
+
+#: Jina arguments accepted because Jina's meaning holds here with nothing to do, as long as the value is one of
+#: these: name -> (check of the value, what the value must be, why nothing is needed)
+JINA_ACCEPTED: Dict[str, Tuple[Callable[[Any], bool], str, str]] = {
+    'native': (lambda v: isinstance(v, bool), 'True or False', 'every Executor here runs natively in its process'),
+    'monitoring': (lambda v: v is False, 'False',
+                   'the Prometheus endpoint is not there yet (a later metrics issue); dep.status() gives per-replica '
+                   'counters'),
+    'deployment_role': (lambda v: v is None, 'None', 'roles are inferred from the graph'),
+    'copy_flow': (lambda v: v is False or v is None, 'False',
+                  'Flow.add changes the Flow in place and returns it'),
+}
+
+
+def check_jina_keyword(key: str, value: Any, where: str) -> bool:
+    """True for a Jina keyword accepted with nothing to do (:data:`JINA_ACCEPTED`); raise ``ValueError``
+    with the reason for a refused one (:data:`JINA_ONLY`); False for a keyword Jina does not know either.
+
+    >>> check_jina_keyword('native', True, 'Deployment')
+    True
+    """
+    if key in JINA_ACCEPTED:
+        ok, allowed, why = JINA_ACCEPTED[key]
+        if not ok(value):
+            raise ValueError(f'{where}: {key}={value!r} is not supported: {why} (allowed: {allowed})')
+        return True
+    if key in JINA_ONLY:
+        raise ValueError(f'{where}: {key}= is a Jina argument not supported here: {JINA_ONLY[key]}')
+    return False
 
 
 def arg_names(args: Iterable[Arg]) -> Tuple[str, ...]:
@@ -427,3 +523,116 @@ def flag_values(namespace: argparse.Namespace, args: Iterable[Arg]) -> Dict[str,
 def flag_names(parser: argparse.ArgumentParser) -> List[str]:
     """The ``dest`` of every optional flag of ``parser`` (for tests and help)."""
     return sorted({act.dest for act in parser._actions if act.option_strings and act.dest != 'help'})
+
+
+# ----------------------------------------------------------------------------- post() keywords
+
+def _check_callback(value: Any, what: str) -> Any:
+    if value is not None and not callable(value):
+        raise ValueError(f'{what}={value!r}: must be a function (or None)')
+    return value
+
+
+def _check_number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f'{what}={value!r}: must be a number >= 0')
+    return value
+
+
+def _check_request_size(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'{what}={value!r}: must be an integer (<= 0: all inputs in one request, as in Jina)')
+    return value
+
+
+def _check_target(value: Any, what: str) -> Optional[str]:
+    import re
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f'{what}={value!r}: must be a regular expression (a string) matched against Executor names')
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f'{what}={value!r}: not a valid regular expression ({e})') from None
+    return value
+
+
+def _check_compression(value: Any, what: str) -> Optional[str]:
+    allowed = ('NoCompression', 'Deflate', 'Gzip')
+    if value is not None and value not in allowed:
+        raise ValueError(f'{what}={value!r}: allowed: None, {", ".join(repr(a) for a in allowed)}')
+    return value
+
+
+#: every keyword of ``Client.post`` / ``Deployment.post`` / ``Flow.post`` after ``on`` and ``inputs``, in
+#: signature order: Jina's (jina.clients.mixin.PostMixin.post) and then ours (marked in the help)
+POST_ARGS: Tuple[Arg, ...] = (
+    Arg('on_done', None, "called with each request's Response when it succeeded; post then returns None",
+        (object,), 'a function', check=_check_callback),
+    Arg('on_error', None, 'called with (Response, exception) for each request that failed, instead of raising',
+        (object,), 'a function', check=_check_callback),
+    Arg('on_always', None, 'called with each Response, failed or not; post then returns None', (object,),
+        'a function', check=_check_callback),
+    Arg('parameters', None, "a dict (or a pydantic model) passed to the Executor's parameters", (dict, object),
+        'a dict or a pydantic model'),   # checked by runtime.client.parameters_dict
+    Arg('target_executor', None, 'a regular expression (re.match): only the Executors whose name matches run; the '
+        'others pass the docs on unchanged', _STR, 'a string', check=_check_target),
+    Arg('request_size', 100, 'documents per request (<= 0: all in one request)', _INT, 'an integer',
+        check=_check_request_size),
+    Arg('show_progress', False, 'a progress bar (tqdm) counting requests', _BOOL, 'true or false', check=check_flag),
+    Arg('continue_on_error', False, 'a failed request is logged and the others go on; the result holds the docs of '
+        'the requests that succeeded', _BOOL, 'true or false', check=check_flag),
+    Arg('max_attempts', 1, 'attempts per request while the gateway is unreachable (UNAVAILABLE)', _INT,
+        'an integer', check=check_count),
+    Arg('initial_backoff', 0.5, 'seconds before the first retry', _SECONDS, 'a number', check=_check_number),
+    Arg('max_backoff', 2.0, 'the longest wait between retries, in seconds', _SECONDS, 'a number',
+        check=_check_number),
+    Arg('backoff_multiplier', 1.5, 'each wait is the previous one times this', _SECONDS, 'a number',
+        check=_check_number),
+    Arg('results_in_order', False, 'results always come back in input order here, so True and False both hold',
+        _BOOL, 'true or false', check=check_flag),
+    Arg('stream', True, "Jina's choice of gRPC streaming or unary calls; one transport here, same results",
+        _BOOL, 'true or false', check=check_flag),
+    Arg('prefetch', None, 'requests in flight at once (default: the Client\'s, 16)', _INT, 'an integer',
+        check=optional(check_count)),
+    Arg('return_type', None, 'DocList[X] (docs decoded as X), or a doc class X: one doc back is returned alone',
+        (type,), 'a DocList or doc class'),
+    Arg('timeout', None, '(ours) seconds each request may take', _SECONDS, 'a number of seconds',
+        check=optional(check_seconds)),
+    Arg('compression', None, "gRPC compression between client and gateway: 'Gzip', 'Deflate' or 'NoCompression'",
+        _STR, 'a string', check=_check_compression),
+    Arg('consistency', None, "(ours) stateful reads: 'strong' reads the RAFT leader's state", _STR, 'a string',
+        check=optional(one_of('eventual', 'strong'))),
+    Arg('allow_partial', None, '(ours) ALL polling: answer from the live shards when one is down', _BOOL,
+        'true or false', check=optional(check_flag)),
+    Arg('no_reduce', None, '(ours) ALL polling: concatenate shard results instead of merging by id', _BOOL,
+        'true or false', check=optional(check_flag)),
+)
+
+#: keywords of Jina's post() refused here, with why and what to use instead
+JINA_POST_ONLY: Dict[str, str] = {
+    'return_responses': "Response objects are not returned: post returns a DocList; each request's results dict "
+                        'is in client.last_results, and on_done=fn receives each Response',
+    'metadata': 'custom gRPC metadata is not sent; the gateway authenticates control calls with its secret only',
+    'credentials': 'per-call gRPC credentials are not supported; use Client(tls=True, ca=...)',
+    'exec_endpoint': "write on='/endpoint' (the endpoint is post's first argument)",
+    'data_type': 'a docarray v1 option: pass docs (a DocList, a doc, a list or a generator)',
+    'total_docs': 'show_progress counts requests; the total is not needed',
+}
+
+
+def check_post_kwargs(kwargs: Dict[str, Any], where: str = 'post') -> None:
+    """Refuse keywords ``post`` does not take: a Jina one with its reason, else the closest valid one.
+
+    >>> check_post_kwargs({'target_executr': 'a'})
+    Traceback (most recent call last):
+    ValueError: post got an unknown argument 'target_executr'; did you mean 'target_executor'? (valid: ...)
+    """
+    for key in kwargs:
+        if key in JINA_POST_ONLY:
+            raise ValueError(f'{where}({key}=...) is a Jina argument not supported here: {JINA_POST_ONLY[key]}')
+        allowed = ('on', 'inputs') + arg_names(POST_ARGS)
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f'; did you mean {close[0]!r}?' if close else ''
+        raise ValueError(f'{where} got an unknown argument {key!r}{hint} (valid: {", ".join(allowed)})')

@@ -26,6 +26,7 @@ from runtime import protocol
 from runtime.routing import (NoReplicaAvailable, PollingPolicy, ReplicaSet, concat_docs, pick_shard,
                              reduce_docs)
 from runtime.server import STOP_GRACE_S, start_node_server, stop_event_from
+from runtime.targeting import runs, unmatched
 from runtime.telemetry import RequestStats
 
 log = logging.getLogger('orchestra.gateway')
@@ -76,7 +77,7 @@ class Node:
     async def call(self, header: Dict[str, Any], frame: bytes) -> Tuple[Dict[str, Any], bytes, bytes]:
         """-> (reply header, reply body, reply frame). Raises :class:`NodeError` on failure."""
         endpoint = header.get('endpoint', '/')
-        if self.is_join:
+        if self.is_join or not runs(header, self.name):   # post(target_executor=...): others pass docs on
             _, body = protocol.unpack(frame)
             out = {'ok': True, 'replica': self.name}
             return out, body, protocol.pack(out, body)
@@ -170,6 +171,9 @@ class Gateway:
         """One client request through the graph -> the reply frame."""
         header, body = protocol.unpack(frame)
         protocol.check_request_header(header)
+        not_targeted = unmatched(header.get('target_executor'), self.nodes)
+        if not_targeted:
+            raise NodeError(protocol.error_header(LookupError(not_targeted), self.name))
         if len(self.nodes) == 1:  # the Deployment fast path: no decoding
             (node,) = self.nodes.values()
             _, _, reply = await node.call(header, frame)

@@ -263,6 +263,23 @@ class Orchestration:
         """Async twin of :meth:`post`."""
         return await self._require_started().apost(on, inputs, request_size=request_size, **kwargs)
 
+    # Jina's PostMixin shortcuts (ONLY CRUD endpoints, as in Jina)
+    def index(self, inputs: Any = None, **kwargs):
+        """``post('/index', inputs, **kwargs)``."""
+        return self.post('/index', inputs, **kwargs)
+
+    def search(self, inputs: Any = None, **kwargs):
+        """``post('/search', inputs, **kwargs)``."""
+        return self.post('/search', inputs, **kwargs)
+
+    def update(self, inputs: Any = None, **kwargs):
+        """``post('/update', inputs, **kwargs)``."""
+        return self.post('/update', inputs, **kwargs)
+
+    def delete(self, inputs: Any = None, **kwargs):
+        """``post('/delete', inputs, **kwargs)``."""
+        return self.post('/delete', inputs, **kwargs)
+
     # -- beyond one machine (runtime/export, docs/scaling-out.md) -------------------------
     def to_docker_compose_yaml(self, output_path: str, network_name: Optional[str] = None,
                                image: Optional[str] = None, app_dir: Optional[str] = None) -> str:
