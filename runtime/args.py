@@ -279,6 +279,20 @@ FLOW_ARGS: Tuple[Arg, ...] = (
     TIMEOUT_READY, LOG_DIR, MAX_IN_FLIGHT, STREAM_LOGS, *SECURITY_ARGS,
 )
 
+#: arguments ``Flow.add`` (and a Flow YAML's ``executors:`` entry) takes beyond a Deployment's
+FLOW_ADD_ARGS: Tuple[Arg, ...] = (
+    Arg('floating', False, "Jina's floating Executor: it gets every request, its output goes nowhere (the reply "
+        "does not wait for it), and the next .add() chains after the Executor before it", _BOOL, 'true or false',
+        check=check_flag),
+)
+
+#: a Deployment's arguments that are not a Flow's own but that Flow(...) takes as the default of every
+#: ``.add()`` (Jina passes such Flow keywords down to its Executors: ``Flow(replicas=2)``); ``env`` is merged
+FLOW_WIDE_ARGS: Tuple[Arg, ...] = tuple(
+    a for a in DEPLOYMENT_ARGS
+    if a.name not in {f.name for f in FLOW_ARGS} and a.name not in (
+        'name', 'port', 'host', 'uses', 'uses_with', 'needs', 'external', 'secret', 'tls_cert', 'tls_key'))
+
 #: keys Jina knows that this toolkit refuses, with why and what to write instead (one line each);
 #: the constructors, YAML configs, the CLI and the magic all refuse them from this table
 #: (docs/jina-compatibility.md lists every Jina argument with its decision)
@@ -341,7 +355,6 @@ JINA_ONLY: Dict[str, str] = {
     'ssl_certfile': "the gRPC gateway's TLS is tls_cert=PATH (with tls_key)",
     'ssl_keyfile': "the gRPC gateway's TLS key is tls_key=PATH (with tls_cert)",
     'inspect': "inspect Executors (Flow(inspect=...)) are not supported; read dep.logs() and dep.status()",
-    'uses_after_metas': 'shard post-processing Executors are not supported',
     # HTTP / WebSocket gateway settings (see docs/jina-compatibility.md)
     'cors': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
     'title': 'an HTTP gateway (OpenAPI) setting; with the gRPC gateway it does not apply',
@@ -352,6 +365,24 @@ JINA_ONLY: Dict[str, str] = {
     'expose_endpoints': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
     'expose_graphql_endpoint': 'GraphQL is not supported',
     'proxy': 'the client never reads http_proxy for gRPC; nothing to turn off',
+    # a Flow's gateway internals and options
+    'asyncio': 'there is one Flow class: await flow.apost(...) from async code (or a notebook\'s top level)',
+    'prefetch': "the gateway queues requests (FIFO) and keeps max_in_flight_per_replica per replica; a client's "
+                'window is post(prefetch=N)',
+    'reuse_session': 'an HTTP client setting; the Flow posts over gRPC',
+    'deployments_addresses': "internal to Jina's gateway: the Flow tells its gateway where its replicas are",
+    'deployments_metadata': "internal to Jina's gateway: no gRPC metadata is sent to replicas",
+    'deployments_no_reduce': "internal to Jina's gateway: write no_reduce=True on the Executor",
+    'graph_description': "internal to Jina's gateway: the graph comes from .add(needs=...)",
+    'graph_conditions': "internal to Jina's gateway: when= conditions are not supported",
+}
+
+#: keywords Jina's Flow(...) takes whose name is a Deployment argument here, refused on a Flow
+FLOW_JINA_ONLY: Dict[str, str] = {
+    'uses': 'a Flow YAML is loaded with Flow.load_config(path) (or runtime.flow.load); Flow(uses=...) is not '
+            'read',
+    'uses_with': "Flow(uses_with=...) configures Jina's custom gateways, which are not supported",
+    'external': 'external=True belongs to one Executor: Flow().add(external=True, host=..., port=...)',
 }
 
 #: Jina arguments accepted because Jina's meaning holds here with nothing to do, as long as the value is one of
@@ -367,6 +398,57 @@ JINA_ACCEPTED: Dict[str, Tuple[Callable[[Any], bool], str, str]] = {
 }
 
 
+def _volumes_to_workspace(value: Any) -> Dict[str, Any]:
+    """Jina's ``volumes`` (``'HOST[:CONTAINER]'`` or a list of one): the host folder is the workspace."""
+    items = [value] if isinstance(value, (str, os.PathLike)) else value
+    if not isinstance(items, (list, tuple)) or len(items) != 1 or not isinstance(items[0], (str, os.PathLike)):
+        raise ValueError(f"volumes={value!r}: one folder 'HOST_PATH' or 'HOST_PATH:CONTAINER_PATH' (it becomes "
+                         'the workspace: replicas run as local processes, nothing is mounted)')
+    host = os.fspath(items[0]).split(':', 1)[0]
+    if not host:
+        raise ValueError(f'volumes={value!r}: the host folder is empty')
+    return {'workspace': host}
+
+
+def _metas_to_arguments(value: Any) -> Dict[str, Any]:
+    """Jina's ``uses_metas``: ``py_modules`` and ``workspace`` become those arguments; ``name`` is ignored
+    (the Deployment's name names the replicas)."""
+    allowed = ('py_modules', 'workspace', 'name', 'description')
+    if not isinstance(value, dict) or any(k not in allowed for k in value):
+        raise ValueError(f'uses_metas={value!r}: a mapping with keys among {", ".join(allowed)}')
+    return {k: v for k, v in value.items() if k in ('py_modules', 'workspace')}
+
+
+#: Jina arguments implemented by turning them into ours: name -> (the function, what it becomes)
+JINA_TRANSLATED: Dict[str, Tuple[Callable[[Any], Dict[str, Any]], str]] = {
+    'volumes': (_volumes_to_workspace, "its one host folder ('HOST[:CONTAINER]') becomes the workspace (the "
+                'state of a stateful Deployment lives there)'),
+    'uses_metas': (_metas_to_arguments, 'its py_modules and workspace become those arguments'),
+}
+
+
+def translate_jina_arguments(given: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """The arguments that :data:`JINA_TRANSLATED` keys in ``given`` stand for (only those not given too).
+
+    >>> translate_jina_arguments({'volumes': ['/data/ws:/workspace']}, 'Deployment')
+    {'workspace': '/data/ws'}
+    """
+    out: Dict[str, Any] = {}
+    for key, (translate, _) in JINA_TRANSLATED.items():
+        if given.get(key) is None:
+            continue
+        try:
+            ours = translate(given[key])
+        except ValueError as e:
+            raise ValueError(f'{where}: {e}') from None
+        for name, value in ours.items():
+            if given.get(name) is not None and given[name] != value:
+                raise ValueError(f'{where}: {key}={given[key]!r} sets {name}={value!r}, but {name}={given[name]!r} '
+                                 'is given too; keep one')
+            out[name] = value
+    return out
+
+
 def check_jina_keyword(key: str, value: Any, where: str) -> bool:
     """True for a Jina keyword accepted with nothing to do (:data:`JINA_ACCEPTED`); raise ``ValueError``
     with the reason for a refused one (:data:`JINA_ONLY`); False for a keyword Jina does not know either.
@@ -374,6 +456,8 @@ def check_jina_keyword(key: str, value: Any, where: str) -> bool:
     >>> check_jina_keyword('native', True, 'Deployment')
     True
     """
+    if key in JINA_TRANSLATED:
+        return True   # turned into our arguments by translate_jina_arguments
     if key in JINA_ACCEPTED:
         ok, allowed, why = JINA_ACCEPTED[key]
         if not ok(value):
@@ -433,8 +517,28 @@ def _json_or_text(text: str) -> Any:
         return text
 
 
+_REFUSED = 'jina_refused__'   # dest prefix of the flags of JINA_ONLY (hidden; using one is an error)
+
+
+class _RefuseJinaFlag(argparse.Action):
+    """``--install-requirements`` & co: the parser's error, with the reason from :data:`JINA_ONLY`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f'{option_string} is a Jina argument not supported here: {JINA_ONLY[self.dest[len(_REFUSED):]]}')
+
+
 def add_flags(parser: argparse.ArgumentParser, args: Iterable[Arg]) -> None:
-    """One flag per Arg (``--uses-with``), all defaulting to None (= not given); see :func:`flag_values`."""
+    """One flag per Arg (``--uses-with``), all defaulting to None (= not given); see :func:`flag_values`.
+
+    Jina's flags that are refused (:data:`JINA_ONLY`) are added hidden: using one is the parser's
+    error, saying why (the CLI and ``%orchestra up`` refuse them as the constructors do)."""
+    args = list(args)
+    taken = {a.flag for a in args} | {s for act in parser._actions for s in act.option_strings}
+    for name in JINA_ONLY:
+        flag = '--' + name.replace('_', '-')
+        if flag not in taken:
+            parser.add_argument(flag, dest=_REFUSED + name, nargs='*', action=_RefuseJinaFlag,
+                                help=argparse.SUPPRESS)
     for a in args:
         if a.form == 'env':
             parser.add_argument(a.flag, action='append', metavar='KEY=VALUE', help=a.help)
@@ -522,7 +626,8 @@ def flag_values(namespace: argparse.Namespace, args: Iterable[Arg]) -> Dict[str,
 
 def flag_names(parser: argparse.ArgumentParser) -> List[str]:
     """The ``dest`` of every optional flag of ``parser`` (for tests and help)."""
-    return sorted({act.dest for act in parser._actions if act.option_strings and act.dest != 'help'})
+    return sorted({act.dest for act in parser._actions
+                   if act.option_strings and act.dest != 'help' and not act.dest.startswith(_REFUSED)})
 
 
 # ----------------------------------------------------------------------------- post() keywords
@@ -636,3 +741,44 @@ def check_post_kwargs(kwargs: Dict[str, Any], where: str = 'post') -> None:
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f'; did you mean {close[0]!r}?' if close else ''
         raise ValueError(f'{where} got an unknown argument {key!r}{hint} (valid: {", ".join(allowed)})')
+
+
+#: keywords of Jina's ``Client(...)`` refused here, with why and what to use instead
+JINA_CLIENT_ONLY: Dict[str, str] = {
+    'asyncio': "there is one Client: await client.apost(...) from async code (or a notebook's top level)",
+    'reuse_session': 'an HTTP client setting; this Client speaks gRPC, on one channel it keeps',
+    'grpc_channel_options': 'the channel uses fixed options (1 GiB messages)',
+    'log_config': "Jina's logging YAML is not read",
+    'suppress_root_logging': 'the root logger is never changed here',
+    'proxy': 'the client never reads http_proxy for gRPC; nothing to turn off',
+    'tracing': 'OpenTelemetry tracing is not supported',
+    'traces_exporter_host': 'OpenTelemetry tracing is not supported',
+    'traces_exporter_port': 'OpenTelemetry tracing is not supported',
+    'metrics': 'OpenTelemetry metrics are not supported',
+    'metrics_exporter_host': 'OpenTelemetry metrics are not supported',
+    'metrics_exporter_port': 'OpenTelemetry metrics are not supported',
+}
+
+#: the keywords of ``Client(...)`` (spelled out in runtime.client.Client.__init__)
+CLIENT_KEYWORDS = ('host', 'port', 'prefetch', 'timeout', 'tls', 'ca')
+
+
+def check_client_kwargs(kwargs: Dict[str, Any]) -> None:
+    """Refuse ``Client(...)`` keywords it does not take: Jina's with the reason, others naming the closest.
+
+    ``protocol='grpc'`` is accepted (what this Client speaks).
+
+    >>> check_client_kwargs({'protocol': 'grpc'})
+    """
+    for key, value in kwargs.items():
+        if key == 'protocol':
+            if not (isinstance(value, str) and value.lower() == 'grpc'):
+                raise ValueError(f"Client(protocol={value!r}): this Client speaks 'grpc' (the gateway's "
+                                 'HTTP/WebSocket doors are reached with any HTTP/WebSocket client)')
+            continue
+        if key in JINA_CLIENT_ONLY:
+            raise ValueError(f'Client({key}=...) is a Jina argument not supported here: {JINA_CLIENT_ONLY[key]}')
+        close = difflib.get_close_matches(key, CLIENT_KEYWORDS + ('protocol',), n=1)
+        hint = f'; did you mean {close[0]!r}?' if close else ''
+        raise ValueError(f'Client got an unknown argument {key!r}{hint} '
+                         f'(valid: {", ".join(CLIENT_KEYWORDS + ("protocol",))})')

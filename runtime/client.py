@@ -148,6 +148,8 @@ class Client:
 
     def __init__(self, host: str = '127.0.0.1', port: Optional[int] = None, prefetch: int = 16,
                  timeout: Optional[float] = None, tls: bool = False, ca: Any = None, **kwargs):
+        from runtime.args import check_client_kwargs
+        check_client_kwargs(kwargs)   # Jina's keywords it does not take say why; unknown ones name the closest
         if port is None:
             raise ValueError('Client needs port=..., the port of a Deployment, Flow or executor')
         if not isinstance(tls, bool):

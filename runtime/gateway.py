@@ -162,7 +162,11 @@ class Gateway:
         for spec in config['nodes']:
             self.nodes[spec['name']] = Node(spec, max_in_flight, wait)
         self.order = _topological(self.nodes)
-        self.leaves = [n for n in self.order if not any(n in m.needs for m in self.nodes.values())]
+        # floating nodes (Flow.add(floating=True)) run every request, but the reply does not wait for them
+        self.floating = {spec['name'] for spec in config['nodes'] if spec.get('floating')}
+        self._background: set = set()
+        self.leaves = [n for n in self.order if n not in self.floating
+                       and not any(n in m.needs for m in self.nodes.values())]
         self.chain = self._as_chain()
         self.stats = RequestStats()
         self.port: Optional[int] = None
@@ -189,10 +193,13 @@ class Gateway:
         for name in self.order:
             outputs[name] = asyncio.ensure_future(self._run_node(self.nodes[name], header, outputs, skipped))
         try:
-            results = [await outputs[n] for n in self.leaves]
+            results = [await outputs[n] for n in self.leaves] or [(({'ok': True}), body)]
         finally:
-            for f in outputs.values():
-                if not f.done():
+            for n, f in outputs.items():
+                if n in self.floating and not f.done():
+                    self._background.add(f)   # finishes on its own; its output is dropped
+                    f.add_done_callback(self._floating_done)
+                elif not f.done():
                     f.cancel()
                 elif not f.cancelled():
                     f.exception()  # retrieved: no 'exception was never retrieved' noise
@@ -201,8 +208,15 @@ class Gateway:
             raise self._nobody_serves(header.get('endpoint', '/'), skipped)
         return protocol.pack(*self._join(results))
 
+    def _floating_done(self, f: 'asyncio.Future') -> None:
+        self._background.discard(f)
+        if not f.cancelled() and f.exception() is not None:
+            log.warning('a floating Executor failed: %s', f.exception())
+
     def _as_chain(self) -> Optional[List[Node]]:
         """The nodes in order when the graph is one straight line (gateway -> a -> b -> ...), else None."""
+        if self.floating:
+            return None
         chain, prev = [], GATEWAY
         for name in self.order:
             node = self.nodes[name]

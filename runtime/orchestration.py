@@ -84,6 +84,7 @@ class NodePlan:
     secret_file: Optional[str] = None   # stateful: where the Deployment's secret is kept (runtime.secrets)
     timeout_send: Optional[float] = None    # the gateway's deadline per request to a replica
     policy: Optional[Policy] = None         # supervision settings (None: the defaults)
+    floating: bool = False                  # Flow.add(floating=True): its output goes nowhere
 
     @property
     def replicas(self) -> List[ReplicaPlan]:
@@ -374,7 +375,7 @@ class Orchestration:
                 'nodes': [{'name': n.name, 'needs': n.needs, 'polling': n.polling,
                            'no_reduce': n.no_reduce, 'allow_partial': n.allow_partial,
                            'max_in_flight': n.max_in_flight, 'stateful': n.stateful,
-                           'timeout_send': n.timeout_send,
+                           'timeout_send': n.timeout_send, 'floating': n.floating,
                            'health_timeout': (n.policy or Policy()).health_timeout,
                            'shards': [[] for _ in n.shards]} for n in self.nodes],
                 'secret': self._secret, 'tls_cert': self.tls_cert, 'tls_key': self.tls_key}

@@ -121,3 +121,20 @@ def test_keywords_on_a_deployment():
         assert client.update(TextDoc(text='u')).text == ['u-']
         assert client.delete(inputs=TextDoc(text='d')).text == ['d-']
         assert isinstance(Response(docs).parameters, dict)
+
+
+@pytest.mark.parametrize('key', sorted(schema.JINA_CLIENT_ONLY))
+def test_client_refuses_jinas_constructor_keywords_saying_why(key):
+    with pytest.raises(ValueError) as info:
+        Client(port=1, **{key: True})
+    assert schema.JINA_CLIENT_ONLY[key] in str(info.value)
+
+
+def test_client_keywords():
+    assert Client(port=1, protocol='GRPC').port == 1
+    with pytest.raises(ValueError, match="this Client speaks 'grpc'"):
+        Client(port=1, protocol='http')
+    with pytest.raises(ValueError, match="unknown argument 'prefech'; did you mean 'prefetch'"):
+        Client(port=1, prefech=3)
+    params = [p for p in inspect.signature(Client.__init__).parameters if p not in ('self', 'kwargs')]
+    assert tuple(params) == schema.CLIENT_KEYWORDS
