@@ -133,18 +133,17 @@ class _Rewriter(cst.CSTTransformer):
                 asname = alias.asname
                 if asname is None and new != name:   # keep the name the code uses
                     asname = cst.AsName(name=cst.Name(name))
-                ours.append(alias.with_changes(name=cst.Name(new), asname=asname, comma=cst.MaybeSentinel.DEFAULT))
+                ours.append(alias.with_changes(name=cst.Name(new), asname=asname))
             else:
                 why = NO_COUNTERPART.get(name, f'{module}.{name} has no counterpart in {OURS}')
                 self._note(original, f'{name} (from {module}) is left as it was: {why}')
                 left.append(alias.with_changes(comma=cst.MaybeSentinel.DEFAULT))
         if not ours:
             return updated
-        new_import = updated.with_changes(module=cst.Name(OURS), names=ours, relative=[],
-                                          lpar=updated.lpar if len(ours) > 1 else None,
-                                          rpar=updated.rpar if len(ours) > 1 else None)
-        if not left:
-            return new_import
+        if not left:   # every name moves: the statement keeps its layout
+            return updated.with_changes(module=cst.Name(OURS), names=ours, relative=[])
+        ours = [a.with_changes(comma=cst.MaybeSentinel.DEFAULT) for a in ours]
+        new_import = updated.with_changes(module=cst.Name(OURS), names=ours, relative=[], lpar=None, rpar=None)
         self._split = True   # leave_SimpleStatementLine puts the two imports on lines of their own
         return cst.FlattenSentinel([new_import, updated.with_changes(names=left, lpar=None, rpar=None)])
 
