@@ -339,3 +339,10 @@ def test_every_jina_argument_has_a_decision():
 
 #: arguments the HTTP/WebSocket gateway (another branch) implements: listed in the page as such
 HTTP_BRANCH = ('protocol', 'port')
+
+
+def test_magic_refuses_jina_flags_with_the_reason():
+    pytest.importorskip('IPython')
+    from orchestra_nb.magics import PARSERS, _ArgError
+    with pytest.raises(_ArgError, match=re.escape(schema.JINA_ONLY['gpus'])):
+        PARSERS['up'].parse_args(['--uses', 'x:Y', '--gpus', 'all'])
