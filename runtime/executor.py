@@ -275,10 +275,16 @@ class EndpointTable:
         return sorted(self._by_name)
 
     def describe(self) -> Dict[str, Dict[str, Any]]:
-        return {n: {'write': e.is_write,
-                    'input': getattr(e.input_type, '__name__', None),
-                    'output': getattr(e.output_type, '__name__', None)}
-                for n, e in self._by_name.items()}
+        """Per endpoint: write or not, the doc types' names and fields (computed once; Info asks often)."""
+        if getattr(self, '_described', None) is None:
+            from runtime.schemas import schema_fields
+            self._described = {n: {'write': e.is_write,
+                                   'input': getattr(e.input_type, '__name__', None),
+                                   'output': getattr(e.output_type, '__name__', None),
+                                   'input_fields': schema_fields(e.input_type),
+                                   'output_fields': schema_fields(e.output_type)}
+                               for n, e in self._by_name.items()}
+        return self._described
 
     def lookup(self, endpoint: str) -> Endpoint:
         found = self._by_name.get(endpoint) or self._by_name.get(DEFAULT_ENDPOINT)

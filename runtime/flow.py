@@ -226,6 +226,31 @@ class Flow(Orchestration):
         return sum(e.deployment.replicas * e.deployment.shards for e in self.entries
                    if e.deployment is not None and e.deployment is not leave_out and not e.deployment.external)
 
+    def start(self, progress: Any = None) -> 'Flow':
+        """Start every process (see :meth:`Orchestration.start`), then check that chained Executors
+        agree on their docs' schemas (as Jina does at start; :mod:`runtime.schemas`): a mismatch
+        stops the Flow and raises ``ValueError`` naming the Executors, the endpoint and the fields."""
+        was_running = self.running
+        super().start(progress)
+        if not was_running:
+            try:
+                self._check_schemas()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def _check_schemas(self) -> None:
+        from runtime.schemas import schema_errors
+        first = {}
+        for r in self.status()['replicas']:   # one replica per Executor says what its endpoints take
+            if r.get('endpoints') is not None:
+                first.setdefault(r['node'], r['endpoints'])
+        errors = schema_errors({e.name: list(e.needs) for e in self.entries}, first)
+        if errors:
+            raise ValueError(f'Flow {self.name!r}: chained Executors disagree on their docs: ' + '; '.join(errors)
+                             + ' (declare the same doc type, or one with the same fields)')
+
     # -- what the base class runs --------------------------------------------------------
     def _plan(self) -> List[NodePlan]:
         if not self.entries:
