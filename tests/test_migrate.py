@@ -1,8 +1,9 @@
 """`orchestra migrate`: a Jina project's imports rewritten with libcst, then run here for real.
 
 The Executors of Jina's scale-out page run with only their imports changed (the page's code,
-with fixed ports replaced by free ones and `d.block()` by requests); a small Jina project with a
-Flow YAML is migrated and served."""
+with fixed ports replaced by free ones, `d.block()` by requests, 100000 docs by 50 and the
+client's `time.sleep(2)` "for the data to be replicated" by a strongly consistent read); a small
+Jina project with a Flow YAML is migrated and served."""
 import os
 import socket
 import subprocess
