@@ -295,6 +295,27 @@ class EndpointTable:
         return found
 
 
+def executor_parameters(parameters: Dict[str, Any], name: str) -> Dict[str, Any]:
+    """The parameters Executor ``name`` sees, as Jina gives them: ``'name__key'`` is ``key`` for
+    ``name`` only (dropped for the others), and ``parameters[name]`` (a dict) is merged in.
+
+    >>> executor_parameters({'k': 1, 'enc__k': 2, 'idx__k': 3, 'enc': {'j': 4}}, 'enc')
+    {'k': 2, 'enc': {'j': 4}, 'j': 4}
+    """
+    if not parameters or not any('__' in k.strip('_') or k == name for k in parameters):
+        return parameters
+    out = dict(parameters)
+    for key, value in parameters.items():
+        if '__' in key and not key.startswith('__') and not key.endswith('__'):
+            del out[key]
+            *owner, plain = key.split('__')
+            if ''.join(owner) == name:
+                out[plain] = value
+    if isinstance(parameters.get(name), dict):
+        out.update(parameters[name])
+    return out
+
+
 def call_endpoint(ep: Endpoint, docs: Any, parameters: dict) -> Any:
     """Call the endpoint's method as Jina does and return what it returned.
 

@@ -84,6 +84,9 @@ def test_target_executor_runs_only_the_matching_executors():
             f.post('/x', TextDoc(text=''), target_executor='nope')
         # the shortcuts take the same keywords
         assert f.search(TextDoc(text=''), target_executor='q').text == ['q']
+        # Jina's Executor-specific parameters: 'name__key', and parameters[name]
+        assert f.post('/x', TextDoc(text=''), parameters={'suffix': '.', 'p1__suffix': '!', 'q': {'suffix': '?'}}
+                      ).text == ['1!2.q?']
 
 
 def test_keywords_on_a_deployment():
