@@ -359,6 +359,10 @@ class Client:
         except (grpc.aio.AioRpcError, TimeoutError, ValueError):
             return False
 
+    def is_flow_ready(self, timeout: float = 2.0) -> bool:
+        """Jina's name for :meth:`is_ready`: whether the gateway answers ready."""
+        return self.is_ready(timeout)
+
     def close(self) -> None:
         if self._channel is not None:
             ch, self._channel = self._channel, None

@@ -124,6 +124,7 @@ def test_keywords_on_a_deployment():
         assert client.update(TextDoc(text='u')).text == ['u-']
         assert client.delete(inputs=TextDoc(text='d')).text == ['d-']
         assert isinstance(Response(docs).parameters, dict)
+        assert client.is_flow_ready() and not Client(port=1).is_flow_ready(timeout=0.2)   # Jina's name
 
 
 @pytest.mark.parametrize('key', sorted(schema.JINA_CLIENT_ONLY))
