@@ -679,7 +679,8 @@ POST_ARGS: Tuple[Arg, ...] = (
         (object,), 'a function', check=_check_callback),
     Arg('on_always', None, 'called with each Response, failed or not; post then returns None', (object,),
         'a function', check=_check_callback),
-    Arg('parameters', None, "a dict (or a pydantic model) passed to the Executor's parameters", (dict, object),
+    Arg('parameters', None, "a dict (or a pydantic model) passed to the Executor's parameters; Jina's "
+        "Executor-specific keys too ('indexer__limit', parameters['indexer'])", (dict, object),
         'a dict or a pydantic model'),   # checked by runtime.client.parameters_dict
     Arg('target_executor', None, 'a regular expression (re.match): only the Executors whose name matches run; the '
         'others pass the docs on unchanged', _STR, 'a string', check=_check_target),
