@@ -88,7 +88,7 @@ def check_kwargs(kwargs: Dict[str, Any], allowed: Sequence[str], where: str) -> 
     ValueError: Deployment got an unknown argument 'replica'; did you mean 'replicas'? (valid: replicas)
     """
     for key in kwargs:
-        if key not in allowed:
+        if key not in allowed and not check_jina_keyword(key, kwargs[key], where):
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f'; did you mean {close[0]!r}?' if close else ''
             raise ValueError(f'{where} got an unknown argument {key!r}{hint} '
@@ -279,13 +279,193 @@ FLOW_ARGS: Tuple[Arg, ...] = (
     TIMEOUT_READY, LOG_DIR, MAX_IN_FLIGHT, STREAM_LOGS, *SECURITY_ARGS,
 )
 
-#: keys Jina knows that this toolkit refuses, with what to write instead
-JINA_ONLY = {
+#: arguments ``Flow.add`` (and a Flow YAML's ``executors:`` entry) takes beyond a Deployment's
+FLOW_ADD_ARGS: Tuple[Arg, ...] = (
+    Arg('floating', False, "Jina's floating Executor: it gets every request, its output goes nowhere (the reply "
+        "does not wait for it), and the next .add() chains after the Executor before it", _BOOL, 'true or false',
+        check=check_flag),
+)
+
+#: a Deployment's arguments that are not a Flow's own but that Flow(...) takes as the default of every
+#: ``.add()`` (Jina passes such Flow keywords down to its Executors: ``Flow(replicas=2)``); ``env`` is merged
+FLOW_WIDE_ARGS: Tuple[Arg, ...] = tuple(
+    a for a in DEPLOYMENT_ARGS
+    if a.name not in {f.name for f in FLOW_ARGS} and a.name not in (
+        'name', 'port', 'host', 'uses', 'uses_with', 'needs', 'external', 'secret', 'tls_cert', 'tls_key'))
+
+#: keys Jina knows that this toolkit refuses, with why and what to write instead (one line each);
+#: the constructors, YAML configs, the CLI and the magic all refuse them from this table
+#: (docs/jina-compatibility.md lists every Jina argument with its decision)
+JINA_ONLY: Dict[str, str] = {
+    # Jina Hub, containers and clouds
     'install_requirements': 'it installs Jina Hub Executors; hub Executors are not supported here: '
                             'install the package yourself and write uses: package.module:Class',
-    'uses_metas': "use 'uses: {jtype: Class, metas: {py_modules: [...]}}' or 'py_modules'",
-    'gpus': "use env: {CUDA_VISIBLE_DEVICES: RR} to spread replicas over GPUs",
+    'force_update': 'it re-pulls Jina Hub Executors; hub Executors are not supported here: install the package '
+                    'and write uses: package.module:Class',
+    'prefer_platform': 'it picks the Docker platform of a containerized Executor; Executors run as local processes '
+                       'here (export Compose/Kubernetes files with dep.to_docker_compose_yaml for containers)',
+    'gpus': "it passes GPUs to a Docker container; use env={'CUDA_VISIBLE_DEVICES': 'RR'} to spread replicas "
+            'over GPUs',
+    'docker_kwargs': 'Executors run as local processes, not Docker containers; use dep.to_docker_compose_yaml '
+                     'for containers',
+    'entrypoint': 'Executors run as local processes, not Docker containers; use dep.to_docker_compose_yaml',
+    'disable_auto_volume': 'Executors run as local processes, not Docker containers: no volume is mounted',
+    'provider': 'cloud providers (SageMaker, Azure) are not supported; export Kubernetes or Compose files instead',
+    'provider_endpoint': 'cloud providers (SageMaker, Azure) are not supported; export Kubernetes or Compose files',
+    # Jina internals with no counterpart
+    'runtime_cls': "Jina's runtime classes do not exist here: every replica runs runtime.worker",
+    'connection_list': "internal to Jina's head runtime; to use running replicas write external=True with host/port",
+    'uses_before': 'shard pre-processing Executors are not supported; add an Executor before this one in a Flow',
+    'uses_after': "shard post-processing Executors are not supported; shard results are merged by id (no_reduce=True "
+                  "concatenates them), or add an Executor after this one in a Flow",
+    'uses_before_address': 'shard pre-processing Executors are not supported; add an Executor before it in a Flow',
+    'uses_after_address': 'shard post-processing Executors are not supported; add an Executor after it in a Flow',
+    'uses_requests': 'remapping endpoints from outside the class is not supported; write @requests(on=...) '
+                     'in the Executor',
+    'uses_dynamic_batching': 'write @dynamic_batching(preferred_batch_size=...) on the endpoint method',
+    'when': "DocArray v1 query filters are not supported on docarray v2 (Jina's own when= is v1 only); filter "
+            'inside the Executor',
+    'output_array_type': 'a docarray v1 protobuf option; the columnar codec keeps each tensor type as it is',
+    'allow_concurrent': 'a replica runs one request at a time, so Executors need not be thread-safe; scale out '
+                        'with replicas=N',
+    'exit_on_exceptions': 'a failing request is answered with its error and the replica keeps serving; a replica '
+                          'that dies is restarted (max_restarts, restart_window)',
+    'reload': 'hot reloading is not supported; restart the Deployment (in a notebook: re-run the cell)',
+    'retries': 'the gateway retries a request on another replica when its replica is lost (never a @write '
+               'that may have been applied); the client retries with post(max_attempts=N)',
+    'timeout_ctrl': 'control calls have fixed timeouts; readiness waits timeout_ready seconds',
+    'grpc_server_options': 'servers use fixed options (1 GiB messages, SO_REUSEPORT off)',
+    'grpc_channel_options': 'channels use fixed options (1 GiB messages)',
+    'grpc_metadata': 'the gateway sends no custom gRPC metadata to replicas',
+    'compression': 'requests between the gateway and its replicas are not compressed (they travel on 127.0.0.1); '
+                   'post(compression=...) compresses between client and gateway',
+    'log_config': "Jina's logging YAML is not read; use log_level='DEBUG' and dep.logs()",
+    'quiet': "replica logs go to files, not to this terminal (stream_logs=True copies them); use log_level='ERROR'",
+    'quiet_error': "use log_level='CRITICAL'; errors always reach the client with their traceback",
+    'suppress_root_logging': 'the root logger is never changed here',
+    'tracing': 'OpenTelemetry tracing is not supported; dep.status() and docs/telemetry.md give per-replica counters',
+    'traces_exporter_host': 'OpenTelemetry tracing is not supported; dep.status() gives per-replica counters',
+    'traces_exporter_port': 'OpenTelemetry tracing is not supported; dep.status() gives per-replica counters',
+    'metrics': 'OpenTelemetry metrics are not supported; dep.status() gives per-replica counters',
+    'metrics_exporter_host': 'OpenTelemetry metrics are not supported; dep.status() gives per-replica counters',
+    'metrics_exporter_port': 'OpenTelemetry metrics are not supported; dep.status() gives per-replica counters',
+    'port_monitoring': 'the Prometheus endpoint is not there yet (a later metrics issue); dep.status() gives '
+                       'per-replica counters',
+    'tls': "a Deployment's gateway serves TLS with tls_cert=... and tls_key=...; a Client connects with tls=True",
+    'ssl_certfile': "the gRPC gateway's TLS is tls_cert=PATH (with tls_key)",
+    'ssl_keyfile': "the gRPC gateway's TLS key is tls_key=PATH (with tls_cert)",
+    'inspect': "inspect Executors (Flow(inspect=...)) are not supported; read dep.logs() and dep.status()",
+    # HTTP / WebSocket gateway settings (see docs/jina-compatibility.md)
+    'cors': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
+    'title': 'an HTTP gateway (OpenAPI) setting; with the gRPC gateway it does not apply',
+    'description': 'an HTTP gateway (OpenAPI) setting; with the gRPC gateway it does not apply',
+    'uvicorn_kwargs': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
+    'no_debug_endpoints': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
+    'no_crud_endpoints': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
+    'expose_endpoints': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
+    'expose_graphql_endpoint': 'GraphQL is not supported',
+    'proxy': 'the client never reads http_proxy for gRPC; nothing to turn off',
+    # a Flow's gateway internals and options
+    'asyncio': 'there is one Flow class: await flow.apost(...) from async code (or a notebook\'s top level)',
+    'prefetch': "the gateway queues requests (FIFO) and keeps max_in_flight_per_replica per replica; a client's "
+                'window is post(prefetch=N)',
+    'reuse_session': 'an HTTP client setting; the Flow posts over gRPC',
+    'deployments_addresses': "internal to Jina's gateway: the Flow tells its gateway where its replicas are",
+    'deployments_metadata': "internal to Jina's gateway: no gRPC metadata is sent to replicas",
+    'deployments_no_reduce': "internal to Jina's gateway: write no_reduce=True on the Executor",
+    'graph_description': "internal to Jina's gateway: the graph comes from .add(needs=...)",
+    'graph_conditions': "internal to Jina's gateway: when= conditions are not supported",
 }
+
+#: keywords Jina's Flow(...) takes whose name is a Deployment argument here, refused on a Flow
+FLOW_JINA_ONLY: Dict[str, str] = {
+    'uses': 'a Flow YAML is loaded with Flow.load_config(path) (or runtime.flow.load); Flow(uses=...) is not '
+            'read',
+    'uses_with': "Flow(uses_with=...) configures Jina's custom gateways, which are not supported",
+    'external': 'external=True belongs to one Executor: Flow().add(external=True, host=..., port=...)',
+}
+
+#: Jina arguments accepted because Jina's meaning holds here with nothing to do, as long as the value is one of
+#: these: name -> (check of the value, what the value must be, why nothing is needed)
+JINA_ACCEPTED: Dict[str, Tuple[Callable[[Any], bool], str, str]] = {
+    'native': (lambda v: isinstance(v, bool), 'True or False', 'every Executor here runs natively in its process'),
+    'monitoring': (lambda v: v is False, 'False',
+                   'the Prometheus endpoint is not there yet (a later metrics issue); dep.status() gives per-replica '
+                   'counters'),
+    'deployment_role': (lambda v: v is None, 'None', 'roles are inferred from the graph'),
+    'copy_flow': (lambda v: v is False or v is None, 'False',
+                  'Flow.add changes the Flow in place and returns it'),
+}
+
+
+def _volumes_to_workspace(value: Any) -> Dict[str, Any]:
+    """Jina's ``volumes`` (``'HOST[:CONTAINER]'`` or a list of one): the host folder is the workspace."""
+    items = [value] if isinstance(value, (str, os.PathLike)) else value
+    if not isinstance(items, (list, tuple)) or len(items) != 1 or not isinstance(items[0], (str, os.PathLike)):
+        raise ValueError(f"volumes={value!r}: one folder 'HOST_PATH' or 'HOST_PATH:CONTAINER_PATH' (it becomes "
+                         'the workspace: replicas run as local processes, nothing is mounted)')
+    host = os.fspath(items[0]).split(':', 1)[0]
+    if not host:
+        raise ValueError(f'volumes={value!r}: the host folder is empty')
+    return {'workspace': host}
+
+
+def _metas_to_arguments(value: Any) -> Dict[str, Any]:
+    """Jina's ``uses_metas``: ``py_modules`` and ``workspace`` become those arguments; ``name`` is ignored
+    (the Deployment's name names the replicas)."""
+    allowed = ('py_modules', 'workspace', 'name', 'description')
+    if not isinstance(value, dict) or any(k not in allowed for k in value):
+        raise ValueError(f'uses_metas={value!r}: a mapping with keys among {", ".join(allowed)}')
+    return {k: v for k, v in value.items() if k in ('py_modules', 'workspace')}
+
+
+#: Jina arguments implemented by turning them into ours: name -> (the function, what it becomes)
+JINA_TRANSLATED: Dict[str, Tuple[Callable[[Any], Dict[str, Any]], str]] = {
+    'volumes': (_volumes_to_workspace, "its one host folder ('HOST[:CONTAINER]') becomes the workspace (the "
+                'state of a stateful Deployment lives there)'),
+    'uses_metas': (_metas_to_arguments, 'its py_modules and workspace become those arguments'),
+}
+
+
+def translate_jina_arguments(given: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """The arguments that :data:`JINA_TRANSLATED` keys in ``given`` stand for (only those not given too).
+
+    >>> translate_jina_arguments({'volumes': ['/data/ws:/workspace']}, 'Deployment')
+    {'workspace': '/data/ws'}
+    """
+    out: Dict[str, Any] = {}
+    for key, (translate, _) in JINA_TRANSLATED.items():
+        if given.get(key) is None:
+            continue
+        try:
+            ours = translate(given[key])
+        except ValueError as e:
+            raise ValueError(f'{where}: {e}') from None
+        for name, value in ours.items():
+            if given.get(name) is not None and given[name] != value:
+                raise ValueError(f'{where}: {key}={given[key]!r} sets {name}={value!r}, but {name}={given[name]!r} '
+                                 'is given too; keep one')
+            out[name] = value
+    return out
+
+
+def check_jina_keyword(key: str, value: Any, where: str) -> bool:
+    """True for a Jina keyword accepted with nothing to do (:data:`JINA_ACCEPTED`); raise ``ValueError``
+    with the reason for a refused one (:data:`JINA_ONLY`); False for a keyword Jina does not know either.
+
+    >>> check_jina_keyword('native', True, 'Deployment')
+    True
+    """
+    if key in JINA_TRANSLATED:
+        return True   # turned into our arguments by translate_jina_arguments
+    if key in JINA_ACCEPTED:
+        ok, allowed, why = JINA_ACCEPTED[key]
+        if not ok(value):
+            raise ValueError(f'{where}: {key}={value!r} is not supported: {why} (allowed: {allowed})')
+        return True
+    if key in JINA_ONLY:
+        raise ValueError(f'{where}: {key}= is a Jina argument not supported here: {JINA_ONLY[key]}')
+    return False
 
 
 def arg_names(args: Iterable[Arg]) -> Tuple[str, ...]:
@@ -337,8 +517,28 @@ def _json_or_text(text: str) -> Any:
         return text
 
 
+_REFUSED = 'jina_refused__'   # dest prefix of the flags of JINA_ONLY (hidden; using one is an error)
+
+
+class _RefuseJinaFlag(argparse.Action):
+    """``--install-requirements`` & co: the parser's error, with the reason from :data:`JINA_ONLY`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f'{option_string} is a Jina argument not supported here: {JINA_ONLY[self.dest[len(_REFUSED):]]}')
+
+
 def add_flags(parser: argparse.ArgumentParser, args: Iterable[Arg]) -> None:
-    """One flag per Arg (``--uses-with``), all defaulting to None (= not given); see :func:`flag_values`."""
+    """One flag per Arg (``--uses-with``), all defaulting to None (= not given); see :func:`flag_values`.
+
+    Jina's flags that are refused (:data:`JINA_ONLY`) are added hidden: using one is the parser's
+    error, saying why (the CLI and ``%orchestra up`` refuse them as the constructors do)."""
+    args = list(args)
+    taken = {a.flag for a in args} | {s for act in parser._actions for s in act.option_strings}
+    for name in JINA_ONLY:
+        flag = '--' + name.replace('_', '-')
+        if flag not in taken:
+            parser.add_argument(flag, dest=_REFUSED + name, nargs='*', action=_RefuseJinaFlag,
+                                help=argparse.SUPPRESS)
     for a in args:
         if a.form == 'env':
             parser.add_argument(a.flag, action='append', metavar='KEY=VALUE', help=a.help)
@@ -426,4 +626,160 @@ def flag_values(namespace: argparse.Namespace, args: Iterable[Arg]) -> Dict[str,
 
 def flag_names(parser: argparse.ArgumentParser) -> List[str]:
     """The ``dest`` of every optional flag of ``parser`` (for tests and help)."""
-    return sorted({act.dest for act in parser._actions if act.option_strings and act.dest != 'help'})
+    return sorted({act.dest for act in parser._actions
+                   if act.option_strings and act.dest != 'help' and not act.dest.startswith(_REFUSED)})
+
+
+# ----------------------------------------------------------------------------- post() keywords
+
+def _check_callback(value: Any, what: str) -> Any:
+    if value is not None and not callable(value):
+        raise ValueError(f'{what}={value!r}: must be a function (or None)')
+    return value
+
+
+def _check_number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f'{what}={value!r}: must be a number >= 0')
+    return value
+
+
+def _check_request_size(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'{what}={value!r}: must be an integer (<= 0: all inputs in one request, as in Jina)')
+    return value
+
+
+def _check_target(value: Any, what: str) -> Optional[str]:
+    import re
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f'{what}={value!r}: must be a regular expression (a string) matched against Executor names')
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f'{what}={value!r}: not a valid regular expression ({e})') from None
+    return value
+
+
+def _check_compression(value: Any, what: str) -> Optional[str]:
+    allowed = ('NoCompression', 'Deflate', 'Gzip')
+    if value is not None and value not in allowed:
+        raise ValueError(f'{what}={value!r}: allowed: None, {", ".join(repr(a) for a in allowed)}')
+    return value
+
+
+#: every keyword of ``Client.post`` / ``Deployment.post`` / ``Flow.post`` after ``on`` and ``inputs``, in
+#: signature order: Jina's (jina.clients.mixin.PostMixin.post) and then ours (marked in the help)
+POST_ARGS: Tuple[Arg, ...] = (
+    Arg('on_done', None, "called with each request's Response when it succeeded; post then returns None",
+        (object,), 'a function', check=_check_callback),
+    Arg('on_error', None, 'called with (Response, exception) for each request that failed, instead of raising',
+        (object,), 'a function', check=_check_callback),
+    Arg('on_always', None, 'called with each Response, failed or not; post then returns None', (object,),
+        'a function', check=_check_callback),
+    Arg('parameters', None, "a dict (or a pydantic model) passed to the Executor's parameters; Jina's "
+        "Executor-specific keys too ('indexer__limit', parameters['indexer'])", (dict, object),
+        'a dict or a pydantic model'),   # checked by runtime.client.parameters_dict
+    Arg('target_executor', None, 'a regular expression (re.match): only the Executors whose name matches run; the '
+        'others pass the docs on unchanged', _STR, 'a string', check=_check_target),
+    Arg('request_size', 100, 'documents per request (<= 0: all in one request)', _INT, 'an integer',
+        check=_check_request_size),
+    Arg('show_progress', False, 'a progress bar (tqdm) counting requests', _BOOL, 'true or false', check=check_flag),
+    Arg('continue_on_error', False, 'a failed request is logged and the others go on; the result holds the docs of '
+        'the requests that succeeded', _BOOL, 'true or false', check=check_flag),
+    Arg('max_attempts', 1, 'attempts per request while the gateway is unreachable (UNAVAILABLE)', _INT,
+        'an integer', check=check_count),
+    Arg('initial_backoff', 0.5, 'seconds before the first retry', _SECONDS, 'a number', check=_check_number),
+    Arg('max_backoff', 2.0, 'the longest wait between retries, in seconds', _SECONDS, 'a number',
+        check=_check_number),
+    Arg('backoff_multiplier', 1.5, 'each wait is the previous one times this', _SECONDS, 'a number',
+        check=_check_number),
+    Arg('results_in_order', False, 'results always come back in input order here, so True and False both hold',
+        _BOOL, 'true or false', check=check_flag),
+    Arg('stream', True, "Jina's choice of gRPC streaming or unary calls; one transport here, same results",
+        _BOOL, 'true or false', check=check_flag),
+    Arg('prefetch', None, 'requests in flight at once (default: the Client\'s, 16)', _INT, 'an integer',
+        check=optional(check_count)),
+    Arg('return_type', None, 'DocList[X] (docs decoded as X), or a doc class X: one doc back is returned alone',
+        (type,), 'a DocList or doc class'),
+    Arg('timeout', None, '(ours) seconds each request may take', _SECONDS, 'a number of seconds',
+        check=optional(check_seconds)),
+    Arg('compression', None, "gRPC compression between client and gateway: 'Gzip', 'Deflate' or 'NoCompression'",
+        _STR, 'a string', check=_check_compression),
+    Arg('consistency', None, "(ours) stateful reads: 'strong' reads the RAFT leader's state", _STR, 'a string',
+        check=optional(one_of('eventual', 'strong'))),
+    Arg('allow_partial', None, '(ours) ALL polling: answer from the live shards when one is down', _BOOL,
+        'true or false', check=optional(check_flag)),
+    Arg('no_reduce', None, '(ours) ALL polling: concatenate shard results instead of merging by id', _BOOL,
+        'true or false', check=optional(check_flag)),
+)
+
+#: keywords of Jina's post() refused here, with why and what to use instead
+JINA_POST_ONLY: Dict[str, str] = {
+    'return_responses': "Response objects are not returned: post returns a DocList; each request's results dict "
+                        'is in client.last_results, and on_done=fn receives each Response',
+    'metadata': 'custom gRPC metadata is not sent; the gateway authenticates control calls with its secret only',
+    'credentials': 'per-call gRPC credentials are not supported; use Client(tls=True, ca=...)',
+    'exec_endpoint': "write on='/endpoint' (the endpoint is post's first argument)",
+    'data_type': 'a docarray v1 option: pass docs (a DocList, a doc, a list or a generator)',
+    'total_docs': 'show_progress counts requests; the total is not needed',
+}
+
+
+def check_post_kwargs(kwargs: Dict[str, Any], where: str = 'post') -> None:
+    """Refuse keywords ``post`` does not take: a Jina one with its reason, else the closest valid one.
+
+    >>> check_post_kwargs({'target_executr': 'a'})
+    Traceback (most recent call last):
+    ValueError: post got an unknown argument 'target_executr'; did you mean 'target_executor'? (valid: ...)
+    """
+    for key in kwargs:
+        if key in JINA_POST_ONLY:
+            raise ValueError(f'{where}({key}=...) is a Jina argument not supported here: {JINA_POST_ONLY[key]}')
+        allowed = ('on', 'inputs') + arg_names(POST_ARGS)
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f'; did you mean {close[0]!r}?' if close else ''
+        raise ValueError(f'{where} got an unknown argument {key!r}{hint} (valid: {", ".join(allowed)})')
+
+
+#: keywords of Jina's ``Client(...)`` refused here, with why and what to use instead
+JINA_CLIENT_ONLY: Dict[str, str] = {
+    'asyncio': "there is one Client: await client.apost(...) from async code (or a notebook's top level)",
+    'reuse_session': 'an HTTP client setting; this Client speaks gRPC, on one channel it keeps',
+    'grpc_channel_options': 'the channel uses fixed options (1 GiB messages)',
+    'log_config': "Jina's logging YAML is not read",
+    'suppress_root_logging': 'the root logger is never changed here',
+    'proxy': 'the client never reads http_proxy for gRPC; nothing to turn off',
+    'tracing': 'OpenTelemetry tracing is not supported',
+    'traces_exporter_host': 'OpenTelemetry tracing is not supported',
+    'traces_exporter_port': 'OpenTelemetry tracing is not supported',
+    'metrics': 'OpenTelemetry metrics are not supported',
+    'metrics_exporter_host': 'OpenTelemetry metrics are not supported',
+    'metrics_exporter_port': 'OpenTelemetry metrics are not supported',
+}
+
+#: the keywords of ``Client(...)`` (spelled out in runtime.client.Client.__init__)
+CLIENT_KEYWORDS = ('host', 'port', 'prefetch', 'timeout', 'tls', 'ca')
+
+
+def check_client_kwargs(kwargs: Dict[str, Any]) -> None:
+    """Refuse ``Client(...)`` keywords it does not take: Jina's with the reason, others naming the closest.
+
+    ``protocol='grpc'`` is accepted (what this Client speaks).
+
+    >>> check_client_kwargs({'protocol': 'grpc'})
+    """
+    for key, value in kwargs.items():
+        if key == 'protocol':
+            if not (isinstance(value, str) and value.lower() == 'grpc'):
+                raise ValueError(f"Client(protocol={value!r}): this Client speaks 'grpc' (the gateway's "
+                                 'HTTP/WebSocket doors are reached with any HTTP/WebSocket client)')
+            continue
+        if key in JINA_CLIENT_ONLY:
+            raise ValueError(f'Client({key}=...) is a Jina argument not supported here: {JINA_CLIENT_ONLY[key]}')
+        close = difflib.get_close_matches(key, CLIENT_KEYWORDS + ('protocol',), n=1)
+        hint = f'; did you mean {close[0]!r}?' if close else ''
+        raise ValueError(f'Client got an unknown argument {key!r}{hint} '
+                         f'(valid: {", ".join(CLIENT_KEYWORDS + ("protocol",))})')

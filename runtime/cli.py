@@ -7,6 +7,7 @@
     orchestra bench --setups 1,3s                                     # runtime.bench
     orchestra export docker-compose flow.yml out/docker-compose.yml   # runtime.export
     orchestra export kubernetes flow.yml out/k8s [--k8s-namespace NS]
+    orchestra migrate my_jina_project/ [--write]                      # runtime.migrate (libcst)
     orchestra replica|gateway ...                                     # what exported containers run
 
 Every flag of ``deployment``/``flow`` is also a YAML key (``--uses-with`` is
@@ -280,6 +281,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from runtime.migrate import run
+    return run(args.paths, write=args.write)
+
+
 def cmd_replica(args: argparse.Namespace) -> int:
     from runtime.export.serve import run_replica
     return run_replica(args)
@@ -352,6 +358,15 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
         q.add_argument(flag, help=flag_help)
         q.add_argument('--image', default=DEFAULT_IMAGE, help=f'the runtime image (default {DEFAULT_IMAGE})')
         q.set_defaults(func=cmd_export)
+
+    p = sub.add_parser('migrate', help="rewrite a Jina project's imports to orchestra_nb (a diff; --write to change)",
+                       description="Rewrite a Jina project's Python imports (from jina import ... -> from "
+                                   'orchestra_nb import ...) with libcst; YAML configs are kept (they are read as '
+                                   'they are) and their hub references and refused keys reported. Prints a '
+                                   'unified diff unless --write (docs/migrating-from-jina.md).')
+    p.add_argument('paths', nargs='+', metavar='PATH', help='Python/YAML files or folders (walked)')
+    p.add_argument('--write', action='store_true', help='change the files instead of printing the diff')
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser('replica', help='(in a container) serve one replica of an exported setup',
                        description='One replica of an exported Deployment/Flow, in the foreground.')

@@ -47,7 +47,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from runtime.args import DEPLOYMENT_ARGS, FLOW_ARGS, Arg, arg_names, by_name
+from runtime.args import (DEPLOYMENT_ARGS, FLOW_ADD_ARGS, FLOW_ARGS, FLOW_WIDE_ARGS, JINA_TRANSLATED, Arg, arg_names,
+                          by_name, translate_jina_arguments)
 from runtime.uses import normalize_uses, py_module_paths, uses_reference
 from runtime.yamlio import ConfigError, Map, Where, check_keys, plain, read, substitute_env, type_name
 
@@ -55,6 +56,7 @@ __all__ = ['ConfigError', 'load_spec', 'dump_spec', 'normalize_deployment_args',
            'to_spec', 'save', 'substitute_env']
 
 _FLOW = by_name(FLOW_ARGS)
+_FLOW_WIDE = by_name(FLOW_WIDE_ARGS)
 _DEPLOYMENT_NAMES = arg_names(DEPLOYMENT_ARGS)
 
 
@@ -123,6 +125,14 @@ def normalize_deployment_args(args: dict, where: Where, base: str) -> Dict[str, 
     {'replicas': 2}
     """
     check_keys(args, _DEPLOYMENT_NAMES, where, 'an Executor' if where.path else 'a Deployment')
+    try:
+        ours = translate_jina_arguments(args, 'Jina argument')   # volumes, uses_metas -> workspace, py_modules
+    except ValueError as e:
+        raise where.error(str(e)) from None
+    if ours:
+        merged = Map({k: v for k, v in args.items() if k not in JINA_TRANSLATED}, **ours)
+        merged.lines, merged.line = dict(getattr(args, 'lines', {})), getattr(args, 'line', 0)
+        args = merged
     return _normalize(DEPLOYMENT_ARGS, args, where, base)
 
 
@@ -188,8 +198,9 @@ def _flow_spec(data: dict, where: Where, base: str) -> Dict[str, Any]:
     ww = where.at('with', data)
     if not isinstance(with_, dict):
         raise ww.error(f'expected a mapping of Flow (gateway) arguments, got {with_!r}')
-    check_keys(with_, arg_names(FLOW_ARGS), ww, 'Flow `with:`')
+    check_keys(with_, arg_names(FLOW_ARGS) + arg_names(FLOW_WIDE_ARGS), ww, 'Flow `with:`')
     flow_with = _normalize(FLOW_ARGS, with_, ww, base)
+    flow_with.update(_normalize(FLOW_WIDE_ARGS, with_, ww, base))   # defaults of every Executor (Jina)
     executors = data.get('executors') or []
     ew = where.at('executors', data)
     if not isinstance(executors, list):
@@ -200,7 +211,19 @@ def _flow_spec(data: dict, where: Where, base: str) -> Dict[str, Any]:
         w = ew.item(i, entry)
         if not isinstance(entry, dict):
             raise w.error(f'expected a mapping of Executor arguments, got {entry!r}')
-        spec = normalize_deployment_args(entry, w, base)
+        extra = {a.name: entry[a.name] for a in FLOW_ADD_ARGS if a.name in entry}   # floating
+        rest = entry
+        if extra:   # the entry less FLOW_ADD_ARGS, keeping its line numbers
+            rest = Map({k: v for k, v in entry.items() if k not in extra})
+            rest.lines, rest.line = dict(getattr(entry, 'lines', {})), getattr(entry, 'line', 0)
+        spec = normalize_deployment_args(rest, w, base)
+        spec.update(_normalize(FLOW_ADD_ARGS, extra, w, base))
+        for k in _FLOW_WIDE:   # against the Flow's default of .add(): kept where it differs, even from ours
+            if k in flow_with:
+                if k in entry and k not in spec:
+                    spec[k] = plain(entry[k])
+                if spec.get(k) == flow_with[k]:
+                    spec.pop(k)
         name = entry.get('name') if isinstance(entry.get('name'), str) else f'executor{i}'
         if name in names or name == 'gateway':
             raise w.at('name', entry).error(f'name {name!r} is used twice (or is reserved)')
@@ -226,7 +249,7 @@ def _flow_spec(data: dict, where: Where, base: str) -> Dict[str, Any]:
 
 
 def _ordered(spec: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: spec[k] for k in _DEPLOYMENT_NAMES if k in spec}
+    return {k: spec[k] for k in _DEPLOYMENT_NAMES + arg_names(FLOW_ADD_ARGS) if k in spec}
 
 
 def dump_spec(spec: Dict[str, Any], path: Optional[str] = None) -> str:
@@ -278,6 +301,8 @@ def flow_spec(flow: Any) -> Dict[str, Any]:
     values = {a.name: getattr(flow, a.name, None) for a in FLOW_ARGS}
     values.update({'port': flow._port_arg, 'log_dir': None if _generated_log_dir(flow) else flow.log_dir})
     with_ = {k: v for k, v in values.items() if v is not None and not _is_default(v, _FLOW[k].default)}
+    with_.update(_normalize(FLOW_WIDE_ARGS, getattr(flow, 'executor_defaults', {}), Where(f'Flow {flow.name!r}'),
+                            os.getcwd()))
     executors = []
     prev = 'gateway'
     for e in flow.entries:
@@ -287,6 +312,14 @@ def flow_spec(flow: Any) -> Dict[str, Any]:
             spec = deployment_spec(e.deployment, flow_entry=True)
             if e.replica_port is not None:
                 spec['port'] = e.replica_port
+            if getattr(e, 'floating', False):
+                spec['floating'] = True
+            for k, v in with_.items():   # written where it differs from the Flow's default of .add()
+                if k in _FLOW_WIDE:
+                    if spec.get(k) == v:
+                        spec.pop(k)
+                    elif k not in spec:
+                        spec[k] = _FLOW_WIDE[k].default
         if list(e.needs) != [prev]:
             spec['needs'] = list(e.needs)
         else:

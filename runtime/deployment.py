@@ -13,7 +13,8 @@ import os
 from typing import Any, Dict, List, Optional, Union
 
 from runtime import config
-from runtime.args import DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs, check_port, check_values
+from runtime.args import (DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs, check_port, check_values,
+                          translate_jina_arguments)
 from runtime.executor import RuntimeArgs
 from runtime.hosts import check_host
 from runtime.limits import check_processes
@@ -54,6 +55,7 @@ class Deployment(Orchestration):
                  **kwargs):
         check_kwargs(kwargs, _NAMES, 'Deployment')
         given = dict(locals())
+        given.update(translate_jina_arguments(dict(given, **kwargs), 'Deployment'))   # volumes, uses_metas
         v = check_values(DEPLOYMENT_ARGS, {k: given[k] for k in _NAMES})
         self._uses_source, self._uses_with_source = uses, uses_with   # as written: what save_config writes
         uses, uses_with = v['uses'], v['uses_with']

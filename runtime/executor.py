@@ -31,17 +31,24 @@ DEFAULT_ENDPOINT = '__default__'
 _ENDPOINTS_ATTR = '_orchestra_endpoints'
 _WRITE_ATTR = '_orchestra_write'
 _BATCHING_ATTR = '_orchestra_dynamic_batching'
+_SCHEMAS_ATTR = '_orchestra_schemas'   # (request_schema, response_schema) of @requests
 
 
 class UnknownEndpointError(LookupError):
     """No method of the Executor serves the requested endpoint."""
 
 
-def requests(func: Optional[Callable] = None, *, on: Union[str, Sequence[str], None] = None):
+def requests(func: Optional[Callable] = None, *, on: Union[str, Sequence[str], None] = None,
+             request_schema: Optional[type] = None, response_schema: Optional[type] = None):
     """Mark a method as serving one or more endpoints.
 
     ``@requests(on='/index')``, ``@requests(on=['/a', '/b'])``, or bare ``@requests``
-    for the default endpoint (every endpoint no other method claims).
+    for the default endpoint (every endpoint no other method claims). ``request_schema`` /
+    ``response_schema`` (Jina's): the ``DocList[X]`` the docs are decoded as / sent back as,
+    instead of the annotations of ``docs`` and of the return value.
+
+    The method's signature is checked here, when the class is defined (as Jina does): a
+    ``TypeError`` names the method and the parameter that cannot work (see :func:`check_signature`).
 
     >>> class E(Executor):
     ...     @requests(on='/x')
@@ -58,17 +65,88 @@ def requests(func: Optional[Callable] = None, *, on: Union[str, Sequence[str], N
     for e in endpoints:
         if e != DEFAULT_ENDPOINT and not e.startswith('/'):
             raise ValueError(f'endpoint {e!r} must start with "/" (e.g. "/index")')
+    for what, schema in (('request_schema', request_schema), ('response_schema', response_schema)):
+        if schema is not None and not _is_doclist_class(schema):
+            raise TypeError(f'requests({what}={schema!r}): must be a DocList[X] class, e.g. DocList[TextDoc]')
 
     def mark(fn: Callable) -> Callable:
         if not callable(fn):
             raise TypeError(f'@requests decorates a method, got {fn!r}')
+        check_signature(fn, request_schema is not None, response_schema is not None)
         existing = list(getattr(fn, _ENDPOINTS_ATTR, []))
         setattr(fn, _ENDPOINTS_ATTR, existing + [e for e in endpoints if e not in existing])
+        if request_schema is not None or response_schema is not None:
+            setattr(fn, _SCHEMAS_ATTR, (request_schema, response_schema))
         return fn
 
     if func is not None:  # bare @requests
         return mark(func)
     return mark
+
+
+#: the keywords an endpoint method is called with (Jina's); a method names those it wants, or takes **kwargs
+CALL_KEYWORDS = ('docs', 'parameters', 'docs_matrix', 'docs_map', 'tracing_context')
+
+
+def check_signature(fn: Callable, has_request_schema: bool = False, has_response_schema: bool = False) -> None:
+    """Refuse an endpoint method that cannot be called as an endpoint, naming the method and parameter.
+
+    Refused, as Jina refuses them: a parameter without a default that is not one of
+    :data:`CALL_KEYWORDS`; a ``doc`` parameter (Jina's single-document streaming endpoints, not
+    supported here); ``docs`` annotated with a class that is not a ``DocList`` (``docs: TextDoc``:
+    write ``DocList[TextDoc]``); a return annotated with a doc class (``-> TextDoc``). Unlike Jina,
+    a method that names only some of the keywords and takes no ``**kwargs`` is accepted: it gets
+    the ones it names.
+
+    >>> def f(self, docs, k): ...
+    >>> check_signature(f)
+    Traceback (most recent call last):
+    TypeError: endpoint method f: parameter 'k' is not one an endpoint is called with ...
+    """
+    name = getattr(fn, '__qualname__', getattr(fn, '__name__', repr(fn)))
+    target = inspect.unwrap(fn)
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if params and params[0].name == 'self':
+        params = params[1:]
+    allowed = ', '.join(CALL_KEYWORDS)
+    for p in params:
+        if p.name == 'doc':
+            raise TypeError(f"endpoint method {name}: parameter 'doc' is for Jina's single-document streaming "
+                            f'endpoints, which are not supported here; take docs: DocList[...] instead')
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise TypeError(f'endpoint method {name}: parameter {p.name!r} is positional-only; endpoints are '
+                            f'called with keywords ({allowed})')
+        if (p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+                and p.name not in CALL_KEYWORDS and p.default is inspect.Parameter.empty):
+            raise TypeError(f'endpoint method {name}: parameter {p.name!r} is not one an endpoint is called with '
+                            f'({allowed}); give it a default, or take **kwargs')
+    hints = _resolved_hints(target)
+    docs_ann = hints.get('docs')
+    if not has_request_schema and _is_doc_class(docs_ann):
+        raise TypeError(f"endpoint method {name}: parameter 'docs' is annotated {docs_ann.__name__}, not a DocList; "
+                        f'write docs: DocList[{docs_ann.__name__}]')
+    ret = hints.get('return')
+    if not has_response_schema and _is_doc_class(ret):
+        raise TypeError(f'endpoint method {name}: the return is annotated {ret.__name__}, a single doc; an '
+                        f'endpoint returns DocList[{ret.__name__}] (or a dict, or None)')
+
+
+def _is_doclist_class(obj: Any) -> bool:
+    """``DocList``, ``DocList[X]`` (a typing alias in docarray 0.41) or a subclass of DocList."""
+    import typing
+    from docarray import DocList
+    origin = typing.get_origin(obj) or obj
+    return isinstance(origin, type) and issubclass(origin, DocList)
+
+
+def _is_doc_class(obj: Any) -> bool:
+    if not isinstance(obj, type):
+        return False
+    from docarray import BaseDoc, DocList
+    return isinstance(obj, type) and issubclass(obj, BaseDoc) and not issubclass(obj, DocList)
 
 
 def write(func: Callable) -> Callable:
@@ -113,6 +191,7 @@ class Endpoint:
     is_async: bool = False
     accepts: Optional[frozenset] = None   # keyword names it takes; None: it takes **kwargs
     batching: Optional[Dict[str, Any]] = None
+    parameters_model: Any = None  # a pydantic model from `parameters: Model`: parameters arrive as one
 
 
 def _doc_type_of(annotation: Any) -> Any:
@@ -141,12 +220,29 @@ def _describe(name: str, fn: Callable, bound: Callable) -> Endpoint:
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     accepts = None if takes_kwargs else frozenset(k for k in params if k != 'self')
     input_ann = hints.get('docs', params['docs'].annotation if 'docs' in params else None)
+    request_schema, response_schema = getattr(fn, _SCHEMAS_ATTR, (None, None))
     return Endpoint(
         name=name, method=bound, is_write=is_write(fn),
-        input_type=_doc_type_of(input_ann), output_type=_doc_type_of(hints.get('return')),
+        input_type=_doc_type_of(request_schema or input_ann),
+        output_type=_doc_type_of(response_schema or hints.get('return')),
         is_async=inspect.iscoroutinefunction(fn), accepts=accepts,
         batching=getattr(fn, _BATCHING_ATTR, None),
+        parameters_model=_pydantic_model_of(hints.get('parameters')),
     )
+
+
+def _pydantic_model_of(annotation: Any) -> Any:
+    """``parameters: Model`` (or ``Optional[Model]``) -> Model, when Model is a pydantic model; else None."""
+    import typing
+    try:
+        from pydantic import BaseModel
+    except ImportError:  # pragma: no cover - pydantic is a dependency
+        return None
+    candidates = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Union else (annotation,)
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, BaseModel):
+            return c
+    return None
 
 
 def _resolved_hints(fn: Callable) -> Dict[str, Any]:
@@ -179,10 +275,16 @@ class EndpointTable:
         return sorted(self._by_name)
 
     def describe(self) -> Dict[str, Dict[str, Any]]:
-        return {n: {'write': e.is_write,
-                    'input': getattr(e.input_type, '__name__', None),
-                    'output': getattr(e.output_type, '__name__', None)}
-                for n, e in self._by_name.items()}
+        """Per endpoint: write or not, the doc types' names and fields (computed once; Info asks often)."""
+        if getattr(self, '_described', None) is None:
+            from runtime.schemas import schema_fields
+            self._described = {n: {'write': e.is_write,
+                                   'input': getattr(e.input_type, '__name__', None),
+                                   'output': getattr(e.output_type, '__name__', None),
+                                   'input_fields': schema_fields(e.input_type),
+                                   'output_fields': schema_fields(e.output_type)}
+                               for n, e in self._by_name.items()}
+        return self._described
 
     def lookup(self, endpoint: str) -> Endpoint:
         found = self._by_name.get(endpoint) or self._by_name.get(DEFAULT_ENDPOINT)
@@ -191,6 +293,27 @@ class EndpointTable:
             raise UnknownEndpointError(
                 f'no method serves endpoint {endpoint!r}; endpoints served: {known}')
         return found
+
+
+def executor_parameters(parameters: Dict[str, Any], name: str) -> Dict[str, Any]:
+    """The parameters Executor ``name`` sees, as Jina gives them: ``'name__key'`` is ``key`` for
+    ``name`` only (dropped for the others), and ``parameters[name]`` (a dict) is merged in.
+
+    >>> executor_parameters({'k': 1, 'enc__k': 2, 'idx__k': 3, 'enc': {'j': 4}}, 'enc')
+    {'k': 2, 'enc': {'j': 4}, 'j': 4}
+    """
+    if not parameters or not any('__' in k.strip('_') or k == name for k in parameters):
+        return parameters
+    out = dict(parameters)
+    for key, value in parameters.items():
+        if '__' in key and not key.startswith('__') and not key.endswith('__'):
+            del out[key]
+            *owner, plain = key.split('__')
+            if ''.join(owner) == name:
+                out[plain] = value
+    if isinstance(parameters.get(name), dict):
+        out.update(parameters[name])
+    return out
 
 
 def call_endpoint(ep: Endpoint, docs: Any, parameters: dict) -> Any:
@@ -205,6 +328,8 @@ def call_endpoint(ep: Endpoint, docs: Any, parameters: dict) -> Any:
     >>> call_endpoint(ep, docs, {})                          # doctest: +SKIP
     """
     accepts = ep.accepts
+    if ep.parameters_model is not None and isinstance(parameters, dict):   # Jina: the method gets a model
+        parameters = ep.parameters_model(**{k: v for k, v in parameters.items() if k != '__results__'})
     if accepts is None:
         result = ep.method(docs=docs, parameters=parameters, docs_matrix=None, docs_map=None,
                            tracing_context=None)

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from runtime import config
-from runtime.args import DEPLOYMENT_ARGS, FLOW_ARGS, arg_names, check_count, check_kwargs, check_port, check_values
+from runtime.args import (DEPLOYMENT_ARGS, FLOW_ADD_ARGS, FLOW_ARGS, FLOW_JINA_ONLY, FLOW_WIDE_ARGS, arg_names,
+                          check_count, check_kwargs, check_port, check_values)
 from runtime.deployment import Deployment
 from runtime.hosts import check_host
 from runtime.limits import check_processes
@@ -39,6 +40,7 @@ GATEWAY = 'gateway'
 
 _DEPLOYMENT_NAMES = arg_names(DEPLOYMENT_ARGS)
 _FLOW_NAMES = arg_names(FLOW_ARGS)
+_FLOW_WIDE_NAMES = arg_names(FLOW_WIDE_ARGS)
 #: arguments that make an Executor without ``uses`` a real (Echo) process rather than a join
 _PROCESS_ARGS = frozenset(_DEPLOYMENT_NAMES) - {'name', 'needs'}
 
@@ -50,6 +52,7 @@ class FlowEntry:
     needs: List[str]
     deployment: Optional[Deployment] = None
     replica_port: Optional[int] = None
+    floating: bool = False   # Jina's: runs every request, its output goes nowhere (FLOW_ADD_ARGS)
 
     @property
     def is_join(self) -> bool:
@@ -68,7 +71,13 @@ class Flow(Orchestration):
                  protocol: str = 'grpc', timeout_ready: float = 60.0, log_dir: Optional[str] = None,
                  max_in_flight_per_replica: int = 4, stream_logs: bool = False, secret: Optional[str] = None,
                  tls_cert: Optional[str] = None, tls_key: Optional[str] = None, **kwargs):
-        check_kwargs(kwargs, _FLOW_NAMES, 'Flow')
+        for key in kwargs:
+            if key in FLOW_JINA_ONLY:
+                raise ValueError(f'Flow: {key}= is not an argument of a Flow here: {FLOW_JINA_ONLY[key]}')
+        check_kwargs(kwargs, _FLOW_NAMES + _FLOW_WIDE_NAMES, 'Flow')
+        #: Deployment arguments given to the Flow: the defaults of every .add() (as Jina passes them down)
+        self.executor_defaults: Dict[str, Any] = check_values(
+            FLOW_WIDE_ARGS, {k: v for k, v in kwargs.items() if k in _FLOW_WIDE_NAMES})
         given = dict(locals())
         v = check_values(FLOW_ARGS, {k: given[k] for k in _FLOW_NAMES})
         if not isinstance(host, str):
@@ -83,18 +92,23 @@ class Flow(Orchestration):
 
     # -- building the graph ------------------------------------------------------------
     def add(self, name: Optional[str] = None, needs: Union[str, Sequence[str], None] = None,
-            **kwargs) -> 'Flow':
+            floating: bool = False, **kwargs) -> 'Flow':
         """Add an Executor (a Deployment's arguments) fed by ``needs``; returns the Flow.
 
         Without ``uses`` it echoes its input (an Echo process, as a Deployment without
         ``uses``) -- unless it only joins two or more branches: then the gateway does that.
+        Arguments given to ``Flow(...)`` that are a Deployment's (``Flow(replicas=2)``) are the
+        defaults here. ``floating=True`` (Jina's): it gets every request but its output goes
+        nowhere, the reply does not wait for it, and the next ``.add()`` chains after the
+        Executor before it.
 
         >>> Flow().add(name='a', uses=A).add(name='b', uses=B, needs='gateway').needs_all()
         """
-        return self._add(name, needs, kwargs, join_if_bare=False)
+        check_values(FLOW_ADD_ARGS, {'floating': floating})
+        return self._add(name, needs, kwargs, join_if_bare=False, floating=floating)
 
     def _add(self, name: Optional[str], needs: Union[str, Sequence[str], None], kwargs: Dict[str, Any],
-             join_if_bare: bool) -> 'Flow':
+             join_if_bare: bool, floating: bool = False) -> 'Flow':
         if self._started:
             raise RuntimeError(f'Flow {self.name!r} is running; close it before adding Executors')
         check_kwargs(kwargs, _DEPLOYMENT_NAMES, 'Flow.add')
@@ -108,6 +122,11 @@ class Flow(Orchestration):
         if bare and (join_if_bare or len(needs_list) > 1):
             self.entries.append(FlowEntry(name, needs_list, None))
             return self
+        for key, value in self.executor_defaults.items():   # Flow(replicas=...): Jina passes it down
+            if key == 'env' and kwargs.get('env') is not None:
+                kwargs['env'] = {**value, **kwargs['env']}
+            else:
+                kwargs.setdefault(key, value)
         replica_port = None
         port = kwargs.get('port')
         if port is not None and not kwargs.get('external'):
@@ -122,7 +141,7 @@ class Flow(Orchestration):
         dep = Deployment(name=name, needs=needs_list, **kwargs)
         if not dep.external:   # the Flow's total, as well as this Executor's
             check_processes(dep.replicas, dep.shards, f'Flow.add(name={name!r})', self._local_processes())
-        self.entries.append(FlowEntry(name, needs_list, dep, replica_port))
+        self.entries.append(FlowEntry(name, needs_list, dep, replica_port, floating))
         return self
 
     def needs(self, needs: Union[str, Sequence[str]], name: str = 'joiner', **kwargs) -> 'Flow':
@@ -142,7 +161,7 @@ class Flow(Orchestration):
     def open_branches(self) -> List[str]:
         """Executors whose output nothing else needs (their docs go back to the client)."""
         needed = {n for e in self.entries for n in e.needs}
-        return [e.name for e in self.entries if e.name not in needed]
+        return [e.name for e in self.entries if e.name not in needed and not e.floating]
 
     def _new_name(self, name: Optional[str]) -> str:
         taken = {e.name for e in self.entries}
@@ -161,8 +180,9 @@ class Flow(Orchestration):
         return name
 
     def _resolve_needs(self, name: str, needs: Union[str, Sequence[str], None]) -> List[str]:
-        if needs is None:
-            return [self.entries[-1].name if self.entries else GATEWAY]
+        if needs is None:   # the last Executor added that is not floating (Jina)
+            last = [e.name for e in self.entries if not e.floating]
+            return [last[-1] if last else GATEWAY]
         if isinstance(needs, str):
             needs = [needs]
         if not isinstance(needs, (list, tuple)) or not needs or not all(isinstance(n, str) for n in needs):
@@ -206,6 +226,31 @@ class Flow(Orchestration):
         return sum(e.deployment.replicas * e.deployment.shards for e in self.entries
                    if e.deployment is not None and e.deployment is not leave_out and not e.deployment.external)
 
+    def start(self, progress: Any = None) -> 'Flow':
+        """Start every process (see :meth:`Orchestration.start`), then check that chained Executors
+        agree on their docs' schemas (as Jina does at start; :mod:`runtime.schemas`): a mismatch
+        stops the Flow and raises ``ValueError`` naming the Executors, the endpoint and the fields."""
+        was_running = self.running
+        super().start(progress)
+        if not was_running:
+            try:
+                self._check_schemas()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def _check_schemas(self) -> None:
+        from runtime.schemas import schema_errors
+        first = {}
+        for r in self.status()['replicas']:   # one replica per Executor says what its endpoints take
+            if r.get('endpoints') is not None:
+                first.setdefault(r['node'], r['endpoints'])
+        errors = schema_errors({e.name: list(e.needs) for e in self.entries}, first)
+        if errors:
+            raise ValueError(f'Flow {self.name!r}: chained Executors disagree on their docs: ' + '; '.join(errors)
+                             + ' (declare the same doc type, or one with the same fields)')
+
     # -- what the base class runs --------------------------------------------------------
     def _plan(self) -> List[NodePlan]:
         if not self.entries:
@@ -217,6 +262,7 @@ class Flow(Orchestration):
                 continue
             plan = e.deployment.node_plan()
             plan.needs = list(e.needs)
+            plan.floating = e.floating
             if plan.max_in_flight is None:
                 plan.max_in_flight = e.deployment.max_in_flight_per_replica
             if e.replica_port is not None:

@@ -33,6 +33,7 @@ from runtime import protocol
 from runtime.merging import merge_bodies, merge_results
 from runtime.routing import NoReplicaAvailable, PollingPolicy, ReplicaSet, choose_shards
 from runtime.server import STOP_GRACE_S, start_node_server, stop_event_from
+from runtime.targeting import runs, unmatched
 from runtime.telemetry import RequestStats
 
 log = logging.getLogger('orchestra.gateway')
@@ -157,20 +158,24 @@ class Graph:
     """The nodes and what routing needs to know of their shape, computed once.
 
     ``order``: topological; ``leaves``: nodes nothing needs (their outputs, joined, are the
-    answer); ``inline``: the nodes that nothing can run beside (every other node is an ancestor
+    answer), floating ones left out; ``floating``: nodes (``Flow.add(floating=True)``) that run
+    every request while the answer does not wait for them; ``inline``: the nodes that nothing can run beside (every other node is an ancestor
     or a descendant), which run in the request's coroutine instead of a task; ``skips_unknown``:
     in a Flow (more than one node), a node that does not serve an endpoint passes its input on.
     """
 
-    def __init__(self, nodes: Dict[str, Node]):
+    def __init__(self, nodes: Dict[str, Node], floating: Optional[set] = None):
         self.nodes = nodes
         self.order = _topological(nodes)
-        self.leaves = [n for n in self.order if not any(n in m.needs for m in nodes.values())]
+        self.floating = set(floating or ())
+        self.leaves = [n for n in self.order if n not in self.floating
+                       and not any(n in m.needs for m in nodes.values())]
         ancestors: Dict[str, set] = {}
         for n in self.order:
             ancestors[n] = set().union(*({m} | ancestors.get(m, set()) for m in nodes[n].needs))
             ancestors[n].discard(GATEWAY)
-        self.inline = {n: all(m == n or m in ancestors[n] or n in ancestors[m] for m in self.order)
+        self.inline = {n: n not in self.floating
+                       and all(m == n or m in ancestors[n] or n in ancestors[m] for m in self.order)
                        for n in self.order}
         self.skips_unknown = len(nodes) > 1
         self.served = sum(1 for node in nodes.values() if not node.is_join)
@@ -188,7 +193,8 @@ class Gateway:
         self.nodes: Dict[str, Node] = {}
         for spec in config['nodes']:
             self.nodes[spec['name']] = Node(spec, max_in_flight, wait)
-        self.graph = Graph(self.nodes)
+        self.graph = Graph(self.nodes, {spec['name'] for spec in config['nodes'] if spec.get('floating')})
+        self._background: set = set()   # floating nodes' tasks still running after their request
         self.stats = RequestStats()
         self.port: Optional[int] = None
 
@@ -197,6 +203,9 @@ class Gateway:
         :class:`NodeError`, whose ``header`` is the reply). The one entry of every front door."""
         header, body = protocol.unpack(frame)
         protocol.check_request_header(header)
+        not_targeted = unmatched(header.get('target_executor'), self.nodes)
+        if not_targeted:
+            raise NodeError(protocol.error_header(LookupError(not_targeted), self.name))
         graph = self.graph
         request = Output({'ok': True}, body, None)
         route = _Route(self, header, frame, request)
@@ -207,11 +216,14 @@ class Gateway:
                     outputs[name] = await route.run(self.nodes[name], outputs)
                 else:
                     outputs[name] = asyncio.ensure_future(route.run(self.nodes[name], outputs))
-            answers = [await _output(outputs[n]) for n in graph.leaves]
+            answers = [await _output(outputs[n]) for n in graph.leaves] or [request]
         finally:
-            for f in outputs.values():
+            for name, f in outputs.items():
                 if isinstance(f, asyncio.Future):
-                    if not f.done():
+                    if name in graph.floating and not f.done():
+                        self._background.add(f)   # finishes on its own; its output is dropped
+                        f.add_done_callback(self._floating_done)
+                    elif not f.done():
                         f.cancel()
                     elif not f.cancelled():
                         f.exception()  # retrieved: no 'exception was never retrieved' noise
@@ -221,6 +233,11 @@ class Gateway:
         if answer.frame is not None:
             return answer.frame
         return protocol.pack(answer.header, bytes(answer.body))
+
+    def _floating_done(self, f: 'asyncio.Future') -> None:
+        self._background.discard(f)
+        if not f.cancelled() and f.exception() is not None:
+            log.warning('a floating Executor failed: %s', f.exception())
 
     def _nobody_serves(self, endpoint: str, skipped: List[Tuple[str, NodeError]]) -> NodeError:
         detail = '; '.join(f'{name}: {e.header["error"].get("message", "")}' for name, e in skipped)
@@ -288,7 +305,7 @@ class _Route:
             given = await _output(outputs[node.needs[0]])
         else:
             given = _join([await _output(outputs[n]) for n in node.needs])
-        if node.is_join:
+        if node.is_join or not runs(self.header, node.name):   # post(target_executor=...): pass docs on
             return given
         if given is self.request:
             frame = self.frame            # the client's frame, as is

@@ -84,6 +84,7 @@ class NodePlan:
     secret_file: Optional[str] = None   # stateful: where the Deployment's secret is kept (runtime.secrets)
     timeout_send: Optional[float] = None    # the gateway's deadline per request to a replica
     policy: Optional[Policy] = None         # supervision settings (None: the defaults)
+    floating: bool = False                  # Flow.add(floating=True): its output goes nowhere
 
     @property
     def replicas(self) -> List[ReplicaPlan]:
@@ -263,6 +264,23 @@ class Orchestration:
         """Async twin of :meth:`post`."""
         return await self._require_started().apost(on, inputs, request_size=request_size, **kwargs)
 
+    # Jina's PostMixin shortcuts (ONLY CRUD endpoints, as in Jina)
+    def index(self, inputs: Any = None, **kwargs):
+        """``post('/index', inputs, **kwargs)``."""
+        return self.post('/index', inputs, **kwargs)
+
+    def search(self, inputs: Any = None, **kwargs):
+        """``post('/search', inputs, **kwargs)``."""
+        return self.post('/search', inputs, **kwargs)
+
+    def update(self, inputs: Any = None, **kwargs):
+        """``post('/update', inputs, **kwargs)``."""
+        return self.post('/update', inputs, **kwargs)
+
+    def delete(self, inputs: Any = None, **kwargs):
+        """``post('/delete', inputs, **kwargs)``."""
+        return self.post('/delete', inputs, **kwargs)
+
     # -- beyond one machine (runtime/export, docs/scaling-out.md) -------------------------
     def to_docker_compose_yaml(self, output_path: str, network_name: Optional[str] = None,
                                image: Optional[str] = None, app_dir: Optional[str] = None) -> str:
@@ -357,7 +375,7 @@ class Orchestration:
                 'nodes': [{'name': n.name, 'needs': n.needs, 'polling': n.polling,
                            'no_reduce': n.no_reduce, 'allow_partial': n.allow_partial,
                            'max_in_flight': n.max_in_flight, 'stateful': n.stateful,
-                           'timeout_send': n.timeout_send,
+                           'timeout_send': n.timeout_send, 'floating': n.floating,
                            'health_timeout': (n.policy or Policy()).health_timeout,
                            'shards': [[] for _ in n.shards]} for n in self.nodes],
                 'secret': self._secret, 'tls_cert': self.tls_cert, 'tls_key': self.tls_key}

@@ -120,6 +120,7 @@ _REQUEST_FIELDS = {
     'consistency': (lambda v: v is None or v in ('eventual', 'strong'), "'eventual' or 'strong'"),
     'allow_partial': (lambda v: v is None or isinstance(v, bool), 'true or false'),
     'no_reduce': (lambda v: v is None or isinstance(v, bool), 'true or false'),
+    'target_executor': (lambda v: v is None or isinstance(v, str), 'a regular expression (a string)'),
 }
 
 

@@ -25,7 +25,7 @@ from runtime.batching import Batchers
 from runtime.codec import decode_docs, encode_docs  # loaded before ready, not on the first request
 from runtime.executor_thread import ExecutorThread
 from runtime.executor import (Endpoint, EndpointTable, RuntimeArgs, UnknownEndpointError, build_executor,
-                              call_endpoint, normalise_result)
+                              call_endpoint, executor_parameters, normalise_result)
 from runtime.server import STOP_GRACE_S, start_node_server, stop_event_from
 from runtime.telemetry import RequestStats
 from runtime.uses import load_executor_class
@@ -69,7 +69,8 @@ class ReplicaServer:
             header, body = protocol.unpack(frame)
             protocol.check_request_header(header)
             endpoint = header.get('endpoint', '/')
-            parameters = header.get('parameters') or {}
+            # Jina's Executor-specific parameters ('name__key', parameters[name]) for this Executor
+            parameters = executor_parameters(header.get('parameters') or {}, self.runtime_args.name)
             ep = self.endpoints.lookup(endpoint)
             self.stats.started(endpoint)
             try:

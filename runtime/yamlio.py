@@ -179,7 +179,7 @@ def check_keys(mapping: dict, allowed: Sequence[str], where: Where, what: str) -
         if key in JINA_ONLY:
             raise w.error(f'unknown key {key!r} in {what}: {JINA_ONLY[key]}')
         try:
-            check_kwargs({key: None}, list(allowed), what)
+            check_kwargs({key: mapping[key]}, list(allowed), what)
         except ValueError as e:
             raise w.error(str(e).replace(f'{what} got an unknown argument', 'unknown key')
                           .replace(' (valid:', f' (valid in {what}:')) from None

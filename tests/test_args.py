@@ -50,7 +50,8 @@ def test_constructor_signatures_are_the_schema():
 def test_yaml_accepts_the_schema():
     assert valid_keys('jtype: Deployment\nbogus: 1\n') == DEPLOYMENT
     assert valid_keys('jtype: Flow\nexecutors:\n  - bogus: 1\n') == DEPLOYMENT
-    assert valid_keys('jtype: Flow\nwith: {bogus: 1}\nexecutors: []\n') == FLOW
+    # a Flow's `with:` also takes a Deployment's arguments: the defaults of its Executors (as Jina)
+    assert valid_keys('jtype: Flow\nwith: {bogus: 1}\nexecutors: []\n') == FLOW | set(arg_names(schema.FLOW_WIDE_ARGS))
 
 
 def test_cli_flags_are_the_schema():
@@ -249,3 +250,99 @@ def test_no_import_cycle_through_the_config_modules():
     assert not cycles, f'import cycles through {cycles}'
     # one direction: Deployment and Flow read and write configs; runtime.config builds no objects
     assert not {'runtime.deployment', 'runtime.flow'} & graph['runtime.config']
+
+
+# ----------------------------------------------------------------------------- Jina's arguments
+
+def test_jina_tables_do_not_overlap_the_schema():
+    """A name is declared once: implemented (an Arg), refused, accepted as is, or translated
+    (constructors); implemented or refused (post: compression is post's, not a Deployment's)."""
+    ours = DEPLOYMENT | FLOW | set(arg_names(schema.FLOW_ADD_ARGS))
+    tables = [set(schema.JINA_ONLY), set(schema.JINA_ACCEPTED), set(schema.JINA_TRANSLATED)]
+    for table in tables:
+        assert not table & ours, table & ours
+    assert not set(schema.JINA_POST_ONLY) & set(arg_names(schema.POST_ARGS))
+    assert not (tables[0] & tables[1]) and not (tables[0] & tables[2]) and not (tables[1] & tables[2])
+
+
+@pytest.mark.parametrize('key', sorted(schema.JINA_ONLY))
+def test_refused_jina_arguments_say_why_everywhere(key):
+    """Deployment(...), Flow.add(...), Flow(...), YAML and the CLI refuse each with the same reason."""
+    from runtime.cli import build_parser
+    reason = schema.JINA_ONLY[key]
+    for make in (lambda: Deployment(**{key: True}), lambda: Flow().add(**{key: True}),
+                 lambda: Flow(**{key: True})):
+        with pytest.raises(ValueError) as info:
+            make()
+        assert reason in str(info.value) and key in str(info.value)
+    with pytest.raises(config.ConfigError) as info:
+        config.load_spec(f'jtype: Deployment\n{key}: true\n')
+    assert reason in str(info.value)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(['deployment', '--uses', 'x:Y', '--' + key.replace('_', '-'), 'x'])
+
+
+def test_refused_jina_flags_say_why(capsys):
+    from runtime.cli import main
+    with pytest.raises(SystemExit):
+        main(['deployment', '--uses', 'x:Y', '--install-requirements'])
+    assert schema.JINA_ONLY['install_requirements'] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('key', sorted(schema.JINA_ACCEPTED))
+def test_accepted_jina_arguments(key):
+    ok_value = {'native': True, 'monitoring': False, 'deployment_role': None, 'copy_flow': False}[key]
+    Deployment(**{key: ok_value})
+    Flow().add(**{key: ok_value})
+    with pytest.raises(ValueError, match=f'{key}=.*is not supported'):
+        Deployment(**{key: 'bad'})
+
+
+def test_monitoring_true_is_refused_for_now():
+    with pytest.raises(ValueError, match='Prometheus endpoint is not there yet'):
+        Deployment(monitoring=True)
+
+
+def test_translated_jina_arguments(tmp_path):
+    (tmp_path / 'mod.py').write_text('')
+    dep = Deployment(volumes=[f'{tmp_path}:/workspace'], uses_metas={'py_modules': [str(tmp_path / 'mod.py')]})
+    assert dep.workspace == str(tmp_path) and dep.py_modules == [str(tmp_path / 'mod.py')]
+    yml = tmp_path / 'dep.yml'
+    yml.write_text(f'jtype: Deployment\nvolumes: {tmp_path}\nuses_metas: {{py_modules: [mod.py]}}\n')
+    spec = config.load_spec(str(yml))
+    assert spec['with']['workspace'] == str(tmp_path) and spec['with']['py_modules'] == [str(tmp_path / 'mod.py')]
+    with pytest.raises(ValueError, match='one folder'):
+        Deployment(volumes=['/a', '/b'])
+    with pytest.raises(ValueError, match='keep one'):
+        Deployment(volumes='/a', workspace='/b')
+    with pytest.raises(ValueError, match='uses_metas='):
+        Deployment(uses_metas={'bogus': 1})
+
+
+def test_every_jina_argument_has_a_decision():
+    """docs/jina-compatibility.md lists every public argument of Jina 3.34's Deployment, Flow, Flow.add,
+    Client/post and @requests, each with its decision; each is implemented or in one of the tables."""
+    from runtime.client import Client
+    page = open(os.path.join(ROOT, 'docs', 'jina-compatibility.md')).read()
+    rows = dict(re.findall(r'^\| `([a-z_]+)` \| ([^|]+) \|', page, flags=re.M))
+    assert rows, 'no rows found'
+    post = set(inspect.signature(Client.post).parameters) - {'self', 'kwargs'}
+    decided = (DEPLOYMENT | FLOW | post | set(arg_names(schema.FLOW_ADD_ARGS)) | set(schema.JINA_ONLY)
+               | set(schema.JINA_ACCEPTED) | set(schema.JINA_TRANSLATED) | set(schema.JINA_POST_ONLY)
+               | {'request_schema', 'response_schema', 'protocol', 'port', 'needs', 'copy_flow'})
+    undecided = sorted(set(rows) - decided - set(HTTP_BRANCH))
+    assert not undecided, f'rows of the page with no implementation or table entry: {undecided}'
+    tables = (set(schema.JINA_ONLY) | set(schema.JINA_POST_ONLY) | set(schema.JINA_ACCEPTED)
+              | set(schema.JINA_TRANSLATED) | set(schema.JINA_CLIENT_ONLY) | set(schema.FLOW_JINA_ONLY))
+    assert not sorted(tables - set(rows)), 'table entries without their row in the page'
+
+
+#: arguments the HTTP/WebSocket gateway (another branch) implements: listed in the page as such
+HTTP_BRANCH = ('protocol', 'port')
+
+
+def test_magic_refuses_jina_flags_with_the_reason():
+    pytest.importorskip('IPython')
+    from orchestra_nb.magics import PARSERS, _ArgError
+    with pytest.raises(_ArgError, match=re.escape(schema.JINA_ONLY['gpus'])):
+        PARSERS['up'].parse_args(['--uses', 'x:Y', '--gpus', 'all'])

@@ -246,3 +246,35 @@ def test_saving_a_notebook_class_says_what_to_do(tmp_path):
 
     with pytest.raises(ValueError, match='defined in a notebook cell or script'):
         Deployment(uses=InCell).save_config(str(tmp_path / 'x.yaml'))
+
+
+def test_flow_wide_arguments_and_floating_round_trip(tmp_path):
+    """A Flow YAML's `with:` takes a Deployment's arguments as the defaults of its Executors (as Jina);
+    an Executor that differs keeps its own value, even the schema's default; `floating: true` too."""
+    path = tmp_path / 'flow.yml'
+    path.write_text(textwrap.dedent('''
+        jtype: Flow
+        with:
+          replicas: 2
+          env: {A: '1'}
+        executors:
+          - name: a
+          - name: b
+            replicas: 1
+            env: {B: '2'}
+          - name: rec
+            floating: true
+          - name: c
+        '''))
+    flow = Flow.load_config(str(path))
+    assert [(e.name, e.deployment.replicas, e.floating) for e in flow.entries] == [
+        ('a', 2, False), ('b', 1, False), ('rec', 2, True), ('c', 2, False)]
+    assert flow['b'].env == {'A': '1', 'B': '2'}
+    assert flow.entries[3].needs == ['b']           # chained after the Executor before the floating one
+    spec = config.load_spec(str(path))
+    saved = tmp_path / 'saved.yml'
+    flow.save_config(str(saved))
+    assert config.load_spec(str(saved)) == config.to_spec(flow)
+    assert spec['with'] == {'replicas': 2, 'env': {'A': '1'}}
+    with pytest.raises(config.ConfigError, match="line 3: .*unknown key 'replica'; did you mean 'replicas'"):
+        config.load_spec('jtype: Flow\nwith:\n  replica: 2\nexecutors: []\n')

@@ -382,3 +382,16 @@ def test_second_deployment_on_the_same_workspace_is_refused(tmp_path):
         with pytest.raises(Exception, match='in use by another running replica'):
             other.start()
         assert dep.post('/get', TextDoc(id='a')).text == ['b']   # the first one is untouched
+
+
+def test_jina_volumes_is_the_stateful_workspace_across_a_restart(tmp_path):
+    """Jina's `volumes=['HOST:/workspace']` on a stateful Deployment: the host folder holds the state."""
+    volumes = [f'{tmp_path / "vol"}:/workspace/raft']
+    docs = DocList[TextDoc]([TextDoc(id=f'v{i}', text=f'kept {i}') for i in range(6)])
+    with Deployment(name='vol', uses=MyStateStatefulExecutor, replicas=3, stateful=True, volumes=volumes) as dep:
+        assert dep.workspace == str(tmp_path / 'vol')
+        dep.post('/index', docs, request_size=2)
+    assert (tmp_path / 'vol').is_dir() and any((tmp_path / 'vol').iterdir())
+    with Deployment(name='vol', uses=MyStateStatefulExecutor, replicas=3, stateful=True, volumes=volumes) as dep:
+        out = dep.post('/search', DocList[TextDoc]([TextDoc(id=d.id) for d in docs]), consistency='strong')
+        assert out.text == [d.text for d in docs]

@@ -1,9 +1,12 @@
 """Flow: Executors chained and branched behind one gateway (real processes, real gRPC)."""
+import time
+
 import pytest
 from docarray import DocList
+from docarray.documents import TextDoc
 
 from conftest import pid_gone
-from orchestra_nb import Client, Flow, RemoteError
+from orchestra_nb import Client, Executor, Flow, RemoteError, requests
 from topology_executors import Trail
 
 APPEND = 'topology_executors:Append'
@@ -124,3 +127,57 @@ def test_flow_default_names_and_needs():
     assert g['a'].uses == 'runtime.executors.echo:Echo'
     with pytest.raises(KeyError, match='known: executor0, executor1, side'):
         f['nope']
+
+
+# -- Jina's Flow-wide arguments and floating Executors -------------------------------------------
+
+class Suffix(Executor):
+    def __init__(self, suffix='', **kwargs):
+        self.suffix = suffix
+
+    @requests
+    def add(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        for d in docs:
+            d.text = (d.text or '') + self.suffix
+        return docs
+
+
+class Recorder(Executor):
+    """Appends each doc's text to a file (a floating Executor's output goes nowhere)."""
+
+    def __init__(self, path='', **kwargs):
+        self.path = path
+
+    @requests
+    def record(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        with open(self.path, 'a') as f:
+            f.write(''.join(f'{d.text}\n' for d in docs))
+        for d in docs:
+            d.text = 'SHOULD NOT COME BACK'
+        return docs
+
+
+def test_flow_wide_arguments_are_the_defaults_of_add():
+    f = (Flow(replicas=2, env={'A': '1'}, polling='ALL', shards=1)
+         .add(name='a').add(name='b', replicas=1, env={'B': '2'}))
+    a, b = f['a'], f['b']
+    assert (a.replicas, b.replicas) == (2, 1)
+    assert a.env == {'A': '1'} and b.env == {'A': '1', 'B': '2'}   # env is merged
+    with pytest.raises(ValueError, match='replicas=0'):
+        Flow(replicas=0)
+    with pytest.raises(ValueError, match="gpus= is a Jina argument not supported here"):
+        Flow(gpus='all')
+
+
+def test_floating_executor_runs_but_its_output_goes_nowhere(tmp_path):
+    log = tmp_path / 'seen.txt'
+    f = (Flow().add(name='a', uses=Suffix, uses_with={'suffix': 'a'})
+         .add(name='rec', uses=Recorder, uses_with={'path': str(log)}, floating=True)
+         .add(name='b', uses=Suffix, uses_with={'suffix': 'b'}))
+    assert f.entries[2].needs == ['a']   # chained after the Executor before the floating one
+    with f:
+        assert f.post('/x', TextDoc(text='>')).text == ['>ab']
+        deadline = time.monotonic() + 20
+        while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.read_text() == '>a\n'
