@@ -28,8 +28,8 @@ from runtime import reprs
 from runtime.args import DEPLOYMENT_ARGS, pick
 from runtime.uses import BUILTIN_EXECUTORS
 
-#: Executors that ship with the runtime: label -> 'module:Class'
-BUILTINS = {f'{spec.rsplit(":", 1)[-1]} (built-in)': spec for spec in BUILTIN_EXECUTORS.values()}
+#: Executors that ship with the runtime: label -> the short name every entry point accepts (``uses='echo'``)
+BUILTINS = {f'{short} (built-in)': short for short in BUILTIN_EXECUTORS}
 #: the Deployment arguments the panel has a field for (the Executor dropdown is ``uses``)
 PANEL_ARGS = pick(DEPLOYMENT_ARGS, 'uses', 'name', 'replicas', 'shards', 'polling', 'stateful', 'workspace')
 
@@ -37,10 +37,10 @@ PANEL_ARGS = pick(DEPLOYMENT_ARGS, 'uses', 'name', 'replicas', 'shards', 'pollin
 def builtin_executors() -> Dict[str, str]:
     """The built-ins whose module exists in this install."""
     out = {}
-    for label, spec in BUILTINS.items():
+    for label, short in BUILTINS.items():
         try:
-            if importlib.util.find_spec(spec.split(':')[0]) is not None:
-                out[label] = spec
+            if importlib.util.find_spec(BUILTIN_EXECUTORS[short].split(':')[0]) is not None:
+                out[label] = short
         except (ImportError, ValueError):
             pass
     return out

@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from runtime.args import StrictParser
 from runtime.uses import BUILTIN_EXECUTORS
 
 DEFAULT_DOCS = 5000
@@ -741,7 +742,7 @@ def run_from_args(args: argparse.Namespace, plotter: Optional[Callable[[BenchRes
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m runtime.bench`` (no plots: those need orchestra_nb)."""
-    parser = add_arguments(argparse.ArgumentParser(prog='python -m runtime.bench', description=__doc__.split('\n')[0]))
+    parser = add_arguments(StrictParser(prog='python -m runtime.bench', description=__doc__.split('\n')[0]))
     return run_from_args(parser.parse_args(argv))
 
 

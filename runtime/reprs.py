@@ -116,10 +116,9 @@ def kind_of(obj: Orchestration) -> str:
 
 
 def uses_name(uses: Any) -> str:
-    """What runs, in a few characters: a class's qualified name, else the spec as given."""
-    if isinstance(uses, type):
-        return uses.__qualname__
-    return str(uses)
+    """What runs, in a few characters: ``echo`` for a built-in, a class's qualified name, else the spec."""
+    from runtime.uses import uses_label
+    return uses_label(uses)
 
 
 def summary_line(obj: Orchestration) -> str:
