@@ -39,7 +39,8 @@ from runtime.supervision import Policy, Supervisor
 log = logging.getLogger('orchestra')
 
 #: ``callback(event, orchestration)`` for every start and close in this process, ``event``
-#: being ``'started'`` or ``'closed'``; called in the thread that started/closed it. The
+#: being ``'started'``, ``'closing'`` (still running: a last status can be read) or
+#: ``'closed'``; called in the thread that started/closed it. The
 #: notebook face (orchestra_nb/registry.py) subscribes so it knows every running Deployment
 #: and Flow, however it was started. A callback that raises is logged and ignored.
 OBSERVERS: List[Callable[[str, 'Orchestration'], None]] = []
@@ -170,6 +171,8 @@ class Orchestration:
 
     def close(self) -> None:
         """Stop every process (in parallel). Safe to call twice."""
+        if self._started and not self._closing.is_set():
+            _notify('closing', self)
         self._closing.set()
         if self._supervisor is not None:   # its restarts in flight stop what they started
             self._supervisor.join()
