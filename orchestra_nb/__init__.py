@@ -43,6 +43,28 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
+# -- inside IPython (then imported already; replicas never have it): ------------------------
+# the %orchestra magics are registered by the import, like ipyparallel's (so a tutorial run twice
+# has no `%load_ext` and no "already loaded" notice; `%load_ext orchestra_nb` still works), and the
+# runtime's warnings (a replica restarted) become one informational line in the cell.
+import sys as _sys  # noqa: E402
+
+
+def _in_ipython() -> None:
+    from IPython import get_ipython
+    shell = get_ipython()
+    if shell is None:
+        return
+    from orchestra_nb.magics import load_ipython_extension as load
+    from orchestra_nb.notes import install
+    load(shell)
+    install()
+
+
+if 'IPython' in _sys.modules:
+    _in_ipython()
+
+
 # -- the fork server: replicas start by forking a preloaded process (runtime/forkserver.py) ---
 # Started now, in the background, so its imports (~0.4 s of CPU) are done by the time the
 # notebook starts its first Deployment. Not in replicas (IN_CHILD), not with

@@ -456,7 +456,7 @@ class Orchestration:
         Raises :class:`ChildFailedError` when it does not get ready."""
         if self._closing.is_set() or not any(r is x for n in self.nodes for x in n.replicas):
             return  # closing, or scaled away
-        log.warning('restarting %s on port %s', r.name, r.port)
+        log.info('restarting %s on port %s', r.name, r.port)   # the supervisor's warning already said so
         r.process = ChildProcess(r.name, 'worker', dict(r.config, port=r.port), r.process.log_path, r.env)
         self._start_supervised(r.process)
 
@@ -464,7 +464,7 @@ class Orchestration:
         """Start the dead gateway again on its port, then send it the replica addresses."""
         if self._closing.is_set():
             return
-        log.warning('restarting the gateway of %s on port %s', self.name, self._gateway_port)
+        log.info('restarting the gateway of %s on port %s', self.name, self._gateway_port)
         old = self.gateway
         # both listeners come back on their ports: clients (and this owner's own, on the loopback one) reconnect
         config = dict(self._gateway_config(), port=self._gateway_port, local_port=old.info.get('local_port'))
