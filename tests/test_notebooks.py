@@ -331,3 +331,30 @@ def test_bench_plot_shows_its_figure_once_in_a_kernel():
     assert [images(shown[k]) for k in ('semicolon', 'bare', 'assigned', 'later', 'quiet')] == [1, 1, 1, 1, 0]
     assert 'Figure 3' in text(shown['assigned'])                         # it still returns the Figure
     assert not [o for c in nb.cells for o in c.outputs if o.get('output_type') == 'error']
+
+
+#: what JupyterLab 4 writes into a notebook's metadata when it opens one with the python3 kernel
+#: (tests/test_browser.py checks a saved one against the stored files); `version` is the kernel's
+JUPYTERLAB_METADATA = {
+    'kernelspec': {'display_name': 'Python 3 (ipykernel)', 'language': 'python', 'name': 'python3'},
+    'language_info': {'codemirror_mode': {'name': 'ipython', 'version': 3}, 'file_extension': '.py',
+                      'mimetype': 'text/x-python', 'name': 'python', 'nbconvert_exporter': 'python',
+                      'pygments_lexer': 'ipython3'},
+}
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=os.path.basename)
+def test_tutorials_are_stored_as_jupyterlab_saves_them(path):
+    """Opening a tutorial must not make a fresh clone dirty: the stored file already has the
+    metadata JupyterLab writes, no outputs, and JupyterLab's layout (nbformat's, indent 1)."""
+    raw = open(path, encoding='utf-8').read()
+    nb = json.loads(raw)
+    info = dict(nb['metadata'].get('language_info', {}))
+    assert isinstance(info.pop('version', None), str), nb['metadata']
+    assert {'kernelspec': nb['metadata'].get('kernelspec'), 'language_info': info} == JUPYTERLAB_METADATA
+    assert set(nb['metadata']) == set(JUPYTERLAB_METADATA), nb['metadata']
+    assert (nb['nbformat'], nb['nbformat_minor']) == (4, 5) and all('id' in c for c in nb['cells'])
+    for c in nb['cells']:
+        if c['cell_type'] == 'code':
+            assert c['outputs'] == [] and c['execution_count'] is None, c['source']
+    assert raw == nbformat.writes(nbformat.reads(raw, as_version=4)) + '\n'
