@@ -33,7 +33,11 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    """``ControlPanel``/``Dashboard`` load ipywidgets on first use."""
+    """``ControlPanel``/``Dashboard`` load ipywidgets on first use; ``export_summary`` (what an
+    export wrote, as a table: runtime/export/views.py) loads on first use too."""
+    if name == 'export_summary':
+        from runtime.export.views import export_summary
+        return export_summary
     if name == 'ControlPanel':
         from orchestra_nb.widgets import ControlPanel
         return ControlPanel
