@@ -290,7 +290,7 @@ class ControlPanel(widgets.VBox):
                 f'a picture of its last state</span></div>'
                 f'<table style="margin: 4px 0"><tr>{cells}</tr></table>'
                 f'<div>Running: <b>{reprs.esc(running)}</b></div>'
-                f'{self.message.value}{self.status.value}</div>')
+                f'<div>{self.message.value}</div><div style="margin-top: 4px">{self.status.value}</div></div>')
         text = [f'ControlPanel, closed at {when}', '  ' + ' · '.join(f'{k}: {v}' for k, v in fields),
                 f'  running: {running}']
         message = _plain_text(self.message.value)
