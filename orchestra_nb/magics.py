@@ -29,7 +29,7 @@ from IPython.display import display
 
 from orchestra_nb.registry import REGISTRY, Entry, default_name, executor_classes
 from runtime import reprs
-from runtime.args import DEPLOYMENT_ARGS, StrictParser, add_flags, flag_values, without
+from runtime.args import DEPLOYMENT_ARGS, StrictParser, add_flags, closest, flag_values, without
 from runtime.flow import Flow
 from runtime.orchestration import Orchestration
 from runtime.uses import YAML_SUFFIXES, UsesError, resolve_name
@@ -289,7 +289,8 @@ class OrchestraMagics(Magics):
         command, rest = argv[0], argv[1:]
         handler: Optional[Callable] = getattr(self, f'_cmd_{command}', None)
         if handler is None:
-            raise usage_error(f'unknown command {command!r}')
+            known = [n[len('_cmd_'):] for n in dir(self) if n.startswith('_cmd_')] + ['help']
+            raise usage_error(f'unknown command {command!r}{closest(command, known)}')
         if command == 'bench':
             return handler(rest)
         try:
@@ -475,6 +476,9 @@ class OrchestraMagics(Magics):
         params = inspect.signature(bench.compare).parameters
         try:
             raw = _option_kwargs(argv)
+            for key in raw:
+                if key not in params:
+                    raise TypeError(f"unexpected keyword argument '{key}'{closest(key, list(params))}")
             kwargs = {k: _coerce(v, params.get(k)) for k, v in raw.items()}
             if isinstance(kwargs.get('uses'), str):  # a class defined in the notebook, by name
                 kwargs['uses'] = notebook_uses(kwargs['uses'], self.shell.user_ns)

@@ -139,6 +139,8 @@ def test_the_cli_takes_no_abbreviation_and_suggests_the_flag(capsys):
     ('%orchestra logs x --rep 1', "did you mean '--replica'?"),
     ('%orchestra dashboard x --int 1', "did you mean '--interval'?"),
     ('%orchestra up --uses echo --read-consistency stron', "did you mean 'strong'?"),
+    ('%orchestra stauts', "unknown command 'stauts'; did you mean 'status'?"),
+    ('%orchestra bench --doc 10', "unexpected keyword argument 'doc'; did you mean 'docs'?"),
 ])
 def test_the_magic_takes_no_abbreviation(ip, line, message):
     res = ip.run_cell(line, store_history=False)
