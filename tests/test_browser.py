@@ -442,9 +442,10 @@ def test_replicas_tutorial_runs_in_jupyterlab_and_its_dashboard_shows_every_repl
 
 
 # -- a literal Run All, saved and reopened: what the saved notebook shows is the truth -------------
-SAVED = {'01-replicas.ipynb': 'the frozen frames count what the distribution tables printed',
-         '03-stateful-raft.ipynb': 'the frozen frame has the RAFT panel with one leader; finished progress lines',
-         '05-external-yaml-cli.ipynb': 'the closed ControlPanel left a picture of itself'}
+#: tutorial -> the screenshot of what its reopened page shows (docs/images/ with ORCHESTRA_SCREENSHOTS)
+SAVED = {'01-replicas.ipynb': 'replicas-frame.png',          # the frozen frames count what was printed
+         '03-stateful-raft.ipynb': 'raft-frame.png',         # the RAFT panel with one leader; finished progress
+         '05-external-yaml-cli.ipynb': 'controlpanel-picture.png'}   # the closed ControlPanel's picture
 #: what JupyterLab writes into a notebook's metadata on opening it; the stored tutorials carry it
 #: already (tests/test_notebooks.py checks the files), so opening one leaves a clone clean
 STABLE_METADATA = ('kernelspec', 'language_info')
@@ -462,7 +463,7 @@ def test_run_all_save_reopen_shows_the_truth(lab, tmp_path, name):
     base, root = lab
     source = os.path.join(os.path.dirname(TUTORIAL), name)
     shutil.copy(source, str(root / name))
-    shot = tmp_path / f'{name[:2]}-saved.png'
+    shot = tmp_path / SAVED[name]
     with sync_playwright() as p:
         ctx, page = open_notebook(p, base, tmp_path, name)
         try:
