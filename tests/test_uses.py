@@ -160,3 +160,21 @@ def test_every_parser_refuses_abbreviations():
 def test_normalize_keeps_a_builtin_short_name_for_the_config():
     spec = config.load_spec('jtype: Deployment\nwith:\n  uses: echo\n')
     assert spec['with']['uses'] == 'echo'
+
+
+def test_no_parser_in_the_repository_takes_abbreviations():
+    """Every argparse parser is a StrictParser or says allow_abbrev=False (benchmarks too)."""
+    import os
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    offenders = []
+    for folder, _, names in os.walk(root):
+        if any(part.startswith('.') or part in ('venv', 'node_modules') for part in folder[len(root):].split(os.sep)):
+            continue
+        for name in names:
+            if name.endswith('.py'):
+                path = os.path.join(folder, name)
+                text = open(path, encoding='utf-8').read()
+                for m in re.finditer(r'ArgumentParser\((?!allow_abbrev=False)', text):
+                    offenders.append(f'{os.path.relpath(path, root)}: {text[m.start():m.start() + 60]!r}')
+    assert offenders == [], offenders
