@@ -295,7 +295,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     """The ``orchestra`` parser; ``with_bench`` loads ``runtime.bench``'s flags (imports it)."""
     parser = StrictParser(prog='orchestra', description='Scale out docarray Executors: '
-                                     'Deployments, Flows, replicas, shards, RAFT.')
+                          'Deployments, Flows, replicas, shards, RAFT.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
     p = sub.add_parser('deployment', help='serve a Deployment until Ctrl-C / SIGTERM',
