@@ -455,7 +455,7 @@ def render_distribution(data: Dict[str, Any]) -> bytes:
     """Bars per replica: stacked by endpoint, or grouped reads/writes for stateful ones."""
     names: List[str] = data['names']
     series: Dict[str, List[float]] = data['series']
-    fig = _figure(4.8, max(1.8, 0.9 + 0.35 * len(names)))
+    fig = _figure(4.8, max(2.4, 0.9 + 0.35 * len(names)))   # as tall as the latency chart beside it
     ax = fig.add_subplot(111)
     ys = list(range(len(names)))
     if not series or not names:
