@@ -499,13 +499,18 @@ def test_run_all_save_reopen_shows_the_truth(lab, tmp_path, name):
             assert 'Error displaying widget' not in shown and 'model not found' not in shown, shown[-2000:]
             assert not re.search(r'(^|\s)0%\|', shown), shown[-2000:]
             if name.startswith('05'):
+                # JupyterLab attaches the cells of a long notebook as they scroll into view
+                page.evaluate('''async () => { const nb = window.jupyterapp.shell.currentWidget.content;
+                                               await nb.scrollToCell(nb.widgets[nb.widgets.length - 1]); }''')
                 picture = page.locator('.orchestra-control-panel-picture')
+                picture.wait_for(state='attached', timeout=30_000)
                 assert picture.count() == 1
                 picture.scroll_into_view_if_needed()
                 assert 'ControlPanel' in picture.text_content()   # textContent: off-screen cells are not laid out
                 picture.screenshot(path=str(shot))
             else:
                 frame = page.locator('.jp-OutputArea-output img').first
+                frame.wait_for(state='attached', timeout=30_000)
                 frame.scroll_into_view_if_needed()
                 frame.screenshot(path=str(shot))
         finally:
