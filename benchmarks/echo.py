@@ -126,7 +126,7 @@ def memory(orchestration) -> tuple:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n\n')[0])
     ap.add_argument('--requests', type=int, default=2000)
     ap.add_argument('--window', type=int, default=16, help='requests in flight from the client')
     ap.add_argument('--rounds', type=int, default=3, help='rounds, each: bare chain, then ours, back to back')

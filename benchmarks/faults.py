@@ -534,7 +534,7 @@ def table(rows: List[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n\n')[0])
     ap.add_argument('--quick', action='store_true', help='smaller counts (fuzz frames, time after recovery)')
     ap.add_argument('--only', default='', help=f'comma-separated subset of: {",".join(SCENARIOS)}')
     ap.add_argument('--json', default='', help='also write the results to this JSON file')

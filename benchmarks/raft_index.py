@@ -125,7 +125,7 @@ def small_writes(uses: Any, replicas: int, stateful: bool, workspace: Optional[s
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n\n')[0])
     ap.add_argument('--docs', type=int, default=20_000)
     ap.add_argument('--dim', type=int, default=128)
     ap.add_argument('--writes', type=int, default=2000, help='small writes for the writes/s figure (0: skip)')

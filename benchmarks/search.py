@@ -128,7 +128,7 @@ def results_markdown(result: BenchResult) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('--full', action='store_true', help='the seed workload: 100,000 docs, 1,000 queries')
     p.add_argument('--docs', type=int, default=None)
     p.add_argument('--queries', type=int, default=None)

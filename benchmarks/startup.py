@@ -59,7 +59,7 @@ def _wait_zygote_ready(timeout: float = 30.0) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n\n')[0])
     ap.add_argument('--rounds', type=int, default=7)
     ap.add_argument('--replicas', type=int, nargs='+', default=[1, 3])
     args = ap.parse_args(argv)

@@ -33,7 +33,11 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    """``ControlPanel``/``Dashboard`` load ipywidgets on first use."""
+    """``ControlPanel``/``Dashboard`` load ipywidgets on first use; ``export_summary`` (what an
+    export wrote, as a table: runtime/export/views.py) loads on first use too."""
+    if name == 'export_summary':
+        from runtime.export.views import export_summary
+        return export_summary
     if name == 'ControlPanel':
         from orchestra_nb.widgets import ControlPanel
         return ControlPanel
@@ -41,6 +45,28 @@ def __getattr__(name: str) -> Any:
         from orchestra_nb.dashboard import Dashboard
         return Dashboard
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+# -- inside IPython (then imported already; replicas never have it): ------------------------
+# the %orchestra magics are registered by the import, like ipyparallel's (so a tutorial run twice
+# has no `%load_ext` and no "already loaded" notice; `%load_ext orchestra_nb` still works), and the
+# runtime's warnings (a replica restarted) become one informational line in the cell.
+import sys as _sys  # noqa: E402
+
+
+def _in_ipython() -> None:
+    from IPython import get_ipython
+    shell = get_ipython()
+    if shell is None:
+        return
+    from orchestra_nb.magics import load_ipython_extension as load
+    from orchestra_nb.notes import install
+    load(shell)
+    install()
+
+
+if 'IPython' in _sys.modules:
+    _in_ipython()
 
 
 # -- the fork server: replicas start by forking a preloaded process (runtime/forkserver.py) ---

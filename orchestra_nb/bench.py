@@ -11,6 +11,9 @@ notebook views. :func:`save_plot` writes a PNG without a display (Agg).
 from __future__ import annotations
 
 import html
+import threading
+import time
+import uuid
 from typing import Any, Optional, Sequence, Union
 
 from runtime.bench import (DEFAULT_CONCURRENCY, DEFAULT_DIM, DEFAULT_DOCS, DEFAULT_LIMIT, DEFAULT_QUERIES,
@@ -71,10 +74,71 @@ def compare(docs: int = DEFAULT_DOCS, queries: int = DEFAULT_QUERIES, dim: int =
     replica with dynamic batching; see :mod:`runtime.bench`.
     """
     if progress is True:
-        from tqdm.auto import tqdm
-        progress = tqdm
+        if _kernel_shell() is not None:
+            progress = ProgressLine
+        else:
+            from tqdm.auto import tqdm
+            progress = tqdm
     return _compare(docs=docs, queries=queries, dim=dim, setups=setups, uses=uses, progress=progress,
                     limit=limit, concurrency=concurrency, seed=seed, result_cls=NotebookBenchResult)
+
+
+class ProgressLine:
+    """A tqdm-like progress bar for a notebook: live, a widget (values sync from any thread);
+    closed, replaced by one finished line (``update_display`` from the thread that closes it,
+    the cell's own), so a saved or reopened notebook never keeps a bar stuck at 0 %.
+
+    >>> bar = ProgressLine(total=3, desc='1: index', unit='doc')   # doctest: +SKIP
+    >>> bar.update(3); bar.close()      # the output now reads '✓ 1: index: 3/3 docs in 0.2 s'
+    """
+
+    def __init__(self, total: Optional[int] = None, desc: str = '', unit: str = 'it', leave: bool = True,
+                 **_ignored: Any):
+        import ipywidgets as widgets
+        from IPython.display import display
+        self.total, self.desc, self.unit = total, desc, unit
+        self.n = 0
+        self.postfix = ''
+        self.t0 = time.monotonic()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._bar = widgets.IntProgress(value=0, min=0, max=max(1, total or 1),
+                                        layout=widgets.Layout(width='240px'))
+        self._label = widgets.Label(self.line())
+        self.widget = widgets.HBox([widgets.Label(desc), self._bar, self._label])
+        self._display_id = f'orchestra-progress-{uuid.uuid4().hex}'
+        display(self.widget, display_id=self._display_id)
+
+    def line(self, done: bool = False) -> str:
+        total = f'/{self.total}' if self.total is not None else ''
+        extra = f' ({self.postfix})' if self.postfix and not done else ''
+        text = f'{self.n}{total} {self.unit}s in {time.monotonic() - self.t0:.1f} s{extra}'
+        return f'✓ {self.desc}: {text}' if done else text
+
+    def update(self, n: int = 1) -> None:
+        with self._lock:
+            self.n += n
+            self._bar.value = min(self.n, self._bar.max)
+            self._label.value = self.line()
+
+    def set_postfix_str(self, s: str) -> None:
+        self.postfix = s
+        self._label.value = self.line()
+
+    def close(self) -> None:
+        """Replace the bar by its finished line (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        from IPython.display import update_display
+        update_display({'text/plain': self.line(done=True)}, raw=True, display_id=self._display_id)
+        self.widget.close()
+
+    def __enter__(self) -> 'ProgressLine':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------- views

@@ -47,6 +47,7 @@ from runtime.orchestration import Orchestration
 
 HIDDEN_INTERVAL = 3.0     # seconds between refreshes while no view shows the dashboard
 STOPPED_INTERVAL = 2.0    # ... while the deployment is not running
+SETTLE_SECONDS = 3.0      # how long a freezing dashboard waits for every replica ready and one leader
 #: id(orchestration) -> its dashboards (so a newer one can stop the older ones)
 _LIVE: Dict[int, 'weakref.WeakSet[Dashboard]'] = {}
 PALETTE = ['#1976d2', '#ef6c00', '#2e7d32', '#8e24aa', '#c62828', '#00838f', '#6d4c41', '#546e7a']
@@ -116,34 +117,56 @@ class Dashboard(widgets.VBox):
         self._displayed = True
 
     def snapshot(self) -> Dict[str, Any]:
-        """The current frame as a mimebundle: ``image/png`` (header, charts, process table)
-        and ``text/plain`` (header and table)."""
+        """The current frame as a mimebundle: ``image/png`` (header, charts, RAFT and process
+        tables) and ``text/plain`` (header and the same tables)."""
         header = _plain(self.header.value)
-        table = _status_table(self._last_status) if self._last_status else ''
+        tables = _text_tables(self._last_status) if self._last_status else []
         charts = [w.value for w in (self.distribution, self.latency) if w.value]
-        return {'image/png': render_snapshot(header, charts, table),
-                'text/plain': header + ('\n' + table if table else '')}
+        text = '\n\n'.join([header] + [f'{title}\n{body}' for title, body in tables])
+        return {'image/png': render_snapshot(header, charts, tables), 'text/plain': text}
 
-    def freeze(self, note: Optional[str] = None) -> Optional[Dict[str, Any]]:
-        """Stop refreshing and replace every displayed view by a static snapshot of the last
-        frame (what a saved notebook keeps). Returns the snapshot; nothing happens twice."""
+    def freeze(self, state: Optional[str] = None) -> Optional[Dict[str, Any]]:
+        """Stop refreshing, take one fresh, complete reading, and replace every displayed view
+        by a static frame of it (what a saved notebook keeps). ``state`` is what the frame says
+        (default: ``running``/``stopped`` from the deployment); nothing happens twice.
+
+        The reading waits (up to ``SETTLE_SECONDS``) for every replica to be ready and, when
+        stateful, for one RAFT leader per shard, so a frame never freezes mid-election."""
         if self.snapshot_bundle is not None:
             return self.snapshot_bundle
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(10)
-        if note:
-            self.header.value = self._header_html(self._last_status, note)
+        status = self._final_reading()
+        state = state or ('running' if self.obj.running else 'stopped')
+        self.header.value = self._header_html(status, None, frozen=f'{state} at {time.strftime("%H:%M:%S")}')
         bundle = self.snapshot()
         self.snapshot_bundle = bundle
         if self._displayed:
             try:
+                from IPython import get_ipython
                 from IPython.display import update_display
-                update_display(bundle, raw=True, display_id=self._display_id)
+                if get_ipython() is not None:   # outside IPython, update_display would print
+                    update_display(bundle, raw=True, display_id=self._display_id)
             except Exception:  # no display to update (not in IPython any more)
                 pass
         return bundle
+
+    def _final_reading(self) -> Optional[Dict[str, Any]]:
+        """A fresh status with every panel updated; retried briefly until it is settled."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        status = None
+        while self.obj.running:
+            try:
+                status = self.refresh()
+            except Exception as e:   # keep the last good reading
+                self.values['error'] = f'{type(e).__name__}: {e}'
+                break
+            if status is None or settled(status) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        return status or self._last_status
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> 'Dashboard':
@@ -170,7 +193,7 @@ class Dashboard(widgets.VBox):
             return super().close()
         if self._displayed and self.snapshot_bundle is None and self.comm is not None:
             try:
-                self.freeze(f'closed; last frame at {time.strftime("%H:%M:%S")}')
+                self.freeze()
             except Exception:
                 pass
         self._stop.set()
@@ -278,11 +301,15 @@ class Dashboard(widgets.VBox):
         return {'names': names, 'stacked': True,
                 'series': {ep: [(r.get('requests') or {}).get(ep, 0) for r in reps] for ep in endpoints}}
 
-    def _header_html(self, status: Optional[Dict[str, Any]], note: Optional[str]) -> str:
+    def _header_html(self, status: Optional[Dict[str, Any]], note: Optional[str],
+                     frozen: Optional[str] = None) -> str:
+        """The header line; ``frozen`` ('stopped at 08:41:03') replaces the live state badge, so a
+        static frame says one state and when it was taken."""
         obj = self.obj
-        state = 'running' if obj.running else 'stopped'
+        state = frozen.split(' ', 1)[0] if frozen else ('running' if obj.running else 'stopped')
+        when = f' at {frozen.split(" at ", 1)[1]}' if frozen and ' at ' in frozen else ''
         parts = [f'<b>{reprs.esc(type(obj).__name__)}</b> <code>{reprs.esc(obj.name)}</code> '
-                 f'{reprs.badge(state)}']
+                 f'{reprs.badge(state)}{reprs.esc(when)}']
         if status is not None:
             v = self.values
             lat = ''
@@ -293,16 +320,36 @@ class Dashboard(widgets.VBox):
                          f'replicas ready · {v.get("total", 0)} requests · {v["qps"]:.1f} req/s{lat}')
         if note:
             parts.append(f'<span style="color: #757575">{reprs.esc(note)}</span>')
-        return '<div class="orchestra-dashboard-header">' + ' · '.join(parts) + '</div>'
+        return ('<div class="orchestra-dashboard-header" style="white-space: normal; overflow-wrap: anywhere">'
+                + ' · '.join(parts) + '</div>')
 
 
 def _on_orchestration_event(event: str, obj: Orchestration) -> None:
-    """A deployment stopped: its displayed dashboards leave their last frame behind."""
-    if event != 'closed':
+    """A deployment is stopping (still answering): its displayed dashboards take a final reading
+    and leave that frame behind."""
+    if event not in ('closing', 'closed'):
         return
     for dash in list(_LIVE.get(id(obj), [])):
         if dash.obj is obj and dash._displayed and dash.snapshot_bundle is None:
-            dash.freeze(f'{obj.name} stopped at {time.strftime("%H:%M:%S")}; last frame')
+            dash.freeze('stopped')
+
+
+def settled(status: Dict[str, Any]) -> bool:
+    """Every replica ready and, for stateful ones, exactly one RAFT leader per shard."""
+    reps = status.get('replicas', [])
+    if any(r.get('state') != 'ready' for r in reps):
+        return False
+    leaders: Dict[Any, int] = {}
+    for r in reps:
+        if r.get('raft'):
+            key = (r.get('node'), r.get('shard', 0))
+            leaders[key] = leaders.get(key, 0) + (raft_role_of(r) == 'leader')
+    return all(n == 1 for n in leaders.values())
+
+
+def raft_role_of(replica: Dict[str, Any]) -> str:
+    raft = replica.get('raft') or {}
+    return str(raft.get('role') or raft.get('state') or '')
 
 
 orchestration.OBSERVERS.append(_on_orchestration_event)
@@ -314,40 +361,70 @@ def _plain(markup: str) -> str:
     return ' '.join(text.split())
 
 
-def _status_table(status: Dict[str, Any]) -> str:
-    """The per-process table as aligned text (for the snapshot)."""
-    head, rows, raw = reprs.replica_rows(status)
-    state_col = raw[0]
-    cells = [[_plain(str(c)) if i == state_col else str('' if c is None else c) for i, c in enumerate(row)]
-             for row in rows]
+def _aligned(head: List[str], rows: List[List[Any]]) -> str:
+    cells = [[str('' if c is None else c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(head)]
-    lines = ['  '.join(h.ljust(w) for h, w in zip(head, widths))]
-    lines += ['  '.join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines = ['  '.join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
+    lines += ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     return '\n'.join(lines)
 
 
-def render_snapshot(header: str, charts: List[bytes], table: str) -> bytes:
-    """One PNG: the header line, the chart PNGs side by side, the table in monospace."""
+def _text_tables(status: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """(title, aligned text) of every table panel: RAFT (stateful), processes, GPUs (when there are some)."""
+    out = []
+    raft = raft_rows(status)
+    if raft:
+        out.append(('RAFT', _aligned(RAFT_HEAD, raft)))
+    head, rows, raw = reprs.replica_rows(status)
+    state_col = raw[0]
+    rows = [[_plain(str(c)) if i == state_col else c for i, c in enumerate(row)] for row in rows]
+    out.append(('processes', _aligned(head, rows)))
+    info = status.get('gpus') or {}
+    if info.get('available') and info.get('gpus'):
+        prefix = status.get('name', '')
+        rows = [[g.get('index'), g.get('name') or '', g.get('utilization', ''),
+                 ', '.join(short_name(n, prefix) for n in g.get('replicas') or [])] for g in info['gpus']]
+        out.append(('GPUs', _aligned(['GPU', 'name', 'utilization %', 'replicas'], rows)))
+    return out
+
+
+def render_snapshot(header: str, charts: List[bytes], tables: List[Tuple[str, str]]) -> bytes:
+    """One PNG: the header (wrapped), the chart PNGs side by side, then each table in monospace;
+    every height is counted, so no band is left empty."""
+    import textwrap
     import matplotlib.image as mpimg
     images = [mpimg.imread(io.BytesIO(png), format='png') for png in charts]
-    pad, head_h, line_h = 10, 30, 15
+    pad, head_line, line_h, char_w, title_h = 10, 18, 15, 7, 20
     charts_w = sum(im.shape[1] for im in images) + pad * max(0, len(images) - 1)
     charts_h = max((im.shape[0] for im in images), default=0)
-    lines = table.splitlines()
-    width = max(640, charts_w + 2 * pad, 7 * max((len(line) for line in lines), default=0) + 2 * pad)
-    height = head_h + charts_h + pad + line_h * len(lines) + 2 * pad
+    table_w = max((len(line) for _, body in tables for line in body.splitlines()), default=0) * char_w
+    width = max(640, charts_w + 2 * pad, table_w + 2 * pad)
+    head_lines = textwrap.wrap(header, width=max(40, (width - 2 * pad) // 8)) or ['']
+    tables_h = sum(title_h + line_h * len(body.splitlines()) + pad for _, body in tables)
+    height = pad + head_line * len(head_lines) + pad + charts_h + pad + tables_h + pad
     dpi = 100
     fig = _figure(width / dpi, height / dpi)
     fig.set_dpi(dpi)
     fig.patch.set_facecolor('white')
-    fig.text(pad / width, 1 - 20 / height, header, fontsize=10, va='baseline', ha='left')
+    y = pad   # from the top, in pixels
+    for line in head_lines:
+        fig.text(pad / width, 1 - (y + head_line - 4) / height, line, fontsize=10, va='baseline', ha='left')
+        y += head_line
+    y += pad
     x = pad
-    for im in images:   # pixel offsets from the bottom left
-        fig.figimage(im, xo=x, yo=height - head_h - im.shape[0], origin='upper')
+    for im in images:   # figimage offsets are from the bottom left
+        fig.figimage(im, xo=x, yo=height - y - im.shape[0], origin='upper')
         x += im.shape[1] + pad
-    if lines:
-        fig.text(pad / width, (line_h * len(lines) + pad) / height, table, fontsize=8.5,
-                 family='monospace', va='top', ha='left', linespacing=1.3)
+    y += charts_h + pad
+    for title, body in tables:
+        fig.text(pad / width, 1 - (y + title_h - 6) / height, title, fontsize=9.5, weight='bold',
+                 va='baseline', ha='left')
+        y += title_h
+        for line in body.splitlines():
+            fig.text(pad / width, 1 - (y + line_h - 4) / height, line, fontsize=8.5, family='monospace',
+                     va='baseline', ha='left')
+            y += line_h
+        y += pad
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=dpi)
     return buf.getvalue()
@@ -378,7 +455,7 @@ def render_distribution(data: Dict[str, Any]) -> bytes:
     """Bars per replica: stacked by endpoint, or grouped reads/writes for stateful ones."""
     names: List[str] = data['names']
     series: Dict[str, List[float]] = data['series']
-    fig = _figure(4.8, max(1.8, 0.9 + 0.35 * len(names)))
+    fig = _figure(4.8, max(2.4, 0.9 + 0.35 * len(names)))   # as tall as the latency chart beside it
     ax = fig.add_subplot(111)
     ys = list(range(len(names)))
     if not series or not names:
@@ -440,21 +517,31 @@ def _section(title: str, body: str) -> str:
     return f'<div><div style="font-weight: bold; margin: 6px 0 2px">{reprs.esc(title)}</div>{body}</div>'
 
 
-def raft_html(status: Dict[str, Any]) -> str:
-    """Role, term, commit/applied index per replica (stateful deployments)."""
-    reps = [r for r in status.get('replicas', []) if r.get('raft')]
-    if not reps:
-        return _section('RAFT', '<span style="color: #757575">not stateful: replicas share no state</span>')
+RAFT_HEAD = ['replica', 'role', 'term', 'leader', 'commit', 'applied', 'writes applied']
+
+
+def raft_rows(status: Dict[str, Any]) -> List[List[Any]]:
+    """One row per stateful replica: role, term, leader, commit/applied index, writes applied."""
     rows = []
-    for r in reps:
-        raft = r['raft']
-        rows.append([short_name(r['name'], status.get('name', '')), raft.get('role') or raft.get('state', ''),
-                     raft.get('term', ''), raft.get('leader', ''),
+    for r in status.get('replicas', []):
+        raft = r.get('raft')
+        if not raft:
+            continue
+        leader = raft.get('leader', '')
+        rows.append([short_name(r['name'], status.get('name', '')), raft_role_of(r), raft.get('term', ''),
+                     short_name(str(leader), status.get('name', '')) if leader else '',
                      raft.get('commit_index', raft.get('commit_idx', '')),
                      raft.get('applied_index', raft.get('last_applied', '')),
                      raft.get('writes_applied', '')])
-    return _section('RAFT', reprs.html_table(['replica', 'role', 'term', 'leader', 'commit', 'applied',
-                                              'writes applied'], rows))
+    return rows
+
+
+def raft_html(status: Dict[str, Any]) -> str:
+    """Role, term, commit/applied index per replica (stateful deployments)."""
+    rows = raft_rows(status)
+    if not rows:
+        return _section('RAFT', '<span style="color: #757575">not stateful: replicas share no state</span>')
+    return _section('RAFT', reprs.html_table(RAFT_HEAD, rows))
 
 
 def processes_html(status: Dict[str, Any]) -> str:

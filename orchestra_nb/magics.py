@@ -29,10 +29,10 @@ from IPython.display import display
 
 from orchestra_nb.registry import REGISTRY, Entry, default_name, executor_classes
 from runtime import reprs
-from runtime.args import DEPLOYMENT_ARGS, add_flags, flag_values, without
+from runtime.args import DEPLOYMENT_ARGS, StrictParser, add_flags, closest, flag_values, without
 from runtime.flow import Flow
 from runtime.orchestration import Orchestration
-from runtime.uses import BUILTIN_EXECUTORS, YAML_SUFFIXES
+from runtime.uses import YAML_SUFFIXES, UsesError, resolve_name
 
 HELP = """\
 %orchestra: start and watch scaled-out Executors from this notebook.
@@ -79,11 +79,12 @@ class _HelpShown(Exception):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting the kernel."""
+class _Parser(StrictParser):
+    """argparse that raises instead of exiting the kernel; no abbreviations (``--replica`` is not
+    ``--replicas``), and an unknown flag or value names the closest valid one."""
 
     def error(self, message: str):
-        raise _ArgError(message)
+        raise _ArgError(self.explain(message))
 
     def exit(self, status: int = 0, message: Optional[str] = None):
         if message:
@@ -141,72 +142,43 @@ def usage_error(message: str, command: Optional[str] = None) -> UsageError:
 def notebook_uses(spec: str, user_ns: Dict[str, Any]) -> Any:
     """``--uses`` -> a class (notebook namespace), a 'module:Class' string, or a YAML path.
 
-    What the notebook adds to :func:`runtime.uses.resolve_uses` (which the Deployment then
-    runs): class names looked up in ``user_ns``, and the built-ins by short name.
-    Raises ``ValueError`` saying what was tried.
+    The notebook's Executor classes are tried first, then everything
+    :func:`runtime.uses.resolve_name` takes (the built-ins by short name,
+    ``'package.module:Class'``), the same table code, YAML and the CLI use.
+    Raises ``ValueError`` (one line: what was tried, the closest matches).
 
     >>> notebook_uses('echo', {}) == BUILTIN_EXECUTORS['echo']
     True
     """
-    from runtime.executor import Executor
     if spec.lower().endswith(YAML_SUFFIXES):
         if not os.path.isfile(spec):
             raise ValueError(f'--uses {spec!r}: no such YAML file (from {os.getcwd()})')
         return os.path.abspath(spec)
-    if spec in BUILTIN_EXECUTORS:
-        return BUILTIN_EXECUTORS[spec]
-    if ':' in spec:
-        module, _, cls = spec.partition(':')
-        if not module or not cls.isidentifier():
-            raise ValueError(f"--uses {spec!r}: expected 'package.module:Class'")
-        return spec
-    head, *rest = spec.split('.')
-    if head in user_ns:
-        obj = user_ns[head]
-        try:
-            for attr in rest:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            raise ValueError(f'--uses {spec!r}: {head!r} has no attribute path {".".join(rest)!r}') from None
-        if not (isinstance(obj, type) and issubclass(obj, Executor)):
-            raise ValueError(f'--uses {spec!r} is a {type(obj).__name__} in this notebook, '
-                             'not an Executor subclass')
-        return obj
-    if rest:  # 'pkg.mod.Class' written with a dot
-        return f'{".".join([head] + rest[:-1])}:{rest[-1]}'
-    raise ValueError(f"--uses {spec!r}: not a class defined in this notebook, not 'package.module:Class', "
-                     f'not a YAML file (built-ins: {", ".join(BUILTIN_EXECUTORS)})')
+    return resolve_name(spec, executor_classes(user_ns))
 
 
 # -- YAML -----------------------------------------------------------------------------
 def load_yaml(path: str, user_ns: Dict[str, Any]) -> Orchestration:
-    """A Deployment or Flow from a YAML file (``jtype`` decides), with notebook classes resolved."""
-    import yaml
-    try:
-        with open(path) as f:
-            doc = yaml.safe_load(f)
-    except OSError as e:
-        raise ValueError(f'cannot read {path}: {e.strerror}') from None
-    except yaml.YAMLError as e:
-        raise ValueError(f'{path} is not valid YAML: {e}') from None
-    if not isinstance(doc, dict) or doc.get('jtype') not in ('Deployment', 'Flow'):
-        raise ValueError(f"{path}: expected a mapping with 'jtype: Deployment' or 'jtype: Flow'")
+    """A Deployment or Flow from a YAML file (``jtype`` decides); ``uses: Name`` may name a class
+    defined in the notebook (looked up before the Deployment resolves ``uses``)."""
+    from runtime import config
     from runtime.deployment import Deployment
-    from runtime.flow import Flow
-    cls = Flow if doc['jtype'] == 'Flow' else Deployment
-    obj = cls.load_config(path)
-    _resolve_notebook_classes(obj, user_ns)
-    return obj
-
-
-def _resolve_notebook_classes(obj: Orchestration, user_ns: Dict[str, Any]) -> None:
-    """``uses: MyExec`` in YAML may name a class defined in the notebook: use that class."""
+    from runtime.yamlio import source_label
+    spec = config.load_spec(path)
+    if spec['jtype'] not in ('Deployment', 'Flow'):
+        raise ValueError(f"{path}: expected a mapping with 'jtype: Deployment' or 'jtype: Flow'")
     classes = executor_classes(user_ns)
-    targets = [obj] + [e.deployment for e in getattr(obj, 'entries', None) or [] if e.deployment is not None]
-    for d in targets:
-        uses = getattr(d, 'uses', None)
+    for section in [spec.get('with') or {}] + list(spec.get('executors') or []):
+        uses = section.get('uses')
         if isinstance(uses, str) and uses in classes:
-            d.uses = classes[uses]
+            section['uses'] = classes[uses]
+    cls = Flow if spec['jtype'] == 'Flow' else Deployment
+    try:
+        return cls.from_spec(spec)
+    except UsesError:
+        raise
+    except ValueError as e:
+        raise ValueError(f'{source_label(path)}: {e}') from None
 
 
 # -- progress while starting ------------------------------------------------------------
@@ -317,7 +289,8 @@ class OrchestraMagics(Magics):
         command, rest = argv[0], argv[1:]
         handler: Optional[Callable] = getattr(self, f'_cmd_{command}', None)
         if handler is None:
-            raise usage_error(f'unknown command {command!r}')
+            known = [n[len('_cmd_'):] for n in dir(self) if n.startswith('_cmd_')] + ['help']
+            raise usage_error(f'unknown command {command!r}{closest(command, known)}')
         if command == 'bench':
             return handler(rest)
         try:
@@ -503,6 +476,9 @@ class OrchestraMagics(Magics):
         params = inspect.signature(bench.compare).parameters
         try:
             raw = _option_kwargs(argv)
+            for key in raw:
+                if key not in params:
+                    raise TypeError(f"unexpected keyword argument '{key}'{closest(key, list(params))}")
             kwargs = {k: _coerce(v, params.get(k)) for k, v in raw.items()}
             if isinstance(kwargs.get('uses'), str):  # a class defined in the notebook, by name
                 kwargs['uses'] = notebook_uses(kwargs['uses'], self.shell.user_ns)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 import time
+import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import ipywidgets as widgets
@@ -28,8 +29,8 @@ from runtime import reprs
 from runtime.args import DEPLOYMENT_ARGS, pick
 from runtime.uses import BUILTIN_EXECUTORS
 
-#: Executors that ship with the runtime: label -> 'module:Class'
-BUILTINS = {f'{spec.rsplit(":", 1)[-1]} (built-in)': spec for spec in BUILTIN_EXECUTORS.values()}
+#: Executors that ship with the runtime: label -> the short name every entry point accepts (``uses='echo'``)
+BUILTINS = {f'{short} (built-in)': short for short in BUILTIN_EXECUTORS}
 #: the Deployment arguments the panel has a field for (the Executor dropdown is ``uses``)
 PANEL_ARGS = pick(DEPLOYMENT_ARGS, 'uses', 'name', 'replicas', 'shards', 'polling', 'stateful', 'workspace')
 
@@ -37,10 +38,10 @@ PANEL_ARGS = pick(DEPLOYMENT_ARGS, 'uses', 'name', 'replicas', 'shards', 'pollin
 def builtin_executors() -> Dict[str, str]:
     """The built-ins whose module exists in this install."""
     out = {}
-    for label, spec in BUILTINS.items():
+    for label, short in BUILTINS.items():
         try:
-            if importlib.util.find_spec(spec.split(':')[0]) is not None:
-                out[label] = spec
+            if importlib.util.find_spec(BUILTIN_EXECUTORS[short].split(':')[0]) is not None:
+                out[label] = short
         except (ImportError, ValueError):
             pass
     return out
@@ -69,6 +70,10 @@ class ControlPanel(widgets.VBox):
         self.refresh_interval = refresh_interval
         self.log_lines = log_lines
         self.last_error: Optional[str] = None
+        #: the static picture that replaced the live panel in the output (a mimebundle), once closed
+        self.picture_bundle: Optional[Dict[str, str]] = None
+        self._display_id = f'orchestra-control-panel-{uuid.uuid4().hex}'
+        self._displayed = False
         self.dashboard = None
         self._action: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -249,10 +254,65 @@ class ControlPanel(widgets.VBox):
             return not t.is_alive()
         return True
 
+    # -- display: the live panel, then a static picture of it -----------------------------
+    def _ipython_display_(self) -> None:
+        """Show the widget under a display id, so that :meth:`close` can leave a picture of it."""
+        from IPython.display import display
+        if self.picture_bundle is not None:
+            display(self.picture_bundle, raw=True)
+            return
+        display(self._repr_mimebundle_(), raw=True, display_id=self._display_id)
+        self._displayed = True
+
+    def __repr__(self) -> str:
+        """What a front end without the widget shows (text/plain), instead of the children's repr."""
+        running = ', '.join(self.running_names()) if hasattr(self, 'target') else ''
+        return f'ControlPanel (running: {running or "nothing"})'
+
+    def picture(self) -> Dict[str, str]:
+        """The panel as it is now, as static HTML and text: its fields, what runs, the last
+        message and the status table (what a saved notebook keeps once it is closed)."""
+        label = next((lbl for lbl, v in self.executor.options if v is self.executor.value
+                      or (isinstance(v, str) and v == self.executor.value)), '')
+        fields = [('Executor', label), ('Name', self.name.value or '(from the class)'),
+                  ('Replicas', self.replicas.value), ('Shards', self.shards.value),
+                  ('Polling', self.polling.value or 'default'),
+                  ('stateful (RAFT)', 'yes' if self.stateful.value else 'no')]
+        if self.stateful.value:
+            fields.append(('Workspace', self.workspace.value or '(temporary)'))
+        running = ', '.join(self.running_names()) or 'nothing'
+        when = time.strftime('%H:%M:%S')
+        cells = ''.join(f'<td style="padding: 2px 10px 2px 0"><span style="color: #757575">{reprs.esc(k)}</span> '
+                        f'<b>{reprs.esc(v)}</b></td>' for k, v in fields)
+        html = (f'<div class="orchestra-control-panel-picture" style="border: 1px solid #ddd; padding: 6px; '
+                f'white-space: normal">'
+                f'<div><b>ControlPanel</b> <span style="color: #757575">closed at {when}; '
+                f'a picture of its last state</span></div>'
+                f'<table style="margin: 4px 0"><tr>{cells}</tr></table>'
+                f'<div>Running: <b>{reprs.esc(running)}</b></div>'
+                f'<div>{self.message.value}</div><div style="margin-top: 4px">{self.status.value}</div></div>')
+        text = [f'ControlPanel, closed at {when}', '  ' + ' · '.join(f'{k}: {v}' for k, v in fields),
+                f'  running: {running}']
+        message = _plain_text(self.message.value)
+        status = _plain_text(self.status.value)
+        text += [f'  {line}' for line in (message, status) if line]
+        return {'text/html': html, 'text/plain': '\n'.join(text)}
+
     def close(self) -> None:
-        """Stop refreshing and close the widgets (what runs keeps running)."""
+        """Stop refreshing and close the widgets (what runs keeps running); a displayed panel
+        leaves a static picture of itself in the output (:meth:`picture`)."""
         if not hasattr(self, '_refresher'):  # __init__ failed early; Widget.__del__ still calls close()
             return super().close()
+        if self._displayed and self.picture_bundle is None and self.comm is not None:
+            try:
+                self._refresh_status()          # a fresh reading, not the last refresh
+                self.picture_bundle = self.picture()
+                from IPython import get_ipython
+                from IPython.display import update_display
+                if get_ipython() is not None:
+                    update_display(self.picture_bundle, raw=True, display_id=self._display_id)
+            except Exception:   # no display to update: nothing to leave behind
+                pass
         self._stop.set()
         REGISTRY.unsubscribe(self._sync_targets)
         self._close_dashboard()
@@ -414,6 +474,13 @@ class ControlPanel(widgets.VBox):
             self.log_view.value = html
         if not self.busy:
             self._sync_controls()
+
+
+def _plain_text(markup: str) -> str:
+    """The text of a bit of the panel's HTML (one line)."""
+    import html
+    import re
+    return ' '.join(html.unescape(re.sub(r'<[^>]+>', ' ', markup or '')).replace('\u25cf', '').split())
 
 
 def _only_executor(obj: Any) -> Optional[str]:

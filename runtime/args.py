@@ -27,6 +27,7 @@ import argparse
 import difflib
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -508,6 +509,63 @@ def check_values(args: Iterable[Arg], values: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- command-line flags
+
+def _flags_in_use(parser: argparse.ArgumentParser, argv: Sequence[str]) -> List[str]:
+    """The flags of ``parser`` and of the subcommand ``argv`` names (an unknown flag of a
+    subcommand is reported by the top parser)."""
+    out: List[str] = []
+    for act in parser._actions:
+        out += act.option_strings
+        if isinstance(act, argparse._SubParsersAction):
+            for i, token in enumerate(argv):
+                if token in act.choices:
+                    out += _flags_in_use(act.choices[token], argv[i + 1:])
+                    break
+    return out
+
+
+def closest(word: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean '--replicas'?"`` for the candidate closest to ``word``, or ''.
+
+    >>> closest('--replica', ['--replicas', '--shards'])
+    "; did you mean '--replicas'?"
+    """
+    candidates = list(candidates)
+    prefixed = [c for c in candidates if c.startswith(word) and len(word) > 2]   # an abbreviation
+    close = prefixed[:1] or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f'; did you mean {close[0]!r}?' if close else ''
+
+
+class StrictParser(argparse.ArgumentParser):
+    """argparse without prefix matching (``--replica`` is not taken for ``--replicas``), whose
+    errors about an unknown flag or value name the closest valid one. Every parser of the
+    CLI and the magics is one (subparsers inherit the class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs['allow_abbrev'] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None) -> Any:
+        self._argv = list(args) if args is not None else []   # what explain() looks at
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):   # type: ignore[override]
+        super().error(self.explain(message))
+
+    def explain(self, message: str) -> str:
+        """``message`` with the closest valid flag or value appended (where one is close)."""
+        if message.startswith('unrecognized arguments: '):
+            flags = _flags_in_use(self, getattr(self, '_argv', []))
+            hints = [closest(tok.split('=', 1)[0], flags) for tok in message.split(': ', 1)[1].split()
+                     if tok.startswith('-')]
+            hints = [h for h in hints if h]
+            return message + (hints[0] if hints else '')
+        match = re.search(r"invalid choice: '?([^'\s]*)'? \(choose from (.*)\)", message)
+        if match:
+            choices = [c.strip(" '") for c in match.group(2).split(',')]
+            return message + closest(match.group(1), choices)
+        return message
+
 
 def _json_or_text(text: str) -> Any:
     """``'{"a": 1}'`` -> dict, ``'[1, 2]'`` -> list, ``'3'`` -> 3, anything else -> the text."""

@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from runtime.args import StrictParser
 from runtime.uses import BUILTIN_EXECUTORS
 
 DEFAULT_DOCS = 5000
@@ -245,19 +246,19 @@ class BenchResult:
                 index += f' / {s.replicated_seconds:.2f}'
             reads = '/'.join(str(r.get('reads', '?')) for r in s.per_replica.values()) or '-'
             writes = '/'.join(str(r.get('writes', '?')) for r in s.per_replica.values()) or '-'
-            applied = [r['applied_writes'] for r in s.per_replica.values() if 'applied_writes' in r]
-            if applied:
-                writes += f" (applied {'/'.join(str(a) for a in applied)})"
+            applied = '/'.join(str(r['applied_writes']) for r in s.per_replica.values() if 'applied_writes' in r)
             rows.append({
                 'setup': s.name,
                 'index s': index,
                 'search QPS': _fmt(s.search_qps, '{:.1f}') + rel,
                 'p50 ms': _fmt(s.p50_ms, '{:.2f}'),
                 'p99 ms': _fmt(s.p99_ms, '{:.2f}'),
-                'reads per replica': reads,
-                'writes per replica': writes,
-                'CPU ms/query c/g/r': '/'.join(f'{s.cpu_ms_per_query[k]:.2f}' for k in ('client', 'gateway', 'replicas')
-                                               if k in s.cpu_ms_per_query) or '-',
+                'reads served, per replica': reads,
+                'write requests received, per replica': writes,
+                'writes applied, per replica': applied or '-',
+                'CPU ms per query: client / gateway / replicas':
+                    ' / '.join(f'{s.cpu_ms_per_query[k]:.2f}' for k in ('client', 'gateway', 'replicas')
+                               if k in s.cpu_ms_per_query) or '-',
                 'checks': _checks_text(s),
             })
         return rows
@@ -279,8 +280,9 @@ class BenchResult:
         m = self.machine
         out.append(f"machine: {m.get('cpus')} cores, {m.get('memory_gib')} GiB, {m.get('blas')}, "
                    f"GPU: {m.get('gpu') or 'none'}")
-        out.append('index s for RAFT: reply / every replica holds every doc; CPU ms/query in the search phase: '
-                   'client / gateway / all replicas')
+        out.append('index s for RAFT: until the reply / until every replica holds every doc; a write request '
+                   'goes to one replica, RAFT applies it on every replica; CPU ms per query: the search phase, '
+                   'all replicas together')
         for s in self.setups:
             if s.error:
                 out.append(f'{s.name}: ERROR {s.error.splitlines()[0]}')
@@ -741,7 +743,7 @@ def run_from_args(args: argparse.Namespace, plotter: Optional[Callable[[BenchRes
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m runtime.bench`` (no plots: those need orchestra_nb)."""
-    parser = add_arguments(argparse.ArgumentParser(prog='python -m runtime.bench', description=__doc__.split('\n')[0]))
+    parser = add_arguments(StrictParser(prog='python -m runtime.bench', description=__doc__.split('\n')[0]))
     return run_from_args(parser.parse_args(argv))
 
 

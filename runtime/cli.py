@@ -28,8 +28,8 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from runtime import config
-from runtime.args import (DEPLOYMENT_ARGS, FLOW_ARGS, add_flags, by_name, check_port, check_values, flag_values, pick,
-                          without)
+from runtime.args import (DEPLOYMENT_ARGS, FLOW_ARGS, StrictParser, add_flags, by_name, check_port, check_values,
+                          flag_values, pick, without)
 from runtime.deployment import Deployment
 from runtime.flow import Flow, load
 from runtime.uses import is_yaml_path, load_executor_class, resolve_uses
@@ -300,8 +300,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     """The ``orchestra`` parser; ``with_bench`` loads ``runtime.bench``'s flags (imports it)."""
-    parser = argparse.ArgumentParser(prog='orchestra', description='Scale out docarray Executors: '
-                                     'Deployments, Flows, replicas, shards, RAFT.')
+    parser = StrictParser(prog='orchestra', description='Scale out docarray Executors: '
+                          'Deployments, Flows, replicas, shards, RAFT.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
     p = sub.add_parser('deployment', help='serve a Deployment until Ctrl-C / SIGTERM',

@@ -21,7 +21,7 @@ from runtime.limits import check_processes
 from runtime.orchestration import NodePlan, Orchestration, ReplicaPlan
 from runtime.routing import PollingPolicy
 from runtime.supervision import Policy
-from runtime.uses import DEFAULT_USES, hub_message, is_hub_reference, needs_resolving, resolve_uses
+from runtime.uses import DEFAULT_USES, hub_message, is_hub_reference, resolve_uses
 from runtime.yamlio import ConfigError, source_label
 
 _NAMES = arg_names(DEPLOYMENT_ARGS)
@@ -61,7 +61,7 @@ class Deployment(Orchestration):
         uses, uses_with = v['uses'], v['uses_with']
         if is_hub_reference(uses):   # refused up front, as a YAML config and a replica refuse it
             raise ValueError(f'uses={uses!r}: {hub_message(uses)}')
-        if needs_resolving(uses, v['py_modules']):   # class name in py_modules, nested or YAML uses
+        if not v['external']:   # in the owner, before any process starts: a wrong uses is one line here
             uses, uses_with = resolve_uses(uses, uses_with, v['py_modules'])
         self.replicas = v['replicas']
         self.shards = v['shards']

@@ -354,7 +354,11 @@ class Flow(Orchestration):
         for n, d in depth.items():
             columns.setdefault(d, []).append(n)
         columns[last] = ['gateway (out)']
-        box_w, box_h, gap_x, gap_y = 150, 44, 50, 18
+        by_name = {e.name: e for e in self.entries}
+        subs = {n: _wrap_label('gateway' if by_name.get(n) is None else self._describe_entry(by_name[n]), 24)
+                for n in depth.keys() | {'gateway (out)'}}   # wrapped, never cut off
+        box_w, gap_x, gap_y = max(150, 7 * max(len(x) for v in subs.values() for x in v) + 16), 50, 18
+        box_h = 30 + 14 * max(len(v) for v in subs.values())
         rows = max(len(v) for v in columns.values())
         width = (last + 1) * (box_w + gap_x) - gap_x + 20
         height = rows * (box_h + gap_y) - gap_y + 20
@@ -363,7 +367,6 @@ class Flow(Orchestration):
             top = 10 + (height - 20 - (len(names) * (box_h + gap_y) - gap_y)) / 2
             for i, n in enumerate(names):
                 pos[n] = (10 + d * (box_w + gap_x), top + i * (box_h + gap_y))
-        by_name = {e.name: e for e in self.entries}
         svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
                f'font-family="sans-serif" font-size="12">',
                '<defs><marker id="arr" markerWidth="8" markerHeight="8" refX="8" refY="4" orient="auto">'
@@ -377,14 +380,12 @@ class Flow(Orchestration):
         for n, (x, y) in pos.items():
             e = by_name.get(n)
             fill = '#eee' if e is None else ('#fff8e1' if e.is_join else '#e3f2fd')
-            sub = 'gateway' if e is None else self._describe_entry(e)
-            sub = sub if len(sub) <= 24 else sub[:23] + '…'
             svg.append(f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="{fill}" '
                        'stroke="#555"/>')
             svg.append(f'<text x="{x + box_w / 2}" y="{y + 18}" text-anchor="middle" '
                        f'font-weight="bold">{esc(n if e is not None else GATEWAY)}</text>')
-            svg.append(f'<text x="{x + box_w / 2}" y="{y + 34}" text-anchor="middle" fill="#333">'
-                       f'{esc(sub)}</text>')
+            svg += [f'<text x="{x + box_w / 2}" y="{y + 34 + 14 * i}" text-anchor="middle" fill="#333">'
+                    f'{esc(line)}</text>' for i, line in enumerate(subs[n])]
         svg.append('</svg>')
         rows_html = ''.join(
             f'<tr><td>{esc(e.name)}</td><td>{esc(", ".join(e.needs))}</td>'
@@ -393,6 +394,17 @@ class Flow(Orchestration):
                 + ''.join(svg)
                 + '<table><tr><th>Executor</th><th>needs</th><th>what</th></tr>' + rows_html
                 + '</table></div>')
+
+
+def _wrap_label(text: str, width: int) -> List[str]:
+    """'Tagger, shards=2, replicas=3' -> lines of at most ``width`` characters, split after commas."""
+    lines: List[str] = []
+    for part in text.split(', '):
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += ', ' + part
+        else:
+            lines.append(part)
+    return lines or ['']
 
 
 # -- either kind -----------------------------------------------------------------------------

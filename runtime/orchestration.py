@@ -39,7 +39,8 @@ from runtime.supervision import Policy, Supervisor
 log = logging.getLogger('orchestra')
 
 #: ``callback(event, orchestration)`` for every start and close in this process, ``event``
-#: being ``'started'`` or ``'closed'``; called in the thread that started/closed it. The
+#: being ``'started'``, ``'closing'`` (still running: a last status can be read) or
+#: ``'closed'``; called in the thread that started/closed it. The
 #: notebook face (orchestra_nb/registry.py) subscribes so it knows every running Deployment
 #: and Flow, however it was started. A callback that raises is logged and ignored.
 OBSERVERS: List[Callable[[str, 'Orchestration'], None]] = []
@@ -171,6 +172,8 @@ class Orchestration:
 
     def close(self) -> None:
         """Stop every process (in parallel). Safe to call twice."""
+        if self._started and not self._closing.is_set():
+            _notify('closing', self)
         self._closing.set()
         if self._supervisor is not None:   # its restarts in flight stop what they started
             self._supervisor.join()
@@ -471,7 +474,7 @@ class Orchestration:
         Raises :class:`ChildFailedError` when it does not get ready."""
         if self._closing.is_set() or not any(r is x for n in self.nodes for x in n.replicas):
             return  # closing, or scaled away
-        log.warning('restarting %s on port %s', r.name, r.port)
+        log.info('restarting %s on port %s', r.name, r.port)   # the supervisor's warning already said so
         r.process = ChildProcess(r.name, 'worker', dict(r.config, port=r.port), r.process.log_path, r.env)
         self._start_supervised(r.process)
 
@@ -479,7 +482,7 @@ class Orchestration:
         """Start the dead gateway again on its port, then send it the replica addresses."""
         if self._closing.is_set():
             return
-        log.warning('restarting the gateway of %s on port %s', self.name, self._gateway_port)
+        log.info('restarting the gateway of %s on port %s', self.name, self._gateway_port)
         old = self.gateway
         # both listeners come back on their ports: clients (and this owner's own, on the loopback one) reconnect
         config = dict(self._gateway_config(), port=self._gateway_port, local_port=old.info.get('local_port'))

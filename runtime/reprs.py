@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import string
+import time
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
@@ -116,10 +117,9 @@ def kind_of(obj: Orchestration) -> str:
 
 
 def uses_name(uses: Any) -> str:
-    """What runs, in a few characters: a class's qualified name, else the spec as given."""
-    if isinstance(uses, type):
-        return uses.__qualname__
-    return str(uses)
+    """What runs, in a few characters: ``echo`` for a built-in, a class's qualified name, else the spec."""
+    from runtime.uses import uses_label
+    return uses_label(uses)
 
 
 def summary_line(obj: Orchestration) -> str:
@@ -139,7 +139,8 @@ def summary_line(obj: Orchestration) -> str:
 
 def status_html(obj: Orchestration, status: Optional[Dict[str, Any]] = None, state: Optional[str] = None,
                 note: str = '') -> str:
-    """The HTML view: header, per-replica table (when running) and an optional note."""
+    """The HTML view: header (the state and when it was read: a displayed card never changes), the
+    per-replica table (when running) and an optional note."""
     running = obj.running
     state = state or ('running' if running else 'stopped')
     table = ''
@@ -152,9 +153,9 @@ def status_html(obj: Orchestration, status: Optional[Dict[str, Any]] = None, sta
         if status is not None:
             head, rows, raw = replica_rows(status)
             table = html_table(head, rows, raw)
-    where = f'at <code>{esc(obj.address)}</code>' if running else ''
+    where = f'on <code>{esc(obj.address)}</code>' if running else ''
     return template('orchestration.html').substitute(
-        kind=esc(kind_of(obj)), name=esc(obj.name), state=esc(state),
+        kind=esc(kind_of(obj)), name=esc(obj.name), state=esc(state), taken=time.strftime('%H:%M:%S'),
         state_color=STATE_COLORS.get(state, '#757575'), where=where,
         summary=f'<div style="color: #555">{esc(summary_line(obj))}</div>',
         table=table, note=f'<div style="color: #c62828">{esc(note)}</div>' if note else '')

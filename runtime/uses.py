@@ -13,7 +13,9 @@ with what to write instead.
 
 * :func:`resolve_uses`: what a Deployment (or ``orchestra executor``) is given
   -> what its replicas load (a class or ``'pkg.mod:Class'``) and the merged
-  ``uses_with``;
+  ``uses_with``, checked in the owner before any process starts (built-in short
+  names, :func:`resolve_name`, are the one table every entry point shares);
+* :func:`uses_label`: what runs, as a card or a status line shows it (``echo``);
 * :func:`load_executor_class`: ``'pkg.mod:Class'`` -> the class (in a replica);
 * :func:`normalize_uses`: ``uses`` as a YAML config writes it -> its spec form;
 * :func:`uses_reference`: a class -> what a YAML config can write for it.
@@ -42,6 +44,108 @@ USES_KEYS = ('jtype', 'with', 'py_modules', 'metas')
 
 class ExecutorLoadError(ImportError):
     """``uses`` names a class that cannot be found or is not an Executor."""
+
+
+class UsesError(ConfigError):
+    """``uses`` names nothing that loads: one line saying what was tried and the closest matches.
+
+    Raised in the owner, before any process starts. In IPython it shows as that one line
+    (the ``_render_traceback_`` hook), not a traceback through the constructors.
+    """
+
+    def _render_traceback_(self) -> List[str]:
+        return [f'{type(self).__name__}: {self}']
+
+
+def uses_label(uses: Any) -> str:
+    """What runs, as a reader writes it: ``'echo'`` for a built-in, a class's name, else the spec.
+
+    >>> uses_label('runtime.executors.echo:Echo')
+    'echo'
+    """
+    if isinstance(uses, type):
+        return uses.__qualname__
+    for short, spec in BUILTIN_EXECUTORS.items():
+        if uses == spec:
+            return short
+    return str(uses)
+
+
+def _suggest(name: str, candidates: Sequence[str]) -> str:
+    """``"; did you mean 'echo'?"`` for the closest candidates (case-insensitive), or ''."""
+    lowered = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=2, cutoff=0.5)
+    if not close:
+        return ''
+    return '; did you mean ' + ' or '.join(repr(lowered[c]) for c in close) + '?'
+
+
+def check_importable(uses: str) -> str:
+    """``'pkg.mod:Class'`` (or ``'pkg.mod.Class'``): import it here and check it is an Executor,
+    so a wrong one fails in the owner with one line; returns ``uses``."""
+    from runtime.executor import Executor
+    module_name, sep, attr = uses.partition(':')
+    if not sep:
+        module_name, _, attr = uses.rpartition('.')
+    if not module_name or not attr.isidentifier() or not all(p.isidentifier() for p in module_name.split('.')):
+        raise UsesError(f"uses={uses!r}: expected 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UsesError(f'uses={uses!r}: cannot import module {module_name!r} ({e})') from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        found = [k for k, v in vars(module).items()
+                 if isinstance(v, type) and issubclass(v, Executor) and v is not Executor]
+        raise UsesError(f'uses={uses!r}: module {module_name!r} has no {attr!r}{_suggest(attr, found)} '
+                        f'(its Executors: {", ".join(found) or "none"})')
+    if not (isinstance(cls, type) and issubclass(cls, Executor)):
+        raise UsesError(f'uses={uses!r} is a {type(cls).__name__}, not an Executor subclass')
+    return uses
+
+
+def resolve_name(uses: Any, namespace: Optional[Dict[str, type]] = None) -> Any:
+    """``uses`` as a name -> what a replica loads, checked here; the one table of what every
+    entry point (code, YAML, CLI, magic, ControlPanel) accepts.
+
+    Tried in order: a class (kept), ``namespace`` (the notebook's Executor classes, by
+    name or ``name.attr``), a built-in short name (:data:`BUILTIN_EXECUTORS`),
+    ``'package.module:Class'`` / ``'package.module.Class'`` (imported here). Anything
+    else raises :class:`UsesError`, one line naming what was tried and the closest matches.
+
+    >>> resolve_name('echo')
+    'runtime.executors.echo:Echo'
+    >>> resolve_name('Ekko')   # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    runtime.uses.UsesError: uses='Ekko': not a built-in (echo, exact_nn) nor ...; did you mean 'echo'?
+    """
+    if uses is None:
+        return None
+    if isinstance(uses, type):
+        try:
+            return load_executor_class(uses)
+        except ExecutorLoadError as e:
+            raise UsesError(str(e)) from None
+    if not isinstance(uses, str):
+        raise UsesError(f"uses={uses!r}: expected a class, a built-in name, 'package.module:Class' or a YAML path")
+    spec = uses.strip()
+    head, *rest = spec.split('.')
+    if ':' not in spec and namespace and head in namespace:
+        obj: Any = namespace[head]
+        try:
+            for attr in rest:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            raise UsesError(f'uses={spec!r}: {head!r} has no attribute path {".".join(rest)!r}') from None
+        return resolve_name(obj)
+    if spec in BUILTIN_EXECUTORS:
+        return BUILTIN_EXECUTORS[spec]
+    if ':' in spec or '.' in spec:
+        return check_importable(spec)
+    tried = 'not a class defined in this notebook, ' if namespace is not None else ''
+    candidates = list(BUILTIN_EXECUTORS) + list(namespace or {})
+    raise UsesError(f'uses={spec!r}: {tried}not a built-in ({", ".join(BUILTIN_EXECUTORS)}) nor '
+                    f"'package.module:Class', and no py_modules to look in{_suggest(spec, candidates)}")
 
 
 def is_hub_reference(uses: Any) -> bool:
@@ -129,9 +233,8 @@ def find_class(name: str, modules: Sequence[str]) -> type:
             return cls
         found += [k for k, v in vars(module).items()
                   if isinstance(v, type) and issubclass(v, Executor) and v is not Executor]
-    close = difflib.get_close_matches(name, found, n=1)
-    hint = f'; did you mean {close[0]!r}?' if close else ''
-    raise ConfigError(f'uses={name!r}: no Executor class of that name in py_modules '
+    hint = _suggest(name, found)
+    raise UsesError(f'uses={name!r}: no Executor class of that name in py_modules '
                       f'{[os.path.basename(m) for m in modules]}{hint} (found: {", ".join(found) or "none"})')
 
 
@@ -220,18 +323,16 @@ def uses_reference(uses: Any) -> Any:
 
 # ----------------------------------------------------------------------------- resolving
 
-def needs_resolving(uses: Any, py_modules: Any = None) -> bool:
-    """Whether :func:`resolve_uses` has work to do (a class name, a mapping, an Executor YAML)."""
-    return bool(py_modules) or isinstance(uses, dict) or is_yaml_path(uses)
-
-
 def resolve_uses(uses: Any, uses_with: Optional[dict] = None, py_modules: Any = None,
-                 base: Optional[str] = None) -> Tuple[Any, Optional[dict]]:
+                 base: Optional[str] = None,
+                 namespace: Optional[Dict[str, type]] = None) -> Tuple[Any, Optional[dict]]:
     """``uses`` as written -> (what a replica loads: a class or 'pkg.mod:Class', merged uses_with).
 
     Handles a class name found in ``py_modules``, a nested ``{jtype, with, py_modules}``
-    mapping and the path of an Executor YAML (``jtype: ClassName``). ``uses_with``
-    overrides the nested ``with:``.
+    mapping, the path of an Executor YAML (``jtype: ClassName``) and every name
+    :func:`resolve_name` takes (built-ins, ``namespace`` classes, ``'pkg.mod:Class'``).
+    ``uses_with`` overrides the nested ``with:``. Runs in the owner, before any process
+    starts: a wrong ``uses`` raises :class:`UsesError` here.
     """
     base = base or os.getcwd()
     where = Where('uses')
@@ -258,9 +359,8 @@ def resolve_uses(uses: Any, uses_with: Optional[dict] = None, py_modules: Any = 
         raise where.error(hub_message(uses))
     for m in mods:
         import_py_module(m)
-    if isinstance(uses, str) and mods and uses.isidentifier():
+    if isinstance(uses, str) and mods and uses.isidentifier() and uses not in (namespace or {}):
+        if uses in BUILTIN_EXECUTORS:
+            return BUILTIN_EXECUTORS[uses], uses_with
         return find_class(uses, mods), uses_with
-    if isinstance(uses, str) and uses.isidentifier():
-        raise ConfigError(f"uses={uses!r} names a class but no py_modules say where it is; write "
-                          f"'package.module:{uses}' or add py_modules: [file.py]")
-    return uses, uses_with
+    return resolve_name(uses, namespace), uses_with

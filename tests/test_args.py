@@ -178,7 +178,7 @@ def test_one_builtin_table():
     for short, spec in uses.BUILTIN_EXECUTORS.items():
         assert notebook_uses(short, {}) == spec
         assert uses.load_executor_class(spec).__name__ == spec.rsplit(':', 1)[-1]
-    assert set(BUILTINS.values()) == set(uses.BUILTIN_EXECUTORS.values())
+    assert set(BUILTINS.values()) == set(uses.BUILTIN_EXECUTORS)   # the panel offers the short names
     assert Deployment().uses == uses.DEFAULT_USES
     assert bench.DEFAULT_USES in uses.BUILTIN_EXECUTORS.values()
 

@@ -63,7 +63,7 @@ def test_compare_structure_checks_json_and_views(tmp_path):
 
 def test_cli_run_from_args_writes_json_and_plot(tmp_path, capsys):
     from orchestra_nb.bench import save_plot
-    parser = add_arguments(argparse.ArgumentParser())
+    parser = add_arguments(argparse.ArgumentParser(allow_abbrev=False))
     out, png = tmp_path / 'out.json', tmp_path / 'out.png'
     args = parser.parse_args(['--docs', '200', '--queries', '10', '--dim', '8', '--setups', '1',
                               '--json', str(out), '--plot', str(png), '--no-progress'])

@@ -82,6 +82,33 @@ def images(cell) -> int:
     return sum(1 for o in cell.get('outputs', []) if 'image/png' in o.get('data', {}))
 
 
+def frames(nb) -> list:
+    """Every frozen Dashboard frame in the saved outputs: (header, {replica: requests},
+    RAFT rows as (replica, role, writes applied))."""
+    out = []
+    for cell in nb.cells:
+        for o in cell.get('outputs', []):
+            data = o.get('data', {})
+            plain = data.get('text/plain', '')
+            if 'image/png' not in data or '\n\nprocesses\n' not in plain:
+                continue
+            header, *sections = plain.split('\n\n')
+            procs = next(s for s in sections if s.startswith('processes\n')).splitlines()[2:]
+            counts = {line.split()[0]: int(line.split()[4]) for line in procs if '/rep-' in line.split()[0]}
+            raft = next((s for s in sections if s.startswith('RAFT\n')), '').splitlines()[2:]
+            out.append((header, counts, [(f'{header.split()[1]}/{line.split()[0]}', line.split()[1],
+                                          int(line.split()[-1])) for line in raft]))
+    return out
+
+
+def no_stuck_bars(nb) -> None:
+    """No output anywhere is a progress bar at 0 % (a widget saved before it moved)."""
+    for cell in nb.cells:
+        for o in cell.get('outputs', []):
+            plain = o.get('data', {}).get('text/plain', '') if 'data' in o else o.get('text', '')
+            assert not re.search(r'(^|\s)0%\|', plain), plain
+
+
 # -- what each tutorial must show ------------------------------------------------------------------
 
 def check_00(nb, probe):
@@ -99,6 +126,21 @@ def check_01(nb, probe):
     assert '40 of 40 requests answered' in text(tagged(nb, 'kill'))
     back = re.search(r'pid (\d+) killed, now pid (\d+) ready', text(tagged(nb, 'restart')))
     assert back and back.group(1) != back.group(2), text(tagged(nb, 'restart'))
+    kill = tagged(nb, 'kill')     # the supervisor's note: one informational line, no stderr block
+    assert not [o for o in kill['outputs'] if o.get('name') == 'stderr'], kill['outputs']
+    notes = [o['data']['text/plain'] for o in kill['outputs']
+             if o.get('data', {}).get('text/plain', '').startswith('ⓘ')]
+    assert len(notes) == 1 and 'died' in notes[0], kill['outputs']
+    # the frozen frames say what the notebook printed: the first after its distribution, the second
+    # after the restart cell's distribution
+    shown = frames(nb)
+    assert len(shown) == 2, shown
+    printed = [{m[0]: int(m[1]) for m in re.findall(r'^(\S+/rep-\d)\s+\w+\s+\d+\s+(\d+)$', text(c), re.M)}
+               for c in nb.cells if 'distribution(dep' in ''.join(c.get('source', ''))]
+    assert shown[0][1] == {k: v for k, v in printed[0].items()} and sum(printed[0].values()) == 40, (shown, printed)
+    assert shown[1][1] == printed[-1], (shown, printed)
+    for header, _, _ in shown:
+        assert 'running at' in header and 'stopped at' not in header, header
 
 
 def check_02(nb, probe):
@@ -140,6 +182,11 @@ def check_03(nb, probe):
     assert '35 of 35 documents found after the restart' in text(tagged(nb, 'restarted'))
     bench = text(tagged(nb, 'bench'))
     assert 'replicas=1' in bench and 'replicas=3 RAFT' in bench, bench
+    assert '✓ setups: 2/2 setups' in bench, bench                  # finished progress, shown finished
+    no_stuck_bars(nb)
+    (header, counts, raft), = frames(nb)                             # the frame: a fresh, settled reading...
+    assert [role for _, role, _ in raft].count('leader') == 1 and len(raft) == 3, raft
+    assert {(name, role, int(w)) for name, role, _, _, w, _ in rows} == set(raft), (rows, raft)   # ...as printed
     assert images(tagged(nb, 'plot')) == 1                           # `result.plot();` shows the figure once
 
 
@@ -172,11 +219,15 @@ def check_05(nb, probe):
     started = re.search(r'external replicas: pids \[(\d+), (\d+)\] on ports \[(\d+), (\d+)\]', text(
         next(c for c in nb.cells if 'external replicas: pids' in text(c))))
     assert [(r[1], r[2]) for r in rows] == [(started.group(3), started.group(1)), (started.group(4), started.group(2))]
-    assert re.findall(r'HELLO \d', text(tagged(nb, 'yaml'))) == [f'HELLO {i}' for i in range(6)]
+    yaml = text(tagged(nb, 'yaml'))      # one line, not a wall of 30 answers
+    assert re.search(r'^6 answers: HELLO 0! \(pid \d+\) … HELLO 5! \(pid \d+\)$', yaml, re.M), yaml
     cli = text(tagged(nb, 'cli'))
     assert '6 answers from' in cli and 'orchestra deployment exited with 0' in cli, cli
     panel = text(tagged(nb, 'panel'))
     assert "['ready', 'ready']" in panel and 'stopped' in panel, panel
+    pictures = [o for c in nb.cells for o in c.get('outputs', [])
+                if o.get('data', {}).get('text/plain', '').startswith('ControlPanel, closed at')]
+    assert len(pictures) == 1 and 'orchestra-control-panel-picture' in pictures[0]['data']['text/html'], pictures
 
 
 def check_06(nb, probe):
@@ -280,3 +331,30 @@ def test_bench_plot_shows_its_figure_once_in_a_kernel():
     assert [images(shown[k]) for k in ('semicolon', 'bare', 'assigned', 'later', 'quiet')] == [1, 1, 1, 1, 0]
     assert 'Figure 3' in text(shown['assigned'])                         # it still returns the Figure
     assert not [o for c in nb.cells for o in c.outputs if o.get('output_type') == 'error']
+
+
+#: what JupyterLab 4 writes into a notebook's metadata when it opens one with the python3 kernel
+#: (tests/test_browser.py checks a saved one against the stored files); `version` is the kernel's
+JUPYTERLAB_METADATA = {
+    'kernelspec': {'display_name': 'Python 3 (ipykernel)', 'language': 'python', 'name': 'python3'},
+    'language_info': {'codemirror_mode': {'name': 'ipython', 'version': 3}, 'file_extension': '.py',
+                      'mimetype': 'text/x-python', 'name': 'python', 'nbconvert_exporter': 'python',
+                      'pygments_lexer': 'ipython3'},
+}
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=os.path.basename)
+def test_tutorials_are_stored_as_jupyterlab_saves_them(path):
+    """Opening a tutorial must not make a fresh clone dirty: the stored file already has the
+    metadata JupyterLab writes, no outputs, and JupyterLab's layout (nbformat's, indent 1)."""
+    raw = open(path, encoding='utf-8').read()
+    nb = json.loads(raw)
+    info = dict(nb['metadata'].get('language_info', {}))
+    assert isinstance(info.pop('version', None), str), nb['metadata']
+    assert {'kernelspec': nb['metadata'].get('kernelspec'), 'language_info': info} == JUPYTERLAB_METADATA
+    assert set(nb['metadata']) == set(JUPYTERLAB_METADATA), nb['metadata']
+    assert (nb['nbformat'], nb['nbformat_minor']) == (4, 5) and all('id' in c for c in nb['cells'])
+    for c in nb['cells']:
+        if c['cell_type'] == 'code':
+            assert c['outputs'] == [] and c['execution_count'] is None, c['source']
+    assert raw == nbformat.writes(nbformat.reads(raw, as_version=4)) + '\n'

@@ -110,7 +110,7 @@ def test_control_panel_up_scale_down():
     panel = ControlPanel(namespace={'PanelEcho': PanelEcho, 'not_a_class': 3}, refresh_interval=0.2)
     try:
         labels = [label for label, _ in panel.executor.options]
-        assert labels[0] == 'PanelEcho (notebook)' and 'Echo (built-in)' in labels
+        assert labels[0] == 'PanelEcho (notebook)' and 'echo (built-in)' in labels
         assert not panel.up_button.disabled and panel.down_button.disabled and panel.scale_button.disabled
         assert panel.target.options == (('(nothing running)', None),)
         panel.name.value = 'panel'
@@ -260,3 +260,53 @@ def test_a_stopped_dashboard_leaves_its_last_frame():
     text = dash.snapshot_bundle['text/plain']
     assert 'frozen stopped' in text and 'frozen/rep-0' in text and '3 requests' in text
     dash.close()
+
+
+def test_a_frozen_frame_is_one_fresh_complete_reading(tmp_path):
+    """No waiting for the refresh thread: the frame is read when it freezes, with the RAFT panel,
+    one leader, and counts that add up to what was sent."""
+    with Deployment(name='fresh', uses=KV, replicas=3, stateful=True, workspace=str(tmp_path)) as dep:
+        dash = Dashboard(dep, interval=60)      # its thread reads once, before any request
+        dash._displayed = True
+        wait_until(lambda: dash.values['refreshes'] >= 1, 20, 'the first refresh')
+        dep.post('/index', DocList[TextDoc]([TextDoc(id=f'k{i}', text='v') for i in range(6)]), request_size=2)
+        dep.post('/get', DocList[TextDoc]([TextDoc(id=f'k{i}') for i in range(4)]), request_size=1)
+        sent = 3 + 4
+    text = dash.snapshot_bundle['text/plain']
+    header, *sections = text.split('\n\n')
+    assert f'{sent} requests' in header and 'stopped at' in header and 'running' not in header
+    raft = next(s for s in sections if s.startswith('RAFT\n')).splitlines()[2:]
+    assert len(raft) == 3 and sum(' leader ' in f' {line} ' for line in raft) == 1
+    procs = next(s for s in sections if s.startswith('processes\n')).splitlines()[2:]
+    per_replica = [int(line.split()[4]) for line in procs if '/rep-' in line]
+    assert sum(per_replica) == sent
+    dash.close()
+
+
+def test_a_frozen_png_has_every_panel_and_a_wrapped_header():
+    from orchestra_nb.dashboard import render_snapshot, render_distribution
+    import io
+    import matplotlib.image as mpimg
+    chart = render_distribution({'names': ['rep-0'], 'series': {'/a': [3]}, 'stacked': True})
+    header = 'Deployment x stopped at 08:41:03 · ' + ' · '.join(f'part {i}' for i in range(40))
+    one = mpimg.imread(io.BytesIO(render_snapshot('short', [chart], [('RAFT', 'a\nb')])), format='png')
+    two = mpimg.imread(io.BytesIO(render_snapshot(header, [chart], [('RAFT', 'a\nb')])), format='png')
+    assert two.shape[0] > one.shape[0] and two.shape[1] == one.shape[1]   # wrapped, not cut off
+
+
+def test_a_closed_control_panel_leaves_a_picture_of_itself():
+    panel = ControlPanel(namespace={'Tagger': Tagger}, refresh_interval=0.2)
+    panel._displayed = True          # as if shown: closing then updates the display
+    try:
+        panel.name.value = 'pictured'
+        panel.up()
+        assert panel.wait_idle(90)
+        assert panel.last_error is None, panel.last_error
+    finally:
+        panel.close()
+        REGISTRY.close_all()
+    bundle = panel.picture_bundle
+    assert bundle is not None and 'ControlPanel' in bundle['text/html']
+    assert 'Running: <b>pictured</b>' in bundle['text/html'] and 'pictured/rep-0' in bundle['text/html']
+    assert 'Executor: Tagger (notebook)' in bundle['text/plain'] and 'running: pictured' in bundle['text/plain']
+    assert repr(panel).startswith('ControlPanel (running:')
