@@ -282,7 +282,7 @@ class Client:
             raise AssertionError('unreachable')
 
         async def send(i: int, batch: Any) -> None:
-            response = Response(batch)
+            response: Optional[Response] = None
             try:
                 try:
                     reply = await call_with_retries(frames.pack(f'{post_id}{i & 0xffffffff:08x}',
@@ -299,6 +299,7 @@ class Client:
                 results[i] = response.docs
                 _call_back(o['on_done'], response)
             except Exception as e:
+                response = Response(DocList[in_type](batch))   # a failed request's: the docs sent
                 if o['on_error'] is not None:
                     _call_back(o['on_error'], response, e)
                 elif o['continue_on_error']:
@@ -307,7 +308,8 @@ class Client:
                     failures.append(e)
                     raise
             finally:
-                _call_back(o['on_always'], response)
+                if o['on_always'] is not None:
+                    _call_back(o['on_always'], response or Response(DocList[in_type](batch)))
                 if progress is not None:
                     progress.update()
 

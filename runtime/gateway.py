@@ -159,8 +159,9 @@ class Graph:
 
     ``order``: topological; ``leaves``: nodes nothing needs (their outputs, joined, are the
     answer), floating ones left out; ``floating``: nodes (``Flow.add(floating=True)``) that run
-    every request while the answer does not wait for them; ``inline``: the nodes that nothing can run beside (every other node is an ancestor
-    or a descendant), which run in the request's coroutine instead of a task; ``skips_unknown``:
+    every request while the answer does not wait for them; ``inline``: the nodes that nothing can
+    run beside (every other node is an ancestor or a descendant; never a floating one), which run
+    in the request's coroutine instead of a task; ``skips_unknown``:
     in a Flow (more than one node), a node that does not serve an endpoint passes its input on.
     """
 
