@@ -14,12 +14,10 @@ from typing import Any, Dict, List, Optional, Union
 
 from runtime import config
 from runtime.args import DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs, check_port, check_values
-from runtime.executor import RuntimeArgs
 from runtime.hosts import check_host
 from runtime.limits import check_processes
-from runtime.orchestration import NodePlan, Orchestration, ReplicaPlan
-from runtime.routing import PollingPolicy
-from runtime.supervision import Policy
+from runtime.orchestration import Orchestration, ReplicaPlan, StagePlan
+from runtime.specs import LOOPBACK, PollingPolicy, ReplicaSpec, SupervisionPolicy
 from runtime.uses import DEFAULT_USES, hub_message, is_hub_reference, needs_resolving, resolve_uses
 from runtime.yamlio import ConfigError, source_label
 
@@ -82,7 +80,7 @@ class Deployment(Orchestration):
         self.needs = needs
         self.py_modules = v['py_modules']
         self.timeout_send = v['timeout_send']
-        self.policy = Policy(health_timeout=v['health_timeout'], restart_grace=v['restart_grace'],
+        self.policy = SupervisionPolicy(health_timeout=v['health_timeout'], restart_grace=v['restart_grace'],
                              max_restarts=v['max_restarts'], restart_window=v['restart_window'])
         self.durability = v['durability']   # stateful only: see runtime.raft.durable
         if self.external:
@@ -123,41 +121,39 @@ class Deployment(Orchestration):
                 assign_devices(spec, self.shards * self.replicas)
 
     # -- the plan -------------------------------------------------------------------
-    def _plan(self) -> List[NodePlan]:
-        return [self.node_plan()]
+    def _plan(self) -> List[StagePlan]:
+        return [self.stage_plan()]
 
-    def node_plan(self) -> NodePlan:
-        """This Deployment as one node of a graph (a Flow uses it too)."""
+    def stage_plan(self) -> StagePlan:
+        """This Deployment as one stage of a request graph (a Flow uses it too)."""
         if self.external:
-            shard = [ReplicaPlan(name=f'{self.name}/rep-{i}', shard=0, replica=i, config={},
+            shard = [ReplicaPlan(name=f'{self.name}/rep-{i}', shard=0, replica=i, spec=None,
                                  external_address=a) for i, a in enumerate(self.external_addresses)]
-            return NodePlan(self.name, [shard], polling=self.polling.to_config(), needs=self.needs,
-                            timeout_send=self.timeout_send, policy=self.policy)
+            return StagePlan(self.name, [shard], polling=self.polling.to_config(), needs=self.needs,
+                             timeout_send=self.timeout_send, policy=self.policy)
         from runtime.gpu import assign_devices, replica_env, warn_if_cuda_initialised
-        spec = self.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'))
-        devices = assign_devices(spec, self.shards * self.replicas)
-        if any(d is not None for d in devices) and spec and spec.startswith('RR'):
+        cuda_spec = self.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'))
+        devices = assign_devices(cuda_spec, self.shards * self.replicas)
+        if any(d is not None for d in devices) and cuda_spec and cuda_spec.startswith('RR'):
             warn_if_cuda_initialised()
         shards = []
         for s in range(self.shards):
             shard = []
             for r in range(self.replicas):
                 rname = (f'{self.name}/shard-{s}/rep-{r}' if self.shards > 1 else f'{self.name}/rep-{r}')
-                ra = RuntimeArgs(name=self.name, replica_id=r, shard_id=s, shards=self.shards,
-                                 replicas=self.replicas, workspace=self.workspace)
-                config = {'uses': self.uses, 'uses_with': self.uses_with, 'runtime_args': ra.__dict__,
-                          'display_name': rname, 'host': '127.0.0.1', 'port': 0,
-                          'blas_threads': self.blas_threads, 'log_level': self.log_level,
-                          'py_modules': self.py_modules}
+                replica_spec = ReplicaSpec(name=rname, uses=self.uses, uses_with=self.uses_with, deployment=self.name,
+                                           replica_id=r, shard_id=s, shards=self.shards, replicas=self.replicas,
+                                           workspace=self.workspace, host=LOOPBACK, blas_threads=self.blas_threads,
+                                           log_level=self.log_level)
                 device = devices[s * self.replicas + r]
                 env = replica_env(self.env, device)
-                if device is None and spec and spec.strip().startswith('RR'):
+                if device is None and cuda_spec and cuda_spec.strip().startswith('RR'):
                     env['CUDA_VISIBLE_DEVICES'] = None  # never pass a literal 'RR...' on
-                shard.append(ReplicaPlan(name=rname, shard=s, replica=r, config=config, env=env))
+                shard.append(ReplicaPlan(name=rname, shard=s, replica=r, spec=replica_spec, env=env))
             shards.append(shard)
-        plan = NodePlan(self.name, shards, polling=self.polling.to_config(), needs=self.needs,
-                        no_reduce=self.no_reduce, allow_partial=self.allow_partial, stateful=self.stateful,
-                        timeout_send=self.timeout_send, policy=self.policy)
+        plan = StagePlan(self.name, shards, polling=self.polling.to_config(), needs=self.needs,
+                         no_reduce=self.no_reduce, allow_partial=self.allow_partial, stateful=self.stateful,
+                         timeout_send=self.timeout_send, policy=self.policy)
         from runtime.batching import in_flight_for   # dynamic batching needs room to gather a batch
         plan.max_in_flight = in_flight_for(self.uses, self.max_in_flight_per_replica)
         if self.stateful:
@@ -211,13 +207,13 @@ class Deployment(Orchestration):
         if self.external:
             raise ValueError(f'{self.name!r} uses external replicas; they are not ours to scale')
 
-    def plan_with_replicas(self, replicas: int) -> NodePlan:
-        """This Deployment's node plan as if it ran ``replicas`` replicas per shard (for scaling)."""
+    def plan_with_replicas(self, replicas: int) -> StagePlan:
+        """This Deployment's stage plan as if it ran ``replicas`` replicas per shard (for scaling)."""
         self.check_scalable()
         old = self.replicas
         self.replicas = replicas
         try:
-            return self.node_plan()
+            return self.stage_plan()
         finally:
             self.replicas = old
 

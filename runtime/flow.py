@@ -24,7 +24,7 @@ fails with an error naming the endpoint (unlike Jina, which returns the docs).
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from runtime import config
@@ -32,10 +32,9 @@ from runtime.args import DEPLOYMENT_ARGS, FLOW_ARGS, arg_names, check_count, che
 from runtime.deployment import Deployment
 from runtime.hosts import check_host
 from runtime.limits import check_processes
-from runtime.orchestration import NodePlan, Orchestration
+from runtime.orchestration import Orchestration, StagePlan
+from runtime.specs import GATEWAY
 from runtime.yamlio import ConfigError, source_label
-
-GATEWAY = 'gateway'
 
 _DEPLOYMENT_NAMES = arg_names(DEPLOYMENT_ARGS)
 _FLOW_NAMES = arg_names(FLOW_ARGS)
@@ -207,21 +206,21 @@ class Flow(Orchestration):
                    if e.deployment is not None and e.deployment is not leave_out and not e.deployment.external)
 
     # -- what the base class runs --------------------------------------------------------
-    def _plan(self) -> List[NodePlan]:
+    def _plan(self) -> List[StagePlan]:
         if not self.entries:
             raise ValueError(f'Flow {self.name!r} has no Executors; add one with .add(uses=...)')
         plans = []
         for e in self.entries:
             if e.is_join:
-                plans.append(NodePlan(e.name, [], needs=list(e.needs)))
+                plans.append(StagePlan(e.name, [], needs=list(e.needs)))
                 continue
-            plan = e.deployment.node_plan()
+            plan = e.deployment.stage_plan()
             plan.needs = list(e.needs)
             if plan.max_in_flight is None:
                 plan.max_in_flight = e.deployment.max_in_flight_per_replica
             if e.replica_port is not None:
                 for r in plan.replicas:
-                    r.config['port'] = e.replica_port
+                    r.spec = replace(r.spec, port=e.replica_port)
             plans.append(plan)
         return plans
 

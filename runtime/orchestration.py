@@ -1,7 +1,7 @@
 """What Deployment and Flow share: processes behind one gateway, and their lifecycle.
 
 A subclass implements one method, :meth:`Orchestration._plan`, returning the
-graph's nodes (:class:`NodePlan`: the replica processes of each shard, polling,
+graph's nodes (:class:`StagePlan`: the replica processes of each shard, polling,
 needs). Everything else comes for free: starting every process in parallel
 (the gateway included), readiness with errors that quote the failing
 replica's log, ``post``/``apost``, ``status()``, ``logs()``, ``block()``,
@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional
 
 import grpc
@@ -34,7 +34,8 @@ from runtime.loop import RequestCancelled, run_async, run_sync
 from runtime.logfiles import tail
 from runtime.processes import ChildFailedError, ChildProcess, start_all, stop_all
 from runtime.secrets import call_metadata, private_dir, resolve_secret
-from runtime.supervision import Policy, Supervisor
+from runtime.specs import GatewaySpec, OrchestrationStatus, ReplicaSpec, StageSpec, SupervisionPolicy
+from runtime.supervision import Supervisor
 
 log = logging.getLogger('orchestra')
 
@@ -55,11 +56,11 @@ def _notify(event: str, obj: 'Orchestration') -> None:
 
 @dataclass
 class ReplicaPlan:
-    """One replica process to run (or an external address to use)."""
+    """One replica process to run (its :class:`ReplicaSpec`), or an external address to use (no spec)."""
     name: str
     shard: int
     replica: int
-    config: Dict[str, Any]
+    spec: Optional[ReplicaSpec]
     env: Dict[str, Optional[str]] = field(default_factory=dict)
     external_address: Optional[str] = None
     process: Optional[ChildProcess] = None
@@ -71,8 +72,8 @@ class ReplicaPlan:
 
 
 @dataclass
-class NodePlan:
-    """One Executor of the graph: shards x replicas, polling, joins."""
+class StagePlan:
+    """One stage of the request graph: an Executor's shards x replicas, polling, joins (no shards: a join)."""
     name: str
     shards: List[List[ReplicaPlan]]
     polling: Any = None
@@ -83,7 +84,14 @@ class NodePlan:
     max_in_flight: Optional[int] = None
     secret_file: Optional[str] = None   # stateful: where the Deployment's secret is kept (runtime.secrets)
     timeout_send: Optional[float] = None    # the gateway's deadline per request to a replica
-    policy: Optional[Policy] = None         # supervision settings (None: the defaults)
+    policy: SupervisionPolicy = field(default_factory=SupervisionPolicy)
+
+    def stage_spec(self) -> StageSpec:
+        """What the gateway needs of this stage (its shards' addresses come later, by ``set_replicas``)."""
+        return StageSpec(name=self.name, needs=tuple(self.needs) if self.needs is not None else None,
+                         polling=self.polling, no_reduce=self.no_reduce, allow_partial=self.allow_partial,
+                         stateful=self.stateful, max_in_flight=self.max_in_flight, timeout_send=self.timeout_send,
+                         health_timeout=self.policy.health_timeout, shards=tuple(() for _ in self.shards))
 
     @property
     def replicas(self) -> List[ReplicaPlan]:
@@ -108,7 +116,7 @@ class Orchestration:
         self._secret_arg = secret     # never an attribute named `secret`: configs saved from this omit it
         self._secret: Optional[str] = None   # the one in use (runtime.secrets.resolve_secret at start)
         self.tls_cert, self.tls_key = check_tls(tls_cert, tls_key)
-        self.nodes: List[NodePlan] = []
+        self.nodes: List[StagePlan] = []
         self.gateway: Optional[ChildProcess] = None
         self._client: Optional[Client] = None
         self._started = False
@@ -118,7 +126,7 @@ class Orchestration:
         self._lock = threading.RLock()
 
     # -- what a subclass implements ------------------------------------------------
-    def _plan(self) -> List[NodePlan]:
+    def _plan(self) -> List[StagePlan]:
         raise NotImplementedError
 
     # -- lifecycle ------------------------------------------------------------------
@@ -138,9 +146,8 @@ class Orchestration:
         self._secret = resolve_secret(self._secret_arg, [n.secret_file for n in self.nodes if n.secret_file])
         private_dir(self.log_dir)   # 0700; the log files are 0600
         for r in local:
-            r.config['secret'] = self._secret   # in the spec (private pipe): never argv or env
-            r.process = ChildProcess(r.name, 'worker', r.config, self._log_path(r.name), r.env)
-        self.gateway = ChildProcess(f'{self.name}/gateway', 'gateway', self._gateway_config(),
+            r.process = self._replica_process(r)
+        self.gateway = ChildProcess(f'{self.name}/gateway', 'gateway', self.gateway_spec().to_dict(),
                                     self._log_path(f'{self.name}/gateway'))
         try:
             start_all([r.process for r in local] + [self.gateway], self.timeout_ready,
@@ -279,14 +286,14 @@ class Orchestration:
                                   image=image or DEFAULT_IMAGE, app_dir=app_dir)
 
     # -- status and logs --------------------------------------------------------------
-    def status(self, timeout: float = 2.0) -> Dict[str, Any]:
+    def status(self, timeout: float = 2.0) -> OrchestrationStatus:
         """Structured state: the gateway and every replica (pid, state, requests, ...)."""
         return run_sync(self._astatus(timeout), timeout + 5, what=f'status of {self.name!r}')
 
-    async def astatus(self, timeout: float = 2.0) -> Dict[str, Any]:
+    async def astatus(self, timeout: float = 2.0) -> OrchestrationStatus:
         return await run_async(self._astatus(timeout))
 
-    async def _astatus(self, timeout: float) -> Dict[str, Any]:
+    async def _astatus(self, timeout: float) -> OrchestrationStatus:
         replicas = [(n, r) for n in self.nodes for r in n.replicas]
         infos = await asyncio.gather(*(_ainfo(r.address, timeout) for _, r in replicas),
                                      _ainfo(f'127.0.0.1:{self._local_port}' if self._local_port else None, timeout))
@@ -351,16 +358,19 @@ class Orchestration:
     def _log_path(self, name: str) -> str:
         return os.path.join(self.log_dir, name.replace('/', os.sep) + '.log')
 
-    def _gateway_config(self) -> Dict[str, Any]:
-        return {'name': f'{self.name}/gateway', 'host': self.host, 'port': self._port_arg or 0,
-                'max_in_flight_per_replica': self.max_in_flight_per_replica,
-                'nodes': [{'name': n.name, 'needs': n.needs, 'polling': n.polling,
-                           'no_reduce': n.no_reduce, 'allow_partial': n.allow_partial,
-                           'max_in_flight': n.max_in_flight, 'stateful': n.stateful,
-                           'timeout_send': n.timeout_send,
-                           'health_timeout': (n.policy or Policy()).health_timeout,
-                           'shards': [[] for _ in n.shards]} for n in self.nodes],
-                'secret': self._secret, 'tls_cert': self.tls_cert, 'tls_key': self.tls_key}
+    def gateway_spec(self) -> GatewaySpec:
+        """The gateway of :attr:`nodes` (the plan), listening on ``port`` (or one the OS picks)."""
+        return GatewaySpec(name=f'{self.name}/gateway', host=self.host, port=self._port_arg or 0,
+                           max_in_flight_per_replica=self.max_in_flight_per_replica,
+                           stages=tuple(n.stage_spec() for n in self.nodes),
+                           secret=self._secret, tls_cert=self.tls_cert, tls_key=self.tls_key)
+
+    def _replica_process(self, r: ReplicaPlan, port: Optional[int] = None,
+                         log_path: Optional[str] = None) -> ChildProcess:
+        """A (not started) process for replica ``r``, with the secret (private pipe: never argv or env)."""
+        assert r.spec is not None, f'{r.name} is external'
+        spec = replace(r.spec, secret=self._secret, port=r.spec.port if port is None else port)
+        return ChildProcess(r.name, 'worker', spec.to_dict(), log_path or self._log_path(r.name), r.env)
 
     def _connect_gateway(self) -> None:
         """Tell the gateway where every shard's replicas listen."""
@@ -368,7 +378,7 @@ class Orchestration:
             for i in range(len(n.shards)):
                 self._gateway_control(self._replicas_header(n, i))
 
-    def _replicas_header(self, n: NodePlan, i: int) -> Dict[str, Any]:
+    def _replicas_header(self, n: StagePlan, i: int) -> Dict[str, Any]:
         """``set_replicas`` for shard ``i`` of ``n``: addresses, names, logs, and why any is left down."""
         live = [r for r in n.shards[i] if r.address]
         stopped = self._supervisor.stopped_reasons() if self._supervisor else {}
@@ -395,7 +405,7 @@ class Orchestration:
             raise RuntimeError(f'gateway refused {header.get("op")}: {h.get("error")}')
 
     # -- scaling ------------------------------------------------------------------------
-    def _scale_node(self, target: NodePlan, drain_timeout: float = 30.0) -> Dict[str, List[str]]:
+    def _scale_node(self, target: StagePlan, drain_timeout: float = 30.0) -> Dict[str, List[str]]:
         """Make node ``target.name`` run ``target``'s replicas in each shard, dropping no request.
 
         ``target`` comes from :meth:`Deployment.plan_with_replicas`, which refuses stateful
@@ -416,8 +426,7 @@ class Orchestration:
             added = [r for shard, want in zip(node.shards, target.shards) for r in want[len(shard):]]
             removed = [r for shard, want in zip(node.shards, target.shards) for r in shard[len(want):]]
             for r in added:
-                r.config['secret'] = self._secret
-                r.process = ChildProcess(r.name, 'worker', r.config, self._log_path(r.name), r.env)
+                r.process = self._replica_process(r)
             start_all([r.process for r in added], self.timeout_ready)  # raises (and stops them) on failure
             for r in added:
                 r.address = f'127.0.0.1:{r.process.info["port"]}'
@@ -454,7 +463,7 @@ class Orchestration:
         if self._closing.is_set() or not any(r is x for n in self.nodes for x in n.replicas):
             return  # closing, or scaled away
         log.warning('restarting %s on port %s', r.name, r.port)
-        r.process = ChildProcess(r.name, 'worker', dict(r.config, port=r.port), r.process.log_path, r.env)
+        r.process = self._replica_process(r, port=r.port, log_path=r.process.log_path)
         self._start_supervised(r.process)
 
     def _restart_gateway(self) -> None:
@@ -464,8 +473,8 @@ class Orchestration:
         log.warning('restarting the gateway of %s on port %s', self.name, self._gateway_port)
         old = self.gateway
         # both listeners come back on their ports: clients (and this owner's own, on the loopback one) reconnect
-        config = dict(self._gateway_config(), port=self._gateway_port, local_port=old.info.get('local_port'))
-        self.gateway = ChildProcess(old.name, 'gateway', config, old.log_path)
+        spec = replace(self.gateway_spec(), port=self._gateway_port, local_port=old.info.get('local_port') or 0)
+        self.gateway = ChildProcess(old.name, 'gateway', spec.to_dict(), old.log_path)
         self._start_supervised(self.gateway)
         if not self._closing.is_set():
             self._connect_gateway()

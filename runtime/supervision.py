@@ -24,13 +24,13 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 import grpc
 
 from runtime import protocol
 from runtime.loop import background_loop
+from runtime.specs import HEALTH_INTERVAL_S, SupervisionPolicy
 
 if TYPE_CHECKING:
     from runtime.orchestration import Orchestration
@@ -38,25 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger('orchestra.supervision')
 
-#: seconds between two health probes of one replica (owner and gateway alike)
-HEALTH_INTERVAL_S = 1.0
-
-
-@dataclass(frozen=True)
-class Policy:
-    """How one node's replicas are supervised; the Deployment arguments of the same names."""
-    health_timeout: float = 2.0     # Info must answer within this; a miss takes it out of rotation
-    restart_grace: float = 10.0     # unanswered probes for this long: SIGKILL, then restart
-    max_restarts: int = 5           # restarts within restart_window before a death is final
-    restart_window: float = 60.0
-    backoff_base: float = 0.5       # seconds before the 2nd restart within the window, doubling
-    backoff_max: float = 10.0
-
-
-def backoff(deaths_in_window: int, policy: Policy) -> float:
+def backoff(deaths_in_window: int, policy: SupervisionPolicy) -> float:
     """Seconds to wait before restarting a child that died ``deaths_in_window`` times.
 
-    >>> [backoff(k, Policy()) for k in (1, 2, 3, 4)]
+    >>> [backoff(k, SupervisionPolicy()) for k in (1, 2, 3, 4)]
     [0.0, 0.5, 1.0, 2.0]
     """
     if deaths_in_window <= 1:
@@ -72,7 +57,7 @@ class Death(NamedTuple):
 class Watch:
     """What the supervisor knows about one child (a replica or the gateway)."""
 
-    def __init__(self, name: str, policy: Policy):
+    def __init__(self, name: str, policy: SupervisionPolicy):
         self.name = name
         self.policy = policy
         self.state = 'running'      # running | restarting | waiting | hung | crash-loop
@@ -126,16 +111,16 @@ class Supervisor:
         o = self.orch
         out = []
         gw_policy = next((n.policy for n in o.nodes if n.policy), None) if len(o.nodes) == 1 else None
-        out.append((self.watch(f'{o.name}/gateway', gw_policy or Policy()), lambda: o.gateway,
+        out.append((self.watch(f'{o.name}/gateway', gw_policy or SupervisionPolicy()), lambda: o.gateway,
                     o._restart_gateway, f'127.0.0.1:{o.port}' if o.port else None))
         for n in o.nodes:
             for r in n.replicas:
                 if r.external_address is None:
-                    out.append((self.watch(r.name, n.policy or Policy()), lambda r=r: r.process,
+                    out.append((self.watch(r.name, n.policy or SupervisionPolicy()), lambda r=r: r.process,
                                 lambda r=r: o._restart(r), r.address))
         return out
 
-    def watch(self, name: str, policy: Policy) -> Watch:
+    def watch(self, name: str, policy: SupervisionPolicy) -> Watch:
         w = self.watches.get(name)
         if w is None:
             w = self.watches[name] = Watch(name, policy)
