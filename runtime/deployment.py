@@ -16,7 +16,8 @@ from runtime import config
 from runtime.args import DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs, check_port, check_values
 from runtime.hosts import check_host
 from runtime.limits import check_processes
-from runtime.orchestration import Orchestration, ReplicaPlan, StagePlan
+from runtime.orchestration import Orchestration
+from runtime.plan import ReplicaPlan, StagePlan
 from runtime.specs import LOOPBACK, PollingPolicy, ReplicaSpec, SupervisionPolicy
 from runtime.uses import DEFAULT_USES, hub_message, is_hub_reference, needs_resolving, resolve_uses
 from runtime.yamlio import ConfigError, source_label

@@ -32,7 +32,8 @@ from runtime.args import DEPLOYMENT_ARGS, FLOW_ARGS, arg_names, check_count, che
 from runtime.deployment import Deployment
 from runtime.hosts import check_host
 from runtime.limits import check_processes
-from runtime.orchestration import Orchestration, StagePlan
+from runtime.orchestration import Orchestration
+from runtime.plan import StagePlan
 from runtime.specs import GATEWAY
 from runtime.yamlio import ConfigError, source_label
 

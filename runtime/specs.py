@@ -23,7 +23,7 @@ value): the owner -> child pipe is pickled with cloudpickle (:mod:`runtime.proce
 and only that pipe -- a spec that goes over the network (an export's ``--graph``) holds
 no class, and nothing from the network is unpickled.
 
-    >>> spec = ReplicaSpec(name='dep/rep-0', uses='runtime.executors.echo:Echo')
+    >>> spec = ReplicaSpec(name='dep/rep-0', uses='my_package.executors:Indexer')
     >>> ReplicaSpec.from_dict(spec.to_dict()) == spec
     True
 

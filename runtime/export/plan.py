@@ -3,7 +3,7 @@
 :func:`build_plan` takes a Deployment or Flow and derives everything an export writes from
 the local run's own plan, ``Orchestration._plan()`` (the same ``StagePlan``/``ReplicaPlan``
 objects a local start uses: names, shards x replicas, each replica's environment, polling,
-needs, the gateway's graph from ``Orchestration.gateway_spec()``) and from the config
+needs, the gateway's graph: ``Orchestration.run_plan()``) and from the config
 spec (``runtime.config.to_spec``), rewritten for containers:
 
 - paths (``py_modules``, Executor YAMLs) point into :data:`APP_DIR`, where Compose bind-mounts
@@ -247,19 +247,18 @@ def _twin(dep: Any) -> Any:
 
 
 def local_plan(obj: Any) -> Tuple[list, GatewaySpec]:
-    """``obj._plan()`` and ``obj.gateway_spec()`` -- the local run's code -- for an export."""
+    """``obj.run_plan()`` -- what a local start runs -- for an export: (stages, gateway)."""
     if is_flow(obj):
         clone = copy.copy(obj)
         clone.entries = [dataclasses.replace(e, deployment=_twin(e.deployment)) if e.deployment else e
                          for e in obj.entries]
     else:
         clone = _twin(obj)
-    nodes = clone._plan()
+    plan = clone.run_plan()
     stateful = {name: dep is not None and dep.stateful for name, dep, _ in _entries(obj)}
-    for n in nodes:   # the twin planned no RAFT, but the gateway must know: it never retries a stateful @write
-        n.stateful = stateful.get(n.name, n.stateful)
-    clone.nodes = nodes
-    return nodes, clone.gateway_spec()
+    # the twin planned no RAFT, but the gateway must know: it never retries a stateful @write
+    stages = tuple(dataclasses.replace(s, stateful=stateful.get(s.name, s.stateful)) for s in plan.gateway.stages)
+    return list(plan.stages), dataclasses.replace(plan.gateway, stages=stages)
 
 
 def build_plan(obj: Any, app_dir: Optional[str] = None) -> ExportPlan:

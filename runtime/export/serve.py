@@ -10,7 +10,7 @@ peers authenticate their calls with it and RAFT traffic is encrypted with it (wi
 ``--raft-password-from-secret``, with a RAFT password derived from it instead).
 
 ``orchestra gateway --graph JSON --host 0.0.0.0 --port P`` serves the gateway of the graph the
-export wrote (``Orchestration.gateway_spec()`` with addresses filled in). A stage marked
+export wrote (``Orchestration.run_plan().gateway`` with addresses filled in). A stage marked
 ``"discover": "dns"`` lists DNS names (a headless Service): each resolves to every replica
 behind it, re-resolved every :data:`DNS_REFRESH_S` seconds, so replicas added or removed (e.g.
 ``kubectl scale``) join or leave the idle-first routing without a restart.
