@@ -53,37 +53,38 @@ class Deployment(Orchestration):
                  **kwargs):
         check_kwargs(kwargs, _NAMES, 'Deployment')
         given = dict(locals())
-        v = check_values(DEPLOYMENT_ARGS, {k: given[k] for k in _NAMES})
+        checked = check_values(DEPLOYMENT_ARGS, {k: given[k] for k in _NAMES})
         self._uses_source, self._uses_with_source = uses, uses_with   # as written: what save_config writes
-        uses, uses_with = v['uses'], v['uses_with']
+        uses, uses_with = checked['uses'], checked['uses_with']
         if is_hub_reference(uses):   # refused up front, as a YAML config and a replica refuse it
             raise ValueError(f'uses={uses!r}: {hub_message(uses)}')
-        if needs_resolving(uses, v['py_modules']):   # class name in py_modules, nested or YAML uses
-            uses, uses_with = resolve_uses(uses, uses_with, v['py_modules'])
-        self.replicas = v['replicas']
-        self.shards = v['shards']
+        if needs_resolving(uses, checked['py_modules']):   # class name in py_modules, nested or YAML uses
+            uses, uses_with = resolve_uses(uses, uses_with, checked['py_modules'])
+        self.replicas = checked['replicas']
+        self.shards = checked['shards']
         self.polling = PollingPolicy(polling)   # validates
-        self.external = v['external']
+        self.external = checked['external']
         self.uses = uses
         self.uses_with = dict(uses_with or {})
-        self.env = dict(v['env'] or {})
-        self.workspace = os.path.abspath(v['workspace']) if v['workspace'] else None
-        self.stateful = v['stateful']
+        self.env = dict(checked['env'] or {})
+        self.workspace = os.path.abspath(checked['workspace']) if checked['workspace'] else None
+        self.stateful = checked['stateful']
         self.peer_ports = peer_ports
         self.raft_configuration = (dict(raft_configuration) if isinstance(raft_configuration, dict)
                                    else raft_configuration or {})   # a non-dict: validate_stateful says why
         self.raft_password = raft_password
-        self.read_consistency = v['read_consistency']
-        self.blas_threads = v['blas_threads']
-        self.no_reduce = v['no_reduce']
-        self.allow_partial = v['allow_partial']
+        self.read_consistency = checked['read_consistency']
+        self.blas_threads = checked['blas_threads']
+        self.no_reduce = checked['no_reduce']
+        self.allow_partial = checked['allow_partial']
         self.log_level = log_level
         self.needs = needs
-        self.py_modules = v['py_modules']
-        self.timeout_send = v['timeout_send']
-        self.policy = SupervisionPolicy(health_timeout=v['health_timeout'], restart_grace=v['restart_grace'],
-                             max_restarts=v['max_restarts'], restart_window=v['restart_window'])
-        self.durability = v['durability']   # stateful only: see runtime.raft.durable
+        self.py_modules = checked['py_modules']
+        self.timeout_send = checked['timeout_send']
+        self.policy = SupervisionPolicy(health_timeout=checked['health_timeout'],
+                                        restart_grace=checked['restart_grace'], max_restarts=checked['max_restarts'],
+                                        restart_window=checked['restart_window'])
+        self.durability = checked['durability']   # stateful only: see runtime.raft.durable
         if self.external:
             from runtime.external import external_addresses
             # the addresses are the replicas: replicas=N (N != 1, the default) must agree
@@ -95,17 +96,17 @@ class Deployment(Orchestration):
                 raise ValueError(f'host={host!r}: a list of hosts needs external=True')
             gw_port, gw_host = check_port(port), host
             check_host(host, 'host')
-            check_processes(self.replicas, self.shards, f'Deployment {v["name"]!r}')
+            check_processes(self.replicas, self.shards, f'Deployment {checked["name"]!r}')
             if self.uses is None:
                 self.uses = DEFAULT_USES
             self._check_gpu_spec()
         if self.stateful:
             from runtime.consensus import validate_stateful
             validate_stateful(self)
-        super().__init__(name=v['name'], port=gw_port, host=gw_host, timeout_ready=v['timeout_ready'],
-                         log_dir=v['log_dir'], max_in_flight_per_replica=v['max_in_flight_per_replica'],
-                         stream_logs=v['stream_logs'], secret=v['secret'], tls_cert=v['tls_cert'],
-                         tls_key=v['tls_key'])
+        super().__init__(name=checked['name'], port=gw_port, host=gw_host, timeout_ready=checked['timeout_ready'],
+                         log_dir=checked['log_dir'], max_in_flight_per_replica=checked['max_in_flight_per_replica'],
+                         stream_logs=checked['stream_logs'], secret=checked['secret'], tls_cert=checked['tls_cert'],
+                         tls_key=checked['tls_key'])
 
     def _check_gpu_spec(self) -> None:
         """A malformed ``CUDA_VISIBLE_DEVICES=RR...`` raises ValueError here, before anything starts.

@@ -70,16 +70,16 @@ class Flow(Orchestration):
                  tls_cert: Optional[str] = None, tls_key: Optional[str] = None, **kwargs):
         check_kwargs(kwargs, _FLOW_NAMES, 'Flow')
         given = dict(locals())
-        v = check_values(FLOW_ARGS, {k: given[k] for k in _FLOW_NAMES})
+        checked = check_values(FLOW_ARGS, {k: given[k] for k in _FLOW_NAMES})
         if not isinstance(host, str):
             raise ValueError(f'host={host!r}: the Flow gateway listens on one host, e.g. "127.0.0.1"')
         check_host(host, 'host')
-        self.protocol = v['protocol']
+        self.protocol = checked['protocol']
         self.entries: List[FlowEntry] = []
-        super().__init__(name=v['name'], port=v['port'], host=host, timeout_ready=v['timeout_ready'],
-                         log_dir=v['log_dir'], max_in_flight_per_replica=v['max_in_flight_per_replica'],
-                         stream_logs=v['stream_logs'], secret=v['secret'], tls_cert=v['tls_cert'],
-                         tls_key=v['tls_key'])
+        super().__init__(name=checked['name'], port=checked['port'], host=host, timeout_ready=checked['timeout_ready'],
+                         log_dir=checked['log_dir'], max_in_flight_per_replica=checked['max_in_flight_per_replica'],
+                         stream_logs=checked['stream_logs'], secret=checked['secret'], tls_cert=checked['tls_cert'],
+                         tls_key=checked['tls_key'])
 
     # -- building the graph ------------------------------------------------------------
     def add(self, name: Optional[str] = None, needs: Union[str, Sequence[str], None] = None,
