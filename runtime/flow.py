@@ -220,8 +220,8 @@ class Flow(Orchestration):
             if plan.max_in_flight is None:
                 plan.max_in_flight = e.deployment.max_in_flight_per_replica
             if e.replica_port is not None:
-                for r in plan.replicas:
-                    r.spec = replace(r.spec, port=e.replica_port)
+                plan.shards = [[replace(r, spec=replace(r.spec, port=e.replica_port)) for r in shard]
+                               for shard in plan.shards]
             plans.append(plan)
         return plans
 

@@ -32,7 +32,7 @@ from runtime.logfiles import tail
 from runtime.loop import RequestCancelled, run_async, run_sync
 from runtime.plan import RunPlan, StagePlan
 from runtime.processes import ChildProcess
-from runtime.runner import Runner, ainfo
+from runtime.runner import Runner, RunningStage, ainfo
 from runtime.secrets import private_dir, resolve_secret
 from runtime.specs import GatewaySpec, OrchestrationStatus
 from runtime.supervision import Supervisor
@@ -72,7 +72,7 @@ class Orchestration:
         self._secret_arg = secret     # never an attribute named `secret`: configs saved from this omit it
         self._secret: Optional[str] = None   # the one in use (runtime.secrets.resolve_secret at start)
         self.tls_cert, self.tls_key = check_tls(tls_cert, tls_key)
-        self.nodes: List[StagePlan] = []          # the plan: what runs (or ran last)
+        self.nodes: List[RunningStage] = []       # what runs (or ran last): the plan's stages and processes
         self._runner: Optional[Runner] = None     # its processes, while started
         self._client: Optional[Client] = None
         self._started = False

@@ -14,34 +14,28 @@ cannot drift.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from runtime.specs import GatewaySpec, ReplicaSpec, StageSpec, SupervisionPolicy
 
-if TYPE_CHECKING:
-    from runtime.processes import ChildProcess
-
-
-@dataclass
+@dataclass(frozen=True)
 class ReplicaPlan:
-    """One replica process to run (its :class:`ReplicaSpec`), or an external address to use (no spec)."""
+    """One replica process to run (its :class:`ReplicaSpec` and environment), or an external
+    address to use (no spec). What runs it is the runner's (:class:`runtime.runner.RunningReplica`)."""
     name: str
     shard: int
     replica: int
     spec: Optional[ReplicaSpec]
     env: Dict[str, Optional[str]] = field(default_factory=dict)
     external_address: Optional[str] = None
-    process: Optional['ChildProcess'] = None   # set by the runner that starts it
-    address: Optional[str] = None              # host:port once it runs (or the external address)
-
-    @property
-    def port(self) -> Optional[int]:
-        return int(self.address.rsplit(':', 1)[1]) if self.address else None
 
 
 @dataclass
 class StagePlan:
-    """One stage of the request graph: an Executor's shards x replicas, polling, joins (no shards: a join)."""
+    """One stage of the request graph: an Executor's shards x replicas, polling, joins (no shards: a join).
+
+    Filled in while the plan is built (``Deployment.stage_plan``, ``plan_stateful``, ``Flow``);
+    a runner never changes it: scaling plans a new one."""
     name: str
     shards: List[List[ReplicaPlan]]
     polling: Any = None

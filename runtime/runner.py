@@ -1,7 +1,9 @@
 """The processes of one plan: start them all, restart one, take one out of rotation, stop them all.
 
 A :class:`Runner` owns the child processes of one running Deployment or Flow: a replica
-process per local :class:`~runtime.plan.ReplicaPlan` of its stages and the gateway.
+process per local :class:`~runtime.plan.ReplicaPlan` of its stages and the gateway. The
+plan stays as it was built; what runs is kept next to it, in :class:`RunningStage` and
+:class:`RunningReplica` (``Deployment.nodes``).
 The owner (:class:`~runtime.orchestration.Orchestration`) plans, then hands the plan to a
 runner; the :class:`~runtime.supervision.Supervisor` drives the runner through this small
 interface only:
@@ -43,6 +45,43 @@ if TYPE_CHECKING:
 log = logging.getLogger('orchestra')
 
 
+class RunningReplica:
+    """A replica of a started plan: its :class:`~runtime.plan.ReplicaPlan` (``plan``; its fields
+    read through) and the process running it, or its external address."""
+
+    def __init__(self, plan: 'ReplicaPlan'):
+        self.plan = plan
+        self.process: Optional[ChildProcess] = None   # the current one (a restart replaces it)
+        self.address: Optional[str] = plan.external_address   # host:port once it runs
+
+    def __getattr__(self, name: str) -> Any:   # name, shard, replica, spec, env, external_address
+        if name == 'plan':
+            raise AttributeError(name)
+        return getattr(self.plan, name)
+
+    @property
+    def port(self) -> Optional[int]:
+        return int(self.address.rsplit(':', 1)[1]) if self.address else None
+
+
+class RunningStage:
+    """A stage of a started plan: its :class:`~runtime.plan.StagePlan` (``plan``; its fields read
+    through) and its running replicas per shard (scaling changes these lists, not the plan)."""
+
+    def __init__(self, plan: 'StagePlan'):
+        self.plan = plan
+        self.shards: List[List[RunningReplica]] = [[RunningReplica(r) for r in shard] for shard in plan.shards]
+
+    def __getattr__(self, name: str) -> Any:   # name, policy, needs, polling, stateful, secret_file, ...
+        if name == 'plan':
+            raise AttributeError(name)
+        return getattr(self.plan, name)
+
+    @property
+    def replicas(self) -> List[RunningReplica]:
+        return [r for shard in self.shards for r in shard]
+
+
 class SupervisedChild(NamedTuple):
     """One child as the supervisor sees it: a replica or the gateway."""
     name: str
@@ -56,7 +95,8 @@ class Runner:
 
     def __init__(self, plan: 'RunPlan', secret: Optional[str], log_dir: str, timeout_ready: float):
         self.name = plan.name
-        self.stages: List['StagePlan'] = list(plan.stages)   # scaling changes their shards' replica lists
+        self.plan = plan
+        self.stages = [RunningStage(s) for s in plan.stages]   # what runs; scaling changes their shards
         self.gateway_spec: GatewaySpec = replace(plan.gateway, secret=secret)   # private pipe: never argv/env
         self.secret = secret
         self.log_dir = log_dir
@@ -68,7 +108,7 @@ class Runner:
         self._lock = threading.RLock()
 
     # -- all of them ----------------------------------------------------------------
-    def local_replicas(self) -> List['ReplicaPlan']:
+    def local_replicas(self) -> List[RunningReplica]:
         return [r for s in self.stages for r in s.replicas if r.external_address is None]
 
     def start(self, progress: Optional[Callable[[str, str, Optional[str]], None]] = None) -> None:
@@ -85,10 +125,6 @@ class Runner:
                       progress and (lambda c, state, detail: progress(c.name, state, detail)))
             for r in local:
                 r.address = f'127.0.0.1:{r.process.info["port"]}'
-            for s in self.stages:
-                for r in s.replicas:
-                    if r.external_address:
-                        r.address = r.external_address
             self.gateway_port = int(self.gateway.info['port'])
             self.connect_gateway()
         except BaseException:
@@ -110,7 +146,7 @@ class Runner:
     def log_path(self, name: str) -> str:
         return os.path.join(self.log_dir, name.replace('/', os.sep) + '.log')
 
-    def replica_process(self, r: 'ReplicaPlan', port: Optional[int] = None,
+    def replica_process(self, r: RunningReplica, port: Optional[int] = None,
                         log_path: Optional[str] = None) -> ChildProcess:
         """A (not started) process for replica ``r``, with the secret (private pipe: never argv or env)."""
         assert r.spec is not None, f'{r.name} is external'
@@ -178,7 +214,7 @@ class Runner:
         except Exception as e:   # the gateway is down: it gets them when it is restarted
             log.warning('could not tell the gateway of %s which replicas are down: %s', self.name, e)
 
-    def _replicas_header(self, s: 'StagePlan', i: int) -> Dict[str, Any]:
+    def _replicas_header(self, s: RunningStage, i: int) -> Dict[str, Any]:
         """``set_replicas`` for shard ``i`` of ``s``: addresses, names, logs, and why any is left down."""
         live = [r for r in s.shards[i] if r.address]
         return {'op': 'set_replicas', 'node': s.name, 'shard': i, 'addresses': [r.address for r in live],
@@ -211,7 +247,8 @@ class Runner:
         if len(target.shards) != len(stage.shards):
             raise ValueError(f'scaling changes replicas, not shards ({len(stage.shards)} in {stage.name!r})')
         with self._lock:
-            added = [r for shard, want in zip(stage.shards, target.shards) for r in want[len(shard):]]
+            new = [[RunningReplica(p) for p in want[len(shard):]] for shard, want in zip(stage.shards, target.shards)]
+            added = [r for shard in new for r in shard]
             removed = [r for shard, want in zip(stage.shards, target.shards) for r in shard[len(want):]]
             for r in added:
                 r.process = self.replica_process(r)
@@ -221,7 +258,7 @@ class Runner:
             for i, (shard, want) in enumerate(zip(stage.shards, target.shards)):
                 if len(want) == len(shard):
                     continue
-                shard[:] = shard + want[len(shard):] if len(want) > len(shard) else shard[:len(want)]
+                shard[:] = shard + new[i] if len(want) > len(shard) else shard[:len(want)]
                 self.gateway_control(self._replicas_header(stage, i))
         if removed:
             run_sync(self._adrain(removed, drain_timeout), drain_timeout + 5,
@@ -229,7 +266,7 @@ class Runner:
             stop_all([r.process for r in removed if r.process])
         return {'added': [r.name for r in added], 'removed': [r.name for r in removed]}
 
-    async def _adrain(self, replicas: List['ReplicaPlan'], timeout: float) -> None:
+    async def _adrain(self, replicas: List[RunningReplica], timeout: float) -> None:
         """Wait until none of ``replicas`` holds a request (twice in a row), or ``timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -87,7 +87,7 @@ def test_external_deployment_plans_addresses_and_no_process():
     plan = dep.stage_plan()
     assert [(r.name, r.external_address) for r in plan.replicas] == [
         ('ext/rep-0', 'localhost:12345'), ('ext/rep-1', '10.0.0.5:12346')]
-    assert len(plan.shards) == 1 and all(r.process is None for r in plan.replicas)
+    assert len(plan.shards) == 1 and all(r.spec is None for r in plan.replicas)
     dep2 = Deployment(host=['localhost:12345', 'h:12346'], external=True)
     assert dep2.external_addresses == ['localhost:12345', 'h:12346']
 

@@ -2,6 +2,7 @@
 and the export reading the very same plan."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -26,7 +27,9 @@ def test_a_deployment_plans_shards_x_replicas_and_its_gateway():
     assert (spec.deployment, spec.shard_id, spec.replica_id, spec.shards, spec.replicas, spec.port) == \
         ('idx', 2, 1, 3, 2, 0)
     assert spec.secret is None and spec.raft is None   # the secret is the runner's to add, at start
-    assert all(r.process is None and r.address is None for r in plan.replicas)   # nothing runs
+    assert not hasattr(plan.replicas[0], 'process')   # a plan holds what to start, never what runs
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.replicas[0].spec = None   # type: ignore[misc]
     assert plan.gateway == GatewaySpec(
         name='idx/gateway', port=5555, max_in_flight_per_replica=6,
         stages=(StageSpec('idx', polling={'/search': 'ALL', '*': 'ANY'}, health_timeout=0.5,

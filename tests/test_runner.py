@@ -97,6 +97,7 @@ def test_a_runner_starts_its_plan_restarts_a_replica_on_its_port_and_takes_it_ou
     try:
         replicas = stages[0].replicas
         assert all(r.address and r.process.alive for r in replicas)
+        assert replicas[0].plan is runner.plan.stages[0].shards[0][0]   # what runs sits next to the plan
         assert [c.name for c in runner.children()] == ['run/gateway', 'run/rep-0', 'run/rep-1']
         first = replicas[0]
         port, old_pid = first.port, first.process.pid

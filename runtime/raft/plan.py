@@ -184,8 +184,8 @@ def plan_stateful(dep: Any, plan: Any) -> None:
         dep.workspace = tempfile.mkdtemp(prefix=f'orchestra-raft-{dep.name}-')
         log.warning('stateful Deployment %r has no workspace; using %s (pass workspace=... to keep '
                     'the state across Python sessions)', dep.name, dep.workspace)
-        for r in plan.replicas:
-            r.spec = replace(r.spec, workspace=dep.workspace)
+        plan.shards = [[replace(r, spec=replace(r.spec, workspace=dep.workspace)) for r in shard]
+                       for shard in plan.shards]
     root = raft_root(dep.workspace, dep.name)
     private_dir(os.path.dirname(root))   # <workspace>/<name>: the replicas' folders go in there too
     private_dir(root)
@@ -215,18 +215,18 @@ def plan_stateful(dep: Any, plan: Any) -> None:
     k = 0
     for s, shard in enumerate(plan.shards):
         members = []
-        for r in shard:
+        for j, r in enumerate(shard):
             if not r.spec.port:
-                r.spec = replace(r.spec, port=grpc_ports[k])
+                shard[j] = r = replace(r, spec=replace(r.spec, port=grpc_ports[k]))
             k += 1
             members.append(RaftPeer(replica=r.replica, name=r.name, raft=f'{connect_host}:{ports[s][r.replica]}',
                                     grpc=f'127.0.0.1:{r.spec.port}'))
-        for r, me in zip(shard, members):
-            r.spec = replace(r.spec, raft=RaftSpec(
+        for j, (r, me) in enumerate(zip(shard, members)):
+            shard[j] = replace(r, spec=replace(r.spec, raft=RaftSpec(
                 replica=r.replica, shard=s, name=r.name,
                 address=me.raft, bind=f'{bind_host}:{ports[s][r.replica]}',
                 peers=tuple(m for m in members if m is not me),
                 dir=os.path.join(root, f'shard-{s}', f'rep-{r.replica}'),
                 conf=dict(dep._raft_conf), options=dict(dep._raft_options),
                 password=dep.raft_password,   # None: the Deployment's secret (ReplicaSpec.secret)
-                read_consistency=dep.read_consistency, durability=dep.durability))
+                read_consistency=dep.read_consistency, durability=dep.durability)))
