@@ -197,7 +197,7 @@ class Deployment(Orchestration):
         self.check_scalable()
         check_processes(n, self.shards, f'Deployment {self.name!r}.scale')
         self._require_started()
-        self._scale_node(self.plan_with_replicas(n), drain_timeout)
+        self._scale_stage(self.plan_with_replicas(n), drain_timeout)
         self.replicas = n
         return self
 

@@ -197,7 +197,7 @@ class Flow(Orchestration):
         self._require_started()
         target = dep.plan_with_replicas(n)
         target.needs = next(list(e.needs) for e in self.entries if e.name == executor)
-        self._scale_node(target, drain_timeout)
+        self._scale_stage(target, drain_timeout)
         dep.replicas = n
         return self
 

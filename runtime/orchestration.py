@@ -310,7 +310,7 @@ class Orchestration:
         return RunPlan(self.name, stages, gateway)
 
     # -- scaling ------------------------------------------------------------------------
-    def _scale_node(self, target: StagePlan, drain_timeout: float = 30.0) -> Dict[str, List[str]]:
+    def _scale_stage(self, target: StagePlan, drain_timeout: float = 30.0) -> Dict[str, List[str]]:
         """Make stage ``target.name`` run ``target``'s replicas (:meth:`Runner.scale_stage`), dropping no request.
 
         ``target`` comes from :meth:`Deployment.plan_with_replicas`, which refuses stateful
