@@ -222,7 +222,7 @@ DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
     Arg('replicas', 1, 'replicas per shard', _INT, 'an integer', check=check_count),
     Arg('shards', 1, 'number of shards', _INT, 'an integer', check=check_count),
     Arg('polling', None, "'ANY', 'ALL', or JSON {endpoint: mode, '*': fallback}", (str, dict),
-        "'ANY', 'ALL' or a mapping of endpoint -> 'ANY'/'ALL'"),   # checked by routing.PollingPolicy
+        "'ANY', 'ALL' or a mapping of endpoint -> 'ANY'/'ALL'"),   # checked by specs.PollingPolicy
     Arg('port', None, 'gateway port (0 or omitted: the OS picks); with --external, replica ports', (int, list),
         'a port number (or a list of ports with external: true)', form='ports'),   # depends on `external`
     Arg('host', '127.0.0.1', 'gateway host (default 127.0.0.1); with --external, replica hosts (or HOST:PORT)',
@@ -252,7 +252,7 @@ DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
         form='names'),   # checked by Flow
     Arg('py_modules', None, 'Python files holding the Executor class', (str, list),
         'a file path or a list of file paths', check=check_paths, form='paths'),
-    # supervision (docs/reliability.md); defaults in runtime.supervision.Policy
+    # supervision (docs/reliability.md); runtime.specs.SupervisionPolicy takes these defaults
     Arg('timeout_send', None, 'seconds a replica may take to answer one request before the gateway gives up '
         '(and retries it on another replica where that is safe); omitted: no limit on the Executor call',
         _SECONDS, 'a number of seconds', check=optional(check_seconds)),

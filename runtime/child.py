@@ -98,7 +98,8 @@ def main(status_fd: Optional[int] = None) -> None:
     prefix = f'{name}@{os.getpid()} '
     sys.stdout = _PrefixedLines(sys.stdout, prefix)
     sys.stderr = _PrefixedLines(sys.stderr, prefix)
-    logging.basicConfig(level=spec['config'].get('log_level', 'INFO'), stream=sys.stderr,
+    from runtime.specs import LOG_LEVEL   # the gateway's spec has none: it logs at the default level
+    logging.basicConfig(level=spec['config'].get('log_level') or LOG_LEVEL, stream=sys.stderr,
                         format='%(asctime)s %(levelname)-7s %(message)s', datefmt='%H:%M:%S')
     for noisy in ('grpc', 'asyncio'):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -155,6 +155,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
 def cmd_executor(args: argparse.Namespace) -> int:
     """One replica server in this process (what external Executors and containers run)."""
     from runtime.server import PortInUseError
+    from runtime.specs import ReplicaSpec
     from runtime.worker import ReplicaServer
     os.umask(0o077)   # its workspace and files are private (0700 / 0600); the secret: $ORCHESTRA_SECRET_FILE
     name = args.name or args.uses.rsplit(':', 1)[-1].rsplit('.', 1)[-1].rsplit('/', 1)[-1]
@@ -170,8 +171,8 @@ def cmd_executor(args: argparse.Namespace) -> int:
         uses, uses_with = resolve_uses(args.uses, values.get('uses_with'), values.get('py_modules'))
         if isinstance(uses, str):
             uses = load_executor_class(uses)
-        server = ReplicaServer({'uses': uses, 'uses_with': uses_with, 'display_name': name,
-                                'runtime_args': {'name': name, 'workspace': values.get('workspace')}})
+        server = ReplicaServer(ReplicaSpec(name=name, uses=uses, uses_with=dict(uses_with or {}), deployment=name,
+                                           workspace=values.get('workspace')))
     except Exception as e:
         print(f'orchestra executor: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
         return 1

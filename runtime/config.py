@@ -137,7 +137,7 @@ def normalize_deployment_args(args: dict, where: Where, base: str) -> Dict[str, 
 
 
 def _norm_polling(value: Any, where: Where) -> Any:
-    from runtime.routing import PollingPolicy
+    from runtime.specs import PollingPolicy
     try:
         return PollingPolicy(plain(value)).to_config()
     except ValueError as e:

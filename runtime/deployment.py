@@ -15,12 +15,11 @@ from typing import Any, Dict, List, Optional, Union
 from runtime import config
 from runtime.args import (DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs, check_port, check_values,
                           translate_jina_arguments)
-from runtime.executor import RuntimeArgs
 from runtime.hosts import check_host
 from runtime.limits import check_processes
-from runtime.orchestration import NodePlan, Orchestration, ReplicaPlan
-from runtime.routing import PollingPolicy
-from runtime.supervision import Policy
+from runtime.orchestration import Orchestration
+from runtime.plan import ReplicaPlan, StagePlan
+from runtime.specs import LOOPBACK, PollingPolicy, ReplicaSpec, SupervisionPolicy
 from runtime.uses import DEFAULT_USES, hub_message, is_hub_reference, resolve_uses
 from runtime.yamlio import ConfigError, source_label
 
@@ -56,37 +55,38 @@ class Deployment(Orchestration):
         check_kwargs(kwargs, _NAMES, 'Deployment')
         given = dict(locals())
         given.update(translate_jina_arguments(dict(given, **kwargs), 'Deployment'))   # volumes, uses_metas
-        v = check_values(DEPLOYMENT_ARGS, {k: given[k] for k in _NAMES})
+        checked = check_values(DEPLOYMENT_ARGS, {k: given[k] for k in _NAMES})
         self._uses_source, self._uses_with_source = uses, uses_with   # as written: what save_config writes
-        uses, uses_with = v['uses'], v['uses_with']
+        uses, uses_with = checked['uses'], checked['uses_with']
         if is_hub_reference(uses):   # refused up front, as a YAML config and a replica refuse it
             raise ValueError(f'uses={uses!r}: {hub_message(uses)}')
-        if not v['external']:   # in the owner, before any process starts: a wrong uses is one line here
-            uses, uses_with = resolve_uses(uses, uses_with, v['py_modules'])
-        self.replicas = v['replicas']
-        self.shards = v['shards']
+        if not checked['external']:   # in the owner, before any process starts: a wrong uses is one line here
+            uses, uses_with = resolve_uses(uses, uses_with, checked['py_modules'])
+        self.replicas = checked['replicas']
+        self.shards = checked['shards']
         self.polling = PollingPolicy(polling)   # validates
-        self.external = v['external']
+        self.external = checked['external']
         self.uses = uses
         self.uses_with = dict(uses_with or {})
-        self.env = dict(v['env'] or {})
-        self.workspace = os.path.abspath(v['workspace']) if v['workspace'] else None
-        self.stateful = v['stateful']
+        self.env = dict(checked['env'] or {})
+        self.workspace = os.path.abspath(checked['workspace']) if checked['workspace'] else None
+        self.stateful = checked['stateful']
         self.peer_ports = peer_ports
         self.raft_configuration = (dict(raft_configuration) if isinstance(raft_configuration, dict)
                                    else raft_configuration or {})   # a non-dict: validate_stateful says why
         self.raft_password = raft_password
-        self.read_consistency = v['read_consistency']
-        self.blas_threads = v['blas_threads']
-        self.no_reduce = v['no_reduce']
-        self.allow_partial = v['allow_partial']
+        self.read_consistency = checked['read_consistency']
+        self.blas_threads = checked['blas_threads']
+        self.no_reduce = checked['no_reduce']
+        self.allow_partial = checked['allow_partial']
         self.log_level = log_level
         self.needs = needs
-        self.py_modules = v['py_modules']
-        self.timeout_send = v['timeout_send']
-        self.policy = Policy(health_timeout=v['health_timeout'], restart_grace=v['restart_grace'],
-                             max_restarts=v['max_restarts'], restart_window=v['restart_window'])
-        self.durability = v['durability']   # stateful only: see runtime.raft.durable
+        self.py_modules = checked['py_modules']
+        self.timeout_send = checked['timeout_send']
+        self.policy = SupervisionPolicy(health_timeout=checked['health_timeout'],
+                                        restart_grace=checked['restart_grace'], max_restarts=checked['max_restarts'],
+                                        restart_window=checked['restart_window'])
+        self.durability = checked['durability']   # stateful only: see runtime.raft.durable
         if self.external:
             from runtime.external import external_addresses
             # the addresses are the replicas: replicas=N (N != 1, the default) must agree
@@ -98,17 +98,17 @@ class Deployment(Orchestration):
                 raise ValueError(f'host={host!r}: a list of hosts needs external=True')
             gw_port, gw_host = check_port(port), host
             check_host(host, 'host')
-            check_processes(self.replicas, self.shards, f'Deployment {v["name"]!r}')
+            check_processes(self.replicas, self.shards, f'Deployment {checked["name"]!r}')
             if self.uses is None:
                 self.uses = DEFAULT_USES
             self._check_gpu_spec()
         if self.stateful:
             from runtime.consensus import validate_stateful
             validate_stateful(self)
-        super().__init__(name=v['name'], port=gw_port, host=gw_host, timeout_ready=v['timeout_ready'],
-                         log_dir=v['log_dir'], max_in_flight_per_replica=v['max_in_flight_per_replica'],
-                         stream_logs=v['stream_logs'], secret=v['secret'], tls_cert=v['tls_cert'],
-                         tls_key=v['tls_key'])
+        super().__init__(name=checked['name'], port=gw_port, host=gw_host, timeout_ready=checked['timeout_ready'],
+                         log_dir=checked['log_dir'], max_in_flight_per_replica=checked['max_in_flight_per_replica'],
+                         stream_logs=checked['stream_logs'], secret=checked['secret'], tls_cert=checked['tls_cert'],
+                         tls_key=checked['tls_key'])
 
     def _check_gpu_spec(self) -> None:
         """A malformed ``CUDA_VISIBLE_DEVICES=RR...`` raises ValueError here, before anything starts.
@@ -125,41 +125,39 @@ class Deployment(Orchestration):
                 assign_devices(spec, self.shards * self.replicas)
 
     # -- the plan -------------------------------------------------------------------
-    def _plan(self) -> List[NodePlan]:
-        return [self.node_plan()]
+    def _plan(self) -> List[StagePlan]:
+        return [self.stage_plan()]
 
-    def node_plan(self) -> NodePlan:
-        """This Deployment as one node of a graph (a Flow uses it too)."""
+    def stage_plan(self) -> StagePlan:
+        """This Deployment as one stage of a request graph (a Flow uses it too)."""
         if self.external:
-            shard = [ReplicaPlan(name=f'{self.name}/rep-{i}', shard=0, replica=i, config={},
+            shard = [ReplicaPlan(name=f'{self.name}/rep-{i}', shard=0, replica=i, spec=None,
                                  external_address=a) for i, a in enumerate(self.external_addresses)]
-            return NodePlan(self.name, [shard], polling=self.polling.to_config(), needs=self.needs,
-                            timeout_send=self.timeout_send, policy=self.policy)
+            return StagePlan(self.name, [shard], polling=self.polling.to_config(), needs=self.needs,
+                             timeout_send=self.timeout_send, policy=self.policy)
         from runtime.gpu import assign_devices, replica_env, warn_if_cuda_initialised
-        spec = self.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'))
-        devices = assign_devices(spec, self.shards * self.replicas)
-        if any(d is not None for d in devices) and spec and spec.startswith('RR'):
+        cuda_spec = self.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'))
+        devices = assign_devices(cuda_spec, self.shards * self.replicas)
+        if any(d is not None for d in devices) and cuda_spec and cuda_spec.startswith('RR'):
             warn_if_cuda_initialised()
         shards = []
         for s in range(self.shards):
             shard = []
             for r in range(self.replicas):
                 rname = (f'{self.name}/shard-{s}/rep-{r}' if self.shards > 1 else f'{self.name}/rep-{r}')
-                ra = RuntimeArgs(name=self.name, replica_id=r, shard_id=s, shards=self.shards,
-                                 replicas=self.replicas, workspace=self.workspace)
-                config = {'uses': self.uses, 'uses_with': self.uses_with, 'runtime_args': ra.__dict__,
-                          'display_name': rname, 'host': '127.0.0.1', 'port': 0,
-                          'blas_threads': self.blas_threads, 'log_level': self.log_level,
-                          'py_modules': self.py_modules}
+                replica_spec = ReplicaSpec(name=rname, uses=self.uses, uses_with=self.uses_with, deployment=self.name,
+                                           replica_id=r, shard_id=s, shards=self.shards, replicas=self.replicas,
+                                           workspace=self.workspace, host=LOOPBACK, blas_threads=self.blas_threads,
+                                           log_level=self.log_level)
                 device = devices[s * self.replicas + r]
                 env = replica_env(self.env, device)
-                if device is None and spec and spec.strip().startswith('RR'):
+                if device is None and cuda_spec and cuda_spec.strip().startswith('RR'):
                     env['CUDA_VISIBLE_DEVICES'] = None  # never pass a literal 'RR...' on
-                shard.append(ReplicaPlan(name=rname, shard=s, replica=r, config=config, env=env))
+                shard.append(ReplicaPlan(name=rname, shard=s, replica=r, spec=replica_spec, env=env))
             shards.append(shard)
-        plan = NodePlan(self.name, shards, polling=self.polling.to_config(), needs=self.needs,
-                        no_reduce=self.no_reduce, allow_partial=self.allow_partial, stateful=self.stateful,
-                        timeout_send=self.timeout_send, policy=self.policy)
+        plan = StagePlan(self.name, shards, polling=self.polling.to_config(), needs=self.needs,
+                         no_reduce=self.no_reduce, allow_partial=self.allow_partial, stateful=self.stateful,
+                         timeout_send=self.timeout_send, policy=self.policy)
         from runtime.batching import in_flight_for   # dynamic batching needs room to gather a batch
         plan.max_in_flight = in_flight_for(self.uses, self.max_in_flight_per_replica)
         if self.stateful:
@@ -201,7 +199,7 @@ class Deployment(Orchestration):
         self.check_scalable()
         check_processes(n, self.shards, f'Deployment {self.name!r}.scale')
         self._require_started()
-        self._scale_node(self.plan_with_replicas(n), drain_timeout)
+        self._scale_stage(self.plan_with_replicas(n), drain_timeout)
         self.replicas = n
         return self
 
@@ -213,13 +211,13 @@ class Deployment(Orchestration):
         if self.external:
             raise ValueError(f'{self.name!r} uses external replicas; they are not ours to scale')
 
-    def plan_with_replicas(self, replicas: int) -> NodePlan:
-        """This Deployment's node plan as if it ran ``replicas`` replicas per shard (for scaling)."""
+    def plan_with_replicas(self, replicas: int) -> StagePlan:
+        """This Deployment's stage plan as if it ran ``replicas`` replicas per shard (for scaling)."""
         self.check_scalable()
         old = self.replicas
         self.replicas = replicas
         try:
-            return self.node_plan()
+            return self.stage_plan()
         finally:
             self.replicas = old
 

@@ -37,13 +37,12 @@ def exposure(orch: Any) -> List[str]:
         tls = 'TLS' if getattr(orch, 'tls_cert', None) else 'plaintext, no TLS (set tls_cert/tls_key)'
         out.append(f'gateway port {orch.host}:{orch.port} (request plane: Call and Info, unauthenticated, {tls}; '
                    'Control is not served there)')
-    for node in orch.nodes:
-        binds = [r.config['raft']['bind'] for r in node.replicas if 'raft' in r.config]
-        exposed = [b for b in binds if not is_loopback(b.rsplit(':', 1)[0])]
+    for stage in orch.nodes:
+        rafts = [r.spec.raft for r in stage.replicas if r.spec is not None and r.spec.raft is not None]
+        exposed = [raft.bind for raft in rafts if not is_loopback(raft.bind.rsplit(':', 1)[0])]
         if exposed:
-            key = 'raft_password' if any(r.config['raft'].get('password') for r in node.replicas) else \
-                "the Deployment's secret"
-            out.append(f'RAFT ports of {node.name} {", ".join(exposed)} (consensus plane: pysyncobj, '
+            key = 'raft_password' if any(raft.password for raft in rafts) else "the Deployment's secret"
+            out.append(f'RAFT ports of {stage.name} {", ".join(exposed)} (consensus plane: pysyncobj, '
                        f'authenticated and encrypted with {key})')
     return out
 

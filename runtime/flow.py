@@ -24,7 +24,7 @@ fails with an error naming the endpoint (unlike Jina, which returns the docs).
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from runtime import config
@@ -33,10 +33,10 @@ from runtime.args import (DEPLOYMENT_ARGS, FLOW_ADD_ARGS, FLOW_ARGS, FLOW_JINA_O
 from runtime.deployment import Deployment
 from runtime.hosts import check_host
 from runtime.limits import check_processes
-from runtime.orchestration import NodePlan, Orchestration
+from runtime.orchestration import Orchestration
+from runtime.plan import StagePlan
+from runtime.specs import GATEWAY
 from runtime.yamlio import ConfigError, source_label
-
-GATEWAY = 'gateway'
 
 _DEPLOYMENT_NAMES = arg_names(DEPLOYMENT_ARGS)
 _FLOW_NAMES = arg_names(FLOW_ARGS)
@@ -79,16 +79,16 @@ class Flow(Orchestration):
         self.executor_defaults: Dict[str, Any] = check_values(
             FLOW_WIDE_ARGS, {k: v for k, v in kwargs.items() if k in _FLOW_WIDE_NAMES})
         given = dict(locals())
-        v = check_values(FLOW_ARGS, {k: given[k] for k in _FLOW_NAMES})
+        checked = check_values(FLOW_ARGS, {k: given[k] for k in _FLOW_NAMES})
         if not isinstance(host, str):
             raise ValueError(f'host={host!r}: the Flow gateway listens on one host, e.g. "127.0.0.1"')
         check_host(host, 'host')
-        self.protocol = v['protocol']
+        self.protocol = checked['protocol']
         self.entries: List[FlowEntry] = []
-        super().__init__(name=v['name'], port=v['port'], host=host, timeout_ready=v['timeout_ready'],
-                         log_dir=v['log_dir'], max_in_flight_per_replica=v['max_in_flight_per_replica'],
-                         stream_logs=v['stream_logs'], secret=v['secret'], tls_cert=v['tls_cert'],
-                         tls_key=v['tls_key'])
+        super().__init__(name=checked['name'], port=checked['port'], host=host, timeout_ready=checked['timeout_ready'],
+                         log_dir=checked['log_dir'], max_in_flight_per_replica=checked['max_in_flight_per_replica'],
+                         stream_logs=checked['stream_logs'], secret=checked['secret'], tls_cert=checked['tls_cert'],
+                         tls_key=checked['tls_key'])
 
     # -- building the graph ------------------------------------------------------------
     def add(self, name: Optional[str] = None, needs: Union[str, Sequence[str], None] = None,
@@ -217,7 +217,7 @@ class Flow(Orchestration):
         self._require_started()
         target = dep.plan_with_replicas(n)
         target.needs = next(list(e.needs) for e in self.entries if e.name == executor)
-        self._scale_node(target, drain_timeout)
+        self._scale_stage(target, drain_timeout)
         dep.replicas = n
         return self
 
@@ -252,22 +252,22 @@ class Flow(Orchestration):
                              + ' (declare the same doc type, or one with the same fields)')
 
     # -- what the base class runs --------------------------------------------------------
-    def _plan(self) -> List[NodePlan]:
+    def _plan(self) -> List[StagePlan]:
         if not self.entries:
             raise ValueError(f'Flow {self.name!r} has no Executors; add one with .add(uses=...)')
         plans = []
         for e in self.entries:
             if e.is_join:
-                plans.append(NodePlan(e.name, [], needs=list(e.needs)))
+                plans.append(StagePlan(e.name, [], needs=list(e.needs)))
                 continue
-            plan = e.deployment.node_plan()
+            plan = e.deployment.stage_plan()
             plan.needs = list(e.needs)
             plan.floating = e.floating
             if plan.max_in_flight is None:
                 plan.max_in_flight = e.deployment.max_in_flight_per_replica
             if e.replica_port is not None:
-                for r in plan.replicas:
-                    r.config['port'] = e.replica_port
+                plan.shards = [[replace(r, spec=replace(r.spec, port=e.replica_port)) for r in shard]
+                               for shard in plan.shards]
             plans.append(plan)
         return plans
 

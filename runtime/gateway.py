@@ -33,12 +33,11 @@ from runtime import protocol
 from runtime.merging import merge_bodies, merge_results
 from runtime.routing import NoReplicaAvailable, PollingPolicy, ReplicaSet, choose_shards
 from runtime.server import STOP_GRACE_S, start_node_server, stop_event_from
+from runtime.specs import GATEWAY, REPLICA_WAIT_S, GatewaySpec, SpecError, StageSpec
 from runtime.targeting import runs, unmatched
 from runtime.telemetry import RequestStats
 
 log = logging.getLogger('orchestra.gateway')
-
-GATEWAY = 'gateway'
 
 
 class NodeError(RuntimeError):
@@ -64,19 +63,18 @@ class Output(NamedTuple):
 class Node:
     """One Executor of the graph (a Deployment): its shards, polling and joins."""
 
-    def __init__(self, spec: Dict[str, Any], max_in_flight: int, replica_wait_s: float = 5.0):
-        self.name: str = spec['name']
-        self.needs: List[str] = list(spec.get('needs') or [GATEWAY])
-        self.polling = PollingPolicy(spec.get('polling'))
-        self.no_reduce: bool = bool(spec.get('no_reduce'))
-        self.allow_partial: bool = bool(spec.get('allow_partial'))
+    def __init__(self, stage: StageSpec, max_in_flight: int, replica_wait_s: float = REPLICA_WAIT_S):
+        self.name: str = stage.name
+        self.needs: List[str] = list(stage.needs or [GATEWAY])
+        self.polling = PollingPolicy(stage.polling)
+        self.no_reduce: bool = stage.no_reduce
+        self.allow_partial: bool = stage.allow_partial
         self.shards: List[ReplicaSet] = [
-            ReplicaSet(addrs, name=self._shard_name(i, len(spec['shards'])),
-                       max_in_flight=int(spec.get('max_in_flight') or max_in_flight),
-                       wait_for_replica=replica_wait_s, timeout_send=spec.get('timeout_send'),
-                       health_timeout=float(spec.get('health_timeout') or 2.0),
-                       stateful=bool(spec.get('stateful')))
-            for i, addrs in enumerate(spec['shards'])]
+            ReplicaSet(list(addrs), name=self._shard_name(i, len(stage.shards)),
+                       max_in_flight=stage.max_in_flight or max_in_flight,
+                       wait_for_replica=replica_wait_s, timeout_send=stage.timeout_send,
+                       health_timeout=stage.health_timeout, stateful=stage.stateful)
+            for i, addrs in enumerate(stage.shards)]
         self._turns = itertools.count()
 
     def _shard_name(self, i: int, n: int) -> str:
@@ -185,16 +183,15 @@ class Graph:
 class Gateway:
     """Routes requests through the graph; serves ``orchestra.Node`` on the public port."""
 
-    def __init__(self, config: Dict[str, Any]):
-        self.name = config.get('name', GATEWAY)
-        max_in_flight = int(config.get('max_in_flight_per_replica') or 4)
+    def __init__(self, spec: GatewaySpec):
+        self.name = spec.name
         # how long a request waits for a shard whose replicas are all down (the supervisor
         # restarts crashed replicas) before it fails naming the shard
-        wait = float(config.get('replica_wait_s') or os.environ.get('ORCHESTRA_REPLICA_WAIT_S') or 5.0)
+        wait = float(spec.replica_wait_s or os.environ.get('ORCHESTRA_REPLICA_WAIT_S') or REPLICA_WAIT_S)
         self.nodes: Dict[str, Node] = {}
-        for spec in config['nodes']:
-            self.nodes[spec['name']] = Node(spec, max_in_flight, wait)
-        self.graph = Graph(self.nodes, {spec['name'] for spec in config['nodes'] if spec.get('floating')})
+        for stage in spec.stages:
+            self.nodes[stage.name] = Node(stage, spec.max_in_flight_per_replica, wait)
+        self.graph = Graph(self.nodes, {stage.name for stage in spec.stages if stage.floating})
         self._background: set = set()   # floating nodes' tasks still running after their request
         self.stats = RequestStats()
         self.port: Optional[int] = None
@@ -366,27 +363,34 @@ def _topological(nodes: Dict[str, Node]) -> List[str]:
     return order
 
 
-def run_gateway(spec: Dict[str, Any], status, stopping: threading.Event) -> None:
-    """Child-process entry for role 'gateway'.
+def gateway_spec_on_arrival(data: Any) -> GatewaySpec:
+    """The spec a gateway was given, checked; a malformed one raises naming what is wrong."""
+    try:
+        return GatewaySpec.from_dict(data)
+    except SpecError as e:
+        raise SpecError(f'this gateway was given a malformed spec: {e}') from None
+
+
+def run_gateway(child: Dict[str, Any], status, stopping: threading.Event) -> None:
+    """Child-process entry for role 'gateway': ``child['config']`` is a :class:`GatewaySpec`'s ``to_dict()``.
 
     Two listeners: the public port (``host:port``, TLS with ``tls_cert``/``tls_key``) serves
     ``Call`` and ``Info`` only; the loopback port (127.0.0.1, reported as ``local_port``) serves
     the owner: ``Call``/``Info`` and ``Control``, which needs the secret.
     """
     from runtime.secrets import load_secret
-    config = spec['config']
-    secret = config.get('secret') or load_secret()
+    spec = gateway_spec_on_arrival(child['config'])
+    secret = spec.secret or load_secret()
     credentials = None
-    if config.get('tls_cert'):
+    if spec.tls_cert:
         from runtime.tls import server_credentials
-        credentials = server_credentials(config['tls_cert'], config['tls_key'])
+        credentials = server_credentials(spec.tls_cert, spec.tls_key)
 
     async def main():
         stop = stop_event_from(stopping)
-        gw = Gateway(config)
-        server, gw.port = await start_node_server(config.get('host', '127.0.0.1'), int(config.get('port') or 0),
-                                                  gw.call, gw.info, credentials=credentials)
-        local, local_port = await start_node_server('127.0.0.1', int(config.get('local_port') or 0),
+        gw = Gateway(spec)
+        server, gw.port = await start_node_server(spec.host, spec.port, gw.call, gw.info, credentials=credentials)
+        local, local_port = await start_node_server('127.0.0.1', spec.local_port,
                                                     gw.call, gw.info, gw.control, secret)
         status.send(event='ready', port=gw.port, local_port=local_port, pid=os.getpid())
         try:

@@ -1,8 +1,11 @@
 """What Deployment and Flow share: processes behind one gateway, and their lifecycle.
 
 A subclass implements one method, :meth:`Orchestration._plan`, returning the
-graph's nodes (:class:`NodePlan`: the replica processes of each shard, polling,
-needs). Everything else comes for free: starting every process in parallel
+stages of its request graph (:class:`~runtime.plan.StagePlan`: the replica processes
+of each shard, polling, needs); :meth:`Orchestration.run_plan` adds the gateway and is
+the one function behind a local start and both exports. A
+:class:`~runtime.runner.Runner` owns the processes of a started plan. Everything else
+comes for free: starting every process in parallel
 (the gateway included), readiness with errors that quote the failing
 replica's log, ``post``/``apost``, ``status()``, ``logs()``, ``block()``,
 supervision (a crashed replica is restarted on its port), scaling, and
@@ -14,27 +17,25 @@ supervision (a crashed replica is restarted on its port), scaling, and
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-import grpc
-
-from runtime import protocol, reprs
+from runtime import reprs
 from runtime.client import Client
 from runtime.exposure import warn_if_exposed
-from runtime.loop import RequestCancelled, run_async, run_sync
 from runtime.logfiles import tail
-from runtime.processes import ChildFailedError, ChildProcess, start_all, stop_all
-from runtime.secrets import call_metadata, private_dir, resolve_secret
-from runtime.supervision import Policy, Supervisor
+from runtime.loop import RequestCancelled, run_async, run_sync
+from runtime.plan import RunPlan, StagePlan
+from runtime.processes import ChildProcess
+from runtime.runner import Runner, RunningStage, ainfo
+from runtime.secrets import private_dir, resolve_secret
+from runtime.specs import GatewaySpec, OrchestrationStatus
+from runtime.supervision import Supervisor
 
 log = logging.getLogger('orchestra')
 
@@ -52,44 +53,6 @@ def _notify(event: str, obj: 'Orchestration') -> None:
             callback(event, obj)
         except Exception:
             log.exception('an orchestration observer failed on %r', event)
-
-
-@dataclass
-class ReplicaPlan:
-    """One replica process to run (or an external address to use)."""
-    name: str
-    shard: int
-    replica: int
-    config: Dict[str, Any]
-    env: Dict[str, Optional[str]] = field(default_factory=dict)
-    external_address: Optional[str] = None
-    process: Optional[ChildProcess] = None
-    address: Optional[str] = None
-
-    @property
-    def port(self) -> Optional[int]:
-        return int(self.address.rsplit(':', 1)[1]) if self.address else None
-
-
-@dataclass
-class NodePlan:
-    """One Executor of the graph: shards x replicas, polling, joins."""
-    name: str
-    shards: List[List[ReplicaPlan]]
-    polling: Any = None
-    needs: Optional[List[str]] = None
-    no_reduce: bool = False
-    allow_partial: bool = False
-    stateful: bool = False
-    max_in_flight: Optional[int] = None
-    secret_file: Optional[str] = None   # stateful: where the Deployment's secret is kept (runtime.secrets)
-    timeout_send: Optional[float] = None    # the gateway's deadline per request to a replica
-    policy: Optional[Policy] = None         # supervision settings (None: the defaults)
-    floating: bool = False                  # Flow.add(floating=True): its output goes nowhere
-
-    @property
-    def replicas(self) -> List[ReplicaPlan]:
-        return [r for shard in self.shards for r in shard]
 
 
 class Orchestration:
@@ -110,18 +73,11 @@ class Orchestration:
         self._secret_arg = secret     # never an attribute named `secret`: configs saved from this omit it
         self._secret: Optional[str] = None   # the one in use (runtime.secrets.resolve_secret at start)
         self.tls_cert, self.tls_key = check_tls(tls_cert, tls_key)
-        self.nodes: List[NodePlan] = []
-        self.gateway: Optional[ChildProcess] = None
+        self.nodes: List[RunningStage] = []       # what runs (or ran last): the plan's stages and processes
+        self._runner: Optional[Runner] = None     # its processes, while started
         self._client: Optional[Client] = None
         self._started = False
-        self._closing = threading.Event()
         self._supervisor: Optional[Supervisor] = None
-        self._gateway_port: Optional[int] = None   # kept across gateway restarts
-        self._lock = threading.RLock()
-
-    # -- what a subclass implements ------------------------------------------------
-    def _plan(self) -> List[NodePlan]:
-        raise NotImplementedError
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self, progress: Optional[Callable[[str, str, Optional[str]], None]] = None) -> 'Orchestration':
@@ -134,54 +90,36 @@ class Orchestration:
         if self._started:
             return self
         t0 = time.monotonic()
-        self._closing.clear()
-        self.nodes = self._plan()
-        local = [r for n in self.nodes for r in n.replicas if r.external_address is None]
-        self._secret = resolve_secret(self._secret_arg, [n.secret_file for n in self.nodes if n.secret_file])
+        plan = self.run_plan()
+        self._secret = resolve_secret(self._secret_arg, [n.secret_file for n in plan.stages if n.secret_file])
         private_dir(self.log_dir)   # 0700; the log files are 0600
-        for r in local:
-            r.config['secret'] = self._secret   # in the spec (private pipe): never argv or env
-            r.process = ChildProcess(r.name, 'worker', r.config, self._log_path(r.name), r.env)
-        self.gateway = ChildProcess(f'{self.name}/gateway', 'gateway', self._gateway_config(),
-                                    self._log_path(f'{self.name}/gateway'))
-        try:
-            start_all([r.process for r in local] + [self.gateway], self.timeout_ready,
-                      progress and (lambda c, state, detail: progress(c.name, state, detail)))
-            for r in local:
-                r.address = f'127.0.0.1:{r.process.info["port"]}'
-            for n in self.nodes:
-                for r in n.replicas:
-                    if r.external_address:
-                        r.address = r.external_address
-            self._started = True
-            self._gateway_port = int(self.gateway.info['port'])
-            self._connect_gateway()
-        except BaseException:
-            self._started = False
-            stop_all([r.process for r in local if r.process] + [self.gateway])
-            raise
+        runner = Runner(plan, self._secret, self.log_dir, self.timeout_ready)
+        self._runner, self.nodes = runner, runner.stages
+        runner.start(progress)   # raises (having stopped what it started) naming the process that failed
+        self._started = True
         self.startup_seconds = time.monotonic() - t0
         warn_if_exposed(self)
-        self._client = Client(port=self._local_port)   # the gateway's loopback port: no TLS to verify
-        self._supervisor = Supervisor(self)
+        self._client = Client(port=runner.local_port)   # the gateway's loopback port: no TLS to verify
+        self._supervisor = Supervisor(runner)
         self._supervisor.start()
         if self.stream_logs:
-            self._start_log_streaming()
+            runner.stream_logs()
         _notify('started', self)
         return self
 
     def close(self) -> None:
         """Stop every process (in parallel). Safe to call twice."""
-        if self._started and not self._closing.is_set():
-            _notify('closing', self)
-        self._closing.set()
+        if self._runner is not None:
+            if self._started and not self._runner.closing.is_set():
+                _notify('closing', self)   # still running: observers can read a last status
+            self._runner.closing.set()
         if self._supervisor is not None:   # its restarts in flight stop what they started
             self._supervisor.join()
         if self._client is not None:
             self._client.close()
             self._client = None
-        procs = [r.process for n in self.nodes for r in n.replicas if r.process]
-        stop_all(procs + ([self.gateway] if self.gateway else []))
+        if self._runner is not None:
+            self._runner.stop()
         was_started, self._started = self._started, False
         if was_started:
             _notify('closed', self)
@@ -231,15 +169,20 @@ class Orchestration:
 
     # -- talking to it --------------------------------------------------------------
     @property
+    def gateway(self) -> Optional[ChildProcess]:
+        """The gateway's process (the current one: a restart replaces it), once started."""
+        return self._runner.gateway if self._runner is not None else None
+
+    @property
     def port(self) -> Optional[int]:
         if self.gateway is not None and self.gateway.info.get('port'):
             return int(self.gateway.info['port'])
-        return self._gateway_port or self._port_arg or None
+        return (self._runner and self._runner.gateway_port) or self._port_arg or None
 
     @property
     def _local_port(self) -> Optional[int]:
         """The gateway's loopback port (Call, Info, and Control with the secret)."""
-        return self.gateway.info.get('local_port') if self.gateway is not None else None
+        return self._runner.local_port if self._runner is not None else None
 
     @property
     def address(self) -> str:
@@ -300,24 +243,25 @@ class Orchestration:
                                   image=image or DEFAULT_IMAGE, app_dir=app_dir)
 
     # -- status and logs --------------------------------------------------------------
-    def status(self, timeout: float = 2.0) -> Dict[str, Any]:
+    def status(self, timeout: float = 2.0) -> OrchestrationStatus:
         """Structured state: the gateway and every replica (pid, state, requests, ...)."""
         return run_sync(self._astatus(timeout), timeout + 5, what=f'status of {self.name!r}')
 
-    async def astatus(self, timeout: float = 2.0) -> Dict[str, Any]:
+    async def astatus(self, timeout: float = 2.0) -> OrchestrationStatus:
         return await run_async(self._astatus(timeout))
 
-    async def _astatus(self, timeout: float) -> Dict[str, Any]:
+    async def _astatus(self, timeout: float) -> OrchestrationStatus:
         replicas = [(n, r) for n in self.nodes for r in n.replicas]
-        infos = await asyncio.gather(*(_ainfo(r.address, timeout) for _, r in replicas),
-                                     _ainfo(f'127.0.0.1:{self._local_port}' if self._local_port else None, timeout))
+        infos = await asyncio.gather(*(ainfo(r.address, timeout) for _, r in replicas),
+                                     ainfo(f'127.0.0.1:{self._local_port}' if self._local_port else None, timeout))
         out_replicas = []
         for (node, r), info in zip(replicas, infos[:-1]):
             proc = r.process
             if info is not None:
                 state = 'ready'
             elif proc is not None and not proc.alive:
-                state = 'stopped' if self._closing.is_set() or not self._started else 'down'
+                closing = self._runner is None or self._runner.closing.is_set()
+                state = 'stopped' if closing or not self._started else 'down'
             else:
                 state = 'unreachable' if self._started else 'stopped'
             rec = {'name': r.name, 'node': node.name, 'pid': proc.pid if proc else None,
@@ -355,7 +299,7 @@ class Orchestration:
             known = ', '.join(self._supervisor.watches) if self._supervisor else 'none (not started)'
             raise ValueError(f'{name!r} is not a supervised process of {self.name!r}; known: {known}')
         self._supervisor.reset([name])
-        self._tell_gateway_stopped()
+        self._runner.put_back(name)
 
     def logs(self, replica: Optional[str] = None, n: int = 50) -> str:
         """The last ``n`` lines of each replica's log (or of the one whose name contains ``replica``)."""
@@ -368,168 +312,29 @@ class Orchestration:
             chunks.append(f'==> {p.name} ({p.log_path}) <==\n{tail(p.log_path, n)}')
         return '\n'.join(chunks)
 
-    # -- internals ----------------------------------------------------------------------
-    def _log_path(self, name: str) -> str:
-        return os.path.join(self.log_dir, name.replace('/', os.sep) + '.log')
+    # -- the plan ------------------------------------------------------------------------
+    def _plan(self) -> List[StagePlan]:
+        """The stages of the request graph (what a subclass implements)."""
+        raise NotImplementedError
 
-    def _gateway_config(self) -> Dict[str, Any]:
-        return {'name': f'{self.name}/gateway', 'host': self.host, 'port': self._port_arg or 0,
-                'max_in_flight_per_replica': self.max_in_flight_per_replica,
-                'nodes': [{'name': n.name, 'needs': n.needs, 'polling': n.polling,
-                           'no_reduce': n.no_reduce, 'allow_partial': n.allow_partial,
-                           'max_in_flight': n.max_in_flight, 'stateful': n.stateful,
-                           'timeout_send': n.timeout_send, 'floating': n.floating,
-                           'health_timeout': (n.policy or Policy()).health_timeout,
-                           'shards': [[] for _ in n.shards]} for n in self.nodes],
-                'secret': self._secret, 'tls_cert': self.tls_cert, 'tls_key': self.tls_key}
+    def run_plan(self) -> RunPlan:
+        """What to start: the stages and the gateway (listening on ``port``, or one the OS picks).
 
-    def _connect_gateway(self) -> None:
-        """Tell the gateway where every shard's replicas listen."""
-        for n in self.nodes:
-            for i in range(len(n.shards)):
-                self._gateway_control(self._replicas_header(n, i))
-
-    def _replicas_header(self, n: NodePlan, i: int) -> Dict[str, Any]:
-        """``set_replicas`` for shard ``i`` of ``n``: addresses, names, logs, and why any is left down."""
-        live = [r for r in n.shards[i] if r.address]
-        stopped = self._supervisor.stopped_reasons() if self._supervisor else {}
-        return {'op': 'set_replicas', 'node': n.name, 'shard': i, 'addresses': [r.address for r in live],
-                'names': [r.name for r in live],
-                'logs': [r.process.log_path if r.process else None for r in live],
-                'stopped': {r.address: stopped[r.name] for r in live if r.name in stopped}}
-
-    def _tell_gateway_stopped(self) -> None:
-        """Re-send every shard's replicas (with the crash-looped ones' causes) to the gateway."""
-        try:
-            self._connect_gateway()
-        except Exception as e:   # the gateway is down: it gets them when it is restarted
-            log.warning('could not tell the gateway of %s which replicas are down: %s', self.name, e)
-
-    def _gateway_control(self, header: Dict[str, Any]) -> None:
-        async def go():
-            async with grpc.aio.insecure_channel(f'127.0.0.1:{self._local_port}',
-                                                 options=protocol.GRPC_OPTIONS) as ch:
-                return await ch.unary_unary(protocol.CONTROL)(protocol.pack(header), timeout=10,
-                                                              metadata=call_metadata(self._secret))
-        h, _ = protocol.unpack(run_sync(go(), 15, what=f'the gateway of {self.name!r}'))
-        if not h.get('ok'):
-            raise RuntimeError(f'gateway refused {header.get("op")}: {h.get("error")}')
+        The one function behind a local start and both exports (:mod:`runtime.export.plan`);
+        the secret is added by the runner at start, never written in a plan."""
+        stages = tuple(self._plan())
+        gateway = GatewaySpec(name=f'{self.name}/gateway', host=self.host, port=self._port_arg or 0,
+                              max_in_flight_per_replica=self.max_in_flight_per_replica,
+                              stages=tuple(s.stage_spec() for s in stages), tls_cert=self.tls_cert,
+                              tls_key=self.tls_key)
+        return RunPlan(self.name, stages, gateway)
 
     # -- scaling ------------------------------------------------------------------------
-    def _scale_node(self, target: NodePlan, drain_timeout: float = 30.0) -> Dict[str, List[str]]:
-        """Make node ``target.name`` run ``target``'s replicas in each shard, dropping no request.
+    def _scale_stage(self, target: StagePlan, drain_timeout: float = 30.0) -> Dict[str, List[str]]:
+        """Make stage ``target.name`` run ``target``'s replicas (:meth:`Runner.scale_stage`), dropping no request.
 
         ``target`` comes from :meth:`Deployment.plan_with_replicas`, which refuses stateful
         and external Deployments.
-
-        Up: the new replicas start, answer, then join the gateway. Down: the gateway
-        stops sending to the removed replicas first (they drain), then they stop once
-        they hold no request (or after ``drain_timeout`` s). Returns the names added/removed.
         """
         self._require_started()
-        node = next((n for n in self.nodes if n.name == target.name), None)
-        if node is None:
-            raise ValueError(f'{self.name!r} has no executor named {target.name!r}; '
-                             f'known: {", ".join(n.name for n in self.nodes)}')
-        if len(target.shards) != len(node.shards):
-            raise ValueError(f'scaling changes replicas, not shards ({len(node.shards)} in {node.name!r})')
-        with self._lock:
-            added = [r for shard, want in zip(node.shards, target.shards) for r in want[len(shard):]]
-            removed = [r for shard, want in zip(node.shards, target.shards) for r in shard[len(want):]]
-            for r in added:
-                r.config['secret'] = self._secret
-                r.process = ChildProcess(r.name, 'worker', r.config, self._log_path(r.name), r.env)
-            start_all([r.process for r in added], self.timeout_ready)  # raises (and stops them) on failure
-            for r in added:
-                r.address = f'127.0.0.1:{r.process.info["port"]}'
-            for i, (shard, want) in enumerate(zip(node.shards, target.shards)):
-                if len(want) == len(shard):
-                    continue
-                shard[:] = shard + want[len(shard):] if len(want) > len(shard) else shard[:len(want)]
-                self._gateway_control(self._replicas_header(node, i))
-        if removed:
-            run_sync(self._adrain(removed, drain_timeout), drain_timeout + 5,
-                     what=f'replicas of {node.name!r} to finish their requests')
-            stop_all([r.process for r in removed if r.process])
-        return {'added': [r.name for r in added], 'removed': [r.name for r in removed]}
-
-    async def _adrain(self, replicas: List[ReplicaPlan], timeout: float) -> None:
-        """Wait until none of ``replicas`` holds a request (twice in a row), or ``timeout``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        idle_before = False
-        while loop.time() < deadline:
-            infos = await asyncio.gather(*(_ainfo(r.address, 1.0) for r in replicas))
-            idle = all(not info or not info.get('in_flight') for info in infos)
-            if idle and idle_before:
-                return
-            idle_before = idle
-            await asyncio.sleep(0.1)
-        log.warning('replicas %s still busy after %.0f s; stopping them anyway',
-                    ', '.join(r.name for r in replicas), timeout)
-
-    def _restart(self, r: ReplicaPlan) -> None:
-        """Start dead replica ``r`` again on its port with its config (in a thread of the
-        :class:`~runtime.supervision.Supervisor`, one per replica: restarts run in parallel).
-        Raises :class:`ChildFailedError` when it does not get ready."""
-        if self._closing.is_set() or not any(r is x for n in self.nodes for x in n.replicas):
-            return  # closing, or scaled away
-        log.info('restarting %s on port %s', r.name, r.port)   # the supervisor's warning already said so
-        r.process = ChildProcess(r.name, 'worker', dict(r.config, port=r.port), r.process.log_path, r.env)
-        self._start_supervised(r.process)
-
-    def _restart_gateway(self) -> None:
-        """Start the dead gateway again on its port, then send it the replica addresses."""
-        if self._closing.is_set():
-            return
-        log.info('restarting the gateway of %s on port %s', self.name, self._gateway_port)
-        old = self.gateway
-        # both listeners come back on their ports: clients (and this owner's own, on the loopback one) reconnect
-        config = dict(self._gateway_config(), port=self._gateway_port, local_port=old.info.get('local_port'))
-        self.gateway = ChildProcess(old.name, 'gateway', config, old.log_path)
-        self._start_supervised(self.gateway)
-        if not self._closing.is_set():
-            self._connect_gateway()
-
-    def _start_supervised(self, proc: ChildProcess) -> None:
-        """Start ``proc`` and wait until it is ready (``timeout_ready``), or until closing (then stop it)."""
-        proc.start()
-        deadline = time.monotonic() + self.timeout_ready
-        while not proc.wait_reported(0.2) and time.monotonic() < deadline and not self._closing.is_set():
-            pass
-        if self._closing.is_set():
-            proc.stop()
-            return
-        if not proc.wait_reported(0):   # not ready in time: a death, counted like any other
-            proc.kill()
-            raise ChildFailedError(proc._explain(f'{proc.role} {proc.name} was not ready within '
-                                                 f'{self.timeout_ready:.1f} s'))
-        proc.wait_ready(0)   # raises when it failed to start
-
-    def _start_log_streaming(self) -> None:
-        procs = [r.process for n in self.nodes for r in n.replicas if r.process]
-
-        def follow():
-            offsets = {p.log_path: 0 for p in procs}
-            while not self._closing.wait(0.2):
-                for path in offsets:
-                    try:
-                        with open(path, 'rb') as f:
-                            f.seek(offsets[path])
-                            data = f.read()
-                            offsets[path] = f.tell()
-                    except OSError:
-                        continue
-                    if data:
-                        sys.stderr.write(data.decode(errors='replace'))
-        threading.Thread(target=follow, daemon=True, name=f'logs-{self.name}').start()
-
-
-async def _ainfo(address: Optional[str], timeout: float) -> Optional[Dict[str, Any]]:
-    if not address:
-        return None
-    try:
-        async with grpc.aio.insecure_channel(address, options=protocol.GRPC_OPTIONS) as ch:
-            return json.loads(await ch.unary_unary(protocol.INFO)(b'', timeout=timeout))
-    except (grpc.aio.AioRpcError, ValueError, asyncio.TimeoutError):
-        return None
+        return self._runner.scale_stage(target, drain_timeout)

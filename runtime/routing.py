@@ -34,64 +34,16 @@ import collections
 import itertools
 import json
 import logging
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import grpc
 
 from runtime import protocol
 from runtime.logfiles import tail
-from runtime.supervision import HEALTH_INTERVAL_S
+from runtime.specs import (  # noqa: F401  (PollingPolicy: importable from here too)
+    HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S, MAX_IN_FLIGHT_PER_REPLICA, REPLICA_WAIT_S, PollingPolicy)
 
 log = logging.getLogger('orchestra.routing')
-
-POLLING_MODES = ('ANY', 'ALL')
-DEFAULT_POLLING = {'/search': 'ALL'}
-
-
-class PollingPolicy:
-    """Which shards get a request to an endpoint.
-
-    >>> PollingPolicy({'/custom': 'ALL', '*': 'ANY'}).mode('/custom')
-    'ALL'
-    >>> PollingPolicy(None).mode('/search'), PollingPolicy('ALL').mode('/index')
-    ('ALL', 'ALL')
-    """
-
-    def __init__(self, polling: Union[str, Dict[str, str], None] = None):
-        self.plain: Optional[str] = None
-        self.table: Dict[str, str] = {}
-        if polling is None:
-            pass
-        elif isinstance(polling, str):
-            self.plain = self._check(polling, 'polling')
-        elif isinstance(polling, dict):
-            for endpoint, mode in polling.items():
-                if not isinstance(endpoint, str):
-                    raise ValueError(f'polling keys are endpoint strings or "*", got {endpoint!r}')
-                self.table[endpoint] = self._check(mode, f'polling[{endpoint!r}]')
-        else:
-            raise ValueError(f"polling must be 'ANY', 'ALL' or a dict of endpoint -> mode, got {polling!r}")
-
-    @staticmethod
-    def _check(mode: Any, where: str) -> str:
-        if isinstance(mode, str) and mode.upper() in POLLING_MODES:
-            return mode.upper()
-        raise ValueError(f"{where}={mode!r} is not a polling mode; allowed: 'ANY', 'ALL'")
-
-    def mode(self, endpoint: str) -> str:
-        if endpoint in self.table:
-            return self.table[endpoint]
-        if '*' in self.table:
-            return self.table['*']
-        if self.plain is not None:
-            return self.plain
-        return DEFAULT_POLLING.get(endpoint, 'ANY')
-
-    def to_config(self) -> Union[str, Dict[str, str], None]:
-        if self.table:
-            return dict(self.table)
-        return self.plain
-
 
 class NoReplicaAvailable(ConnectionError):
     """Every replica of a shard is unreachable."""
@@ -202,9 +154,10 @@ _CONNECTION_LOST = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc
 class ReplicaSet:
     """The replicas of one shard, routed idle first; see the module docstring."""
 
-    def __init__(self, addresses: Sequence[str], name: str = 'shard', max_in_flight: int = 4,
-                 wait_for_replica: float = 5.0, timeout_send: Optional[float] = None,
-                 health_timeout: float = 2.0, stateful: bool = False):
+    def __init__(self, addresses: Sequence[str], name: str = 'shard',
+                 max_in_flight: int = MAX_IN_FLIGHT_PER_REPLICA,
+                 wait_for_replica: float = REPLICA_WAIT_S, timeout_send: Optional[float] = None,
+                 health_timeout: float = HEALTH_TIMEOUT_S, stateful: bool = False):
         if max_in_flight < 1:
             raise ValueError(f'max_in_flight must be >= 1, got {max_in_flight}')
         self.name = name

@@ -1,7 +1,10 @@
 """Supervision: restart what dies, kill what hangs, stop what crash-loops.
 
 One :class:`Supervisor` thread per running Deployment/Flow watches its gateway and
-every local replica (docs/reliability.md):
+every local replica (docs/reliability.md). It acts only through the
+:class:`~runtime.runner.Runner` interface: ``children()``, ``restart(name)``,
+``take_out(name, cause)``, ``closing`` (the owner's ``restart_replica`` calls
+``put_back``).
 
 - **Dead** (the process exited): restarted on the same port with the same config, each
   in its own thread, so that the replicas of a stateful Deployment that died together
@@ -24,39 +27,24 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 import grpc
 
 from runtime import protocol
 from runtime.loop import background_loop
+from runtime.specs import HEALTH_INTERVAL_S, SupervisionPolicy
 
 if TYPE_CHECKING:
-    from runtime.orchestration import Orchestration
     from runtime.processes import ChildProcess
+    from runtime.runner import Runner
 
 log = logging.getLogger('orchestra.supervision')
 
-#: seconds between two health probes of one replica (owner and gateway alike)
-HEALTH_INTERVAL_S = 1.0
-
-
-@dataclass(frozen=True)
-class Policy:
-    """How one node's replicas are supervised; the Deployment arguments of the same names."""
-    health_timeout: float = 2.0     # Info must answer within this; a miss takes it out of rotation
-    restart_grace: float = 10.0     # unanswered probes for this long: SIGKILL, then restart
-    max_restarts: int = 5           # restarts within restart_window before a death is final
-    restart_window: float = 60.0
-    backoff_base: float = 0.5       # seconds before the 2nd restart within the window, doubling
-    backoff_max: float = 10.0
-
-
-def backoff(deaths_in_window: int, policy: Policy) -> float:
+def backoff(deaths_in_window: int, policy: SupervisionPolicy) -> float:
     """Seconds to wait before restarting a child that died ``deaths_in_window`` times.
 
-    >>> [backoff(k, Policy()) for k in (1, 2, 3, 4)]
+    >>> [backoff(k, SupervisionPolicy()) for k in (1, 2, 3, 4)]
     [0.0, 0.5, 1.0, 2.0]
     """
     if deaths_in_window <= 1:
@@ -72,7 +60,7 @@ class Death(NamedTuple):
 class Watch:
     """What the supervisor knows about one child (a replica or the gateway)."""
 
-    def __init__(self, name: str, policy: Policy):
+    def __init__(self, name: str, policy: SupervisionPolicy):
         self.name = name
         self.policy = policy
         self.state = 'running'      # running | restarting | waiting | hung | crash-loop
@@ -109,10 +97,10 @@ def poison_entry(deaths: List[Death]) -> Optional[Dict[str, Any]]:
 
 
 class Supervisor:
-    """Watches an orchestration's children; see the module docstring. ``start()``/``join()``."""
+    """Watches a runner's children; see the module docstring. ``start()``/``join()``."""
 
-    def __init__(self, orch: 'Orchestration'):
-        self.orch = orch
+    def __init__(self, runner: 'Runner'):
+        self.runner = runner
         self.watches: Dict[str, Watch] = {}
         self._threads: List[threading.Thread] = []
         self._thread: Optional[threading.Thread] = None
@@ -120,22 +108,11 @@ class Supervisor:
         self._probing = False
 
     # -- the children --------------------------------------------------------------
-    def children(self) -> List[Tuple[Watch, Callable[[], Optional['ChildProcess']], Callable[[], None],
-                                      Optional[str]]]:
-        """(watch, current process, restart, address) for the gateway and each local replica."""
-        o = self.orch
-        out = []
-        gw_policy = next((n.policy for n in o.nodes if n.policy), None) if len(o.nodes) == 1 else None
-        out.append((self.watch(f'{o.name}/gateway', gw_policy or Policy()), lambda: o.gateway,
-                    o._restart_gateway, f'127.0.0.1:{o.port}' if o.port else None))
-        for n in o.nodes:
-            for r in n.replicas:
-                if r.external_address is None:
-                    out.append((self.watch(r.name, n.policy or Policy()), lambda r=r: r.process,
-                                lambda r=r: o._restart(r), r.address))
-        return out
+    def children(self) -> List[Tuple[Watch, Optional['ChildProcess'], Optional[str]]]:
+        """(watch, current process, address) for the gateway and each local replica."""
+        return [(self.watch(c.name, c.policy), c.process, c.address) for c in self.runner.children()]
 
-    def watch(self, name: str, policy: Policy) -> Watch:
+    def watch(self, name: str, policy: SupervisionPolicy) -> Watch:
         w = self.watches.get(name)
         if w is None:
             w = self.watches[name] = Watch(name, policy)
@@ -156,18 +133,14 @@ class Supervisor:
                 if w.state == 'crash-loop':
                     w.state = 'waiting'
 
-    def stopped_reasons(self) -> Dict[str, str]:
-        """name -> cause, for children left down (crash loop)."""
-        return {n: w.cause or 'crash loop' for n, w in self.watches.items() if w.state == 'crash-loop'}
-
     # -- the loop ------------------------------------------------------------------
     def start(self) -> None:
         self.children()   # a watch for each child now: status() shows them from the start
-        self._thread = threading.Thread(target=self.run, daemon=True, name=f'supervisor-{self.orch.name}')
+        self._thread = threading.Thread(target=self.run, daemon=True, name=f'supervisor-{self.runner.name}')
         self._thread.start()
 
     def join(self, timeout: float = 10.0) -> None:
-        """After ``orch._closing`` is set: wait for the loop and every restart in flight."""
+        """After ``runner.closing`` is set: wait for the loop and every restart in flight."""
         deadline = time.monotonic() + timeout
         for t in [self._thread] + list(self._threads):
             if t is not None and t is not threading.current_thread():
@@ -177,21 +150,21 @@ class Supervisor:
             asyncio.run_coroutine_threadsafe(ch.close(), background_loop())
 
     def run(self) -> None:
-        closing = self.orch._closing
+        closing = self.runner.closing
         next_probe = time.monotonic() + HEALTH_INTERVAL_S
         while not closing.wait(0.2):
             now = time.monotonic()
             try:
-                for w, current, restart, _ in self.children():
-                    self._check(w, current(), restart, now)
+                for w, process, _ in self.children():
+                    self._check(w, process, now)
                 if now >= next_probe and not self._probing:
                     next_probe = now + HEALTH_INTERVAL_S
                     self._probe_all()
             except Exception:   # the supervisor must outlive any one bad round
-                log.exception('supervision of %s: a round failed', self.orch.name)
+                log.exception('supervision of %s: a round failed', self.runner.name)
 
-    def _check(self, w: Watch, proc: Optional['ChildProcess'], restart: Callable[[], None], now: float) -> None:
-        if proc is None or w.busy or w.state == 'crash-loop' or self.orch._closing.is_set():
+    def _check(self, w: Watch, proc: Optional['ChildProcess'], now: float) -> None:
+        if proc is None or w.busy or w.state == 'crash-loop' or self.runner.closing.is_set():
             return
         if proc.alive:
             if (w.unanswered_since is not None and now - w.unanswered_since >= w.policy.restart_grace):
@@ -205,7 +178,7 @@ class Supervisor:
         if w.seen is not proc:
             self._died(w, proc, now)
         if w.state != 'crash-loop' and now >= w.next_start:
-            self._restart_in_thread(w, restart)
+            self._restart_in_thread(w)
 
     def _died(self, w: Watch, proc: 'ChildProcess', now: float) -> None:
         w.seen = proc
@@ -216,7 +189,7 @@ class Supervisor:
             w.state = 'crash-loop'
             w.cause = self._crash_loop_cause(w, proc, recent)
             log.error('%s', w.cause)
-            self.orch._tell_gateway_stopped()
+            self.runner.take_out(w.name, w.cause)
             return
         w.next_start = now + backoff(len(recent), w.policy)
         w.state = 'waiting'
@@ -238,14 +211,14 @@ class Supervisor:
         tail = proc.log_tail(15).rstrip()
         return f'{text}\n--- last lines of {proc.log_path} ---\n{tail or "(empty log)"}'
 
-    def _restart_in_thread(self, w: Watch, restart: Callable[[], None]) -> None:
+    def _restart_in_thread(self, w: Watch) -> None:
         w.busy = True
         w.state = 'restarting'
 
         def go() -> None:
             try:
-                restart()
-                if not self.orch._closing.is_set():
+                self.runner.restart(w.name)
+                if not self.runner.closing.is_set():
                     w.restarts += 1
                     w.state, w.cause, w.unanswered_since = 'running', None, None
             except Exception as e:   # it died or never got ready: the next round sees it dead
@@ -259,9 +232,9 @@ class Supervisor:
     # -- health probes ---------------------------------------------------------------
     def _probe_all(self) -> None:
         """Probe every running child's Info (on the toolkit loop; this thread does not wait)."""
-        targets = [(w, addr) for w, current, _, addr in self.children()
+        targets = [(w, addr) for w, process, addr in self.children()
                    if addr and not w.busy and w.state in ('running', 'hung')
-                   and current() is not None and current().alive]
+                   and process is not None and process.alive]
         if not targets:
             return
         self._probing = True

@@ -27,6 +27,7 @@ from runtime.executor_thread import ExecutorThread
 from runtime.executor import (Endpoint, EndpointTable, RuntimeArgs, UnknownEndpointError, build_executor,
                               call_endpoint, executor_parameters, normalise_result)
 from runtime.server import STOP_GRACE_S, start_node_server, stop_event_from
+from runtime.specs import ReplicaSpec, SpecError
 from runtime.telemetry import RequestStats
 from runtime.uses import load_executor_class
 
@@ -36,13 +37,15 @@ log = logging.getLogger('orchestra.worker')
 class ReplicaServer:
     """Serves one Executor over gRPC; see the module docstring."""
 
-    def __init__(self, config: Dict[str, Any]):
-        self.config = config
-        ra = config.get('runtime_args') or {}
-        self.runtime_args = RuntimeArgs(**ra) if isinstance(ra, dict) else ra
-        self.name = config.get('display_name') or self.runtime_args.name
-        cls = load_executor_class(config['uses'])
-        self.executor = build_executor(cls, config.get('uses_with'), self.runtime_args)
+    def __init__(self, spec: ReplicaSpec):
+        self.spec = spec
+        self.runtime_args = RuntimeArgs(name=spec.deployment, replica_id=spec.replica_id, shard_id=spec.shard_id,
+                                        shards=spec.shards, replicas=spec.replicas, workspace=spec.workspace)
+        self.name = spec.name
+        #: the Deployment's secret (the spec's, else $ORCHESTRA_SECRET_FILE's; set by serve): RAFT uses it too
+        self.secret: Optional[str] = spec.secret
+        cls = load_executor_class(spec.uses)
+        self.executor = build_executor(cls, spec.uses_with, self.runtime_args)
         self.endpoints = EndpointTable(self.executor)
         self.stats = RequestStats()
         # one thread: Executors see one request at a time, as in Jina
@@ -124,11 +127,10 @@ class ReplicaServer:
     # -- serving ----------------------------------------------------------------
     async def serve(self, host: str, port: int, stop: asyncio.Event, on_ready=None) -> None:
         from runtime.secrets import load_secret
-        secret = self.config.get('secret') or load_secret()
-        self.config['secret'] = secret   # RAFT (its password, calls to peers) uses the same one
-        server, self.port = await start_node_server(host, port, self.call, self.info, self.control, secret)
+        self.secret = self.secret or load_secret()   # RAFT (its password, calls to peers) uses the same one
+        server, self.port = await start_node_server(host, port, self.call, self.info, self.control, self.secret)
         try:
-            if self.consensus is None and self.config.get('stateful'):
+            if self.consensus is None and self.spec.stateful:
                 from runtime.consensus import attach_consensus
                 await attach_consensus(self)
             if on_ready:
@@ -160,21 +162,27 @@ def encode_reply(results: Optional[Dict[str, Any]], docs: Any) -> Tuple[Dict[str
     return header, encode_docs(docs)
 
 
-def run_worker(spec: Dict[str, Any], status, stopping: threading.Event) -> None:
-    """Child-process entry for role 'worker'."""
-    config = spec['config']
-    ra = config.get('runtime_args') or {}
-    ra = ra if isinstance(ra, dict) else vars(ra)
-    _pin_blas_threads(config.get('blas_threads'), int(ra.get('replicas') or 1) * int(ra.get('shards') or 1))
+def run_worker(child: Dict[str, Any], status, stopping: threading.Event) -> None:
+    """Child-process entry for role 'worker': ``child['config']`` is a :class:`ReplicaSpec`'s ``to_dict()``."""
+    spec = replica_spec_on_arrival(child['config'])
+    _pin_blas_threads(spec.blas_threads, spec.replicas * spec.shards)
 
     async def main():
         stop = stop_event_from(stopping)
-        server = ReplicaServer(config)
+        server = ReplicaServer(spec)
         server.report = status.send
-        await server.serve(config.get('host', '127.0.0.1'), int(config.get('port') or 0), stop,
+        await server.serve(spec.host, spec.port, stop,
                            on_ready=lambda s: status.send(event='ready', port=s.port, pid=os.getpid(),
                                                           endpoints=s.endpoints.names))
     asyncio.run(main())
+
+
+def replica_spec_on_arrival(data: Any) -> ReplicaSpec:
+    """The spec a replica was given, checked; a malformed one raises naming what is wrong."""
+    try:
+        return ReplicaSpec.from_dict(data)
+    except SpecError as e:
+        raise SpecError(f'this replica was given a malformed spec: {e}') from None
 
 
 def default_blas_threads(sharing: int = 1) -> int:

@@ -10,6 +10,7 @@ from runtime import protocol
 from runtime.batching import batching_bound, in_flight_for, with_dynamic_batching
 from runtime.codec import decode_docs, encode_docs
 from runtime.executor import EndpointTable, call_endpoint, normalise_result
+from runtime.specs import ReplicaSpec
 from runtime.worker import ReplicaServer
 
 
@@ -61,7 +62,7 @@ def frame(endpoint, texts, **parameters):
 
 def serve_concurrently(frames, cls=Tagger):
     """Send every frame to one in-process replica at once; -> (replies, calls per Executor call)."""
-    server = ReplicaServer({'uses': cls, 'runtime_args': {'name': 'batch'}})
+    server = ReplicaServer(ReplicaSpec(name='batch', uses=cls, deployment='batch'))
 
     async def main():
         return await asyncio.gather(*(server.call(f, None) for f in frames))

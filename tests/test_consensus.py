@@ -336,18 +336,18 @@ def test_plan_gives_each_replica_its_raft_settings(tmp_path):
     dep = Deployment(name='kv', uses=KV, replicas=3, shards=2, stateful=True, workspace=str(tmp_path),
                      peer_ports={0: [7101, 7102, 7103], '1': [7104, 7105, 7106]},
                      raft_configuration={'heartbeat_timeout': 600, 'snapshot_threshold': 50})
-    plan = dep.node_plan()
-    cfgs = [[r.config['raft'] for r in shard] for shard in plan.shards]
-    assert [c['self'] for c in cfgs[1]] == ['127.0.0.1:7104', '127.0.0.1:7105', '127.0.0.1:7106']
-    assert [p['raft'] for p in cfgs[0][0]['peers']] == ['127.0.0.1:7102', '127.0.0.1:7103']
-    assert all(c['bind'].startswith('127.0.0.1:') for s in cfgs for c in s)   # never 0.0.0.0 by default
-    assert cfgs[0][0]['conf']['raftMinTimeout'] == 0.6
-    assert cfgs[0][0]['conf']['logCompactionMinEntries'] == 50
-    assert len({c['dir'] for s in cfgs for c in s}) == 6
+    plan = dep.stage_plan()
+    cfgs = [[r.spec.raft for r in shard] for shard in plan.shards]
+    assert [c.address for c in cfgs[1]] == ['127.0.0.1:7104', '127.0.0.1:7105', '127.0.0.1:7106']
+    assert [p.raft for p in cfgs[0][0].peers] == ['127.0.0.1:7102', '127.0.0.1:7103']
+    assert all(c.bind.startswith('127.0.0.1:') for s in cfgs for c in s)   # never 0.0.0.0 by default
+    assert cfgs[0][0].conf['raftMinTimeout'] == 0.6
+    assert cfgs[0][0].conf['logCompactionMinEntries'] == 50
+    assert len({c.dir for s in cfgs for c in s}) == 6
     assert plan.secret_file == str(tmp_path / 'kv' / '.raft' / 'secret')   # the secret is kept there
     assert (tmp_path / 'kv' / '.raft').stat().st_mode & 0o777 == 0o700
-    grpc = {p['grpc'] for p in cfgs[0][0]['peers']}
-    assert grpc == {f'127.0.0.1:{r.config["port"]}' for r in plan.shards[0][1:]}
+    grpc = {p.grpc for p in cfgs[0][0].peers}
+    assert grpc == {f'127.0.0.1:{r.spec.port}' for r in plan.shards[0][1:]}
 
 
 def test_payload_and_snapshot_stores(tmp_path):

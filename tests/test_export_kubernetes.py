@@ -121,7 +121,7 @@ def test_sharded_stateless_and_gateway(exported):
         assert args[args.index('--shard') + 1] == str(s)
     gw = docs[('Deployment', 'gateway')]['spec']['template']['spec']['containers'][0]
     graph = json.loads(gw['args'][gw['args'].index('--graph') + 1])
-    nodes = {n['name']: n for n in graph['nodes']}
+    nodes = {n['name']: n for n in graph['stages']}
     assert nodes['indexer']['discover'] == 'dns'
     assert nodes['indexer']['shards'] == [[f'indexer-shard-{s}-headless.search-ns.svc.cluster.local:8081']
                                           for s in (0, 1)]
@@ -205,7 +205,7 @@ def test_external_executor_is_routed_not_run(tmp_path):
     assert [k for k in docs if k[0] in ('Deployment', 'StatefulSet')] == [('Deployment', 'gateway')]
     gw = docs[('Deployment', 'gateway')]['spec']['template']['spec']['containers'][0]
     graph = json.loads(gw['args'][gw['args'].index('--graph') + 1])
-    assert graph['nodes'][0]['shards'] == [['10.0.0.5:12345', 'db.example:12346']]
+    assert graph['stages'][0]['shards'] == [['10.0.0.5:12345', 'db.example:12346']]
 
 
 def test_config_map_limit(tmp_path):

@@ -20,6 +20,7 @@ from conftest import wait_until
 from orchestra_nb import Deployment, RemoteError
 from runtime.external import external_addresses, split_host_port
 from runtime.processes import ChildProcess, start_all, stop_all
+from runtime.specs import ReplicaSpec
 
 
 # --------------------------------------------------------------------------- address forms
@@ -83,10 +84,10 @@ def test_split_host_port():
 def test_external_deployment_plans_addresses_and_no_process():
     dep = Deployment(name='ext', host=['localhost', '10.0.0.5'], port=[12345, 12346], external=True)
     assert dep.replicas == 2
-    plan = dep.node_plan()
+    plan = dep.stage_plan()
     assert [(r.name, r.external_address) for r in plan.replicas] == [
         ('ext/rep-0', 'localhost:12345'), ('ext/rep-1', '10.0.0.5:12346')]
-    assert len(plan.shards) == 1 and all(r.process is None for r in plan.replicas)
+    assert len(plan.shards) == 1 and all(r.spec is None for r in plan.replicas)
     dep2 = Deployment(host=['localhost:12345', 'h:12346'], external=True)
     assert dep2.external_addresses == ['localhost:12345', 'h:12346']
 
@@ -101,9 +102,8 @@ def remote_replicas():
     log_dir = tempfile.mkdtemp(prefix='orchestra-ext-')
 
     def config(i: int, port: int, uses_with: dict) -> dict:
-        return {'uses': 'sample_executors:WhoAmI', 'uses_with': uses_with,
-                'runtime_args': {'name': 'remote', 'replica_id': i, 'replicas': 1},
-                'display_name': f'remote-{i}', 'host': '127.0.0.1', 'port': port}
+        return ReplicaSpec(name=f'remote-{i}', uses='sample_executors:WhoAmI', uses_with=uses_with,
+                           deployment='remote', replica_id=i, port=port).to_dict()
 
     def start(n: int, ports: Optional[List[int]] = None, first_id: int = 0, **uses_with) -> List[ChildProcess]:
         procs = [ChildProcess(f'remote-{first_id + i}', 'worker',

@@ -81,8 +81,8 @@ def test_forked_children_have_own_session_env_and_cwd(forkserver_on, monkeypatch
 def test_unset_variable_is_unset_in_the_forked_child(forkserver_on, monkeypatch, tmp_path):
     monkeypatch.setenv('ORCHESTRA_TEST_GONE', 'owner-has-it')
     monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '3')
-    config = {'uses': Describe, 'runtime_args': {'name': 'd', 'replica_id': 0, 'replicas': 1},
-              'host': '127.0.0.1', 'port': 0}
+    from runtime.specs import ReplicaSpec
+    config = ReplicaSpec(name='d/rep-0', uses=Describe, deployment='d').to_dict()
     proc = ChildProcess('d/rep-0', 'worker', config, str(tmp_path / 'd.log'),
                         env={'ORCHESTRA_TEST_GONE': None, 'CUDA_VISIBLE_DEVICES': '0,1'})
     try:

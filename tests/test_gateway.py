@@ -2,11 +2,13 @@
 import pytest
 
 from runtime.gateway import GATEWAY, Graph, Node
+from runtime.specs import StageSpec
 
 
-def _graph(*edges):
+def _graph(*edges, floating=()):
     """``('a', ['gateway']), ('b', ['a'])`` -> a Graph of nodes without replicas (no processes)."""
-    return Graph({name: Node({'name': name, 'needs': needs, 'shards': [[]]}, 4) for name, needs in edges})
+    return Graph({name: Node(StageSpec(name=name, needs=tuple(needs), shards=((),)), 4) for name, needs in edges},
+                 set(floating))
 
 
 def test_one_node_runs_inline_and_does_not_skip_unknown_endpoints():
@@ -36,3 +38,9 @@ def test_only_the_branches_of_a_fork_run_as_tasks():
 def test_bad_graphs_are_refused_naming_the_node(edges, match):
     with pytest.raises(ValueError, match=match):
         _graph(*edges)
+
+
+def test_a_floating_node_is_no_leaf_and_never_inline():
+    g = _graph(('a', [GATEWAY]), ('f', ['a']), ('b', ['a']), floating={'f'})
+    assert g.leaves == ['b'] and g.floating == {'f'}
+    assert g.inline == {'a': True, 'f': False, 'b': False}

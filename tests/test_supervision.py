@@ -15,7 +15,8 @@ from docarray.documents import TextDoc
 from conftest import pid_gone, wait_until
 from orchestra_nb import Client, Deployment
 from runtime.client import RemoteError
-from runtime.supervision import Policy, backoff, poison_entry, Death
+from runtime.specs import SupervisionPolicy
+from runtime.supervision import backoff, poison_entry, Death
 
 
 def docs(*texts, prefix='d'):
@@ -41,7 +42,7 @@ def direct(dep, i):
 
 # -- the pieces ------------------------------------------------------------------------------------
 def test_backoff_grows_and_a_poison_entry_is_the_one_every_death_names():
-    p = Policy(backoff_base=0.5, backoff_max=3.0)
+    p = SupervisionPolicy(backoff_base=0.5, backoff_max=3.0)
     assert [backoff(k, p) for k in range(1, 6)] == [0.0, 0.5, 1.0, 2.0, 3.0]
     entry = {'index': 7, 'endpoint': '/index'}
     assert poison_entry([Death(1.0, entry), Death(2.0, dict(entry))]) == entry

@@ -1,9 +1,9 @@
 """The one process plan behind the local run and both exports.
 
 :func:`build_plan` takes a Deployment or Flow and derives everything an export writes from
-the local run's own plan, ``Orchestration._plan()`` (the same ``NodePlan``/``ReplicaPlan``
+the local run's own plan, ``Orchestration._plan()`` (the same ``StagePlan``/``ReplicaPlan``
 objects a local start uses: names, shards x replicas, each replica's environment, polling,
-needs, the gateway's graph from ``Orchestration._gateway_config()``) and from the config
+needs, the gateway's graph: ``Orchestration.run_plan()``) and from the config
 spec (``runtime.config.to_spec``), rewritten for containers:
 
 - paths (``py_modules``, Executor YAMLs) point into :data:`APP_DIR`, where Compose bind-mounts
@@ -15,7 +15,7 @@ spec (``runtime.config.to_spec``), rewritten for containers:
 - ``log_dir``/``stream_logs``/gateway ``host``/``port`` are dropped (containers log to stdout).
 
 Inside a container, ``orchestra replica`` loads that rewritten spec and calls the same
-``Deployment.node_plan()`` (:mod:`runtime.export.serve`): the local run, the manifests and
+``Deployment.stage_plan()`` (:mod:`runtime.export.serve`): the local run, the manifests and
 the containers cannot drift apart.
 
 Two things of the local plan are *not* taken over, on purpose: RAFT ports and folders chosen
@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from runtime.secrets import SECRET_FILE_ENV, SecretError, load_secret
+from runtime.specs import GatewaySpec
 
 #: the image exports use unless told otherwise (``--image`` / ``image=``)
 DEFAULT_IMAGE = 'orchestra-nb:latest'
@@ -186,7 +187,7 @@ class ExportPlan:
     name: str
     kind: str                                  # 'Deployment' or 'Flow'
     executors: List[ExecutorExport]
-    graph: Dict[str, Any]                      # the gateway config without addresses
+    graph: GatewaySpec                         # the gateway's graph, without addresses, secret or listeners
     gateway_port: int
     spec: Dict[str, Any]                       # the config, rewritten for containers
     app_dir: str
@@ -205,11 +206,10 @@ class ExportPlan:
     def gateway_args(self, targets: Dict[Tuple[str, int], List[str]], discover_dns: Dict[str, bool]) -> List[str]:
         """``orchestra gateway`` arguments; ``targets[(node, shard)]`` are its replicas' addresses and
         ``discover_dns[node]`` says whether each address is a DNS name to resolve to every replica."""
-        graph = copy.deepcopy(self.graph)
-        for node in graph['nodes']:
-            node['shards'] = [list(targets.get((node['name'], i), [])) for i in range(len(node['shards']))]
-            if discover_dns.get(node['name']):
-                node['discover'] = 'dns'
+        stages = tuple(dataclasses.replace(
+            stage, shards=tuple(tuple(targets.get((stage.name, i), [])) for i in range(len(stage.shards))),
+            discover='dns' if discover_dns.get(stage.name) else None) for stage in self.graph.stages)
+        graph = dataclasses.replace(self.graph, stages=stages).to_dict()
         return ['gateway', '--graph', json.dumps(graph, separators=(',', ':'), sort_keys=True),
                 '--host', '0.0.0.0', '--port', str(self.gateway_port)]
 
@@ -246,20 +246,19 @@ def _twin(dep: Any) -> Any:
     return t
 
 
-def local_plan(obj: Any) -> Tuple[list, Dict[str, Any]]:
-    """``obj._plan()`` and ``obj._gateway_config()`` -- the local run's code -- for an export."""
+def local_plan(obj: Any) -> Tuple[list, GatewaySpec]:
+    """``obj.run_plan()`` -- what a local start runs -- for an export: (stages, gateway)."""
     if is_flow(obj):
         clone = copy.copy(obj)
         clone.entries = [dataclasses.replace(e, deployment=_twin(e.deployment)) if e.deployment else e
                          for e in obj.entries]
     else:
         clone = _twin(obj)
-    nodes = clone._plan()
+    plan = clone.run_plan()
     stateful = {name: dep is not None and dep.stateful for name, dep, _ in _entries(obj)}
-    for n in nodes:   # the twin planned no RAFT, but the gateway must know: it never retries a stateful @write
-        n.stateful = stateful.get(n.name, n.stateful)
-    clone.nodes = nodes
-    return nodes, clone._gateway_config()
+    # the twin planned no RAFT, but the gateway must know: it never retries a stateful @write
+    stages = tuple(dataclasses.replace(s, stateful=stateful.get(s.name, s.stateful)) for s in plan.gateway.stages)
+    return list(plan.stages), dataclasses.replace(plan.gateway, stages=stages)
 
 
 def build_plan(obj: Any, app_dir: Optional[str] = None) -> ExportPlan:
@@ -271,7 +270,7 @@ def build_plan(obj: Any, app_dir: Optional[str] = None) -> ExportPlan:
         spec = to_spec(obj)
     except ValueError as e:
         raise ExportError(f'cannot export {obj.name!r}: {e}') from None
-    nodes, gateway_config = local_plan(obj)
+    nodes, gateway_spec = local_plan(obj)
     by_name = {n.name: n for n in nodes}
     executors: List[ExecutorExport] = []
     raft_ports_used: List[int] = []
@@ -317,8 +316,8 @@ def build_plan(obj: Any, app_dir: Optional[str] = None) -> ExportPlan:
             spec.get('with', {}).pop(key, None)
         if not spec.get('with'):
             spec.pop('with', None)
-    graph = {'name': gateway_config['name'], 'max_in_flight_per_replica': gateway_config['max_in_flight_per_replica'],
-             'nodes': gateway_config['nodes']}
+    graph = GatewaySpec(name=gateway_spec.name, stages=gateway_spec.stages,
+                        max_in_flight_per_replica=gateway_spec.max_in_flight_per_replica)
     return ExportPlan(name=obj.name, kind=spec['jtype'], executors=executors, graph=graph,
                       gateway_port=obj._port_arg or GATEWAY_PORT, spec=spec, app_dir=base, files=files)
 

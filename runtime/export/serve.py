@@ -3,14 +3,14 @@
 ``orchestra replica --config CONFIG --executor NAME --shard S --replica R|--replica-from-hostname
 --host 0.0.0.0 --port P [--peer-hosts H0 H1 ...] [--raft-password-from-secret]`` loads the config
 the export wrote, builds the Deployment/Flow and asks it for its plan -- the same
-``Deployment.node_plan()`` as a local run -- then serves replica ``(S, R)`` in this process.
+``Deployment.stage_plan()`` as a local run -- then serves replica ``(S, R)`` in this process.
 A stateful replica's RAFT peers are addressed ``H_i:<its RAFT port>`` (RAFT) and ``H_i:P`` (gRPC)
 instead of 127.0.0.1 ports. It needs the per-Deployment secret (``$ORCHESTRA_SECRET_FILE``):
 peers authenticate their calls with it and RAFT traffic is encrypted with it (with
 ``--raft-password-from-secret``, with a RAFT password derived from it instead).
 
 ``orchestra gateway --graph JSON --host 0.0.0.0 --port P`` serves the gateway of the graph the
-export wrote (``Orchestration._gateway_config()`` with addresses filled in). A node marked
+export wrote (``Orchestration.run_plan().gateway`` with addresses filled in). A stage marked
 ``"discover": "dns"`` lists DNS names (a headless Service): each resolves to every replica
 behind it, re-resolved every :data:`DNS_REFRESH_S` seconds, so replicas added or removed (e.g.
 ``kubectl scale``) join or leave the idle-first routing without a restart.
@@ -30,9 +30,11 @@ import signal
 import socket
 import sys
 import threading
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 from runtime.export.plan import APP_DIR, ExportError, derive, is_flow, read_secret
+from runtime.specs import GatewaySpec, RaftSpec, ReplicaSpec, SpecError
 
 log = logging.getLogger('orchestra.export')
 
@@ -133,10 +135,10 @@ def _deployment_of(obj: Any, executor: str) -> Any:
     return obj
 
 
-def replica_config(config_path: str, executor: str, shard: int, replica: Optional[int], host: str, port: int,
-                   peer_hosts: Optional[List[str]] = None, raft_password_from_secret: bool = False,
-                   resolver: Optional[Resolver] = None) -> Dict[str, Any]:
-    """The worker config of one replica, from the exported config and the local run's plan."""
+def replica_spec(config_path: str, executor: str, shard: int, replica: Optional[int], host: str, port: int,
+                 peer_hosts: Optional[List[str]] = None, raft_password_from_secret: bool = False,
+                 resolver: Optional[Resolver] = None) -> ReplicaSpec:
+    """The spec of one replica, from the exported config and the local run's plan."""
     from runtime.flow import load
     if os.path.isdir(APP_DIR) and APP_DIR not in sys.path:
         sys.path.append(APP_DIR)          # `uses: module:Class` next to the config
@@ -151,31 +153,30 @@ def replica_config(config_path: str, executor: str, shard: int, replica: Optiona
         if secret is None:
             raise ExportError('--raft-password-from-secret needs the secret file ($ORCHESTRA_SECRET_FILE)')
         dep.raft_password = derive(secret, f'raft-password/{executor}/{shard}')
-    node = dep.node_plan()               # the local run's plan (stateful: RAFT folders in the workspace)
-    config = dict(node.shards[shard][replica].config, host=host, port=port)
-    if config.get('raft'):
+    stage = dep.stage_plan()             # the local run's plan (stateful: RAFT folders in the workspace)
+    spec = replace(stage.shards[shard][replica].spec, host=host, port=port)
+    if spec.raft is not None:
         if not peer_hosts or len(peer_hosts) != dep.replicas:
             raise ExportError(f'{executor!r} is stateful with {dep.replicas} replicas: --peer-hosts needs '
                               f'{dep.replicas} host names, got {peer_hosts or []}')
         if secret is None:   # peers authenticate their calls and encrypt RAFT traffic with it
             raise ExportError(f'{executor!r} is stateful: its replicas need the per-Deployment secret '
                               '($ORCHESTRA_SECRET_FILE, mounted by the exported Compose file / manifests)')
-        config['raft'] = retarget_raft(config['raft'], dep.peer_ports_used[shard], peer_hosts, replica,
-                                       host, port, resolver or Resolver())
-    return config
+        spec = replace(spec, raft=retarget_raft(spec.raft, dep.peer_ports_used[shard], peer_hosts, replica,
+                                                host, port, resolver or Resolver()))
+    return spec
 
 
-def retarget_raft(raft: Dict[str, Any], raft_ports: List[int], hosts: List[str], replica: int,
-                  bind_host: str, grpc_port: int, resolver: Resolver) -> Dict[str, Any]:
-    """``plan_stateful``'s RAFT config with peers at ``hosts[i]`` instead of 127.0.0.1 ports."""
+def retarget_raft(raft: RaftSpec, raft_ports: List[int], hosts: List[str], replica: int,
+                  bind_host: str, grpc_port: int, resolver: Resolver) -> RaftSpec:
+    """``plan_stateful``'s RAFT spec with peers at ``hosts[i]`` instead of 127.0.0.1 ports."""
     def raft_addr(i: int) -> str:
         return resolver.mapped(f'{hosts[i]}:{raft_ports[i]}')
 
-    out = dict(raft, self=raft_addr(replica),
-               bind=f'{bind_host}:{raft_addr(replica).rsplit(":", 1)[1]}')
-    out['peers'] = [dict(p, raft=raft_addr(p['replica']),
-                         grpc=resolver.mapped(f'{hosts[p["replica"]]}:{grpc_port}')) for p in raft['peers']]
-    return out
+    peers = tuple(replace(p, raft=raft_addr(p.replica), grpc=resolver.mapped(f'{hosts[p.replica]}:{grpc_port}'))
+                  for p in raft.peers)
+    return replace(raft, address=raft_addr(replica), bind=f'{bind_host}:{raft_addr(replica).rsplit(":", 1)[1]}',
+                   peers=peers)
 
 
 class _PrintStatus:
@@ -209,50 +210,49 @@ def run_replica(args: Any) -> int:
     """``orchestra replica``: one replica of an exported setup, in the foreground."""
     _logging(args.log_level, f'{args.executor}/shard-{args.shard}')
     try:
-        config = replica_config(args.config, args.executor, args.shard,
-                                None if args.replica_from_hostname else args.replica,
-                                args.host, args.port, args.peer_hosts, args.raft_password_from_secret)
+        spec = replica_spec(args.config, args.executor, args.shard,
+                            None if args.replica_from_hostname else args.replica,
+                            args.host, args.port, args.peer_hosts, args.raft_password_from_secret)
     except (ExportError, ValueError, FileNotFoundError, ImportError) as e:
         print(f'orchestra replica: {e}', file=sys.stderr, flush=True)
         return 2
     from runtime.worker import run_worker
-    run_worker({'config': config}, _PrintStatus(config.get('display_name', args.executor)), _stopping_on_signals())
+    run_worker({'config': spec.to_dict()}, _PrintStatus(spec.name), _stopping_on_signals())
     return 0
 
 
 # ----------------------------------------------------------------------------- the gateway
 
-def parse_graph(text: str) -> Dict[str, Any]:
-    """``--graph`` JSON -> the gateway config; raises ExportError saying what is wrong."""
+def parse_graph(text: str) -> GatewaySpec:
+    """``--graph`` JSON (a :class:`GatewaySpec`'s ``to_dict()``) -> the spec; ExportError says what is wrong."""
     try:
         graph = json.loads(text)
     except ValueError as e:
         raise ExportError(f'--graph: not JSON ({e})') from None
-    if not isinstance(graph, dict) or not isinstance(graph.get('nodes'), list):
-        raise ExportError('--graph: expected {"nodes": [{"name": ..., "shards": [[address, ...]], ...}]}')
-    return graph
+    try:
+        return GatewaySpec.from_dict(graph, '--graph')
+    except SpecError as e:
+        raise ExportError(f'{e} (expected {{"name": ..., "stages": [{{"name": ..., "shards": [[address, ...]], '
+                          '...}]}, as `orchestra export` writes it)') from None
 
 
-async def serve_gateway(graph: Dict[str, Any], host: str, port: int, stop: asyncio.Event, on_ready=None,
+async def serve_gateway(graph: GatewaySpec, host: str, port: int, stop: asyncio.Event, on_ready=None,
                         resolver: Optional[Resolver] = None, refresh_s: Optional[float] = None) -> None:
     """Serve the gateway of ``graph`` until ``stop``; DNS-discovered shards are kept resolved."""
     from runtime.gateway import Gateway
     from runtime.server import STOP_GRACE_S, start_node_server
     resolver = resolver or Resolver()
     refresh = refresh_s or float(os.environ.get('ORCHESTRA_DNS_REFRESH_S') or DNS_REFRESH_S)
-    config = dict(graph, host=host, port=port)
     dns: List[Tuple[str, int, List[str]]] = []
-    nodes = []
-    for node in graph['nodes']:
-        node = dict(node)
-        if node.get('discover') == 'dns':
-            dns += [(node['name'], i, list(t)) for i, t in enumerate(node['shards'])]
-            node['shards'] = [[] for _ in node['shards']]
+    stages = []
+    for stage in graph.stages:
+        if stage.discover == 'dns':
+            dns += [(stage.name, i, list(t)) for i, t in enumerate(stage.shards)]
+            stage = replace(stage, shards=tuple(() for _ in stage.shards))
         else:   # fixed names (a StatefulSet's pods, Compose services, external hosts): gRPC resolves them
-            node['shards'] = [[resolver.mapped(a) for a in shard] for shard in node['shards']]
-        nodes.append(node)
-    config['nodes'] = nodes
-    gw = Gateway(config)
+            stage = replace(stage, shards=tuple(tuple(resolver.mapped(a) for a in shard) for shard in stage.shards))
+        stages.append(stage)
+    gw = Gateway(replace(graph, host=host, port=port, stages=tuple(stages)))
     server, gw.port = await start_node_server(host, port, gw.call, gw.info, gw.control)
     tasks = [asyncio.ensure_future(keep_resolving(gw.nodes[n].shards[i], t, resolver, stop, refresh))
              for n, i, t in dns]
@@ -280,7 +280,7 @@ def run_gateway(args: Any) -> int:
 
     async def main() -> None:
         await serve_gateway(graph, args.host, args.port, stop_event_from(stopping),
-                            on_ready=lambda gw: print(f'gateway {graph.get("name", "")} ready on port {gw.port} '
+                            on_ready=lambda gw: print(f'gateway {graph.name} ready on port {gw.port} '
                                                       f'(pid {os.getpid()})', flush=True))
     asyncio.run(main())
     return 0

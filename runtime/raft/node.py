@@ -382,9 +382,11 @@ async def attach_consensus(server: Any) -> Consensus:
     ``server.consensus`` is set before anything is awaited, so no request reaches the
     Executor around RAFT while the node starts.
     """
-    cfg = server.config.get('raft')
-    if not cfg:
-        raise ValueError('a stateful replica needs config["raft"] (built by runtime.consensus.plan_stateful)')
+    raft = server.spec.raft
+    if raft is None:
+        raise ValueError('a stateful replica needs ReplicaSpec.raft (built by runtime.raft.plan.plan_stateful)')
+    cfg = raft.to_dict()
+    cfg['self'] = cfg.pop('address')   # the node reads RaftSpec's fields by these keys
     consensus = Consensus(server, cfg)
     server.consensus = consensus
     await consensus.start()

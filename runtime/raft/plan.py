@@ -3,8 +3,8 @@
 ``validate_stateful`` checks a Deployment's arguments (replicas, ``peer_ports``,
 ``raft_configuration``, ``raft_password``); ``plan_stateful`` picks RAFT ports (remembered in
 ``<workspace>/<name>/.raft/peers.json``) and folders (private: 0700) and puts them in each
-replica's ``config['raft']``; it names the file that keeps the Deployment's secret
-(``NodePlan.secret_file``; :mod:`runtime.secrets`). Relies on :mod:`runtime.raft.config`.
+replica's spec (``ReplicaSpec.raft``, a :class:`~runtime.specs.RaftSpec`); it names the file that
+keeps the Deployment's secret (``StagePlan.secret_file``; :mod:`runtime.secrets`). Relies on :mod:`runtime.raft.config`.
 """
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import socket
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from runtime.raft.common import _write_json
 from runtime.raft.config import normalize_raft_configuration
 from runtime.secrets import SECRET_FILE_NAME, private_dir, private_tree
+from runtime.specs import RaftPeer, RaftSpec
 
 log = logging.getLogger('orchestra.raft')
 
@@ -176,16 +178,14 @@ def _remembered_ports(root: str, replicas: int, shards: int) -> Optional[Dict[in
 
 
 def plan_stateful(dep: Any, plan: Any) -> None:
-    """Give every replica of a stateful Deployment what its RAFT node needs (in ``config['raft']``)."""
+    """Give every replica of a stateful Deployment what its RAFT node needs (``ReplicaSpec.raft``)."""
     if dep.workspace is None:   # state must live somewhere: a folder for this Deployment object
         import tempfile
         dep.workspace = tempfile.mkdtemp(prefix=f'orchestra-raft-{dep.name}-')
         log.warning('stateful Deployment %r has no workspace; using %s (pass workspace=... to keep '
                     'the state across Python sessions)', dep.name, dep.workspace)
-        for r in plan.replicas:
-            ra = r.config.get('runtime_args')
-            if isinstance(ra, dict):
-                ra['workspace'] = dep.workspace
+        plan.shards = [[replace(r, spec=replace(r.spec, workspace=dep.workspace)) for r in shard]
+                       for shard in plan.shards]
     root = raft_root(dep.workspace, dep.name)
     private_dir(os.path.dirname(root))   # <workspace>/<name>: the replicas' folders go in there too
     private_dir(root)
@@ -215,22 +215,18 @@ def plan_stateful(dep: Any, plan: Any) -> None:
     k = 0
     for s, shard in enumerate(plan.shards):
         members = []
-        for r in shard:
-            if not r.config.get('port'):
-                r.config['port'] = grpc_ports[k]
+        for j, r in enumerate(shard):
+            if not r.spec.port:
+                shard[j] = r = replace(r, spec=replace(r.spec, port=grpc_ports[k]))
             k += 1
-            members.append({'replica': r.replica, 'name': r.name,
-                            'raft': f'{connect_host}:{ports[s][r.replica]}',
-                            'grpc': f'127.0.0.1:{r.config["port"]}'})
-        for r, me in zip(shard, members):
-            r.config['stateful'] = True
-            r.config['raft'] = {
-                'replica': r.replica, 'shard': s, 'name': r.name,
-                'self': me['raft'], 'bind': f'{bind_host}:{ports[s][r.replica]}',
-                'peers': [m for m in members if m is not me],
-                'dir': os.path.join(root, f'shard-{s}', f'rep-{r.replica}'),
-                'conf': dict(dep._raft_conf), 'options': dict(dep._raft_options),
-                'password': dep.raft_password,   # None: the Deployment's secret (config['secret'])
-                'read_consistency': dep.read_consistency,
-                'durability': getattr(dep, 'durability', 'fsync'),
-            }
+            members.append(RaftPeer(replica=r.replica, name=r.name, raft=f'{connect_host}:{ports[s][r.replica]}',
+                                    grpc=f'127.0.0.1:{r.spec.port}'))
+        for j, (r, me) in enumerate(zip(shard, members)):
+            shard[j] = replace(r, spec=replace(r.spec, raft=RaftSpec(
+                replica=r.replica, shard=s, name=r.name,
+                address=me.raft, bind=f'{bind_host}:{ports[s][r.replica]}',
+                peers=tuple(m for m in members if m is not me),
+                dir=os.path.join(root, f'shard-{s}', f'rep-{r.replica}'),
+                conf=dict(dep._raft_conf), options=dict(dep._raft_options),
+                password=dep.raft_password,   # None: the Deployment's secret (ReplicaSpec.secret)
+                read_consistency=dep.read_consistency, durability=dep.durability)))

@@ -126,7 +126,7 @@ class ConsensusState:
         self.name = cfg.get('name') or server.name
         self.replica = int(cfg['replica'])
         self.options = dict(DEFAULT_OPTIONS, **(cfg.get('options') or {}))
-        self.secret = server.config.get('secret') or ''
+        self.secret = server.secret or ''
         self.default_consistency = cfg.get('read_consistency') or 'eventual'
         self.dir = cfg['dir']
         os.makedirs(self.dir, exist_ok=True)
