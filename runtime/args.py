@@ -210,6 +210,11 @@ SECURITY_ARGS = (
         'a string', check=check_path, form='path'),
     Arg('tls_key', None, 'PEM private key of tls_cert', _STR, 'a string', check=check_path, form='path'),
 )
+# Prometheus metrics (docs/monitoring.md), Jina's names
+MONITORING = Arg('monitoring', False, 'serve Prometheus metrics at /metrics on the gateway and on every replica',
+                 _BOOL, 'true or false', check=check_flag)
+PORT_MONITORING = Arg('port_monitoring', None, "the gateway's /metrics port (0 or omitted: the OS picks; status() "
+                      "reports it); in Flow.add, its one replica's", _INT, 'a port number', check=check_port)
 
 #: every argument of ``Deployment(...)`` and ``Flow.add(...)``, in signature order
 DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
@@ -269,6 +274,7 @@ DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
         "write is acknowledged (survives a power cut); 'none' leaves them in the page cache (faster)",
         _STR, 'a string', check=one_of('fsync', 'none'), choices=('fsync', 'none')),
     *SECURITY_ARGS,
+    MONITORING, PORT_MONITORING,
 )
 
 #: every argument of ``Flow(...)`` (YAML: the ``with:`` of a ``jtype: Flow``): its gateway's
@@ -277,7 +283,7 @@ FLOW_ARGS: Tuple[Arg, ...] = (
     Arg('port', None, 'gateway port (0 or omitted: the OS picks)', _INT, 'a port number', check=check_port),
     Arg('host', '127.0.0.1', 'gateway host (default 127.0.0.1)', _STR, 'a string'),
     Arg('protocol', 'grpc', "only 'grpc'", _STR, 'a string', check=check_protocol),
-    TIMEOUT_READY, LOG_DIR, MAX_IN_FLIGHT, STREAM_LOGS, *SECURITY_ARGS,
+    TIMEOUT_READY, LOG_DIR, MAX_IN_FLIGHT, STREAM_LOGS, *SECURITY_ARGS, MONITORING, PORT_MONITORING,
 )
 
 #: arguments ``Flow.add`` (and a Flow YAML's ``executors:`` entry) takes beyond a Deployment's
@@ -347,11 +353,9 @@ JINA_ONLY: Dict[str, str] = {
     'tracing': 'OpenTelemetry tracing is not supported; dep.status() and docs/telemetry.md give per-replica counters',
     'traces_exporter_host': 'OpenTelemetry tracing is not supported; dep.status() gives per-replica counters',
     'traces_exporter_port': 'OpenTelemetry tracing is not supported; dep.status() gives per-replica counters',
-    'metrics': 'OpenTelemetry metrics are not supported; dep.status() gives per-replica counters',
-    'metrics_exporter_host': 'OpenTelemetry metrics are not supported; dep.status() gives per-replica counters',
-    'metrics_exporter_port': 'OpenTelemetry metrics are not supported; dep.status() gives per-replica counters',
-    'port_monitoring': 'the Prometheus endpoint is not there yet (a later metrics issue); dep.status() gives '
-                       'per-replica counters',
+    'metrics': 'OpenTelemetry metrics are not supported; monitoring=True serves Prometheus metrics',
+    'metrics_exporter_host': 'OpenTelemetry metrics are not supported; monitoring=True serves Prometheus metrics',
+    'metrics_exporter_port': 'OpenTelemetry metrics are not supported; monitoring=True serves Prometheus metrics',
     'tls': "a Deployment's gateway serves TLS with tls_cert=... and tls_key=...; a Client connects with tls=True",
     'ssl_certfile': "the gRPC gateway's TLS is tls_cert=PATH (with tls_key)",
     'ssl_keyfile': "the gRPC gateway's TLS key is tls_key=PATH (with tls_cert)",
@@ -390,9 +394,6 @@ FLOW_JINA_ONLY: Dict[str, str] = {
 #: these: name -> (check of the value, what the value must be, why nothing is needed)
 JINA_ACCEPTED: Dict[str, Tuple[Callable[[Any], bool], str, str]] = {
     'native': (lambda v: isinstance(v, bool), 'True or False', 'every Executor here runs natively in its process'),
-    'monitoring': (lambda v: v is False, 'False',
-                   'the Prometheus endpoint is not there yet (a later metrics issue); dep.status() gives per-replica '
-                   'counters'),
     'deployment_role': (lambda v: v is None, 'None', 'roles are inferred from the graph'),
     'copy_flow': (lambda v: v is False or v is None, 'False',
                   'Flow.add changes the Flow in place and returns it'),
@@ -813,9 +814,9 @@ JINA_CLIENT_ONLY: Dict[str, str] = {
     'tracing': 'OpenTelemetry tracing is not supported',
     'traces_exporter_host': 'OpenTelemetry tracing is not supported',
     'traces_exporter_port': 'OpenTelemetry tracing is not supported',
-    'metrics': 'OpenTelemetry metrics are not supported',
-    'metrics_exporter_host': 'OpenTelemetry metrics are not supported',
-    'metrics_exporter_port': 'OpenTelemetry metrics are not supported',
+    'metrics': 'OpenTelemetry metrics are not supported; monitoring=True serves Prometheus metrics',
+    'metrics_exporter_host': 'OpenTelemetry metrics are not supported; monitoring=True serves Prometheus metrics',
+    'metrics_exporter_port': 'OpenTelemetry metrics are not supported; monitoring=True serves Prometheus metrics',
 }
 
 #: the keywords of ``Client(...)`` (spelled out in runtime.client.Client.__init__)

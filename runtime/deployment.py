@@ -51,6 +51,7 @@ class Deployment(Orchestration):
                  max_restarts: int = 5, restart_window: float = 60.0,
                  durability: str = 'fsync',
                  secret: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
+                 monitoring: bool = False, port_monitoring: Optional[int] = None,
                  **kwargs):
         check_kwargs(kwargs, _NAMES, 'Deployment')
         given = dict(locals())
@@ -108,7 +109,8 @@ class Deployment(Orchestration):
         super().__init__(name=checked['name'], port=gw_port, host=gw_host, timeout_ready=checked['timeout_ready'],
                          log_dir=checked['log_dir'], max_in_flight_per_replica=checked['max_in_flight_per_replica'],
                          stream_logs=checked['stream_logs'], secret=checked['secret'], tls_cert=checked['tls_cert'],
-                         tls_key=checked['tls_key'])
+                         tls_key=checked['tls_key'], monitoring=checked['monitoring'],
+                         port_monitoring=checked['port_monitoring'])
 
     def _check_gpu_spec(self) -> None:
         """A malformed ``CUDA_VISIBLE_DEVICES=RR...`` raises ValueError here, before anything starts.
@@ -148,7 +150,7 @@ class Deployment(Orchestration):
                 replica_spec = ReplicaSpec(name=rname, uses=self.uses, uses_with=self.uses_with, deployment=self.name,
                                            replica_id=r, shard_id=s, shards=self.shards, replicas=self.replicas,
                                            workspace=self.workspace, host=LOOPBACK, blas_threads=self.blas_threads,
-                                           log_level=self.log_level)
+                                           log_level=self.log_level, monitoring=self.monitoring)
                 device = devices[s * self.replicas + r]
                 env = replica_env(self.env, device)
                 if device is None and cuda_spec and cuda_spec.strip().startswith('RR'):

@@ -24,7 +24,7 @@ import os
 import pickle
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 DEFAULT_ENDPOINT = '__default__'
 
@@ -316,6 +316,11 @@ def executor_parameters(parameters: Dict[str, Any], name: str) -> Dict[str, Any]
     return out
 
 
+#: with monitoring on, a context manager factory ``(endpoint, docs)`` wrapped around each Executor call
+#: (set by :func:`runtime.metrics.install`: documents counted, the endpoint of Executors' own metrics)
+call_observer: Optional[Callable[[str, Any], ContextManager[None]]] = None
+
+
 def call_endpoint(ep: Endpoint, docs: Any, parameters: dict) -> Any:
     """Call the endpoint's method as Jina does and return what it returned.
 
@@ -327,6 +332,14 @@ def call_endpoint(ep: Endpoint, docs: Any, parameters: dict) -> Any:
     >>> ep = EndpointTable(echo_executor).lookup('/echo')   # doctest: +SKIP
     >>> call_endpoint(ep, docs, {})                          # doctest: +SKIP
     """
+    observer = call_observer
+    if observer is not None:
+        with observer(ep.name, docs):
+            return _call_method(ep, docs, parameters)
+    return _call_method(ep, docs, parameters)
+
+
+def _call_method(ep: Endpoint, docs: Any, parameters: dict) -> Any:
     accepts = ep.accepts
     if ep.parameters_model is not None and isinstance(parameters, dict):   # Jina: the method gets a model
         parameters = ep.parameters_model(**{k: v for k, v in parameters.items() if k != '__results__'})
@@ -441,6 +454,16 @@ class Executor:
 
     def close(self) -> None:
         """Called once when the replica stops; override to release resources."""
+
+    def monitor(self, name: str, documentation: str) -> ContextManager[None]:
+        """Jina's ``self.monitor``: time a block into the Prometheus Summary ``name`` (labels: executor,
+        replica, shard, endpoint); nothing when monitoring is off. See docs/monitoring.md.
+
+        >>> with self.monitor('embed_seconds', 'time spent embedding'):   # doctest: +SKIP
+        ...     vectors = model(texts)
+        """
+        from runtime.metrics import timed
+        return timed(name, documentation)
 
 
 _NOT_STATE = {'runtime_args', 'logger', '_workspace_root'}

@@ -53,6 +53,7 @@ class FlowEntry:
     deployment: Optional[Deployment] = None
     replica_port: Optional[int] = None
     floating: bool = False   # Jina's: runs every request, its output goes nowhere (FLOW_ADD_ARGS)
+    metrics_port: Optional[int] = None   # .add(port_monitoring=P): its one replica's /metrics port
 
     @property
     def is_join(self) -> bool:
@@ -70,7 +71,8 @@ class Flow(Orchestration):
     def __init__(self, name: str = 'flow', port: Optional[int] = None, host: str = '127.0.0.1',
                  protocol: str = 'grpc', timeout_ready: float = 60.0, log_dir: Optional[str] = None,
                  max_in_flight_per_replica: int = 4, stream_logs: bool = False, secret: Optional[str] = None,
-                 tls_cert: Optional[str] = None, tls_key: Optional[str] = None, **kwargs):
+                 tls_cert: Optional[str] = None, tls_key: Optional[str] = None, monitoring: bool = False,
+                 port_monitoring: Optional[int] = None, **kwargs):
         for key in kwargs:
             if key in FLOW_JINA_ONLY:
                 raise ValueError(f'Flow: {key}= is not an argument of a Flow here: {FLOW_JINA_ONLY[key]}')
@@ -88,7 +90,8 @@ class Flow(Orchestration):
         super().__init__(name=checked['name'], port=checked['port'], host=host, timeout_ready=checked['timeout_ready'],
                          log_dir=checked['log_dir'], max_in_flight_per_replica=checked['max_in_flight_per_replica'],
                          stream_logs=checked['stream_logs'], secret=checked['secret'], tls_cert=checked['tls_cert'],
-                         tls_key=checked['tls_key'])
+                         tls_key=checked['tls_key'], monitoring=checked['monitoring'],
+                         port_monitoring=checked['port_monitoring'])
 
     # -- building the graph ------------------------------------------------------------
     def add(self, name: Optional[str] = None, needs: Union[str, Sequence[str], None] = None,
@@ -138,10 +141,22 @@ class Flow(Orchestration):
                 raise ValueError(f'Flow.add(name={name!r}, port={port!r}): a fixed port needs exactly one '
                                  f'replica and one shard (got {n} processes); omit port to let the OS pick')
             kwargs = {k: v for k, v in kwargs.items() if k != 'port'}
+        metrics_port = None
+        if kwargs.get('port_monitoring') is not None:
+            # in a Flow, an Executor's port_monitoring fixes the /metrics port of its (single) replica
+            metrics_port = check_port(kwargs['port_monitoring'], 'port_monitoring')
+            n = kwargs.get('replicas', 1) * kwargs.get('shards', 1) if all(
+                isinstance(kwargs.get(k, 1), int) for k in ('replicas', 'shards')) else 1
+            if n != 1:
+                raise ValueError(f'Flow.add(name={name!r}, port_monitoring={metrics_port!r}): a fixed metrics port '
+                                 f'needs exactly one replica and one shard (got {n} processes); omit it to let the '
+                                 'OS pick (status() reports each replica\'s metrics_port)')
+            kwargs = {k: v for k, v in kwargs.items() if k != 'port_monitoring'}
+        kwargs.setdefault('monitoring', self.monitoring)   # Flow(monitoring=True): every Executor too (Jina)
         dep = Deployment(name=name, needs=needs_list, **kwargs)
         if not dep.external:   # the Flow's total, as well as this Executor's
             check_processes(dep.replicas, dep.shards, f'Flow.add(name={name!r})', self._local_processes())
-        self.entries.append(FlowEntry(name, needs_list, dep, replica_port, floating))
+        self.entries.append(FlowEntry(name, needs_list, dep, replica_port, floating, metrics_port))
         return self
 
     def needs(self, needs: Union[str, Sequence[str]], name: str = 'joiner', **kwargs) -> 'Flow':
@@ -267,6 +282,9 @@ class Flow(Orchestration):
                 plan.max_in_flight = e.deployment.max_in_flight_per_replica
             if e.replica_port is not None:
                 plan.shards = [[replace(r, spec=replace(r.spec, port=e.replica_port)) for r in shard]
+                               for shard in plan.shards]
+            if e.metrics_port is not None:
+                plan.shards = [[replace(r, spec=replace(r.spec, port_monitoring=e.metrics_port)) for r in shard]
                                for shard in plan.shards]
             plans.append(plan)
         return plans

@@ -195,12 +195,39 @@ class Gateway:
         self._background: set = set()   # floating nodes' tasks still running after their request
         self.stats = RequestStats()
         self.port: Optional[int] = None
+        self.metrics: Optional[Any] = None          # runtime.metrics.Metrics with monitoring=True
+        self.metrics_port: Optional[int] = None
+
+    def start_metrics(self, host: str, port: int) -> Any:
+        """Prometheus ``/metrics`` of this gateway on ``host:port`` (runtime.metrics); -> its server."""
+        from runtime import metrics as m
+        labels = {'gateway': self.name}
+        self.metrics = m.Metrics('gateway', labels)
+        self.metrics.add_collector(m.ScrapeCollector([
+            m.in_flight_reader(labels, lambda: self.stats.in_flight, 'gateway'),
+            m.routing_reader(labels, lambda: self.nodes),
+            m.process_reader(labels)]))
+        server = m.serve_metrics(self.metrics, host, port)
+        self.metrics_port = server.port
+        return server
 
     async def route_request(self, frame: bytes) -> bytes:
         """One client request frame through the graph -> the reply frame (an error reply raises
         :class:`NodeError`, whose ``header`` is the reply). The one entry of every front door."""
         header, body = protocol.unpack(frame)
         protocol.check_request_header(header)
+        if self.metrics is None:
+            return await self._route(header, body, frame)
+        t0 = time.perf_counter()
+        ok = False
+        try:
+            reply = await self._route(header, body, frame)
+            ok = True
+            return reply
+        finally:
+            self.metrics.for_endpoint(str(header.get('endpoint', '/'))).observe(time.perf_counter() - t0, ok)
+
+    async def _route(self, header: Dict[str, Any], body: Any, frame: bytes) -> bytes:
         not_targeted = unmatched(header.get('target_executor'), self.nodes)
         if not_targeted:
             raise NodeError(protocol.error_header(LookupError(not_targeted), self.name))
@@ -264,7 +291,7 @@ class Gateway:
     async def info(self, frame: bytes, context) -> bytes:
         return json.dumps({'ready': True, 'role': 'gateway', 'name': self.name, 'pid': os.getpid(),
                            'port': self.port, 'nodes': {n: node.describe() for n, node in self.nodes.items()},
-                           **self.stats.snapshot()}).encode()
+                           'metrics_port': self.metrics_port, **self.stats.snapshot()}).encode()
 
     async def control(self, frame: bytes, context) -> bytes:
         """``{'op': 'set_replicas', 'node': name, 'shard': i, 'addresses': [...]}`` (scaling, restarts).
@@ -392,10 +419,13 @@ def run_gateway(child: Dict[str, Any], status, stopping: threading.Event) -> Non
         server, gw.port = await start_node_server(spec.host, spec.port, gw.call, gw.info, credentials=credentials)
         local, local_port = await start_node_server('127.0.0.1', spec.local_port,
                                                     gw.call, gw.info, gw.control, secret)
+        metrics = gw.start_metrics(spec.host, spec.port_monitoring) if spec.monitoring else None
         status.send(event='ready', port=gw.port, local_port=local_port, pid=os.getpid())
         try:
             await stop.wait()
         finally:
+            if metrics is not None:
+                metrics.close()
             await asyncio.gather(server.stop(grace=STOP_GRACE_S), local.stop(grace=STOP_GRACE_S))
             await gw.close()
     asyncio.run(main())

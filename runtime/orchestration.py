@@ -34,7 +34,7 @@ from runtime.plan import RunPlan, StagePlan
 from runtime.processes import ChildProcess
 from runtime.runner import Runner, RunningStage, ainfo
 from runtime.secrets import private_dir, resolve_secret
-from runtime.specs import GatewaySpec, OrchestrationStatus
+from runtime.specs import MONITORING, GatewaySpec, OrchestrationStatus
 from runtime.supervision import Supervisor
 
 log = logging.getLogger('orchestra')
@@ -60,7 +60,8 @@ class Orchestration:
 
     def __init__(self, name: str, port: Optional[int], host: str, timeout_ready: float,
                  log_dir: Optional[str], max_in_flight_per_replica: int, stream_logs: bool,
-                 secret: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None):
+                 secret: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
+                 monitoring: bool = MONITORING, port_monitoring: Optional[int] = None):
         from runtime.tls import check_tls
         self.name = name
         self._port_arg = port
@@ -73,6 +74,8 @@ class Orchestration:
         self._secret_arg = secret     # never an attribute named `secret`: configs saved from this omit it
         self._secret: Optional[str] = None   # the one in use (runtime.secrets.resolve_secret at start)
         self.tls_cert, self.tls_key = check_tls(tls_cert, tls_key)
+        self.monitoring = monitoring                # Prometheus /metrics (runtime.metrics)
+        self.port_monitoring = port_monitoring      # the gateway's; None: the OS picks
         self.nodes: List[RunningStage] = []       # what runs (or ran last): the plan's stages and processes
         self._runner: Optional[Runner] = None     # its processes, while started
         self._client: Optional[Client] = None
@@ -242,6 +245,16 @@ class Orchestration:
         return to_kubernetes_yaml(self, output_base_path, k8s_namespace=k8s_namespace,
                                   image=image or DEFAULT_IMAGE, app_dir=app_dir)
 
+    def prometheus_config(self, scrape_interval: str = '5s') -> str:
+        """A Prometheus config (YAML) scraping this running Deployment's gateway and replicas (``monitoring=True``).
+
+        >>> open('prometheus.yml', 'w').write(dep.prometheus_config())   # doctest: +SKIP
+        """
+        from runtime.export.prometheus import scrape_config
+        from runtime.metrics import scrape_targets
+        self._require_started()
+        return scrape_config(self.name, scrape_targets(self.status()), scrape_interval)
+
     # -- status and logs --------------------------------------------------------------
     def status(self, timeout: float = 2.0) -> OrchestrationStatus:
         """Structured state: the gateway and every replica (pid, state, requests, ...)."""
@@ -326,7 +339,8 @@ class Orchestration:
         gateway = GatewaySpec(name=f'{self.name}/gateway', host=self.host, port=self._port_arg or 0,
                               max_in_flight_per_replica=self.max_in_flight_per_replica,
                               stages=tuple(s.stage_spec() for s in stages), tls_cert=self.tls_cert,
-                              tls_key=self.tls_key)
+                              tls_key=self.tls_key, monitoring=self.monitoring,
+                              port_monitoring=self.port_monitoring or 0)
         return RunPlan(self.name, stages, gateway)
 
     # -- scaling ------------------------------------------------------------------------

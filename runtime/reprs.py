@@ -137,6 +137,21 @@ def summary_line(obj: Orchestration) -> str:
     return ', '.join(parts)
 
 
+def metrics_line(status: Optional[Dict[str, Any]]) -> str:
+    """Where Prometheus scrapes (``monitoring=True``), or '' when nothing serves metrics."""
+    if not status:
+        return ''
+    gw = (status.get('gateway') or {}).get('metrics_port')
+    reps = [str(r['metrics_port']) for r in status.get('replicas') or [] if r.get('metrics_port')]
+    if not gw and not reps:
+        return ''
+    host = (status.get('address') or '127.0.0.1:0').rsplit(':', 1)[0]
+    parts = [f'gateway http://{host}:{gw}/metrics'] if gw else []
+    if reps:
+        parts.append(f'replicas on ports {", ".join(reps)}')
+    return 'metrics: ' + '; '.join(parts)
+
+
 def status_html(obj: Orchestration, status: Optional[Dict[str, Any]] = None, state: Optional[str] = None,
                 note: str = '') -> str:
     """The HTML view: header (the state and when it was read: a displayed card never changes), the
@@ -153,6 +168,8 @@ def status_html(obj: Orchestration, status: Optional[Dict[str, Any]] = None, sta
         if status is not None:
             head, rows, raw = replica_rows(status)
             table = html_table(head, rows, raw)
+            if metrics_line(status):
+                table += f'<div style="color: #555">{esc(metrics_line(status))}</div>'
     where = f'on <code>{esc(obj.address)}</code>' if running else ''
     return template('orchestration.html').substitute(
         kind=esc(kind_of(obj)), name=esc(obj.name), state=esc(state), taken=time.strftime('%H:%M:%S'),
@@ -181,6 +198,8 @@ def status_text(obj: Orchestration, status: Optional[Dict[str, Any]] = None) -> 
         lines.append('  ' + '  '.join(h.ljust(w) for h, w in zip(head, widths)))
         for r in text_rows:
             lines.append('  ' + '  '.join(c.ljust(w) for c, w in zip(r, widths)))
+        if metrics_line(status):
+            lines.append('  ' + metrics_line(status))
     return '\n'.join(lines)
 
 

@@ -170,6 +170,8 @@ class ReplicaSet:
         self.stopped: Dict[str, str] = {}                  # address -> why it is left down
         self.replicas: List[Replica] = []
         self._rr = itertools.count()
+        self.retries = 0        # requests retried on another replica (runtime.metrics reads these two)
+        self.taken_out = 0      # times a replica was taken out of rotation
         self._waiters: collections.deque = collections.deque()
         self._probes: Dict[str, asyncio.Task] = {}
         self._health: Optional[asyncio.Task] = None
@@ -217,6 +219,11 @@ class ReplicaSet:
     @property
     def in_flight(self) -> int:
         return sum(r.in_flight for r in self.replicas)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting here for a replica with room."""
+        return len(self._waiters)
 
     def _pick(self, exclude: Iterable[Replica] = ()) -> Optional[Replica]:
         replicas = self.replicas
@@ -308,6 +315,7 @@ class ReplicaSet:
             lost.append((r, why))
             if not retry or len(lost) > MAX_RETRIES:
                 raise ReplicaLost(self._lost_message(endpoint, lost, retry))
+            self.retries += 1
             log.warning('%s (%s): %s; retrying %s on another replica', r.name, r.address, why, endpoint)
 
     def _why_hung(self) -> str:
@@ -346,6 +354,8 @@ class ReplicaSet:
         """Out of the rotation until it answers again; ``abandon``: take back its calls in flight
         that are safe to retry elsewhere (a stateful ``@write`` waits until the supervisor kills a
         hung replica: then its connection is lost, and a request id is applied once)."""
+        if r.healthy:
+            self.taken_out += 1
         r.healthy = False
         if abandon:
             for call, endpoint in list(r.calls.items()):

@@ -59,6 +59,8 @@ HEALTH_INTERVAL_S = 1.0
 REPLICA_WAIT_S = 5.0
 #: the log level of a child process (``log_level``)
 LOG_LEVEL: str = _user_default('log_level')
+#: whether the gateway and replicas serve Prometheus metrics (``monitoring``)
+MONITORING: bool = _user_default('monitoring')
 #: a replica's gRPC host and a gateway's default host
 LOOPBACK = '127.0.0.1'
 #: the name of the graph's source and sink in ``needs`` (the gateway itself)
@@ -278,6 +280,8 @@ class ReplicaSpec(_Spec):
     log_level: str = LOG_LEVEL
     secret: Optional[str] = None                # set by the owner at start (private pipe, never argv/env)
     raft: Optional[RaftSpec] = None             # stateful replicas only
+    monitoring: bool = MONITORING               # serve /metrics (runtime.metrics)
+    port_monitoring: int = 0                    # its port; 0: the OS picks, reported in Info
 
     @property
     def stateful(self) -> bool:
@@ -320,6 +324,8 @@ class GatewaySpec(_Spec):
     secret: Optional[str] = None
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
+    monitoring: bool = MONITORING               # serve /metrics (runtime.metrics) on host
+    port_monitoring: int = 0                    # its port; 0: the OS picks, reported in Info
 
 
 # -- what status() returns -------------------------------------------------------------------------------

@@ -57,6 +57,24 @@ class ReplicaServer:
         self._ok_head = protocol.pack({'ok': True, 'replica': self.name})
         #: ``report(event=..., **fields)``: a line on the status pipe to the owner (set by run_worker)
         self.report: Callable[..., None] = lambda **msg: None
+        self.metrics: Optional[Any] = None          # runtime.metrics.Metrics with monitoring=True
+        self.metrics_server: Optional[Any] = None
+        if spec.monitoring:
+            self._start_metrics()
+
+    def _start_metrics(self) -> None:
+        """Prometheus ``/metrics`` of this replica (runtime.metrics), bound like its gRPC port."""
+        from runtime import metrics as m
+        labels = m.replica_labels(self.spec.deployment, self.spec.replica_id, self.spec.shard_id)
+        self.metrics = m.Metrics('replica', labels)
+        self.metrics.add_collector(m.ScrapeCollector([
+            m.in_flight_reader(labels, lambda: self.stats.in_flight, 'replica'),
+            m.raft_reader(labels, lambda: self.consensus.status() if self.consensus is not None else None),
+            m.process_reader(labels),
+            m.gpu_reader(labels, os.environ.get('CUDA_VISIBLE_DEVICES')),
+            m.batch_reader(labels, lambda: self.batchers)]))
+        m.install(self.metrics)
+        self.metrics_server = m.serve_metrics(self.metrics, self.spec.host, self.spec.port_monitoring)
 
     # -- the request path -----------------------------------------------------
     def run_endpoint(self, ep: Endpoint, parameters: dict, body: bytes) -> Tuple[Dict[str, Any], bytes]:
@@ -68,6 +86,7 @@ class ReplicaServer:
     async def call(self, frame: bytes, context) -> bytes:
         t0 = time.perf_counter()
         endpoint = '?'
+        ok = False
         try:
             header, body = protocol.unpack(frame)
             protocol.check_request_header(header)
@@ -88,8 +107,12 @@ class ReplicaServer:
                     if self.consensus is not None:   # caught up; strong: all committed applied
                         await self.consensus.before_read(header)
                     reply_header, reply_body = await self.pool.run(self.run_endpoint, ep, parameters, body)
+                ok = reply_header is _OK or bool(reply_header.get('ok'))
             finally:
-                self.stats.finished(endpoint, time.perf_counter() - t0)
+                seconds = time.perf_counter() - t0
+                self.stats.finished(endpoint, seconds)
+                if self.metrics is not None:
+                    self.metrics.for_endpoint(endpoint).observe(seconds, ok)
             if reply_header == _OK:
                 return self._ok_head + reply_body
             reply_header['replica'] = self.name
@@ -122,6 +145,8 @@ class ReplicaServer:
             info['raft'] = self.consensus.status()
         if self.batchers:
             info['batching'] = self.batchers.describe()
+        if self.metrics_server is not None:
+            info['metrics_port'] = self.metrics_server.port
         return info
 
     # -- serving ----------------------------------------------------------------
@@ -145,6 +170,8 @@ class ReplicaServer:
                 self.executor.close()
             except Exception:
                 log.exception('Executor.close() failed')
+            if self.metrics_server is not None:
+                self.metrics_server.close()
 
 
 _OK = {'ok': True}

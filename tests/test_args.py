@@ -291,16 +291,25 @@ def test_refused_jina_flags_say_why(capsys):
 
 @pytest.mark.parametrize('key', sorted(schema.JINA_ACCEPTED))
 def test_accepted_jina_arguments(key):
-    ok_value = {'native': True, 'monitoring': False, 'deployment_role': None, 'copy_flow': False}[key]
+    ok_value = {'native': True, 'deployment_role': None, 'copy_flow': False}[key]
     Deployment(**{key: ok_value})
     Flow().add(**{key: ok_value})
     with pytest.raises(ValueError, match=f'{key}=.*is not supported'):
         Deployment(**{key: 'bad'})
 
 
-def test_monitoring_true_is_refused_for_now():
-    with pytest.raises(ValueError, match='Prometheus endpoint is not there yet'):
-        Deployment(monitoring=True)
+def test_monitoring_is_an_argument():
+    dep = Deployment(monitoring=True, port_monitoring=0)
+    assert dep.monitoring is True and dep.run_plan().gateway.monitoring
+    assert all(r.spec.monitoring for r in dep.run_plan().stages[0].shards[0])
+    with pytest.raises(ValueError, match="monitoring='yes': must be True or False"):
+        Deployment(monitoring='yes')
+    with pytest.raises(ValueError, match='port_monitoring=70000'):
+        Deployment(port_monitoring=70000)
+    flow = Flow(monitoring=True).add(name='a').add(name='b', monitoring=False, port_monitoring=9999)
+    assert flow['a'].monitoring and not flow['b'].monitoring
+    with pytest.raises(ValueError, match='a fixed metrics port needs exactly one replica'):
+        Flow().add(name='c', replicas=2, port_monitoring=9999)
 
 
 def test_translated_jina_arguments(tmp_path):
