@@ -11,8 +11,10 @@ from runtime.client import Client, RemoteError
 from runtime.deployment import Deployment
 from runtime.executor import Executor, requests, write
 from runtime.flow import Flow
+from runtime.metrics import monitor
 
-__all__ = ['Executor', 'requests', 'write', 'dynamic_batching', 'Deployment', 'Flow', 'Client', 'RemoteError']
+__all__ = ['Executor', 'requests', 'write', 'dynamic_batching', 'monitor', 'Deployment', 'Flow', 'Client',
+           'RemoteError']
 __version__ = '0.1.0'
 
 

@@ -436,11 +436,12 @@ def scrape_targets(status: Dict[str, Any]) -> List[Tuple[str, Dict[str, str]]]:
     gw = status.get('gateway') or {}
     host = (status.get('address') or '127.0.0.1:0').rsplit(':', 1)[0]
     if gw.get('metrics_port'):
-        out.append((f'{_connect_host(host)}:{gw["metrics_port"]}', {'role': 'gateway'}))
+        out.append((f'{_connect_host(host)}:{gw["metrics_port"]}', {'component': 'gateway'}))
     for r in status.get('replicas') or []:
         if r.get('metrics_port'):
             rhost = (r.get('address') or '127.0.0.1:0').rsplit(':', 1)[0]
-            out.append((f'{_connect_host(rhost)}:{r["metrics_port"]}', {'role': 'replica', 'name': r['name']}))
+            labels = {'component': 'replica', 'process': r['name']}
+            out.append((f'{_connect_host(rhost)}:{r["metrics_port"]}', labels))
     return out
 
 

@@ -5,7 +5,7 @@ import time
 from docarray import DocList
 from docarray.documents import TextDoc
 
-from orchestra_nb import Executor, requests, write
+from orchestra_nb import Executor, monitor, requests, write
 
 
 class Upper(Executor):
@@ -109,3 +109,18 @@ class DiesAtStartIf(Executor):
     @requests
     def serve(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
         return docs
+
+
+class MonitoredKV(KV):
+    """KV with its own Prometheus metrics: ``self.monitor`` and ``@monitor`` (tests/test_metrics.py)."""
+
+    @requests(on='/index')
+    @write
+    def index(self, docs: DocList[TextDoc], **kwargs) -> DocList[TextDoc]:
+        with self.monitor('kv_index_seconds', 'time to store a request of docs'):
+            self.store(docs)
+
+    @monitor(name='kv_store_seconds', documentation='time in store()')
+    def store(self, docs):
+        for d in docs:
+            self.kv[d.id] = d.text

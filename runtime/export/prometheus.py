@@ -2,10 +2,10 @@
 
 ``dep.prometheus_config()`` returns the YAML text; ``prometheus --config.file=FILE`` scrapes
 the gateway and every replica at their ``/metrics`` (ports from ``status()``). Each target
-carries the labels ``role`` (gateway or replica) and ``orchestra`` (the Deployment's name),
-so queries can tell one deployment from another. docs/monitoring.md has the PromQL.
+carries the labels ``component`` (gateway or replica), ``process`` (a replica's name) and
+``orchestra`` (the Deployment's name). docs/monitoring.md has the PromQL.
 
-    >>> print(scrape_config('enc', [('127.0.0.1:9100', {'role': 'gateway'})], '5s'))  # doctest: +ELLIPSIS
+    >>> print(scrape_config('enc', [('127.0.0.1:9100', {'component': 'gateway'})], '5s'))  # doctest: +ELLIPSIS
     global:
       scrape_interval: 5s
     ...
