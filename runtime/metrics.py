@@ -356,12 +356,15 @@ _endpoint = threading.local()
 
 
 def install(metrics: Optional[Metrics]) -> None:
-    """Make ``metrics`` this process's: Executors' ``monitor`` use it (:func:`current`), and each Executor
-    call counts its documents and names its endpoint (:data:`runtime.executor.call_observer`)."""
+    """Make ``metrics`` this process's: what Executors' ``monitor`` use (:func:`current`)."""
     global _current
-    from runtime import executor
     _current = metrics
-    executor.call_observer = None if metrics is None else functools.partial(_observe_call, metrics)
+
+
+def call_observer(metrics: Metrics) -> Callable[[str, Any], Any]:
+    """What a replica sets as :data:`runtime.executor.call_observer`: each Executor call counts its
+    documents and names its endpoint (the ``endpoint`` label of Executors' own metrics)."""
+    return functools.partial(_observe_call, metrics)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from runtime import executor as executor_module
 from runtime import protocol
 from runtime.batching import Batchers
 from runtime.codec import decode_docs, encode_docs  # loaded before ready, not on the first request
@@ -74,6 +75,7 @@ class ReplicaServer:
             m.gpu_reader(labels, os.environ.get('CUDA_VISIBLE_DEVICES')),
             m.batch_reader(labels, lambda: self.batchers)]))
         m.install(self.metrics)
+        executor_module.call_observer = m.call_observer(self.metrics)
         self.metrics_server = m.serve_metrics(self.metrics, self.spec.host, self.spec.port_monitoring)
 
     # -- the request path -----------------------------------------------------
