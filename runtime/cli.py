@@ -268,12 +268,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.target == 'docker-compose':
             from runtime.export.compose import write_compose
             out = write_compose(obj, args.output, network_name=args.network_name, image=args.image,
-                                app_dir=app_dir)
+                                app_dir=app_dir, prometheus=args.prometheus)
             print(f'wrote {out}; start it with: docker-compose -f {out} up -d', flush=True)
         else:
             from runtime.export.kubernetes import write_kubernetes
             files = write_kubernetes(obj, args.output, k8s_namespace=args.k8s_namespace, image=args.image,
-                                     app_dir=app_dir)
+                                     app_dir=app_dir, service_monitor=args.service_monitor)
             print(f'wrote {len(files)} files to {args.output}; apply them with: kubectl apply -f {args.output}',
                   flush=True)
     except (ExportError, ValueError, FileNotFoundError, ImportError) as e:
@@ -347,16 +347,19 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser('export', help='write Docker Compose or Kubernetes files for a Deployment/Flow YAML',
                        description='Export a jtype: Deployment/Flow YAML (docs/scaling-out.md).')
     ex = p.add_subparsers(dest='target', metavar='TARGET', required=True)
-    for target, what, output, (flag, flag_help) in (
+    for target, what, output, (flag, flag_help), (switch, switch_help) in (
             ('docker-compose', 'one service per replica, plus the gateway',
              'the compose file to write (e.g. deploy/docker-compose.yml)',
-             ('--network-name', 'name of the Compose network (default: Compose picks)')),
+             ('--network-name', 'name of the Compose network (default: Compose picks)'),
+             ('--prometheus', 'with monitoring: true, add a Prometheus service scraping every container')),
             ('kubernetes', 'manifests for kubectl apply -f OUT_DIR', 'the folder to write the manifests to',
-             ('--k8s-namespace', 'namespace (default: the Deployment/Flow name)'))):
+             ('--k8s-namespace', 'namespace (default: the Deployment/Flow name)'),
+             ('--service-monitor', "with monitoring: true, add a prometheus-operator ServiceMonitor"))):
         q = ex.add_parser(target, help=what)
         q.add_argument('config', help='a jtype: Deployment or Flow YAML')
         q.add_argument('output', help=output)
         q.add_argument(flag, help=flag_help)
+        q.add_argument(switch, action='store_true', help=switch_help)
         q.add_argument('--image', default=DEFAULT_IMAGE, help=f'the runtime image (default {DEFAULT_IMAGE})')
         q.set_defaults(func=cmd_export)
 

@@ -232,18 +232,26 @@ class Orchestration:
 
     # -- beyond one machine (runtime/export, docs/scaling-out.md) -------------------------
     def to_docker_compose_yaml(self, output_path: str, network_name: Optional[str] = None,
-                               image: Optional[str] = None, app_dir: Optional[str] = None) -> str:
-        """Write a Docker Compose file (one service per replica + the gateway); returns its path."""
+                               image: Optional[str] = None, app_dir: Optional[str] = None,
+                               prometheus: bool = False) -> str:
+        """Write a Docker Compose file (one service per replica + the gateway); returns its path.
+
+        With ``monitoring=True`` the metrics ports are published and Prometheus configs written next to
+        it; ``prometheus=True`` adds a Prometheus service scraping every container (docs/monitoring.md)."""
         from runtime.export import DEFAULT_IMAGE, to_docker_compose_yaml
         return to_docker_compose_yaml(self, output_path, network_name=network_name,
-                                      image=image or DEFAULT_IMAGE, app_dir=app_dir)
+                                      image=image or DEFAULT_IMAGE, app_dir=app_dir, prometheus=prometheus)
 
     def to_kubernetes_yaml(self, output_base_path: str, k8s_namespace: Optional[str] = None,
-                           image: Optional[str] = None, app_dir: Optional[str] = None) -> List[str]:
-        """Write Kubernetes manifests under ``output_base_path``; returns the files written."""
+                           image: Optional[str] = None, app_dir: Optional[str] = None,
+                           service_monitor: bool = False) -> List[str]:
+        """Write Kubernetes manifests under ``output_base_path``; returns the files written.
+
+        With ``monitoring=True`` pods carry the ``prometheus.io/*`` scrape annotations;
+        ``service_monitor=True`` adds a prometheus-operator ``ServiceMonitor``."""
         from runtime.export import DEFAULT_IMAGE, to_kubernetes_yaml
         return to_kubernetes_yaml(self, output_base_path, k8s_namespace=k8s_namespace,
-                                  image=image or DEFAULT_IMAGE, app_dir=app_dir)
+                                  image=image or DEFAULT_IMAGE, app_dir=app_dir, service_monitor=service_monitor)
 
     def prometheus_config(self, scrape_interval: str = '5s') -> str:
         """A Prometheus config (YAML) scraping this running Deployment's gateway and replicas (``monitoring=True``).

@@ -90,6 +90,38 @@ def test_compose_file(tmp_path, monkeypatch, capsys):
         assert r.returncode == 0, r.stderr
 
 
+def test_compose_with_monitoring_and_prometheus(tmp_path):
+    from runtime.flow import Flow
+    f = (Flow(name='mon', monitoring=True)
+         .add(name='enc', replicas=2).add(name='kv', uses='sample_executors:KV', replicas=3, stateful=True))
+    out = tmp_path / 'docker-compose.yml'
+    f.to_docker_compose_yaml(str(out), prometheus=True)
+    services = yaml.safe_load(out.read_text())['services']
+    assert services['gateway']['ports'] == ['8080:8080', '9090:9090']
+    published = [services[n]['ports'] for n in ('enc-rep-0', 'enc-rep-1', 'kv-rep-0', 'kv-rep-1', 'kv-rep-2')]
+    assert published == [[f'{9100 + i}:9090'] for i in range(5)]
+    prom = services['prometheus']
+    assert prom['image'] == 'orchestra-prometheus:bookworm' and prom['ports'] == ['9099:9090']
+    inside = yaml.safe_load((tmp_path / 'prometheus.yml').read_text())['scrape_configs'][0]['static_configs']
+    assert sorted(g['targets'][0] for g in inside) == sorted(
+        ['gateway:9090', 'enc-rep-0:9090', 'enc-rep-1:9090', 'kv-rep-0:9090', 'kv-rep-1:9090', 'kv-rep-2:9090'])
+    host = yaml.safe_load((tmp_path / 'prometheus-host.yml').read_text())['scrape_configs'][0]['static_configs']
+    assert sorted(g['targets'][0] for g in host) == sorted(
+        ['127.0.0.1:9090'] + [f'127.0.0.1:{9100 + i}' for i in range(5)])
+    assert {g['labels']['process'] for g in host} >= {'kv/rep-2', 'mon/gateway'}
+    if shutil.which('docker-compose'):
+        r = subprocess.run(['docker-compose', '-f', str(out), 'config', '-q'], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+
+
+def test_prometheus_service_needs_monitoring(tmp_path):
+    from runtime.deployment import Deployment
+    from runtime.export.plan import ExportError
+    with pytest.raises(ExportError, match='needs monitoring=True'):
+        Deployment(name='plain').to_docker_compose_yaml(str(tmp_path / 'c.yml'), prometheus=True)
+
+
 # ----------------------------------------------------------------------------- the real run
 
 def _run(cmd, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:

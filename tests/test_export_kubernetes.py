@@ -235,3 +235,39 @@ def test_bad_values_are_named(tmp_path, capsys):
     outside.mkdir()
     with pytest.raises(ExportError, match='outside the folder shipped'):
         Flow.load_config(cfg).to_kubernetes_yaml(str(tmp_path / 'o3'), app_dir=str(outside))
+
+
+def test_monitoring_adds_scrape_annotations_and_a_service_monitor(tmp_path):
+    from runtime.flow import Flow
+    f = (Flow(name='mon', monitoring=True, port_monitoring=9300)
+         .add(name='enc', replicas=2).add(name='kv', uses='sample_executors:KV', replicas=3, stateful=True))
+    f.to_kubernetes_yaml(str(tmp_path / 'out'), service_monitor=True)
+    docs = load_docs(str(tmp_path / 'out'))
+    for kind, name, port in (('Deployment', 'enc', 9090), ('StatefulSet', 'kv', 9090), ('Deployment', 'gateway', 9300)):
+        pod = docs[(kind, name)]['spec']['template']
+        assert pod['metadata']['annotations'] == {'prometheus.io/scrape': 'true', 'prometheus.io/port': str(port),
+                                                  'prometheus.io/path': '/metrics'}
+        assert {'name': 'metrics', 'containerPort': port} in pod['spec']['containers'][0]['ports']
+    assert {'name': 'metrics', 'port': 9300, 'targetPort': 9300} in docs[('Service', 'gateway')]['spec']['ports']
+    assert any(p['name'] == 'metrics' for p in docs[('Service', 'kv-headless')]['spec']['ports'])
+    version = kubernetes_validate.latest_version()
+    for key, doc in docs.items():
+        if key[0] != 'ServiceMonitor':
+            kubernetes_validate.validate(doc, version, strict=True)
+    # a CRD (prometheus-operator's monitoring.coreos.com/v1): its shape checked by hand
+    sm = docs[('ServiceMonitor', 'mon')]
+    assert sm['apiVersion'] == 'monitoring.coreos.com/v1' and sm['metadata']['namespace'] == 'mon'
+    assert sm['spec']['selector'] == {'matchLabels': {'app.kubernetes.io/part-of': 'mon'}}
+    assert sm['spec']['namespaceSelector'] == {'matchNames': ['mon']}
+    assert sm['spec']['endpoints'] == [{'port': 'metrics', 'path': '/metrics', 'interval': '15s'}]
+    assert set(sm) == {'apiVersion', 'kind', 'metadata', 'spec'}
+    # every Service the ServiceMonitor selects carries the label it selects on
+    services = [d for (kind, _), d in docs.items() if kind == 'Service']
+    assert all(s['metadata']['labels']['app.kubernetes.io/part-of'] == 'mon' for s in services)
+
+
+def test_service_monitor_needs_monitoring(tmp_path):
+    from runtime.deployment import Deployment
+    from runtime.export.plan import ExportError
+    with pytest.raises(ExportError, match='needs monitoring=True'):
+        Deployment(name='plain').to_kubernetes_yaml(str(tmp_path / 'out'), service_monitor=True)

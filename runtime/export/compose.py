@@ -25,8 +25,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from runtime.export.plan import (APP_DIR, CONFIG_PATH, DEFAULT_IMAGE, SECRET_ENV, WORKSPACE_DIR, ExecutorExport,
-                                 ExportPlan, build_plan, dns_label, new_secret)
+from runtime.export.plan import (APP_DIR, CONFIG_PATH, DEFAULT_IMAGE, METRICS_PORT, SECRET_ENV, WORKSPACE_DIR,
+                                 ExecutorExport, ExportError, ExportPlan, build_plan, dns_label, new_secret)
 
 __all__ = ['compose_document', 'write_compose']
 
@@ -41,9 +41,38 @@ def service_name(ex: ExecutorExport, shard: int, replica: int) -> str:
     return f'{ex.workload(shard)}-rep-{replica}'
 
 
+#: with monitoring, replica k's /metrics is published on this host port + k (the gateway's on port_monitoring
+#: or METRICS_PORT), so that a Prometheus on the host can scrape them (``prometheus-host.yml``)
+HOST_METRICS_BASE = 9100
+#: ``prometheus=True``: the Prometheus service's image (docs/monitoring.md says how to build it) and host port
+PROMETHEUS_IMAGE = 'orchestra-prometheus:bookworm'
+PROMETHEUS_HOST_PORT = 9099
+PROMETHEUS_CONFIG = 'prometheus.yml'
+PROMETHEUS_HOST_CONFIG = 'prometheus-host.yml'
+
+
+def metrics_targets(doc: Dict[str, Any]) -> Dict[str, List[tuple]]:
+    """Where each service's /metrics is: ``{'compose': [(service:port, labels)], 'host': [(127.0.0.1:port,
+    labels)]}`` (the compose network's names, and the ports published on the host)."""
+    out: Dict[str, List[tuple]] = {'compose': [], 'host': []}
+    for name, svc in doc['services'].items():
+        port = svc.get('labels', {}).get('orchestra.metrics_port')
+        if not port:
+            continue
+        component = 'gateway' if name == 'gateway' else 'replica'
+        labels = {'component': component, 'process': svc['labels']['orchestra.replica']}
+        out['compose'].append((f'{name}:{port}', labels))
+        published = [p for p in svc.get('ports', []) if p.endswith(f':{port}')]
+        if published:
+            out['host'].append((f'127.0.0.1:{published[0].split(":")[0]}', labels))
+    return out
+
+
 def compose_document(plan: ExportPlan, compose_dir: str, image: str = DEFAULT_IMAGE,
-                     network_name: Optional[str] = None) -> Dict[str, Any]:
-    """The compose file's content for ``plan``, with paths relative to ``compose_dir``."""
+                     network_name: Optional[str] = None, prometheus: bool = False,
+                     prometheus_image: str = PROMETHEUS_IMAGE) -> Dict[str, Any]:
+    """The compose file's content for ``plan``, with paths relative to ``compose_dir``; ``prometheus``: a
+    Prometheus service scraping every container (monitoring=True)."""
     secret = plan.secret_name
     secret_env = {SECRET_ENV: f'/run/secrets/{secret}'}
     app_src = os.path.relpath(plan.app_dir, compose_dir)
@@ -53,6 +82,7 @@ def compose_document(plan: ExportPlan, compose_dir: str, image: str = DEFAULT_IM
     services: Dict[str, Any] = {}
     volumes: Dict[str, Any] = {}
     targets: Dict[tuple, List[str]] = {}
+    published: List[str] = []   # replicas whose /metrics is published on the host
     for ex in plan.executors:
         if ex.external:
             targets[(ex.name, 0)] = list(ex.external)
@@ -77,6 +107,10 @@ def compose_document(plan: ExportPlan, compose_dir: str, image: str = DEFAULT_IM
                     vol = f'{svc}-workspace'
                     volumes[vol] = {}
                     service['volumes'].append(f'{vol}:{WORKSPACE_DIR}')
+                if ex.monitoring:
+                    service['ports'] = [f'{HOST_METRICS_BASE + len(published)}:{METRICS_PORT}']
+                    service['labels']['orchestra.metrics_port'] = str(METRICS_PORT)
+                    published.append(svc)
                 dev = devices[s * ex.replicas + r.replica]
                 if dev:
                     service['deploy'] = {'resources': {'reservations': {'devices': [
@@ -89,6 +123,20 @@ def compose_document(plan: ExportPlan, compose_dir: str, image: str = DEFAULT_IM
         'healthcheck': _healthcheck(plan.gateway_port), 'restart': 'unless-stopped',
         'labels': {'orchestra.replica': f'{plan.name}/gateway'},
     }
+    if plan.monitoring:
+        port = plan.graph.port_monitoring
+        services['gateway']['ports'].append(f'{port}:{port}')
+        services['gateway']['labels']['orchestra.metrics_port'] = str(port)
+    if prometheus:
+        if not plan.monitoring:
+            raise ExportError(f'{plan.name!r}: a Prometheus service needs monitoring=True (nothing to scrape)')
+        services['prometheus'] = {
+            'image': prometheus_image,
+            'command': ['prometheus', f'--config.file=/etc/prometheus/{PROMETHEUS_CONFIG}',
+                        '--storage.tsdb.path=/prometheus', f'--web.listen-address=0.0.0.0:{METRICS_PORT}'],
+            'volumes': [f'./{PROMETHEUS_CONFIG}:/etc/prometheus/{PROMETHEUS_CONFIG}:ro'],
+            'ports': [f'{PROMETHEUS_HOST_PORT}:{METRICS_PORT}'], 'restart': 'unless-stopped',
+        }
     doc: Dict[str, Any] = {'version': '3.8', 'services': services}
     if volumes:
         doc['volumes'] = volumes
@@ -103,13 +151,24 @@ def config_file_name(plan: ExportPlan) -> str:
 
 
 def write_compose(obj: Any, output_path: str, network_name: Optional[str] = None, image: str = DEFAULT_IMAGE,
-                  app_dir: Optional[str] = None) -> str:
-    """Write the compose file, the config next to it and the secret (when missing); returns the path."""
+                  app_dir: Optional[str] = None, prometheus: bool = False,
+                  prometheus_image: str = PROMETHEUS_IMAGE) -> str:
+    """Write the compose file, the config next to it and the secret (when missing); returns the path.
+
+    With monitoring, also ``prometheus.yml`` (scraping the services by name, what the ``prometheus``
+    service reads) and ``prometheus-host.yml`` (scraping the ports published on the host)."""
     plan = build_plan(obj, app_dir=app_dir)
     output_path = os.path.abspath(output_path)
     out_dir = os.path.dirname(output_path)
     os.makedirs(out_dir, exist_ok=True)
-    doc = compose_document(plan, out_dir, image=image, network_name=network_name)
+    doc = compose_document(plan, out_dir, image=image, network_name=network_name, prometheus=prometheus,
+                           prometheus_image=prometheus_image)
+    if plan.monitoring or any(ex.monitoring for ex in plan.executors):
+        from runtime.export.prometheus import scrape_config
+        where = metrics_targets(doc)
+        for file_name, targets in ((PROMETHEUS_CONFIG, where['compose']), (PROMETHEUS_HOST_CONFIG, where['host'])):
+            with open(os.path.join(out_dir, file_name), 'w', encoding='utf-8') as f:
+                f.write(scrape_config(plan.name, targets))
     with open(os.path.join(out_dir, config_file_name(plan)), 'w', encoding='utf-8') as f:
         f.write(plan.spec_yaml())
     secret_path = os.path.join(out_dir, plan.secret_name)

@@ -32,9 +32,10 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from runtime.export.plan import (APP_DIR, CONFIG_DIR, CONFIG_FILE, CONFIGMAP_LIMIT_BYTES, DEFAULT_IMAGE, SECRET_ENV,
-                                 WORKSPACE_DIR, ExecutorExport, ExportError, ExportPlan, build_plan, dns_label,
-                                 new_secret)
+from runtime.export.plan import (APP_DIR, CONFIG_DIR, CONFIG_FILE, CONFIGMAP_LIMIT_BYTES, DEFAULT_IMAGE,
+                                 METRICS_PORT, SECRET_ENV, WORKSPACE_DIR, ExecutorExport, ExportError, ExportPlan,
+                                 build_plan, dns_label, new_secret)
+from runtime.metrics import METRICS_PATH
 
 __all__ = ['manifests', 'write_kubernetes', 'WORKSPACE_STORAGE']
 
@@ -98,6 +99,27 @@ def peer_hosts(ex: ExecutorExport, shard: int, ns: str) -> List[str]:
     return [f'{w}-{i}.{w}-headless.{ns}.svc' for i in range(ex.replicas)]
 
 
+def scrape_annotations(port: int) -> Dict[str, str]:
+    """The ``prometheus.io/*`` pod annotations of a /metrics endpoint (Prometheus's kubernetes_sd convention)."""
+    return {'prometheus.io/scrape': 'true', 'prometheus.io/port': str(port), 'prometheus.io/path': METRICS_PATH}
+
+
+def _monitor(pod: Dict[str, Any], container: Dict[str, Any], port: int) -> None:
+    """A pod that serves /metrics on ``port``: the named port and the scrape annotations."""
+    container['ports'].append({'name': 'metrics', 'containerPort': port})
+    pod['metadata']['annotations'] = scrape_annotations(port)
+
+
+def service_monitor(plan: ExportPlan, ns: str) -> Dict[str, Any]:
+    """A prometheus-operator ``ServiceMonitor`` selecting every Service of this export by its ``metrics`` port."""
+    part = dns_label(plan.name)
+    return {'apiVersion': 'monitoring.coreos.com/v1', 'kind': 'ServiceMonitor',
+            'metadata': _meta(part, ns, {'app.kubernetes.io/part-of': part}),
+            'spec': {'selector': {'matchLabels': {'app.kubernetes.io/part-of': part}},
+                     'namespaceSelector': {'matchNames': [ns]},
+                     'endpoints': [{'port': 'metrics', 'path': METRICS_PATH, 'interval': '15s'}]}}
+
+
 def _workload(plan: ExportPlan, ex: ExecutorExport, shard: int, ns: str, image: str,
               keys: Dict[str, str]) -> List[Dict[str, Any]]:
     w = ex.workload(shard)
@@ -114,6 +136,9 @@ def _workload(plan: ExportPlan, ex: ExecutorExport, shard: int, ns: str, image: 
     pod: Dict[str, Any] = {'metadata': {'labels': labels},
                            'spec': {'containers': [container], 'volumes': volumes,
                                     'terminationGracePeriodSeconds': 10}}
+    if ex.monitoring:
+        _monitor(pod, container, METRICS_PORT)
+        ports = container['ports']
     service = {'apiVersion': 'v1', 'kind': 'Service', 'metadata': _meta(f'{w}-headless', ns, labels),
                'spec': {'clusterIP': 'None', 'selector': {'app': w},
                         'ports': [{'name': p['name'], 'port': p['containerPort'], 'targetPort': p['containerPort']}
@@ -157,14 +182,18 @@ def _gateway(plan: ExportPlan, ns: str, image: str, keys: Dict[str, str]) -> Lis
                            [{'name': 'grpc', 'containerPort': port}], port, {})
     container['volumeMounts'] = [m for m in container['volumeMounts'] if m['name'] == 'secret']
     volumes = [v for v in _config_volumes(plan, {}) if v['name'] == 'secret']
+    pod: Dict[str, Any] = {'metadata': {'labels': labels},
+                           'spec': {'containers': [container], 'volumes': volumes,
+                                    'terminationGracePeriodSeconds': 10}}
     deployment = {'apiVersion': 'apps/v1', 'kind': 'Deployment', 'metadata': _meta('gateway', ns, labels),
-                  'spec': {'replicas': 1, 'selector': {'matchLabels': {'app': 'gateway'}},
-                           'template': {'metadata': {'labels': labels},
-                                        'spec': {'containers': [container], 'volumes': volumes,
-                                                 'terminationGracePeriodSeconds': 10}}}}
+                  'spec': {'replicas': 1, 'selector': {'matchLabels': {'app': 'gateway'}}, 'template': pod}}
     service = {'apiVersion': 'v1', 'kind': 'Service', 'metadata': _meta('gateway', ns, labels),
                'spec': {'type': 'ClusterIP', 'selector': {'app': 'gateway'},
                         'ports': [{'name': 'grpc', 'port': port, 'targetPort': port}]}}
+    if plan.monitoring:
+        metrics_port = plan.graph.port_monitoring
+        _monitor(pod, container, metrics_port)
+        service['spec']['ports'].append({'name': 'metrics', 'port': metrics_port, 'targetPort': metrics_port})
     return [deployment, service]
 
 
@@ -194,9 +223,10 @@ def _config_map(plan: ExportPlan, ns: str) -> tuple:
     return cm, keys
 
 
-def manifests(plan: ExportPlan, ns: str, image: str = DEFAULT_IMAGE,
-              secret_value: Optional[str] = None) -> Dict[str, List[Dict[str, Any]]]:
-    """{file name: its documents} for ``plan`` in namespace ``ns``."""
+def manifests(plan: ExportPlan, ns: str, image: str = DEFAULT_IMAGE, secret_value: Optional[str] = None,
+              with_service_monitor: bool = False) -> Dict[str, List[Dict[str, Any]]]:
+    """{file name: its documents} for ``plan`` in namespace ``ns``; ``with_service_monitor``: a
+    ``ServiceMonitor`` too (``monitoring.yml``)."""
     part = {'app.kubernetes.io/part-of': dns_label(plan.name)}
     cm, keys = _config_map(plan, ns)
     secret = {'apiVersion': 'v1', 'kind': 'Secret', 'type': 'Opaque', 'metadata': _meta(plan.secret_name, ns, part),
@@ -212,6 +242,10 @@ def manifests(plan: ExportPlan, ns: str, image: str = DEFAULT_IMAGE,
         for s in range(ex.shards):
             out[f'{ex.workload(s)}.yml'] = _workload(plan, ex, s, ns, image, keys)
     out['gateway.yml'] = _gateway(plan, ns, image, keys)
+    if with_service_monitor:
+        if not (plan.monitoring or any(ex.monitoring for ex in plan.executors)):
+            raise ExportError(f'{plan.name!r}: a ServiceMonitor needs monitoring=True (nothing to scrape)')
+        out['monitoring.yml'] = [service_monitor(plan, ns)]
     return out
 
 
@@ -225,7 +259,8 @@ def _existing_secret(path: str) -> Optional[str]:
 
 
 def write_kubernetes(obj: Any, output_base_path: str, k8s_namespace: Optional[str] = None,
-                     image: str = DEFAULT_IMAGE, app_dir: Optional[str] = None) -> List[str]:
+                     image: str = DEFAULT_IMAGE, app_dir: Optional[str] = None,
+                     service_monitor: bool = False) -> List[str]:
     """Write the manifests of ``obj`` under ``output_base_path``; returns the files written."""
     plan = build_plan(obj, app_dir=app_dir)
     ns = k8s_namespace or dns_label(plan.name)
@@ -234,7 +269,8 @@ def write_kubernetes(obj: Any, output_base_path: str, k8s_namespace: Optional[st
                           f'starting with a letter (e.g. {dns_label(ns)!r})')
     os.makedirs(output_base_path, exist_ok=True)
     secret_file = os.path.join(output_base_path, f'{plan.secret_name}.yml')
-    docs = manifests(plan, ns, image=image, secret_value=_existing_secret(secret_file))
+    docs = manifests(plan, ns, image=image, secret_value=_existing_secret(secret_file),
+                     with_service_monitor=service_monitor)
     written = []
     for name, items in docs.items():
         path = os.path.join(output_base_path, name)

@@ -47,6 +47,8 @@ DEFAULT_IMAGE = 'orchestra-nb:latest'
 GATEWAY_PORT = 8080
 #: every replica's gRPC port inside its container (``Flow.add(port=...)`` overrides it)
 REPLICA_PORT = 8081
+#: every /metrics port inside its container (``monitoring=True``; the gateway's: ``port_monitoring`` if given)
+METRICS_PORT = 9090
 #: first RAFT port when a stateful Executor gives no ``peer_ports`` (Executor i: BASE + 100 i + ...)
 RAFT_PORT_BASE = 9000
 #: where the rewritten config lives in every container
@@ -131,6 +133,7 @@ class ExecutorExport:
     workspace: bool = False
     raft_password: bool = False
     gpu_spec: Optional[str] = None             # CUDA_VISIBLE_DEVICES as given (RR..., a list, or None)
+    monitoring: bool = False                   # its replicas serve /metrics on METRICS_PORT
 
     def workload(self, shard: int) -> str:
         """The DNS-safe name of shard ``shard``'s workload ('indexer', 'indexer-shard-1')."""
@@ -192,6 +195,11 @@ class ExportPlan:
     spec: Dict[str, Any]                       # the config, rewritten for containers
     app_dir: str
     files: Dict[str, str]                      # path under APP_DIR -> file on this machine
+
+    @property
+    def monitoring(self) -> bool:
+        """Whether the gateway serves /metrics (``graph.port_monitoring`` in its container)."""
+        return self.graph.monitoring
 
     @property
     def secret_name(self) -> str:
@@ -287,7 +295,8 @@ def build_plan(obj: Any, app_dir: Optional[str] = None) -> ExportPlan:
                             stateful=dep.stateful, port=replica_port or REPLICA_PORT, processes=procs,
                             external=list(dep.external_addresses) if dep.external else None,
                             workspace=bool(dep.workspace) or dep.stateful,
-                            raft_password=bool(dep.raft_password), gpu_spec=gpu)
+                            raft_password=bool(dep.raft_password), gpu_spec=gpu,
+                            monitoring=bool(dep.monitoring) and not dep.external)
         if dep.stateful:
             given = getattr(dep, '_raft_peer_ports', None)
             if given is None:
@@ -317,7 +326,9 @@ def build_plan(obj: Any, app_dir: Optional[str] = None) -> ExportPlan:
         if not spec.get('with'):
             spec.pop('with', None)
     graph = GatewaySpec(name=gateway_spec.name, stages=gateway_spec.stages,
-                        max_in_flight_per_replica=gateway_spec.max_in_flight_per_replica)
+                        max_in_flight_per_replica=gateway_spec.max_in_flight_per_replica,
+                        monitoring=gateway_spec.monitoring,
+                        port_monitoring=gateway_spec.port_monitoring or METRICS_PORT if gateway_spec.monitoring else 0)
     return ExportPlan(name=obj.name, kind=spec['jtype'], executors=executors, graph=graph,
                       gateway_port=obj._port_arg or GATEWAY_PORT, spec=spec, app_dir=base, files=files)
 

@@ -155,6 +155,9 @@ def replica_spec(config_path: str, executor: str, shard: int, replica: Optional[
         dep.raft_password = derive(secret, f'raft-password/{executor}/{shard}')
     stage = dep.stage_plan()             # the local run's plan (stateful: RAFT folders in the workspace)
     spec = replace(stage.shards[shard][replica].spec, host=host, port=port)
+    if spec.monitoring:   # a container of its own: the fixed port Prometheus is told (runtime.export.plan)
+        from runtime.export.plan import METRICS_PORT
+        spec = replace(spec, port_monitoring=METRICS_PORT)
     if spec.raft is not None:
         if not peer_hosts or len(peer_hosts) != dep.replicas:
             raise ExportError(f'{executor!r} is stateful with {dep.replicas} replicas: --peer-hosts needs '
@@ -254,6 +257,7 @@ async def serve_gateway(graph: GatewaySpec, host: str, port: int, stop: asyncio.
         stages.append(stage)
     gw = Gateway(replace(graph, host=host, port=port, stages=tuple(stages)))
     server, gw.port = await start_node_server(host, port, gw.call, gw.info, gw.control)
+    metrics = gw.start_metrics(host, graph.port_monitoring) if graph.monitoring else None
     tasks = [asyncio.ensure_future(keep_resolving(gw.nodes[n].shards[i], t, resolver, stop, refresh))
              for n, i, t in dns]
     try:
@@ -263,6 +267,8 @@ async def serve_gateway(graph: GatewaySpec, host: str, port: int, stop: asyncio.
     finally:
         for t in tasks:
             t.cancel()
+        if metrics is not None:
+            metrics.close()
         await server.stop(grace=STOP_GRACE_S)
         await gw.close()
 
