@@ -1,8 +1,12 @@
 """A live dashboard of a Deployment/Flow, made of widgets only.
 
     dash = Dashboard(dep)      # or %orchestra dashboard NAME
+    dash = Dashboard('localhost:8080', secret=...)   # a gateway started elsewhere (Compose, Kubernetes)
     dash                       # show it; it refreshes about twice a second
     dash.close()               # stop refreshing
+
+A gateway started elsewhere is read through :class:`runtime.remote.RemoteGateway` (its
+``status()`` has the same shape; the replicas' records need the Deployment's secret).
 
 A background thread reads ``dep.status()`` and *sets widget values*: PNG charts
 (matplotlib's Agg canvas, no pyplot) on ``ipywidgets.Image`` and HTML tables on
@@ -38,12 +42,14 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 
 import ipywidgets as widgets
 
 from runtime import orchestration, reprs
+from runtime.client import Client
 from runtime.orchestration import Orchestration
+from runtime.remote import RemoteGateway
 
 HIDDEN_INTERVAL = 3.0     # seconds between refreshes while no view shows the dashboard
 STOPPED_INTERVAL = 2.0    # ... while the deployment is not running
@@ -61,10 +67,15 @@ class Dashboard(widgets.VBox):
     ``writes_applied`` per replica) for code that wants them.
     """
 
-    def __init__(self, obj: Orchestration, interval: float = 0.5, history_seconds: float = 120.0,
-                 autostart: bool = True, replace: bool = True):
-        if not isinstance(obj, Orchestration):
-            raise TypeError(f'Dashboard needs a Deployment or Flow, got {type(obj).__name__}')
+    def __init__(self, obj: Union[Orchestration, RemoteGateway, Client, str], interval: float = 0.5,
+                 history_seconds: float = 120.0, autostart: bool = True, replace: bool = True,
+                 secret: Optional[str] = None, tls: bool = False, ca: Any = None):
+        if isinstance(obj, (str, Client)):   # a gateway started elsewhere: runtime.remote
+            obj = RemoteGateway(obj, secret=secret, tls=tls, ca=ca)
+            obj.status()   # a missing or wrong secret, or no gateway there: one line now, not a blank panel
+        if not isinstance(obj, (Orchestration, RemoteGateway)):
+            raise TypeError(f"Dashboard needs a Deployment, a Flow, a gateway address 'host:port' or a Client, "
+                            f'got {type(obj).__name__}')
         if not isinstance(interval, (int, float)) or interval <= 0:
             raise ValueError(f'interval={interval!r}: must be a number of seconds > 0')
         self.obj = obj

@@ -197,6 +197,8 @@ class Gateway:
         self.port: Optional[int] = None
         self.metrics: Optional[Any] = None          # runtime.metrics.Metrics with monitoring=True
         self.metrics_port: Optional[int] = None
+        #: the Deployment's secret: Control, and the replicas' records in Info (runtime.remote)
+        self.secret: Optional[str] = spec.secret
 
     def start_metrics(self, host: str, port: int) -> Any:
         """Prometheus ``/metrics`` of this gateway on ``host:port`` (runtime.metrics); -> its server."""
@@ -289,9 +291,42 @@ class Gateway:
             self.stats.finished('*', time.perf_counter() - t0)
 
     async def info(self, frame: bytes, context) -> bytes:
+        """The gateway's record; asked with ``{'replicas': true}`` and the secret (``runtime.remote``),
+        every replica's record as the gateway reaches them."""
+        if frame:
+            header, _ = protocol.unpack(frame)
+            if header.get('replicas'):
+                from runtime.secrets import matches, presented_secret
+                if not matches(presented_secret(context), self.secret):
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the replicas' records need the "
+                                        "Deployment's secret: missing or wrong")
+                return json.dumps({'replicas': await self.replicas_info()}).encode()
         return json.dumps({'ready': True, 'role': 'gateway', 'name': self.name, 'pid': os.getpid(),
                            'port': self.port, 'nodes': {n: node.describe() for n, node in self.nodes.items()},
                            'metrics_port': self.metrics_port, **self.stats.snapshot()}).encode()
+
+    async def replicas_info(self, timeout: float = 2.0) -> List[Dict[str, Any]]:
+        """Every replica's Info record (``state: 'unreachable'`` where it does not answer), with its
+        place in the graph and whether it is in rotation here."""
+        entries = [(name, s, i, r) for name, node in self.nodes.items() for s, shard in enumerate(node.shards)
+                   for i, r in enumerate(shard.replicas)]
+
+        async def one(r: Any) -> Optional[Dict[str, Any]]:
+            try:
+                return json.loads(await r.info(b'', timeout=timeout))
+            except (grpc.aio.AioRpcError, ValueError):
+                return None
+
+        infos = await asyncio.gather(*(one(r) for *_, r in entries))
+        out = []
+        for (node, s, i, r), info in zip(entries, infos):
+            rec: Dict[str, Any] = {'name': r.name, 'node': node, 'shard': s, 'replica': i, 'address': r.address,
+                                   'external': False, 'requests': {}, 'in_rotation': r.healthy,
+                                   'state': 'ready' if info else 'unreachable'}
+            if info:
+                rec.update({k: v for k, v in info.items() if k not in ('name', 'shard', 'replica', 'ready')})
+            out.append(rec)
+        return out
 
     async def control(self, frame: bytes, context) -> bytes:
         """``{'op': 'set_replicas', 'node': name, 'shard': i, 'addresses': [...]}`` (scaling, restarts).
@@ -416,6 +451,7 @@ def run_gateway(child: Dict[str, Any], status, stopping: threading.Event) -> Non
     async def main():
         stop = stop_event_from(stopping)
         gw = Gateway(spec)
+        gw.secret = secret
         server, gw.port = await start_node_server(spec.host, spec.port, gw.call, gw.info, credentials=credentials)
         local, local_port = await start_node_server('127.0.0.1', spec.local_port,
                                                     gw.call, gw.info, gw.control, secret)

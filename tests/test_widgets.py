@@ -169,7 +169,7 @@ def test_control_panel_shows_a_failed_start():
 
 
 def test_dashboard_refuses_a_non_orchestration():
-    with pytest.raises(TypeError, match='Deployment or Flow'):
+    with pytest.raises(TypeError, match="a Deployment, a Flow, a gateway address 'host:port' or a Client"):
         Dashboard(object())
 
 

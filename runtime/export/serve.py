@@ -256,6 +256,8 @@ async def serve_gateway(graph: GatewaySpec, host: str, port: int, stop: asyncio.
             stage = replace(stage, shards=tuple(tuple(resolver.mapped(a) for a in shard) for shard in stage.shards))
         stages.append(stage)
     gw = Gateway(replace(graph, host=host, port=port, stages=tuple(stages)))
+    from runtime.secrets import load_secret
+    gw.secret = gw.secret or load_secret()   # the replicas' records in Info need it (runtime.remote)
     server, gw.port = await start_node_server(host, port, gw.call, gw.info, gw.control)
     metrics = gw.start_metrics(host, graph.port_monitoring) if graph.monitoring else None
     tasks = [asyncio.ensure_future(keep_resolving(gw.nodes[n].shards[i], t, resolver, stop, refresh))
