@@ -3,7 +3,8 @@
 Side by side in one run: for each workload, a Deployment with monitoring off and one with
 monitoring on (both started up front, both replicas=1), measured alternately each round
 (off, on, off, on, ...), so load on the shared machine hits both alike. Reports each
-round's requests/s, the on/off ratio per round and their median, and the load average.
+round's requests/s and CPU per request (gateway + replicas, psutil: what a busy machine hardly
+distorts), the on/off ratios per round and their medians, and the load average.
 Prometheus is not scraping during the run (a scrape costs the scraped process a few ms
 per interval, not per request).
 
@@ -18,6 +19,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 from docarray import DocList
 from docarray.documents import TextDoc
 
@@ -29,18 +31,38 @@ from orchestra_nb.executors import ExactNNSearch  # noqa: E402
 WINDOW = 16
 
 
-def echo_rate(dep: Deployment, docs: DocList) -> float:
-    t0 = time.perf_counter()
-    out = dep.post('/echo', docs, request_size=1, prefetch=WINDOW)
-    assert len(out) == len(docs)
-    return len(docs) / (time.perf_counter() - t0)
+def _server_cpu_s(dep: Deployment) -> float:
+    """CPU seconds used so far by the gateway and the replicas (what monitoring adds to)."""
+    pids = [dep.gateway.pid] + [r['pid'] for r in dep.status()['replicas']]
+    total = 0.0
+    for pid in pids:
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
 
 
-def search_rate(dep: Deployment, queries: DocList) -> float:
+def measured(dep: Deployment, run) -> tuple:
+    """-> (requests/s, CPU µs per request of gateway + replicas)."""
+    cpu = _server_cpu_s(dep)
     t0 = time.perf_counter()
-    out = dep.post('/search', queries, request_size=1, prefetch=WINDOW, parameters={'limit': 10})
-    assert len(out) == len(queries)
-    return len(queries) / (time.perf_counter() - t0)
+    n = run()
+    rate = n / (time.perf_counter() - t0)
+    return rate, (_server_cpu_s(dep) - cpu) / n * 1e6
+
+
+def echo_rate(dep: Deployment, docs: DocList) -> tuple:
+    def run() -> int:
+        assert len(dep.post('/echo', docs, request_size=1, prefetch=WINDOW)) == len(docs)
+        return len(docs)
+    return measured(dep, run)
+
+
+def search_rate(dep: Deployment, queries: DocList) -> tuple:
+    def run() -> int:
+        out = dep.post('/search', queries, request_size=1, prefetch=WINDOW, parameters={'limit': 10})
+        assert len(out) == len(queries)
+        return len(queries)
+    return measured(dep, run)
 
 
 def main(argv=None) -> None:
@@ -66,15 +88,17 @@ def main(argv=None) -> None:
                 if workload == 'search':
                     dep.post('/index', index, request_size=1000)
                 rate(dep, data[:100])   # warm up
-            ratios, rows = [], []
+            ratios, cpu_ratios, rows = [], [], []
             for r in range(args.rounds):
-                off = rate(deps[False], data)
-                on = rate(deps[True], data)
+                (off, off_cpu), (on, on_cpu) = rate(deps[False], data), rate(deps[True], data)
                 ratios.append(on / off)
-                rows.append(f'  round {r + 1}: off {off:7.0f} req/s, on {on:7.0f} req/s, on/off {on / off:.3f}')
+                cpu_ratios.append(on_cpu / off_cpu)
+                rows.append(f'  round {r + 1}: off {off:5.0f} req/s {off_cpu:5.0f} µs CPU/req, on {on:5.0f} req/s '
+                            f'{on_cpu:5.0f} µs CPU/req; on/off throughput {on / off:.3f}, CPU {on_cpu / off_cpu:.3f}')
             print(f'{workload}:')
             print('\n'.join(rows))
-            print(f'  median on/off: {statistics.median(ratios):.3f}')
+            print(f'  median on/off: throughput {statistics.median(ratios):.3f}, '
+                  f'server CPU per request {statistics.median(cpu_ratios):.3f}')
         finally:
             for dep in deps.values():
                 dep.close()

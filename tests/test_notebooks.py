@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, 'notebooks', '*.ipynb')))
 SLOW = {'01-replicas.ipynb', '02-shards-and-polling.ipynb', '03-stateful-raft.ipynb', '04-gpus.ipynb',
-        '05-external-yaml-cli.ipynb', '06-scaling-out.ipynb'}
+        '05-external-yaml-cli.ipynb', '06-scaling-out.ipynb', '08-monitoring.ipynb'}
 
 # Run in the notebook's kernel after its last cell: every process the kernel started is gone, except
 # its own fork server (runtime/forkserver.py, a direct child running zygote_main).
@@ -263,6 +263,27 @@ def check_06(nb, probe):
         assert line in cli, cli
 
 
+def check_08(nb, probe):
+    assert 'its gateway at 127.0.0.1:' in text(tagged(nb, 'owner'))
+    assert '3 writes and 4 reads answered' in text(tagged(nb, 'traffic'))       # N_DOCS 6, N_READS 4 when small
+    assert "SecretRequired: the gateway at 127.0.0.1:" in text(tagged(nb, 'wrong-secret'))
+    values = text(tagged(nb, 'values'))
+    writes = re.search(r'writes applied per replica: (\{.*\})', values).group(1)
+    assert set(re.findall(r"'store/rep-\d': (\d+)", writes)) == {'3'}, values    # every replica applied the 3
+    reads = re.search(r'reads served per replica: +(\{.*\})', values).group(1)
+    assert sum(int(n) for n in re.findall(r': (\d+)', reads)) == 4, values        # each read on one replica
+    metrics = text(tagged(nb, 'metrics'))
+    assert metrics.count('orchestra_raft_role{') == 3 and 'role="leader"' in metrics, metrics
+    assert metrics.count('store_index_seconds_count{') == 3, metrics              # the Executor's own metric
+    prom = text(tagged(nb, 'prometheus'))
+    if 'not installed' not in prom:
+        assert "sum(orchestra_gateway_requests_total)  ->  [('', '7')]" in prom, prom
+        assert "count(count_values(\"index\", orchestra_raft_applied_index))  ->  [('', '1')]" in prom, prom
+        assert "sum(orchestra_raft_role{role=\"leader\"})  ->  [('', '1')]" in prom, prom
+    assert 'the other process exited with 0' in text(tagged(nb, 'close'))
+    assert images(tagged(nb, 'dashboard')) == 1   # the last frame, left by dash.close()
+
+
 EXTRA = {'04-gpus.ipynb': "print('STATE ' + _json.dumps({'TOTAL': TOTAL, 'UUIDS': UUIDS, 'REPLICAS': REPLICAS, "
                           "'SIMULATED': SIMULATED, 'placements': placements, "
                           "'CUDA_TOTAL_DEVICES': __import__('os').environ.get('CUDA_TOTAL_DEVICES')}))"}
@@ -272,7 +293,8 @@ CHECKS = {'00-index.ipynb': check_00, '01-replicas.ipynb': check_01, '02-shards-
           '03-stateful-raft.ipynb': check_03,
           '04-gpus.ipynb': check_04,
           '05-external-yaml-cli.ipynb': check_05,
-          '06-scaling-out.ipynb': check_06}
+          '06-scaling-out.ipynb': check_06,
+          '08-monitoring.ipynb': check_08}
 
 
 def _params():
