@@ -7,6 +7,10 @@ sharded stateless Executor and a 3-replica RAFT Executor) with ``orchestra expor
 docker-compose``, runs ``docker-compose up -d``, indexes and searches through the published
 gateway port, ``docker kill``s the RAFT leader's container while writes continue, checks that
 every replica ends with every acknowledged write, and always runs ``docker-compose down -v``.
+With ``monitoring: true``: the Dashboard attached from the host by address (with the exported
+secret) counts per replica what was sent and shows one RAFT leader after the kill, and a
+Prometheus on the host scraping the published metrics ports agrees in PromQL (a Prometheus
+*service* in the compose file needs an image with Prometheus, which this machine cannot pull).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RUN_FLOW = """\
 jtype: Flow
-with: {{name: search, port: PORT}}
+with: {{name: search, port: PORT, monitoring: true, port_monitoring: METRICS}}
 executors:
   - name: indexer
     uses: ShardIndex
@@ -157,6 +161,30 @@ _IDS = ("import json; from runtime.client import Client; c = Client(port=8081); 
         "print(json.dumps([d.id for d in c.post('/ids', None)])); c.close()")
 
 
+def _host_prometheus(tmp_path, config) -> tuple:
+    """Debian's prometheus on the host scraping the ports the compose file publishes: (process, port)."""
+    binary = shutil.which('prometheus') or '/usr/bin/prometheus'
+    if not os.path.exists(binary):
+        pytest.skip("Debian's prometheus package is not installed (.ci/apt-packages.txt)")
+    port = _free_port()
+    proc = subprocess.Popen([binary, f'--config.file={config}', f'--storage.tsdb.path={tmp_path / "tsdb"}',
+                             f'--web.listen-address=127.0.0.1:{port}'], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    return proc, port
+
+
+def _promql(port: int, query: str):
+    """The one value of ``query`` (a number), or None while Prometheus has none."""
+    import urllib.parse
+    import urllib.request
+    try:
+        url = f'http://127.0.0.1:{port}/api/v1/query?' + urllib.parse.urlencode({'query': query})
+        result = json.loads(urllib.request.urlopen(url, timeout=5).read())['data']['result']
+    except OSError:
+        return None
+    return float(result[0]['value'][1]) if result else None
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_compose_for_real(tmp_path, runtime_image):
@@ -164,12 +192,12 @@ def test_compose_for_real(tmp_path, runtime_image):
     from docarray.documents import TextDoc
     from runtime.cli import main
     from runtime.client import Client
-    port = _free_port()
-    cfg = write_flow(str(tmp_path), RUN_FLOW.replace('PORT', str(port)))
+    port, metrics_port = _free_port(), _free_port()
+    cfg = write_flow(str(tmp_path), RUN_FLOW.replace('PORT', str(port)).replace('METRICS', str(metrics_port)))
     out = tmp_path / 'deploy' / 'docker-compose.yml'
     assert main(['export', 'docker-compose', cfg, str(out), '--image', runtime_image]) == 0
     compose = ['docker-compose', '-p', f'orchestra-test-{uuid.uuid4().hex[:8]}', '-f', str(out)]
-    client = None
+    client = prometheus = None
     try:
         _run(compose + ['up', '-d'], timeout=300)
         client = Client(port=port)
@@ -183,6 +211,13 @@ def test_compose_for_real(tmp_path, runtime_image):
         wait_until(indexes, 240, 'the exported Flow to index through the published gateway port', interval=1.0)
         found = client.post('/search', DocList[TextDoc]([TextDoc(id='q', text='?')]))
         assert found[0].text.startswith('found:0:')
+        # the Dashboard attached from the host to the composed gateway (the secret from the export)
+        from orchestra_nb import Dashboard
+        from orchestra_nb.dashboard import raft_rows
+        secret = (out.parent / 'search-secret').read_text().strip()
+        dash = Dashboard(f'127.0.0.1:{port}', secret=secret, interval=0.5)
+        before = dash.obj.status()
+        prometheus = _host_prometheus(tmp_path, out.parent / 'prometheus-host.yml')
 
         acked, failed, stop = ['probe'], [], threading.Event()
 
@@ -223,6 +258,27 @@ def test_compose_for_real(tmp_path, runtime_image):
         for i in range(3):
             wait_until(lambda i=i: holds_all(f'store-rep-{i}'), 120,
                        f'store-rep-{i} to hold all {len(want)} acknowledged writes')
+        # the Dashboard's per-replica counts add up to the requests sent after `before`
+        sent = len(acked) - 1 + len(failed)
+        after = dash.obj.status()
+
+        def index_requests(st):
+            return sum((r.get('requests') or {}).get('/index', 0) for r in st['replicas'] if r['node'] == 'indexer')
+        assert index_requests(after) - index_requests(before) == sent
+        gw_total = sum((after['gateway'].get('requests') or {}).values())
+        assert gw_total - sum((before['gateway'].get('requests') or {}).values()) == sent
+
+        def one_leader():
+            rows = raft_rows(dash.obj.status())
+            return len(rows) == 3 and [row[1] for row in rows].count('leader') == 1
+        wait_until(one_leader, 60, 'the RAFT table to show one leader after the old leader came back')
+        wait_until(lambda: dash.values.get('refreshes', 0) > 2 and dash.raft.value.count('leader') >= 1, 30,
+                   'the Dashboard to refresh')
+        dash.close()
+        # a Prometheus on the host, scraping the published metrics ports, agrees (PromQL)
+        wait_until(lambda: _promql(prometheus[1], 'sum(orchestra_gateway_requests_total)') == gw_total, 60,
+                   f'Prometheus to see the gateway answer {gw_total} requests')
+        assert _promql(prometheus[1], 'count(count_values("index", orchestra_raft_applied_index))') == 1
         print(f'{len(want)} acknowledged writes on every replica; {len(failed)} not acknowledged; '
               f'leader {victim} killed')
     except BaseException:
@@ -232,4 +288,7 @@ def test_compose_for_real(tmp_path, runtime_image):
     finally:
         if client is not None:
             client.close()
+        if prometheus is not None:
+            prometheus[0].terminate()
+            prometheus[0].wait(timeout=20)
         _run(compose + ['down', '-v', '--remove-orphans', '-t', '5'], timeout=300, check=False)
