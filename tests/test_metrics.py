@@ -1,6 +1,7 @@
 """runtime.metrics: the Prometheus endpoint of gateways and replicas (monitoring=True)."""
 import http.client
 import json
+import re
 import os
 import shutil
 import signal
@@ -264,3 +265,23 @@ def test_a_real_prometheus_scrapes_a_flow(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+
+
+def test_gpu_metrics_cover_the_devices_given_only(monkeypatch):
+    """No GPU on this machine: NVML's record is given by hand; the decision under test is which devices
+    a replica reports (those of its CUDA_VISIBLE_DEVICES, by index or UUID prefix)."""
+    import runtime.gpu
+    gpus = [{'index': 0, 'uuid': 'GPU-aaaa', 'utilization': 40, 'memory_used': 1 << 30, 'memory_total': 8 << 30},
+            {'index': 1, 'uuid': 'GPU-bbbb', 'utilization': 90, 'memory_used': 2 << 30, 'memory_total': 8 << 30}]
+    monkeypatch.setattr(runtime.gpu, 'gpu_snapshot', lambda: {'available': True, 'note': None, 'gpus': gpus})
+    labels = m.replica_labels('enc', 0, 0)
+    texts = {}
+    for given, devices in (('1', {'1'}), ('GPU-aaaa,1', {'0', '1'}), ('', set())):
+        metrics = m.Metrics('replica', labels)
+        metrics.add_collector(m.ScrapeCollector([m.gpu_reader(labels, given)]))
+        texts[given] = metrics.exposition().decode()
+        found = set(re.findall(r'orchestra_gpu_utilization_percent\{device="(\d)"', texts[given]))
+        assert found == devices, (given, texts[given])
+    assert ('orchestra_gpu_memory_total_bytes{device="1",executor="enc",replica="0",shard="0"} 8.589934592e+09'
+            in texts['1'])
+    assert 'orchestra_gpu' not in texts['']   # no device given: absent, not zero
