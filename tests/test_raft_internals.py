@@ -111,3 +111,28 @@ def test_outcomes_are_pysyncobjs_codes():
 def test_outcome_travels_as_a_plain_int(code):
     import json
     assert json.loads(json.dumps({'outcomes': [code]})) == {'outcomes': [int(code)]}
+
+
+def test_shrink_journal_gives_back_the_space_compaction_freed(tmp_path):
+    """pysyncobj's journal file only grows; cut to its entries at start, it reads the same."""
+    from runtime.raft.syncobj import shrink_journal
+    from pysyncobj.journal import FileJournal
+    path = str(tmp_path / 'journal.bin')
+    journal = FileJournal(path)
+    for k in range(1, 401):
+        journal.add(b'\x00' + bytes(2000), k, 1)
+    journal.deleteEntriesTo(397)   # log compaction: 3 entries left
+    journal._destroy()
+    grown = os.path.getsize(path)
+    assert grown > 800_000
+    assert shrink_journal(path, durable=True) > 0
+    assert os.path.getsize(path) < 10_000
+    assert shrink_journal(path) == 0   # nothing more to give back
+    journal = FileJournal(path)
+    try:
+        assert [journal[k][1] for k in range(len(journal))] == [398, 399, 400]
+        journal.add(b'\x00' + bytes(5000), 401, 1)   # and it grows again
+        assert journal[-1][1] == 401
+    finally:
+        journal._destroy()
+    assert shrink_journal(str(tmp_path / 'missing.bin')) == 0

@@ -27,9 +27,12 @@ from runtime.raft.records import (INLINE_PAYLOAD_BYTES, Record, _entry_from_json
                                   _record_to_json)
 from runtime.raft.snapshots import _Snapshots
 from runtime.raft.state import ConsensusState, _Action, _Apply, _Install, _Mark, _SnapshotDue
-from runtime.raft.syncobj import LEADER, ROLES, RaftLog, SyncObjConf, quiet_pysyncobj
+from runtime.raft.syncobj import LEADER, ROLES, RaftLog, SyncObjConf, quiet_pysyncobj, shrink_journal
 
 log = logging.getLogger('orchestra.raft')
+
+#: how long ``close`` waits for a snapshot under way (an Executor's state written in part is useless)
+CLOSE_SNAPSHOT_WAIT_S = 30.0
 
 
 class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
@@ -73,6 +76,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
                  self.ready_seconds, self.role, self.node.term, self.applied_index, self.writes_applied)
 
     def _make_node(self) -> RaftLog:
+        shrink_journal(os.path.join(self.dir, 'journal.bin'), self.durable)
         conf = SyncObjConf(**self.cfg['conf'],
                            # pysyncobj encrypts and authenticates every message (Fernet) with this
                            password=self.cfg.get('password') or self.secret or None,
@@ -108,10 +112,14 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(RaftNotReady(f'{self.name} is shutting down'))
-        if self.node is not None and self._ready.is_set() and self.applied_index > self.snapshot_index:
-            try:   # a fresh snapshot makes the next start faster; the log covers us if it is cut short
-                await asyncio.wait_for(self.loop.run_in_executor(
-                    self.server.pool, self._snapshot_sync, self.applied_index), 1.0)
+        running = self._snapshot_running
+        if running is not None and not running.done():   # finish it: cut short, it leaves tmp-* behind
+            await asyncio.wait([running], timeout=CLOSE_SNAPSHOT_WAIT_S)
+        if (self.node is not None and self._ready.is_set() and self.applied_index > self.snapshot_index
+                and (self.snapshot_seconds or 0.0) < 1.0):
+            try:   # a fresh snapshot makes the next start faster (only when quick: the log covers us)
+                await asyncio.wait_for(asyncio.shield(self._start_snapshot(self.applied_index)),
+                                       CLOSE_SNAPSHOT_WAIT_S)
             except Exception:
                 pass
         if self.node is not None:

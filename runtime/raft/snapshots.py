@@ -153,10 +153,22 @@ class _Snapshots(_Base):
             raise
         return index
 
+    def _start_snapshot(self, index: int) -> 'asyncio.Future[int]':
+        """Run ``_snapshot_sync`` on the Executor's thread; ``close`` waits for it (a process exits with
+        ``os._exit``: a snapshot cut short there would leave a ``tmp-*`` folder behind)."""
+        t0 = time.monotonic()
+        fut = self.loop.run_in_executor(self.server.pool, self._snapshot_sync, index)
+
+        def took(_: Any) -> None:
+            self.snapshot_seconds = time.monotonic() - t0
+        fut.add_done_callback(took)
+        self._snapshot_running = fut
+        return fut
+
     async def _take_snapshot(self) -> None:
         self._snapshot_wanted = False
         try:
-            index = await self.loop.run_in_executor(self.server.pool, self._snapshot_sync, self.applied_index)
+            index = await asyncio.shield(self._start_snapshot(self.applied_index))
         except Exception as e:
             self._snapshot_failures += 1
             if self._snapshot_failures in (1, 10) or self._snapshot_failures % 100 == 0:
@@ -171,7 +183,7 @@ class _Snapshots(_Base):
         with self._records_lock:
             for i in [i for i in self._records if i <= self.snapshot_index]:
                 del self._records[i]
-        self.snapshots.prune(keep=2)
+        self.snapshots.prune(keep=1)
         limit = self.snapshot_index - int(self.options['trailing_logs'])
         if limit > 0:
             t = asyncio.ensure_future(asyncio.to_thread(self.payloads.gc, limit))

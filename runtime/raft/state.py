@@ -104,6 +104,8 @@ class ConsensusState:
     _arrivals: Dict[str, asyncio.Event]  # request id -> set when its payload arrives from its origin
     _snapshot_wanted: bool               # pysyncobj compacted: snapshot after the current batch
     _snapshot_failures: int              # consecutive failed snapshots (to log only some)
+    _snapshot_running: Optional['asyncio.Future[int]']   # the snapshot on the Executor's thread, if any
+    snapshot_seconds: Optional[float]    # how long the latest snapshot took
     # -- executor thread (captured by snapshots) ------------------------------------------------
     writes_applied: int                  # ``@write`` requests applied, since the first start
     _exec_index: int                     # log index the Executor's state includes
@@ -158,6 +160,8 @@ class ConsensusState:
         self._arrivals = {}
         self._snapshot_wanted = False
         self._snapshot_failures = 0
+        self._snapshot_running = None
+        self.snapshot_seconds = None
         self.writes_applied = 0
         self._exec_index = 0
         self._seen = collections.deque()

@@ -17,6 +17,7 @@ import _socket
 import logging
 import os
 import socket
+import struct
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 _inet_ntop_before = socket.inet_ntop
@@ -25,7 +26,7 @@ _inet_pton_before = getattr(socket, 'inet_pton', None)
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated  # noqa: E402  (after saving them)
 from pysyncobj import win_inet_pton as _shim  # noqa: E402
 from pysyncobj.encryptor import HAS_CRYPTO  # noqa: E402
-from pysyncobj.journal import FileJournal  # noqa: E402
+from pysyncobj.journal import LAST_RECORD_OFFSET_OFFSET, FileJournal  # noqa: E402
 from pysyncobj.node import TCPNode  # noqa: E402
 from pysyncobj.pickle import dumps as _pysyncobj_dumps  # noqa: E402
 
@@ -34,7 +35,7 @@ from runtime.raft.durable import fsync_dir, fsync_file  # noqa: E402
 log = logging.getLogger('orchestra.raft')
 
 __all__ = ['FAIL_REASON', 'HAS_CRYPTO', 'SyncObjConf', 'RaftLog', 'ROLES', 'LEADER', 'quiet_pysyncobj',
-           'restore_socket_functions']
+           'restore_socket_functions', 'shrink_journal']
 
 
 def restore_socket_functions() -> None:
@@ -203,6 +204,29 @@ class RaftLog:
         self._obj.destroy()
         thread = getattr(self._obj, '_SyncObj__thread', None)
         return thread.join if thread is not None else None
+
+
+def shrink_journal(path: str, durable: bool = False) -> int:
+    """Cut pysyncobj's journal file to the entries it holds, before the node opens it; -> bytes freed.
+
+    ``FileJournal`` grows its file by doubling and never gives space back: after log compaction
+    a journal of a few entries keeps the 16 MB it once needed. Its header says where the last
+    entry ends (``LAST_RECORD_OFFSET_OFFSET``); what lies beyond is never read.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, 'rb') as f:
+            f.seek(LAST_RECORD_OFFSET_OFFSET)
+            end = struct.unpack('<I', f.read(4))[0]
+    except (OSError, struct.error):
+        return 0
+    keep = max(end, 1024)
+    if not LAST_RECORD_OFFSET_OFFSET < end <= size or size <= 2 * keep:
+        return 0
+    os.truncate(path, keep)
+    if durable:
+        fsync_file(path)
+    return size - keep
 
 
 class _DivergedFilter(logging.Filter):
