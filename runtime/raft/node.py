@@ -88,7 +88,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
                            bindAddress=self.cfg['bind'])
         node = RaftLog(self._on_commit, self.cfg['self'], [p.raft for p in self.peers], conf)
         if self.durable:   # the journal on disk before any message reflects it (runtime.raft.durable)
-            node.make_durable(conf.fullDumpFile,
+            node.make_durable(conf.journalFile, conf.fullDumpFile,
                               (lambda index: self.trace('journal', index)) if self.trace.enabled else None)
         return node
 

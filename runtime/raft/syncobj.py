@@ -81,6 +81,7 @@ class RaftLog:
                  others: List[str], conf: SyncObjConf):
         self._obj = _ReplicatedLog(on_commit, self_address, others, conf)
         self._nodes: Dict[str, TCPNode] = {a: TCPNode(a) for a in others}
+        self._journal_fd: Optional[int] = None   # make_durable's descriptor of the journal file
 
     # -- pysyncobj's public API -----------------------------------------------------------
     def wait_bound(self) -> None:
@@ -125,7 +126,8 @@ class RaftLog:
         """Entries in the in-memory log. ``SyncObj._getRaftLogSize``: public only in ``getStatus()``."""
         return self._obj._getRaftLogSize()
 
-    def make_durable(self, dump_file: str, on_flush: Optional[Callable[[int], None]] = None) -> None:
+    def make_durable(self, journal_file: str, dump_file: str,
+                     on_flush: Optional[Callable[[int], None]] = None) -> None:
         """``durability='fsync'``: nothing leaves this node that reflects journal state not on disk.
 
         pysyncobj's ``FileJournal`` writes ``journal.bin`` through ``mmap`` (the page cache only)
@@ -136,9 +138,14 @@ class RaftLog:
           and synced by our serializer, renamed by pysyncobj) and its folder, then flushes the cut;
           its meta storer (term, vote, commit index) writes, syncs, renames and syncs the folder;
         * ``SyncObj._SyncObj__transport.send``: before any message goes out, a changed journal is
-          flushed (``msync``): a follower acknowledges entries, a candidate asks for votes and the
-          leader sends entries only once they are on disk. One flush covers every entry appended
-          since the previous one (group commit); ``on_flush(last log index)`` is called after each.
+          flushed: a follower acknowledges entries, a candidate asks for votes and the leader
+          sends entries only once they are on disk. One flush covers every entry appended since
+          the previous one (group commit); ``on_flush(last log index)`` is called after each.
+          The flush is ``fdatasync`` on our own descriptor of ``journal_file``, not pysyncobj's
+          ``mmap.flush()``: CPython's ``msync`` holds the GIL for the whole disk write, stopping
+          the replica's event loop and applier meanwhile (py-spy: the largest GIL holder while
+          indexing); ``fdatasync`` releases it, and on Linux it writes the pages dirtied through
+          the shared mapping as ``msync`` does (both end in ``vfs_fsync_range``).
 
         Called right after the node is built: its tick thread waits 0.1 s before its first tick.
         """
@@ -154,10 +161,13 @@ class RaftLog:
                 return method(*args)
             return wrapper
 
+        fd = os.open(journal_file, os.O_RDONLY)
+        self._journal_fd = fd
+
         def flush() -> None:
             if state['dirty']:
                 state['dirty'] = False
-                journal.flush()
+                os.fdatasync(fd)
                 if on_flush is not None:
                     on_flush(journal[-1][1] if len(journal) else 0)
 
@@ -203,7 +213,14 @@ class RaftLog:
         ``destroy_synchronous()`` joins it without a timeout; we must not hang a shutdown on it."""
         self._obj.destroy()
         thread = getattr(self._obj, '_SyncObj__thread', None)
-        return thread.join if thread is not None else None
+        fd, self._journal_fd = self._journal_fd, None
+
+        def join(timeout: float) -> None:
+            if thread is not None:
+                thread.join(timeout)
+            if fd is not None and (thread is None or not thread.is_alive()):
+                os.close(fd)   # still running: the process's end closes it
+        return join
 
 
 def shrink_journal(path: str, durable: bool = False) -> int:
