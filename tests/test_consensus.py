@@ -22,7 +22,7 @@ from conftest import wait_until
 from orchestra_nb import Client, Deployment, Executor, requests, write
 from runtime import protocol
 from runtime.codec import encode_docs
-from runtime.consensus import normalize_raft_configuration, valid_raft_keys
+from runtime.raft import normalize_raft_configuration, valid_raft_keys
 
 
 # -- the Jina docs' first example (imports changed only) ------------------------------
@@ -386,7 +386,7 @@ def test_plan_gives_each_replica_its_raft_settings(tmp_path):
 
 
 def test_payload_and_snapshot_stores(tmp_path):
-    from runtime.consensus import PayloadStore, SnapshotStore
+    from runtime.raft import PayloadStore, SnapshotStore
     store = PayloadStore(str(tmp_path / 'payloads'))
     a, b, c = (uuid.uuid4().hex for _ in range(3))
     for rid in (a, b, c):

@@ -3,7 +3,7 @@
 ``_Applier`` (a part of ``Consensus``) takes the actions pysyncobj's thread posts (apply,
 mark, snapshot, install), finds each record's payload (here, or from a peer, digest
 checked) and calls the ``@write`` endpoint once per request id. Relies on the ``Consensus``
-attributes (declared in :mod:`runtime.raft.state`), its peer calls (:mod:`runtime.raft.peers`)
+attributes (declared in :mod:`runtime.raft.state`), its peer calls (:mod:`runtime.raft.control`)
 and snapshots (:mod:`runtime.raft.snapshots`).
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ from runtime.codec import decode_docs
 from runtime.executor import call_endpoint
 from runtime.raft.payloads import _digest
 from runtime.raft.records import Record
-from runtime.raft.state import _Apply, _Install, _Mark, _SnapshotDue
+from runtime.raft.decisions import (BodyStep, Install, Mark, SnapshotDue, Verdict, body_step, covered_reply,
+                                    duplicate_reply, take_apply_batch)
 
 if TYPE_CHECKING:   # a part of Consensus: its attributes (see runtime.raft.state for why not at run time)
     from runtime.raft.state import ConsensusState as _Base
@@ -45,41 +46,34 @@ class _Applier(_Base):
                 except Exception:
                     log.exception('%s: applying the RAFT log failed; retrying in 1 s', self.name)
                     await asyncio.sleep(1.0)
-            if self._snapshot_wanted and self.applied_index > self.snapshot_index and not self._closing:
+            if self.ledger.snapshot_due(self._snapshot_wanted, self._closing):
                 await self._take_snapshot()
 
     async def _apply_next(self) -> None:
-        head = self._actions[0]
-        if isinstance(head, _Apply):
-            batch: List[_Apply] = []
-            n = 0
-            while self._actions and isinstance(self._actions[0], _Apply) and n < 256:
-                a = self._actions.popleft()
-                batch.append(a)
-                n += len(a.records)
+        batch = take_apply_batch(self._actions)
+        if batch:
             try:
                 await self._apply_entries([(a.index, a.records) for a in batch])
             except BaseException:
                 self._actions.extendleft(reversed(batch))   # not applied: try again, in order
                 raise
             return
-        if isinstance(head, _Mark):      # entries without records (no-ops) up to here are applied
-            self.applied_index = max(self.applied_index, head.index)
-        elif isinstance(head, _SnapshotDue):
+        head = self._actions[0]
+        if isinstance(head, Mark):       # entries without records (no-ops) up to here are applied
+            self.ledger.applied_through(head.index)
+        elif isinstance(head, SnapshotDue):
             self._snapshot_wanted = True
-        elif isinstance(head, _Install):
+        elif isinstance(head, Install):
             await self._install(head.snapshot_index, head.records, head.last)
         self._actions.popleft()
 
     async def _apply_entries(self, entries: List[Tuple[int, List[Record]]]) -> None:
-        items = [(i, rec) for i, recs in entries if i > self.applied_index for rec in recs]
-        for i, recs in entries:   # covered by a snapshot already: answer anyone waiting
-            if i <= self.applied_index:
-                for rec in recs:
-                    self._covered(rec)
+        covered, items = self.ledger.split(entries)
+        for rec in covered:   # covered by a snapshot already: answer anyone waiting
+            self._covered(rec)
         prepared: List[Tuple[int, Record, Optional[bytes]]] = []
         for i, rec in items:
-            if i <= self.applied_index:
+            if i <= self.ledger.applied_index:   # a snapshot installed while we fetched a body
                 self._covered(rec)
                 continue
             if rec.is_barrier:
@@ -100,14 +94,13 @@ class _Applier(_Base):
                 fut = self._waiters.get(rid)
                 if fut is not None and not fut.done():
                     fut.set_result(reply if reply is not None else ({'ok': True}, b''))
-        self.applied_index = max(self.applied_index, last)
+        self.ledger.applied_through(last)
 
     def _covered(self, rec: Record) -> None:
         """A record applied through a snapshot rather than here: answer a local waiter."""
         fut = self._waiters.get(rec.rid)
         if fut is not None and not fut.done():
-            body = (rec.body or self.payloads.get(rec.rid)) if not rec.is_barrier else None
-            fut.set_result(({'ok': True, 'applied_via_snapshot': True}, body or b''))
+            fut.set_result(covered_reply((rec.body or self.payloads.get(rec.rid)) if not rec.is_barrier else None))
 
     def _apply_sync(self, prepared: List[Tuple[int, Record, Optional[bytes]]], last: int) -> List[Tuple[str, Any]]:
         """On the Executor's thread: run each record's endpoint, in log order.
@@ -120,14 +113,14 @@ class _Applier(_Base):
         reported = False
         for index, rec, payload in prepared:
             rid, endpoint = rec.rid, rec.endpoint
-            if endpoint is None:
+            verdict = self.ledger.verdict(index, rec)
+            if verdict is Verdict.BARRIER:
                 out.append((rid, None))
                 continue
-            if rid in self._seen_set:   # a retried request committed twice: apply once
-                out.append((rid, ({'ok': True, 'duplicate': True}, payload or b'')))
+            if verdict is Verdict.DUPLICATE:   # a retried request committed twice: applied once
+                out.append((rid, duplicate_reply(payload)))
                 continue
-            self._remember(rid)
-            if index in self.skipped_entries:
+            if verdict is Verdict.SKIPPED:
                 out.append((rid, self._skip(index, rec)))
                 continue
             self.server.report(event='applying', index=index, endpoint=endpoint)
@@ -144,18 +137,16 @@ class _Applier(_Base):
                 log.error('%s: applying %s (log index %d) failed: %s: %s', self.name, endpoint, index,
                           type(e).__name__, e)
                 reply = (protocol.error_header(e, self.name, traceback.format_exc()), b'')
-            self.writes_applied += 1
             self.payloads.applied(rid, index)
             self.trace('applied', rid, index)
             out.append((rid, reply))
         if reported:
             self.server.report(event='applied', index=last)
-        self._exec_index = max(self._exec_index, last)
+        self.ledger.executed(last)
         return out
 
     def _skip(self, index: int, rec: Record) -> Tuple[Dict[str, Any], bytes]:
         """Pass over a record of a skipped entry (every replica does): the reply says so."""
-        self.writes_skipped += 1
         self.payloads.applied(rec.rid, index)
         log.warning('%s: log entry %d (%s, request %s) is in the skip list: not applied', self.name, index,
                     rec.endpoint, rec.rid)
@@ -163,43 +154,34 @@ class _Applier(_Base):
                            '(Deployment.skip_entry): this write was not applied on any replica')
         return protocol.error_header(err, self.name), b''
 
-    def _remember(self, rid: str) -> None:
-        self._seen.append(rid)
-        self._seen_set.add(rid)
-        while len(self._seen) > self.SEEN_LIMIT:
-            self._seen_set.discard(self._seen.popleft())
-
     async def _payload_for(self, rec: Record, index: int) -> Optional[bytes]:
         """The record's body: ours, a peer's (digest checked), or None once a covering snapshot is installed."""
         rid, digest = rec.rid, rec.digest
-        data = rec.body
-        if data is not None:
-            return data
-        hit = self.payloads.cached_with_digest(rid)
-        if hit is not None and hit[1] == digest:   # hashed once, when it was stored
-            return hit[0]
-        data = hit[0] if hit is not None else await asyncio.to_thread(self.payloads.get, rid)
-        if data is not None and _digest(data) == digest:
-            return data
-        if data is not None:   # same request id, other body (a misbehaving client): take the committed one
-            log.warning('%s: the local body of request %s does not match the committed digest; '
-                        'fetching it from a peer', self.name, rid)
-            await asyncio.to_thread(self.payloads.discard, rid)
-        elif rec.origin != self.replica:   # the origin's push is usually a moment away: wait briefly
-            arrived = self._arrivals.setdefault(rid, asyncio.Event())
-            try:
-                if self.payloads.cached(rid) is None:
-                    await asyncio.wait_for(arrived.wait(), 0.05)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                self._arrivals.pop(rid, None)
-            hit = self.payloads.cached_with_digest(rid)
-            if hit is not None and hit[1] == digest:
-                return hit[0]
-            data = await asyncio.to_thread(self.payloads.get, rid)
-            if data is not None and _digest(data) == digest:
-                return data
+        waited = False
+        while True:   # the decision is runtime.raft.decisions.body_step; the I/O is here
+            local = await self._local_body(rid)
+            step = body_step(rec, None if local is None else local[1], self.replica, waited)
+            if step is BodyStep.INLINE:
+                return rec.body
+            if step is BodyStep.LOCAL:
+                return local[0] if local is not None else None
+            if step is BodyStep.REPLACE:   # same request id, other body (a misbehaving client)
+                log.warning('%s: the local body of request %s does not match the committed digest; '
+                            'fetching it from a peer', self.name, rid)
+                await asyncio.to_thread(self.payloads.discard, rid)
+                break
+            if step is BodyStep.WAIT_FOR_ORIGIN:
+                waited = True
+                arrived = self._arrivals.setdefault(rid, asyncio.Event())
+                try:
+                    if self.payloads.cached(rid) is None:
+                        await asyncio.wait_for(arrived.wait(), 0.05)
+                except asyncio.TimeoutError:
+                    pass
+                finally:
+                    self._arrivals.pop(rid, None)
+                continue
+            break   # FETCH
         t0 = time.monotonic()
         warned = False
         while True:
@@ -221,17 +203,26 @@ class _Applier(_Base):
                             'retrying', self.name, rid, index)
             await asyncio.sleep(0.2)
 
+    async def _local_body(self, rid: str) -> Optional[Tuple[bytes, str]]:
+        """(body, its digest) from our store, or None: from memory with the digest it was stored
+        under (hashed once), else read from the workspace and hashed."""
+        hit = self.payloads.cached_with_digest(rid)
+        if hit is not None:
+            return hit
+        data = await asyncio.to_thread(self.payloads.get, rid)
+        return None if data is None else (data, _digest(data))
+
     async def _install(self, snapshot_index: int, records: List[Tuple[int, List[Record]]], last: int) -> None:
         """A compaction dump: state = a snapshot >= ``snapshot_index`` + ``records`` up to ``last``."""
         t0 = time.monotonic()
-        while self.applied_index < snapshot_index:
+        while self.ledger.needs_snapshot_from_peer(snapshot_index):
             if await self._install_from_peer(snapshot_index):
                 break
             if time.monotonic() - t0 > 5.0:
                 log.warning('%s: waiting for a peer snapshot at index >= %d', self.name, snapshot_index)
                 t0 = time.monotonic()
             await asyncio.sleep(0.2)
-        todo = [(i, r) for i, r in records if i > self.applied_index]
+        todo = [(i, r) for i, r in records if i > self.ledger.applied_index]
         if todo:
             await self._apply_entries(todo)
-        self.applied_index = max(self.applied_index, last)
+        self.ledger.applied_through(last)

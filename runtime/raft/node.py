@@ -1,9 +1,9 @@
-"""One replica's RAFT node: ``Consensus`` (pysyncobj glue, writes, reads, readiness), ``attach_consensus``.
+"""One replica's RAFT node: ``Consensus`` (pysyncobj glue, writes, reads, readiness), ``make_consensus``.
 
 ``Consensus`` owns the pysyncobj node and the replica's stores, orders ``@write`` requests
 through the log (:meth:`Consensus.write`), gates reads and readiness on barrier records, and
 writes/reads pysyncobj's compaction dump. Its state is declared in :mod:`runtime.raft.state`;
-its other parts live next door: peer messages (:mod:`runtime.raft.peers`), the applier
+its other parts live next door: peer messages (:mod:`runtime.raft.control`), the applier
 (:mod:`runtime.raft.apply`) and snapshots (:mod:`runtime.raft.snapshots`). Relies on pysyncobj
 through :mod:`runtime.raft.syncobj`.
 """
@@ -21,12 +21,14 @@ from runtime.raft.apply import _Applier
 from runtime.raft.common import Outcome, RaftNotReady
 from runtime.raft.durable import fsync_dir, fsync_file
 from runtime.raft.payloads import _RID, _digest
-from runtime.raft.peers import _PeerMessages
+from runtime.raft.control import _PeerMessages
 from runtime.raft.proposer import _Proposer
 from runtime.raft.records import (INLINE_PAYLOAD_BYTES, Record, _entry_from_json, _entry_to_json, _record_from_json,
                                   _record_to_json)
+from runtime.raft.settings import settings_from_config
 from runtime.raft.snapshots import _Snapshots
-from runtime.raft.state import ConsensusState, _Action, _Apply, _Install, _Mark, _SnapshotDue
+from runtime.raft.decisions import Action, Apply, Install, Mark, SnapshotDue
+from runtime.raft.state import ConsensusState
 from runtime.raft.syncobj import LEADER, ROLES, RaftLog, SyncObjConf, quiet_pysyncobj, shrink_journal
 
 log = logging.getLogger('orchestra.raft')
@@ -38,10 +40,10 @@ CLOSE_SNAPSHOT_WAIT_S = 30.0
 class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
     """One replica's RAFT node, payload store, snapshots and applier; see :mod:`runtime.raft`.
 
-    Created by :func:`attach_consensus`; the worker calls :meth:`write` for ``@write``
+    Created by :func:`make_consensus`; the worker calls :meth:`write` for ``@write``
     endpoints, :meth:`before_read` before reads, :meth:`control` for peer requests,
     :meth:`status` for ``describe()`` and :meth:`close` on shutdown. Its attributes and
-    ``__init__(server, cfg)`` are :class:`~runtime.raft.state.ConsensusState`'s.
+    ``__init__(server, settings)`` are :class:`~runtime.raft.state.ConsensusState`'s.
     """
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -60,11 +62,11 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         try:
             await asyncio.to_thread(self.node.wait_bound)
         except Exception:
-            raise OSError(f'{self.name}: cannot listen for RAFT on {self.cfg["bind"]}: the port is in use or '
+            raise OSError(f'{self.name}: cannot listen for RAFT on {self.settings.bind}: the port is in use or '
                           'not available (choose other peer_ports, or omit them to let orchestra-nb pick)') from None
         self._started.set()
         log.info('%s: RAFT node on %s, peers %s; restored snapshot index %d; catching up',
-                 self.name, self.cfg['self'], ', '.join(p.raft for p in self.peers), self.snapshot_index)
+                 self.name, self.settings.address, ', '.join(p.raft for p in self.peers), self.ledger.snapshot_index)
         progress = asyncio.ensure_future(self._report_progress(t0))
         try:
             await self._commit(self._barrier(), None, 'the readiness barrier')
@@ -73,20 +75,20 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         self.ready_seconds = time.monotonic() - t0
         self._ready.set()
         log.info('%s: RAFT ready in %.2f s (%s, term %s, applied index %d, %d writes applied)', self.name,
-                 self.ready_seconds, self.role, self.node.term, self.applied_index, self.writes_applied)
+                 self.ready_seconds, self.role, self.node.term, self.ledger.applied_index, self.ledger.writes_applied)
 
     def _make_node(self) -> RaftLog:
         shrink_journal(os.path.join(self.dir, 'journal.bin'), self.durable)
-        conf = SyncObjConf(**self.cfg['conf'],
+        conf = SyncObjConf(**self.settings.syncobj,
                            # pysyncobj encrypts and authenticates every message (Fernet) with this
-                           password=self.cfg.get('password') or self.secret or None,
+                           password=self.settings.password,
                            journalFile=os.path.join(self.dir, 'journal.bin'),
                            fullDumpFile=os.path.join(self.dir, 'dump.json'),
                            serializer=self._serialize, deserializer=self._deserialize,
                            onStateChanged=self._on_state_changed,
                            useFork=False, autoTick=True, dynamicMembershipChange=False,
-                           bindAddress=self.cfg['bind'])
-        node = RaftLog(self._on_commit, self.cfg['self'], [p.raft for p in self.peers], conf)
+                           bindAddress=self.settings.bind)
+        node = RaftLog(self._on_commit, self.settings.address, [p.raft for p in self.peers], conf)
         if self.durable:   # the journal on disk before any message reflects it (runtime.raft.durable)
             node.make_durable(conf.journalFile, conf.fullDumpFile,
                               (lambda index: self.trace('journal', index)) if self.trace.enabled else None)
@@ -115,10 +117,10 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         running = self._snapshot_running
         if running is not None and not running.done():   # finish it: cut short, it leaves tmp-* behind
             await asyncio.wait([running], timeout=CLOSE_SNAPSHOT_WAIT_S)
-        if (self.node is not None and self._ready.is_set() and self.applied_index > self.snapshot_index
+        if (self.node is not None and self._ready.is_set() and self.ledger.applied_index > self.ledger.snapshot_index
                 and (self.snapshot_seconds or 0.0) < 1.0):
             try:   # a fresh snapshot makes the next start faster (only when quick: the log covers us)
-                await asyncio.wait_for(asyncio.shield(self._start_snapshot(self.applied_index)),
+                await asyncio.wait_for(asyncio.shield(self._start_snapshot(self.ledger.applied_index)),
                                        CLOSE_SNAPSHOT_WAIT_S)
             except Exception:
                 pass
@@ -208,16 +210,16 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
     def status(self) -> Dict[str, Any]:
         """role, term, commit_index, applied_index, writes_applied, leader, ... (JSON-able)."""
         st: Dict[str, Any] = {
-            'role': self.role, 'term': None, 'commit_index': None, 'applied_index': self.applied_index,
-            'writes_applied': self.writes_applied, 'writes_skipped': self.writes_skipped,
+            'role': self.role, 'term': None, 'commit_index': None, 'applied_index': self.ledger.applied_index,
+            'writes_applied': self.ledger.writes_applied, 'writes_skipped': self.ledger.writes_skipped,
             'leader': None, 'leader_address': None,
-            'ready': self._ready.is_set(), 'snapshot_index': self.snapshot_index,
-            'address': self.cfg['self'], 'peers': {p.name: False for p in self.peers},
+            'ready': self._ready.is_set(), 'snapshot_index': self.ledger.snapshot_index,
+            'address': self.settings.address, 'peers': {p.name: False for p in self.peers},
             'log_entries': None, 'payloads_stored': len(self.payloads),
             'payloads_fetched': self.fetched_payloads, 'snapshots_installed': self.installed_snapshots,
             'proposals': {'entries': self._proposer.entries, 'records': self._proposer.records}
             if self._proposer else None,
-            'encrypted': bool(self.cfg.get('password') or self.secret), 'ready_seconds': self.ready_seconds,
+            'encrypted': bool(self.settings.password), 'ready_seconds': self.ready_seconds,
         }
         node = self.node
         if node is not None:
@@ -317,22 +319,22 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         t.add_done_callback(lambda t: (self._background.discard(t), t.cancelled() or t.exception()))
         return t
     # -- pysyncobj's thread ------------------------------------------------------------------
-    def _post(self, action: _Action) -> None:
+    def _post(self, action: Action) -> None:
         try:
             self.loop.call_soon_threadsafe(self._push_action, action)
         except RuntimeError:
             pass   # loop closed: shutting down
 
-    def _push_action(self, action: _Action) -> None:
+    def _push_action(self, action: Action) -> None:
         self._actions.append(action)
         self._actions_event.set()
 
     def _on_commit(self, index: int, records: Sequence[Sequence[Any]]) -> None:
         recs = [Record.from_wire(r) for r in records]   # the log's plain tuples (see runtime.raft.records)
-        if index > self.snapshot_index:
+        if index > self.ledger.snapshot_index:
             with self._records_lock:
                 self._records[index] = recs
-        self._post(_Apply(index, recs))
+        self._post(Apply(index, recs))
 
     def _on_tick(self) -> None:
         node = self.node
@@ -341,7 +343,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         last = node.last_applied
         if last != self._last_marked:
             self._last_marked = last
-            self._post(_Mark(last))
+            self._post(Mark(last))
 
     def _on_state_changed(self, old: int, new: int) -> None:
         self.role = ROLES.get(new, str(new))
@@ -352,7 +354,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         """pysyncobj's log compaction: a small dump naming our latest snapshot and the records since."""
         last, prev, cluster = data
         with self._records_lock:
-            snap = self.snapshot_index
+            snap = self.ledger.snapshot_index
             recs = sorted((i, r) for i, r in self._records.items() if snap < i <= last[1])
         doc = {'format': 'orchestra-raft-dump/1', 'last': _entry_to_json(last), 'prev': _entry_to_json(prev),
                'cluster': sorted(getattr(n, 'address', str(n)) for n in cluster),
@@ -363,7 +365,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
             if self.durable:   # pysyncobj renames it, then cuts the journal (RaftLog.make_durable)
                 f.flush()
                 os.fsync(f.fileno())
-        self._post(_SnapshotDue())
+        self._post(SnapshotDue())
 
     def _deserialize(self, path: str) -> Tuple[Any, Any, Any]:
         """A dump (ours at restart, or the leader's when we are too far behind) -> pysyncobj's tuple."""
@@ -377,23 +379,20 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         records = [(int(i), [_record_from_json(x) for x in r]) for i, r in doc['records']]
         with self._records_lock:
             for i, r in records:
-                if i > self.snapshot_index:
+                if i > self.ledger.snapshot_index:
                     self._records[i] = r
         last = _entry_from_json(doc['last'])
-        self._post(_Install(int(doc['snapshot_index']), records, last[1]))
+        self._post(Install(int(doc['snapshot_index']), records, last[1]))
         return last, _entry_from_json(doc['prev']), list(doc.get('cluster') or [])
 
 
-async def attach_consensus(server: Any) -> Consensus:
-    """Give a stateful replica its RAFT node; returns once the replica has caught up.
+def make_consensus(server: Any) -> Consensus:
+    """A stateful replica's RAFT node, from its config (read once: :func:`settings_from_config`).
 
-    ``server.consensus`` is set before anything is awaited, so no request reaches the
-    Executor around RAFT while the node starts.
+    The worker keeps it as ``server.consensus`` before it awaits :meth:`Consensus.start`, so no
+    request reaches the Executor around RAFT while the node starts.
+
+    >>> server.consensus = make_consensus(server)   # doctest: +SKIP
+    >>> await server.consensus.start()              # doctest: +SKIP
     """
-    cfg = server.config.get('raft')
-    if not cfg:
-        raise ValueError('a stateful replica needs config["raft"] (built by runtime.consensus.plan_stateful)')
-    consensus = Consensus(server, cfg)
-    server.consensus = consensus
-    await consensus.start()
-    return consensus
+    return Consensus(server, settings_from_config(server.config, server.name))

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Deque, List, Tuple
 
 from runtime.raft.common import Outcome
+from runtime.raft.decisions import group_size
 from runtime.raft.records import Record
 
 if TYPE_CHECKING:
@@ -43,22 +44,13 @@ class _Proposer:
 
     def _kick(self) -> None:
         while self.in_flight < self.max_in_flight and self._queue:
-            batch: List[Tuple[Record, 'asyncio.Future[Outcome]']] = []
-            size = 0
-            while self._queue and len(batch) < self.max_batch:
-                record, fut = self._queue[0]
-                if fut.done():
-                    self._queue.popleft()
-                    continue
-                est = 96 + len(record.parameters or '') + len(record.endpoint or '') + len(record.body or b'')
-                if batch and size + est > self.max_bytes:
-                    break
-                self._queue.popleft()
-                batch.append((record, fut))
-                size += est
-            if not batch:
+            live = [(r, f) for r, f in self._queue if not f.done()]   # a timed-out caller's: dropped
+            if not live:
+                self._queue.clear()
                 return
-            self._send(batch)
+            n = group_size([r for r, _ in live], self.max_batch, self.max_bytes)
+            self._queue = collections.deque(live[n:])
+            self._send(live[:n])
 
     def _send(self, batch: List[Tuple[Record, 'asyncio.Future[Outcome]']]) -> None:
         loop = self.c.loop

@@ -3,13 +3,12 @@
 ``_Snapshots`` (a part of ``Consensus``) takes snapshots on the Executor's thread, restores
 them at start, serves them to peers in chunks (``get_snapshot``) and installs a peer's when
 this replica is too far behind. Relies on the ``Consensus`` attributes (declared in
-:mod:`runtime.raft.state`), its peer calls (:mod:`runtime.raft.peers`) and
+:mod:`runtime.raft.state`), its peer calls (:mod:`runtime.raft.control`) and
 ``Executor.snapshot()``/``restore()``.
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import os
@@ -126,27 +125,22 @@ class _Snapshots(_Base):
             meta = json.load(f)
         if call_restore:
             self.server.executor.restore(os.path.join(path, 'state'))
-        self._seen = collections.deque(meta.get('seen') or [])
-        self._seen_set = set(self._seen)
-        self.writes_applied = int(meta.get('writes_applied', 0))
-        index = int(meta['index'])
-        self._exec_index = index
-        self.applied_index = self.snapshot_index = index   # ints: safe to set from this thread
+        index = self.ledger.restored(meta)   # the loop waits on this thread meanwhile
         with self._records_lock:
             for i in [i for i in self._records if i <= index]:
                 del self._records[i]
 
     def _snapshot_sync(self, requested: int) -> int:
         """On the Executor's thread: write its state and our bookkeeping to ``snap-<index>``."""
-        index = max(requested, self._exec_index)
+        meta = self.ledger.snapshot_meta(requested)
+        index = meta['index']
         if any(i == index for i, _ in self.snapshots.list()):
             return index
         tmp = self.snapshots.new_tmp()
         try:
             self.server.executor.snapshot(os.path.join(tmp, 'state'))
             _write_json(os.path.join(tmp, 'meta.json'),
-                        {'index': index, 'writes_applied': self.writes_applied, 'seen': list(self._seen),
-                         'replica': self.name, 'created': time.time()})
+                        dict(meta, replica=self.name, created=time.time()))
             self.snapshots.commit(tmp, index)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -168,7 +162,7 @@ class _Snapshots(_Base):
     async def _take_snapshot(self) -> None:
         self._snapshot_wanted = False
         try:
-            index = await asyncio.shield(self._start_snapshot(self.applied_index))
+            index = await asyncio.shield(self._start_snapshot(self.ledger.applied_index))
         except Exception as e:
             self._snapshot_failures += 1
             if self._snapshot_failures in (1, 10) or self._snapshot_failures % 100 == 0:
@@ -179,12 +173,13 @@ class _Snapshots(_Base):
         self._snapshot_done(index)
 
     def _snapshot_done(self, index: int) -> None:
-        self.snapshot_index = max(self.snapshot_index, index)
+        self.ledger.snapshot_taken(index)
+        snap = self.ledger.snapshot_index
         with self._records_lock:
-            for i in [i for i in self._records if i <= self.snapshot_index]:
+            for i in [i for i in self._records if i <= snap]:
                 del self._records[i]
         self.snapshots.prune(keep=1)
-        limit = self.snapshot_index - int(self.options['trailing_logs'])
+        limit = snap - int(self.options['trailing_logs'])
         if limit > 0:
             t = asyncio.ensure_future(asyncio.to_thread(self.payloads.gc, limit))
             self._background.add(t)

@@ -4,7 +4,7 @@
 ``_PeerMessages`` (a part of ``Consensus``) answers peers' ``control`` calls (``put_payloads``,
 ``get_payload``, ``get_snapshot``, ``status``), stores payloads here and on a majority, and
 calls peers. Relies on the ``Consensus`` attributes (declared in :mod:`runtime.raft.state`),
-the peers' channels and pushers (:mod:`runtime.raft.links`) and :mod:`runtime.protocol`.
+the peers' channels and pushers (:mod:`runtime.raft.pushers`) and :mod:`runtime.protocol`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from runtime import protocol
 from runtime.raft.common import Outcome, RaftNotReady, _short
-from runtime.raft.links import _Peer, _PushResult
+from runtime.raft.decisions import peer_acks_needed
+from runtime.raft.pushers import _Peer, _PushResult
 from runtime.raft.payloads import _check_rid
 from runtime.raft.records import RECORD_FIELDS, Record
 from runtime.secrets import call_metadata
@@ -104,7 +105,7 @@ class _PeerMessages(_Base):
 
     async def _majority(self, pushes: Dict[str, asyncio.Task], deadline: float) -> None:
         """Return once a majority of replicas (us included) holds the payload ``pushes`` carry."""
-        need = (len(self.peers) + 1) // 2 + 1 - 1
+        need = peer_acks_needed(len(self.peers))
         acks, errors, pending = 0, [], set(pushes.values())
         if need <= 0:
             return
