@@ -136,3 +136,24 @@ def test_shrink_journal_gives_back_the_space_compaction_freed(tmp_path):
     finally:
         journal._destroy()
     assert shrink_journal(str(tmp_path / 'missing.bin')) == 0
+
+
+@pytest.mark.parametrize('size', [0, 1, 1000, 0xFFFF, 0xFFFF + 1, 200_000])
+def test_messages_travel_as_stored_zlib_streams_any_zlib_reads(size):
+    """pysyncobj's peers decompress with zlib: the stored form must be a valid zlib stream."""
+    import zlib
+    from runtime.raft.syncobj import stored_zlib
+    data = os.urandom(size)
+    packed = stored_zlib(data, 3)
+    assert zlib.decompress(packed) == data
+    assert len(packed) <= size + 6 + 5 * (size // 0xFFFF + 1)
+    with pytest.raises(zlib.error):   # corrupted: refused (pysyncobj then drops the connection)
+        zlib.decompress(packed[:-1] + bytes([packed[-1] ^ 1]))
+
+
+def test_replicas_send_pysyncobj_messages_uncompressed(monkeypatch):
+    from pysyncobj import tcp_connection
+    from runtime.raft.syncobj import _send_messages_stored, _StoredZlib
+    monkeypatch.setattr(tcp_connection, 'zlib', tcp_connection.zlib)   # put back after the test
+    _send_messages_stored()   # what building a RaftLog does (replicas only)
+    assert tcp_connection.zlib is _StoredZlib

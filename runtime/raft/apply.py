@@ -157,12 +157,12 @@ class _Applier(_Base):
     async def _payload_for(self, rec: Record, index: int) -> Optional[bytes]:
         """The record's body: ours, a peer's (digest checked), or None once a covering snapshot is installed."""
         rid, digest = rec.rid, rec.digest
+        if rec.body is not None:   # BodyStep.INLINE, without looking in the store
+            return rec.body
         waited = False
         while True:   # the decision is runtime.raft.decisions.body_step; the I/O is here
             local = await self._local_body(rid)
             step = body_step(rec, None if local is None else local[1], self.replica, waited)
-            if step is BodyStep.INLINE:
-                return rec.body
             if step is BodyStep.LOCAL:
                 return local[0] if local is not None else None
             if step is BodyStep.REPLACE:   # same request id, other body (a misbehaving client)
