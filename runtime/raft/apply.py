@@ -100,7 +100,7 @@ class _Applier(_Base):
         """A record applied through a snapshot rather than here: answer a local waiter."""
         fut = self._waiters.get(rec.rid)
         if fut is not None and not fut.done():
-            fut.set_result(covered_reply((rec.body or self.payloads.get(rec.rid)) if not rec.is_barrier else None))
+            fut.set_result(covered_reply((rec.body or self.bodies.get(rec.rid)) if not rec.is_barrier else None))
 
     def _apply_sync(self, prepared: List[Tuple[int, Record, Optional[bytes]]], last: int) -> List[Tuple[str, Any]]:
         """On the Executor's thread: run each record's endpoint, in log order.
@@ -137,7 +137,7 @@ class _Applier(_Base):
                 log.error('%s: applying %s (log index %d) failed: %s: %s', self.name, endpoint, index,
                           type(e).__name__, e)
                 reply = (protocol.error_header(e, self.name, traceback.format_exc()), b'')
-            self.payloads.applied(rid, index)
+            self.bodies.applied(rid, index)
             self.trace('applied', rid, index)
             out.append((rid, reply))
         if reported:
@@ -147,7 +147,7 @@ class _Applier(_Base):
 
     def _skip(self, index: int, rec: Record) -> Tuple[Dict[str, Any], bytes]:
         """Pass over a record of a skipped entry (every replica does): the reply says so."""
-        self.payloads.applied(rec.rid, index)
+        self.bodies.applied(rec.rid, index)
         log.warning('%s: log entry %d (%s, request %s) is in the skip list: not applied', self.name, index,
                     rec.endpoint, rec.rid)
         err = RuntimeError(f'log entry {index} ({rec.endpoint}) was skipped by the operator '
@@ -168,18 +168,11 @@ class _Applier(_Base):
             if step is BodyStep.REPLACE:   # same request id, other body (a misbehaving client)
                 log.warning('%s: the local body of request %s does not match the committed digest; '
                             'fetching it from a peer', self.name, rid)
-                await asyncio.to_thread(self.payloads.discard, rid)
+                await asyncio.to_thread(self.bodies.discard, rid)
                 break
             if step is BodyStep.WAIT_FOR_ORIGIN:
                 waited = True
-                arrived = self._arrivals.setdefault(rid, asyncio.Event())
-                try:
-                    if self.payloads.cached(rid) is None:
-                        await asyncio.wait_for(arrived.wait(), 0.05)
-                except asyncio.TimeoutError:
-                    pass
-                finally:
-                    self._arrivals.pop(rid, None)
+                await self.bodies.wait_for_arrival(rid, 0.05)
                 continue
             break   # FETCH
         t0 = time.monotonic()
@@ -187,12 +180,12 @@ class _Applier(_Base):
         while True:
             for peer in sorted(self.peers, key=lambda p: p.replica != rec.origin):   # the origin first
                 try:
-                    h, body = await self._call_peer(peer, {'op': 'get_payload', 'rid': rid}, timeout=30.0)
+                    h, body = await self.bodies.call(peer.name, {'op': 'get_payload', 'rid': rid}, timeout=30.0)
                 except Exception:
                     continue
                 if h.get('ok') and _digest(body) == digest:
                     self.fetched_payloads += 1
-                    await self._store(rid, body, digest)
+                    await self.bodies.store(rid, body, digest)
                     return body
             # no peer has it any more (compacted): take a peer's snapshot that covers this entry
             if await self._install_from_peer(index):
@@ -206,10 +199,10 @@ class _Applier(_Base):
     async def _local_body(self, rid: str) -> Optional[Tuple[bytes, str]]:
         """(body, its digest) from our store, or None: from memory with the digest it was stored
         under (hashed once), else read from the workspace and hashed."""
-        hit = self.payloads.cached_with_digest(rid)
+        hit = self.bodies.cached_with_digest(rid)
         if hit is not None:
             return hit
-        data = await asyncio.to_thread(self.payloads.get, rid)
+        data = await asyncio.to_thread(self.bodies.get, rid)
         return None if data is None else (data, _digest(data))
 
     async def _install(self, snapshot_index: int, records: List[Tuple[int, List[Record]]], last: int) -> None:

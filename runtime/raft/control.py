@@ -2,22 +2,21 @@
 (checked before the frame is read: :func:`runtime.server.authenticated`).
 
 ``_PeerMessages`` (a part of ``Consensus``) answers peers' ``control`` calls (``put_payloads``,
-``get_payload``, ``get_snapshot``, ``status``), stores payloads here and on a majority, and
-calls peers. Relies on the ``Consensus`` attributes (declared in :mod:`runtime.raft.state`),
-the peers' channels and pushers (:mod:`runtime.raft.pushers`) and :mod:`runtime.protocol`.
+``get_payload``, ``get_snapshot``, ``status``) and proposes, when it leads, the records a peer's
+push carried. The bodies themselves go to :class:`runtime.raft.bodies.Bodies` (stored here,
+pushed to peers). Relies on the ``Consensus`` attributes (declared in :mod:`runtime.raft.state`)
+and :mod:`runtime.protocol`.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from runtime import protocol
-from runtime.raft.common import Outcome, RaftNotReady, _short
-from runtime.raft.decisions import peer_acks_needed
-from runtime.raft.pushers import _Peer, _PushResult
+from runtime.raft.common import Outcome, _short
+from runtime.raft.settings import PeerAddress
 from runtime.raft.payloads import _check_rid
 from runtime.raft.records import RECORD_FIELDS, Record
-from runtime.secrets import call_metadata
 
 if TYPE_CHECKING:   # a part of Consensus: its attributes (see runtime.raft.state for why not at run time)
     from runtime.raft.state import ConsensusState as _Base
@@ -26,7 +25,7 @@ else:
 
 
 class _PeerMessages(_Base):
-    """``Consensus``'s side of replica-to-replica calls: answering peers, pushing payloads."""
+    """``Consensus``'s side of replica-to-replica calls: answering peers."""
 
     async def control(self, header: Dict[str, Any], body: bytes) -> bytes:
         """Requests from peer replicas (payloads, snapshots); the server checked their secret."""
@@ -41,20 +40,18 @@ class _PeerMessages(_Base):
                         raise ValueError('put_payloads: the sizes do not match the body')
                     # the sender hashed the body it sends (the transport is reliable and authenticated):
                     # kept with the body, so nobody hashes it again
-                    stores.append(self._store(rid, bytes(view[offset:offset + size]), str(digest)))
+                    stores.append(self.bodies.store(rid, bytes(view[offset:offset + size]), str(digest)))
                     offset += size
-                    arrived = self._arrivals.get(rid)
-                    if arrived is not None:
-                        arrived.set()
+                    self.bodies.arrived(rid)
                 results = await asyncio.gather(*stores, return_exceptions=True)
                 errors = [None if not isinstance(r, BaseException) else _short(r) for r in results]
                 outcomes = await self._propose_for_peer(items, header.get('records'), errors)
                 return protocol.pack({'ok': True, 'errors': errors if any(errors) else None, 'outcomes': outcomes})
             if op == 'get_payload':
                 rid = _check_rid(header.get('rid'))
-                data = self.payloads.cached(rid)
+                data = self.bodies.cached(rid)
                 if data is None:
-                    data = await asyncio.to_thread(self.payloads.get, rid)
+                    data = await asyncio.to_thread(self.bodies.get, rid)
                 if data is None:
                     return protocol.pack({'ok': False, 'missing': True})
                 data = bytes(data)
@@ -94,7 +91,7 @@ class _PeerMessages(_Base):
                 outcomes[k] = err
         return outcomes
 
-    def _leader_peer(self) -> Optional[_Peer]:
+    def _leader_peer(self) -> Optional[PeerAddress]:
         """The peer that leads now, as our node sees it (None: we lead, or no leader)."""
         node = self.node
         try:
@@ -102,79 +99,3 @@ class _PeerMessages(_Base):
         except Exception:
             return None
         return next((p for p in self.peers if p.raft == addr), None)
-
-    async def _majority(self, pushes: Dict[str, asyncio.Task], deadline: float) -> None:
-        """Return once a majority of replicas (us included) holds the payload ``pushes`` carry."""
-        need = peer_acks_needed(len(self.peers))
-        acks, errors, pending = 0, [], set(pushes.values())
-        if need <= 0:
-            return
-        while pending:
-            done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - self.loop.time()),
-                                               return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                break
-            for t in done:
-                pushed: _PushResult = t.result()
-                if pushed.stored:
-                    acks += 1
-                else:
-                    errors.append(pushed.why)
-            if acks >= need:
-                return
-        raise RaftNotReady(f'{self.name}: could not store the request on a majority of replicas '
-                           f'({acks + 1} of {len(self.peers) + 1}): {"; ".join(errors) or "timed out"}')
-
-    async def _push(self, peer: _Peer, rid: str, digest: str, body: bytes, deadline: float,
-                    record: Optional[Record] = None) -> _PushResult:
-        """Store a payload on ``peer`` (retried); the outcome of the peer's proposal of ``record``
-        is asked on the first try only (None if that try failed)."""
-        why: str = ''
-        outcome: Optional[Outcome] = None
-        for attempt in range(5):
-            if deadline - self.loop.time() <= 0:
-                break
-            pushed = await self._pushers[peer.name].push(rid, digest, body, deadline,
-                                                         record if attempt == 0 else None)
-            if attempt == 0:
-                outcome = pushed.outcome
-            if pushed.stored:
-                return _PushResult(True, '', outcome)
-            why = pushed.why
-            await asyncio.sleep(0.05 * (attempt + 1))
-        return _PushResult(False, why, outcome)
-
-    async def _store(self, rid: str, data: bytes, digest: str) -> None:
-        """Keep a body in memory and return once the writer thread has put it in the workspace."""
-        fut = self._disk.get(rid)
-        if fut is None:
-            fut = self.loop.create_future()
-            self._disk[rid] = fut
-            if not self.payloads.put_nowait(rid, data, digest):   # stored already
-                del self._disk[rid]
-                fut.set_result(None)
-        await asyncio.shield(fut)
-
-    def _on_written(self, rids: List[str], error: Optional[BaseException]) -> None:
-        """The writer thread stored a batch of bodies (one wake-up of the loop per batch)."""
-        try:
-            self.loop.call_soon_threadsafe(self._written, rids, error)
-        except RuntimeError:
-            pass   # loop closed: shutting down
-
-    def _written(self, rids: List[str], error: Optional[BaseException]) -> None:
-        for rid in rids:
-            fut = self._disk.pop(rid, None)
-            if fut is not None and not fut.done():
-                if error is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(OSError(f'{self.name}: cannot store request {rid}: {error}'))
-
-    async def _call_peer(self, peer: _Peer, header: Dict[str, Any], body: bytes = b'',
-                         timeout: float = 30.0) -> Tuple[Dict[str, Any], bytes]:
-        header = dict(header, sender=self.name)
-        reply = await peer.stub()(protocol.pack(header, body), timeout=timeout, metadata=call_metadata(self.secret))
-        h, b = protocol.unpack(reply)
-        return h, bytes(b)
-

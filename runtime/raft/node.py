@@ -51,6 +51,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         """Restore the newest local snapshot, start pysyncobj, then wait until caught up."""
         t0 = time.monotonic()
         self.loop = asyncio.get_running_loop()
+        self.bodies.start(self.loop)
         quiet_pysyncobj(self.options['log_level'])
         latest = self.snapshots.latest()
         if latest is not None:
@@ -129,12 +130,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
             join = node.destroy()
             if join is not None:
                 await asyncio.to_thread(join, 2.0)
-        for p in self.peers:
-            try:
-                await p.close()
-            except Exception:
-                pass
-        await asyncio.to_thread(self.payloads.close)
+        await self.bodies.close()
         self.trace.close()
 
     # -- the worker's hooks ------------------------------------------------------------------
@@ -162,18 +158,18 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
             record = Record(rid, endpoint, params, len(body), digest, self.replica, bytes(body))
         else:                                   # large: stored on a majority first, ordered by id
             record = Record(rid, endpoint, params, len(body), digest, self.replica)
-            await self._store(rid, body, digest)   # in our workspace before any peer may propose it
+            await self.bodies.store(rid, body, digest)   # in our workspace before any peer may propose it
             leader = self._leader_peer()
-            pushes = {p.name: self._spawn(self._push(p, rid, digest, body, deadline,
-                                                     record if p is leader else None)) for p in self.peers}
+            pushes = {p.name: self._spawn(self.bodies.push(p.name, rid, digest, body, deadline,
+                                                           record if p is leader else None)) for p in self.peers}
             if leader is None:   # we lead (or no leader yet): a majority holds it, then we propose
-                await self._majority(pushes, deadline)
+                await self.bodies.majority(pushes, deadline)
             else:                # the leader proposes it once stored there (R + leader: a majority)
                 async def leader_proposes() -> Outcome:
                     pushed = await pushes[leader.name]
                     if pushed.stored and pushed.outcome == Outcome.COMMITTED:
                         return Outcome.COMMITTED
-                    await self._majority(pushes, deadline)   # else: stored on a majority, we propose
+                    await self.bodies.majority(pushes, deadline)   # else: stored on a majority, we propose
                     return Outcome.REFUSED if pushed.outcome is None else pushed.outcome
                 delegate = leader_proposes
         t1 = self.loop.time()
@@ -215,7 +211,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
             'leader': None, 'leader_address': None,
             'ready': self._ready.is_set(), 'snapshot_index': self.ledger.snapshot_index,
             'address': self.settings.address, 'peers': {p.name: False for p in self.peers},
-            'log_entries': None, 'payloads_stored': len(self.payloads),
+            'log_entries': None, 'payloads_stored': len(self.bodies),
             'payloads_fetched': self.fetched_payloads, 'snapshots_installed': self.installed_snapshots,
             'proposals': {'entries': self._proposer.entries, 'records': self._proposer.records}
             if self._proposer else None,

@@ -181,7 +181,7 @@ class _Snapshots(_Base):
         self.snapshots.prune(keep=1)
         limit = snap - int(self.options['trailing_logs'])
         if limit > 0:
-            t = asyncio.ensure_future(asyncio.to_thread(self.payloads.gc, limit))
+            t = asyncio.ensure_future(asyncio.to_thread(self.bodies.gc, limit))
             self._background.add(t)
             t.add_done_callback(self._background.discard)
 
@@ -215,8 +215,8 @@ class _Snapshots(_Base):
                 index, offset, total = None, 0, None
                 with open(tmp, 'wb') as f:
                     while total is None or offset < total:
-                        h, body = await self._call_peer(
-                            peer, {'op': 'get_snapshot', 'min_index': min_index, 'index': index,
+                        h, body = await self.bodies.call(
+                            peer.name, {'op': 'get_snapshot', 'min_index': min_index, 'index': index,
                                    'offset': offset}, timeout=120.0)
                         if not h.get('ok'):
                             break

@@ -6,7 +6,7 @@ messages (:mod:`runtime.raft.control`), the applier (:mod:`runtime.raft.apply`),
 add none of their own (for type checkers they derive from ``ConsensusState``; at run time
 from ``object``, as this module imports theirs). What is applied -- and the applier's
 decisions -- is the ``ApplyLedger`` of :mod:`runtime.raft.decisions`, which owns its state.
-Relies on the stores and :mod:`runtime.raft.pushers`.
+Relies on the stores and :mod:`runtime.raft.bodies`.
 """
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ import collections
 import fcntl
 import os
 import threading
-from typing import IO, TYPE_CHECKING, Any, Deque, Dict, List, Optional, Set
+from typing import IO, TYPE_CHECKING, Any, Deque, Dict, List, Optional, Set, Tuple
 
 from runtime.raft.durable import Trace
-from runtime.raft.pushers import _Peer, _Pusher
-from runtime.raft.payloads import PayloadStore
+from runtime.raft.bodies import Bodies
 from runtime.raft.decisions import Action, ApplyLedger
 from runtime.raft.records import Record
-from runtime.raft.settings import RaftSettings
+from runtime.raft.settings import PeerAddress, RaftSettings
 from runtime.raft.skip import read_skipped, skip_file
 from runtime.raft.snapshots import SnapshotStore
 
@@ -52,12 +51,10 @@ class ConsensusState:
     durable: bool                        # durability='fsync': sync bodies, journal, dump, snapshots (raft.durable)
     trace: Trace                         # the test-only trace of fsyncs and acks (a no-op unless enabled)
     # -- stores and peers ---------------------------------------------------------------------
-    payloads: PayloadStore               # request bodies (its writer thread calls ``_PeerMessages._on_written``)
+    bodies: Bodies                       # request bodies: the store, arrivals, pushes to peers (runtime.raft.bodies)
     snapshots: SnapshotStore             # the Executor's snapshots in ``dir/snapshots``
-    peers: List[_Peer]                   # the shard's other replicas
-    _pushers: Dict[str, _Pusher]         # peer name -> its payload pusher
+    peers: Tuple[PeerAddress, ...]       # the shard's other replicas
     _names: Dict[str, str]               # RAFT address -> replica name (ours included)
-    _disk: Dict[str, asyncio.Future]     # request id -> done once the writer thread stored the body
     # -- the RAFT node --------------------------------------------------------------------------
     node: Optional['RaftLog']            # pysyncobj, from ``start`` until ``close``
     loop: Optional[asyncio.AbstractEventLoop]   # the worker's loop, from ``start``
@@ -73,7 +70,6 @@ class ConsensusState:
     ledger: ApplyLedger                  # what is applied: indexes, request ids, counts (runtime.raft.decisions)
     _actions: Deque[Action]             # posted by pysyncobj's thread, applied in order
     _actions_event: asyncio.Event        # set when ``_actions`` has news
-    _arrivals: Dict[str, asyncio.Event]  # request id -> set when its payload arrives from its origin
     _snapshot_wanted: bool               # pysyncobj compacted: snapshot after the current batch
     _snapshot_failures: int              # consecutive failed snapshots (to log only some)
     _snapshot_running: Optional['asyncio.Future[int]']   # the snapshot on the Executor's thread, if any
@@ -100,14 +96,12 @@ class ConsensusState:
         self._lock_file = self._lock_dir()   # before the stores tidy up leftovers in the folder
         self.durable = settings.durable
         self.trace = Trace(self.name)
-        self.payloads = PayloadStore(os.path.join(self.dir, 'payloads'), on_written=self._on_written,
-                                     durable=self.durable, trace=self.trace if self.trace.enabled else None)
+        self.bodies = Bodies(self.name, self.secret, settings.peers, os.path.join(self.dir, 'payloads'),
+                             durable=self.durable, trace=self.trace if self.trace.enabled else None)
         self.snapshots = SnapshotStore(os.path.join(self.dir, 'snapshots'), durable=self.durable)
-        self.peers = [_Peer(p.replica, p.name, p.raft, p.grpc) for p in settings.peers]
-        self._pushers = {p.name: _Pusher(self, p) for p in self.peers}   # type: ignore[arg-type]
+        self.peers = settings.peers
         self._names = {p.raft: p.name for p in self.peers}
         self._names[settings.address] = self.name
-        self._disk = {}
         self.node = None
         self.loop = None
         self.role = 'follower'
@@ -121,7 +115,6 @@ class ConsensusState:
         self.ledger = ApplyLedger(skipped=read_skipped(skip_file(self.dir)))
         self._actions = collections.deque()
         self._actions_event = asyncio.Event()
-        self._arrivals = {}
         self._snapshot_wanted = False
         self._snapshot_failures = 0
         self._snapshot_running = None
