@@ -90,6 +90,23 @@ def wait_counts(dep: Deployment, n: int, timeout: float = 600.0) -> List[int]:
         time.sleep(0.05)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and every process under it, so far.
+
+    Wall-clock ratios on a shared 2-core machine swing with the other users' load; the CPU
+    the setup itself spends does not (``psutil``: replicas, gateway, fork server, client)."""
+    import psutil
+    me = psutil.Process()
+    total = 0.0
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def index_run(uses: Any, docs: DocList[TextDoc], replicas: int, stateful: bool,
               workspace: Optional[str], durability: Optional[str] = None) -> Dict[str, Any]:
     """Start a Deployment, index ``docs`` (request_size=100), check every replica's count."""
@@ -99,13 +116,15 @@ def index_run(uses: Any, docs: DocList[TextDoc], replicas: int, stateful: bool,
         if durability:
             kwargs.update(durability=durability)
     with Deployment(name='indexer', **kwargs) as dep:
+        c0 = cpu_seconds()
         t0 = time.perf_counter()
         dep.post('/index', docs, request_size=100, timeout=600)
         index_s = time.perf_counter() - t0
+        index_cpu = cpu_seconds() - c0
         held = wait_counts(dep, len(docs))
         all_s = time.perf_counter() - t0
         raft = [r.get('raft') for r in dep.status()['replicas']]
-    return {'index_s': index_s, 'all_hold_s': all_s, 'counts': held, 'raft': raft}
+    return {'index_s': index_s, 'index_cpu': index_cpu, 'all_hold_s': all_s, 'counts': held, 'raft': raft}
 
 
 def small_writes(uses: Any, replicas: int, stateful: bool, workspace: Optional[str], n: int,
@@ -146,6 +165,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ok = True
     ones: List[float] = []
     threes: List[float] = []
+    cpu1: List[float] = []
+    cpu3: List[float] = []
     w1s: List[float] = []
     w3s: List[float] = []
     try:
@@ -155,14 +176,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if which == 'one':
                     one = index_run(uses, docs, 1, False, None)
                     ones.append(one['index_s'])
+                    cpu1.append(one['index_cpu'])
                     ok = ok and one['counts'] == [args.docs]
-                    print(f'round {k} replicas=1          : index {one["index_s"]:7.2f} s   holds {one["counts"]}',
-                          flush=True)
+                    print(f'round {k} replicas=1          : index {one["index_s"]:7.2f} s '
+                          f'(CPU {one["index_cpu"]:.2f} s)'
+                          f'   holds {one["counts"]}', flush=True)
                 else:
                     three = index_run(uses, docs, 3, True, os.path.join(ws, f'index-{k}'))
                     threes.append(three['index_s'])
+                    cpu3.append(three['index_cpu'])
                     ok = ok and all(c == args.docs for c in three['counts'])
-                    print(f'round {k} replicas=3 stateful : index {three["index_s"]:7.2f} s   all replicas hold '
+                    print(f'round {k} replicas=3 stateful : index {three["index_s"]:7.2f} s '
+                          f'(CPU {three["index_cpu"]:.2f} s)'
+                          f'   all replicas hold '
                           f'every doc after {three["all_hold_s"]:.2f} s: {three["counts"]}', flush=True)
                     for r in three['raft']:
                         print(f'  raft: {r["role"]:9s} term {r["term"]} applied {r["applied_index"]} '
@@ -182,6 +208,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ratios = sorted(t / o for t, o in zip(threes, ones))
     print(f'index RAFT / single, per round {", ".join(f"{r:.2f}" for r in ratios)}; '
           f'median {ratios[len(ratios) // 2]:.2f} (target <= 1.5); load {os.getloadavg()[0]:.1f}')
+    cpu = sorted(t / o for t, o in zip(cpu3, cpu1))
+    print(f'index CPU seconds RAFT / single, per round {", ".join(f"{r:.2f}" for r in cpu)}; '
+          f'median {cpu[len(cpu) // 2]:.2f} (all processes of the setup)')
     if w1s:
         wr = sorted(t / o for t, o in zip(w3s, w1s))
         print(f'small writes RAFT / single, per round {", ".join(f"{r:.2f}" for r in wr)}; '
