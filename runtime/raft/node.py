@@ -56,10 +56,10 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         latest = self.snapshots.latest()
         if latest is not None:
             await self.loop.run_in_executor(self.server.pool, self._restore_local, latest)
-        self._proposer = _Proposer(self, self.options['max_append_entries'])
         self._tasks.append(asyncio.ensure_future(self._applier()))
         self.node = self._make_node()
         self.node.add_on_tick(self._on_tick)
+        self._proposer = _Proposer(self.loop, self.node.propose, self.options['max_append_entries'])
         try:
             await asyncio.to_thread(self.node.wait_bound)
         except Exception:
