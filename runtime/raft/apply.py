@@ -4,7 +4,7 @@
 mark, snapshot, install), finds each record's payload (here, or from a peer, digest
 checked) and calls the ``@write`` endpoint once per request id. Relies on the ``Consensus``
 attributes (declared in :mod:`runtime.raft.state`), its peer calls (:mod:`runtime.raft.control`)
-and snapshots (:mod:`runtime.raft.snapshots`).
+and ``Snapshots`` (:mod:`runtime.raft.snapshots`).
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ class _Applier(_Base):
                     log.exception('%s: applying the RAFT log failed; retrying in 1 s', self.name)
                     await asyncio.sleep(1.0)
             if self.ledger.snapshot_due(self._snapshot_wanted, self._closing):
-                await self._take_snapshot()
+                self._snapshot_wanted = False
+                await self.snapshots.take()
 
     async def _apply_next(self) -> None:
         batch = take_apply_batch(self._actions)
@@ -188,7 +189,7 @@ class _Applier(_Base):
                     await self.bodies.store(rid, body, digest)
                     return body
             # no peer has it any more (compacted): take a peer's snapshot that covers this entry
-            if await self._install_from_peer(index):
+            if await self.snapshots.install_from_peer(index):
                 return None
             if not warned and time.monotonic() - t0 > 5.0:
                 warned = True
@@ -209,7 +210,7 @@ class _Applier(_Base):
         """A compaction dump: state = a snapshot >= ``snapshot_index`` + ``records`` up to ``last``."""
         t0 = time.monotonic()
         while self.ledger.needs_snapshot_from_peer(snapshot_index):
-            if await self._install_from_peer(snapshot_index):
+            if await self.snapshots.install_from_peer(snapshot_index):
                 break
             if time.monotonic() - t0 > 5.0:
                 log.warning('%s: waiting for a peer snapshot at index >= %d', self.name, snapshot_index)

@@ -57,7 +57,7 @@ class _PeerMessages(_Base):
                 data = bytes(data)
                 return protocol.pack({'ok': True}, data)
             if op == 'get_snapshot':
-                return await self._serve_snapshot(header)
+                return await self.snapshots.serve(header)
             if op == 'status':
                 return protocol.pack({'ok': True, 'status': self.status()})
             raise ValueError(f"unknown RAFT control op {op!r}; allowed: 'put_payloads', 'get_payload', "

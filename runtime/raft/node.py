@@ -3,9 +3,9 @@
 ``Consensus`` owns the pysyncobj node and the replica's stores, orders ``@write`` requests
 through the log (:meth:`Consensus.write`), gates reads and readiness on barrier records, and
 writes/reads pysyncobj's compaction dump. Its state is declared in :mod:`runtime.raft.state`;
-its other parts live next door: peer messages (:mod:`runtime.raft.control`), the applier
-(:mod:`runtime.raft.apply`) and snapshots (:mod:`runtime.raft.snapshots`). Relies on pysyncobj
-through :mod:`runtime.raft.syncobj`.
+its other parts live next door: peer messages (:mod:`runtime.raft.control`) and the applier
+(:mod:`runtime.raft.apply`) as mixins; ``Bodies``, ``Snapshots``, the ``ApplyLedger`` and the
+proposer as objects (see :mod:`runtime.raft`). Relies on pysyncobj through :mod:`runtime.raft.syncobj`.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from runtime.raft.proposer import _Proposer
 from runtime.raft.records import (INLINE_PAYLOAD_BYTES, Record, _entry_from_json, _entry_to_json, _record_from_json,
                                   _record_to_json)
 from runtime.raft.settings import settings_from_config
-from runtime.raft.snapshots import _Snapshots
 from runtime.raft.decisions import Action, Apply, Install, Mark, SnapshotDue
 from runtime.raft.state import ConsensusState
 from runtime.raft.syncobj import LEADER, ROLES, RaftLog, SyncObjConf, quiet_pysyncobj, shrink_journal
@@ -37,7 +36,7 @@ log = logging.getLogger('orchestra.raft')
 CLOSE_SNAPSHOT_WAIT_S = 30.0
 
 
-class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
+class Consensus(_PeerMessages, _Applier, ConsensusState):
     """One replica's RAFT node, payload store, snapshots and applier; see :mod:`runtime.raft`.
 
     Created by :func:`make_consensus`; the worker calls :meth:`write` for ``@write``
@@ -53,9 +52,9 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         self.loop = asyncio.get_running_loop()
         self.bodies.start(self.loop)
         quiet_pysyncobj(self.options['log_level'])
-        latest = self.snapshots.latest()
-        if latest is not None:
-            await self.loop.run_in_executor(self.server.pool, self._restore_local, latest)
+        self.snapshots.start(self.loop)
+        if self.snapshots.any_local():
+            await self.loop.run_in_executor(self.server.pool, self.snapshots.restore_local)
         self._tasks.append(asyncio.ensure_future(self._applier()))
         self.node = self._make_node()
         self.node.add_on_tick(self._on_tick)
@@ -115,13 +114,11 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(RaftNotReady(f'{self.name} is shutting down'))
-        running = self._snapshot_running
-        if running is not None and not running.done():   # finish it: cut short, it leaves tmp-* behind
-            await asyncio.wait([running], timeout=CLOSE_SNAPSHOT_WAIT_S)
+        await self.snapshots.finish(CLOSE_SNAPSHOT_WAIT_S)   # cut short, a snapshot leaves tmp-* behind
         if (self.node is not None and self._ready.is_set() and self.ledger.applied_index > self.ledger.snapshot_index
-                and (self.snapshot_seconds or 0.0) < 1.0):
+                and self.snapshots.quick):
             try:   # a fresh snapshot makes the next start faster (only when quick: the log covers us)
-                await asyncio.wait_for(asyncio.shield(self._start_snapshot(self.ledger.applied_index)),
+                await asyncio.wait_for(asyncio.shield(self.snapshots.begin(self.ledger.applied_index)),
                                        CLOSE_SNAPSHOT_WAIT_S)
             except Exception:
                 pass
@@ -212,7 +209,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
             'ready': self._ready.is_set(), 'snapshot_index': self.ledger.snapshot_index,
             'address': self.settings.address, 'peers': {p.name: False for p in self.peers},
             'log_entries': None, 'payloads_stored': len(self.bodies),
-            'payloads_fetched': self.fetched_payloads, 'snapshots_installed': self.installed_snapshots,
+            'payloads_fetched': self.fetched_payloads, 'snapshots_installed': self.snapshots.installed,
             'proposals': {'entries': self._proposer.entries, 'records': self._proposer.records}
             if self._proposer else None,
             'encrypted': bool(self.settings.password), 'ready_seconds': self.ready_seconds,

@@ -1,12 +1,12 @@
 """What one replica's ``Consensus`` knows: every attribute its parts share, declared in one place.
 
-``Consensus`` (:mod:`runtime.raft.node`) derives from ``ConsensusState`` and its parts -- peer
-messages (:mod:`runtime.raft.control`), the applier (:mod:`runtime.raft.apply`), snapshots
-(:mod:`runtime.raft.snapshots`). The parts read and write the attributes declared here and
-add none of their own (for type checkers they derive from ``ConsensusState``; at run time
-from ``object``, as this module imports theirs). What is applied -- and the applier's
-decisions -- is the ``ApplyLedger`` of :mod:`runtime.raft.decisions`, which owns its state.
-Relies on the stores and :mod:`runtime.raft.bodies`.
+``Consensus`` (:mod:`runtime.raft.node`) derives from ``ConsensusState`` and two remaining
+mixins -- peer messages (:mod:`runtime.raft.control`) and the applier (:mod:`runtime.raft.apply`),
+which read and write the attributes declared here and add none of their own (for type checkers
+they derive from ``ConsensusState``; at run time from ``object``, as this module imports theirs).
+The other parts are objects with their own state, built here and reached through their
+methods: ``Bodies`` (:mod:`runtime.raft.bodies`), ``Snapshots`` (:mod:`runtime.raft.snapshots`),
+the ``ApplyLedger`` (:mod:`runtime.raft.decisions`: what is applied, and the applier's decisions).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from runtime.raft.decisions import Action, ApplyLedger
 from runtime.raft.records import Record
 from runtime.raft.settings import PeerAddress, RaftSettings
 from runtime.raft.skip import read_skipped, skip_file
-from runtime.raft.snapshots import SnapshotStore
+from runtime.raft.snapshots import Snapshots, SnapshotStore
 
 if TYPE_CHECKING:
     from runtime.raft.proposer import _Proposer
@@ -52,7 +52,7 @@ class ConsensusState:
     trace: Trace                         # the test-only trace of fsyncs and acks (a no-op unless enabled)
     # -- stores and peers ---------------------------------------------------------------------
     bodies: Bodies                       # request bodies: the store, arrivals, pushes to peers (runtime.raft.bodies)
-    snapshots: SnapshotStore             # the Executor's snapshots in ``dir/snapshots``
+    snapshots: Snapshots                 # the Executor's snapshots in ``dir/snapshots`` (runtime.raft.snapshots)
     peers: Tuple[PeerAddress, ...]       # the shard's other replicas
     _names: Dict[str, str]               # RAFT address -> replica name (ours included)
     # -- the RAFT node --------------------------------------------------------------------------
@@ -71,9 +71,6 @@ class ConsensusState:
     _actions: Deque[Action]             # posted by pysyncobj's thread, applied in order
     _actions_event: asyncio.Event        # set when ``_actions`` has news
     _snapshot_wanted: bool               # pysyncobj compacted: snapshot after the current batch
-    _snapshot_failures: int              # consecutive failed snapshots (to log only some)
-    _snapshot_running: Optional['asyncio.Future[int]']   # the snapshot on the Executor's thread, if any
-    snapshot_seconds: Optional[float]    # how long the latest snapshot took
     # -- records since the latest snapshot, for pysyncobj's compaction dump (pysyncobj thread + loop)
     _records: Dict[int, List[Record]]    # log index -> its records
     _records_lock: threading.Lock        # guards ``_records``
@@ -81,7 +78,6 @@ class ConsensusState:
     # -- figures for ``status()`` ---------------------------------------------------------------
     ready_seconds: Optional[float]       # how long ``start`` took to catch up
     fetched_payloads: int                # bodies fetched from peers by the applier
-    installed_snapshots: int             # snapshots installed from peers
 
     def __init__(self, server: Any, settings: RaftSettings):
         self.server = server
@@ -98,7 +94,6 @@ class ConsensusState:
         self.trace = Trace(self.name)
         self.bodies = Bodies(self.name, self.secret, settings.peers, os.path.join(self.dir, 'payloads'),
                              durable=self.durable, trace=self.trace if self.trace.enabled else None)
-        self.snapshots = SnapshotStore(os.path.join(self.dir, 'snapshots'), durable=self.durable)
         self.peers = settings.peers
         self._names = {p.raft: p.name for p in self.peers}
         self._names[settings.address] = self.name
@@ -113,18 +108,25 @@ class ConsensusState:
         self._tasks = []
         self._background = set()
         self.ledger = ApplyLedger(skipped=read_skipped(skip_file(self.dir)))
+        self.snapshots = Snapshots(self.name, SnapshotStore(os.path.join(self.dir, 'snapshots'), durable=self.durable),
+                                   server.executor, server.pool, self.ledger, self.bodies, self.peers,
+                                   trailing_logs=self.options['trailing_logs'],
+                                   restore_on_start=not self.options['no_snapshot_restore_on_start'],
+                                   on_covered=self._forget_records)
         self._actions = collections.deque()
         self._actions_event = asyncio.Event()
         self._snapshot_wanted = False
-        self._snapshot_failures = 0
-        self._snapshot_running = None
-        self.snapshot_seconds = None
         self._records = {}
         self._records_lock = threading.Lock()
         self._last_marked = 0
         self.ready_seconds = None
         self.fetched_payloads = 0
-        self.installed_snapshots = 0
+
+    def _forget_records(self, index: int) -> None:
+        """A snapshot covers the log up to ``index``: the dump need not list those records."""
+        with self._records_lock:
+            for i in [i for i in self._records if i <= index]:
+                del self._records[i]
 
     def _lock_dir(self) -> IO[str]:
         """One process per RAFT folder (two Deployments on one workspace would corrupt it)."""
