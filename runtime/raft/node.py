@@ -17,7 +17,6 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from runtime.raft.apply import _Applier
 from runtime.raft.common import Outcome, RaftNotReady
 from runtime.raft.durable import fsync_dir, fsync_file
 from runtime.raft.payloads import _RID, _digest
@@ -36,7 +35,7 @@ log = logging.getLogger('orchestra.raft')
 CLOSE_SNAPSHOT_WAIT_S = 30.0
 
 
-class Consensus(_PeerMessages, _Applier, ConsensusState):
+class Consensus(_PeerMessages, ConsensusState):
     """One replica's RAFT node, payload store, snapshots and applier; see :mod:`runtime.raft`.
 
     Created by :func:`make_consensus`; the worker calls :meth:`write` for ``@write``
@@ -55,7 +54,7 @@ class Consensus(_PeerMessages, _Applier, ConsensusState):
         self.snapshots.start(self.loop)
         if self.snapshots.any_local():
             await self.loop.run_in_executor(self.server.pool, self.snapshots.restore_local)
-        self._tasks.append(asyncio.ensure_future(self._applier()))
+        self.applier.start(self.loop)
         self.node = self._make_node()
         self.node.add_on_tick(self._on_tick)
         self._proposer = _Proposer(self.loop, self.node.propose, self.options['max_append_entries'])
@@ -109,11 +108,9 @@ class Consensus(_PeerMessages, _Applier, ConsensusState):
     async def close(self) -> None:
         """Stop applying, take a last snapshot if quick, stop the RAFT node."""
         self._closing = True
-        for t in list(self._tasks) + list(self._background):
+        for t in list(self._background):
             t.cancel()
-        for fut in self._waiters.values():
-            if not fut.done():
-                fut.set_exception(RaftNotReady(f'{self.name} is shutting down'))
+        await self.applier.close(RaftNotReady(f'{self.name} is shutting down'))
         await self.snapshots.finish(CLOSE_SNAPSHOT_WAIT_S)   # cut short, a snapshot leaves tmp-* behind
         if (self.node is not None and self._ready.is_set() and self.ledger.applied_index > self.ledger.snapshot_index
                 and self.snapshots.quick):
@@ -209,7 +206,7 @@ class Consensus(_PeerMessages, _Applier, ConsensusState):
             'ready': self._ready.is_set(), 'snapshot_index': self.ledger.snapshot_index,
             'address': self.settings.address, 'peers': {p.name: False for p in self.peers},
             'log_entries': None, 'payloads_stored': len(self.bodies),
-            'payloads_fetched': self.fetched_payloads, 'snapshots_installed': self.snapshots.installed,
+            'payloads_fetched': self.applier.fetched, 'snapshots_installed': self.snapshots.installed,
             'proposals': {'entries': self._proposer.entries, 'records': self._proposer.records}
             if self._proposer else None,
             'encrypted': bool(self.settings.password), 'ready_seconds': self.ready_seconds,
@@ -242,14 +239,13 @@ class Consensus(_PeerMessages, _Applier, ConsensusState):
         push carries it) and returns its ``Outcome``; on anything but ``COMMITTED`` we propose.
         """
         rid = record.rid
-        existing = self._waiters.get(rid)
+        existing = self.applier.waiter(rid)
         if existing is not None and not existing.done():   # the same request again: share its outcome
             done, _ = await asyncio.wait({existing}, timeout=timeout)
             if not done:
                 raise TimeoutError(f'{what} was not committed and applied by {self.name} within {timeout:.0f} s')
             return existing.result()
-        fut = self.loop.create_future()
-        self._waiters[rid] = fut
+        fut = self.applier.expect(rid)
         deadline = None if timeout is None else self.loop.time() + timeout
         attempt = 0
 
@@ -302,8 +298,7 @@ class Consensus(_PeerMessages, _Applier, ConsensusState):
             raise TimeoutError(f'{what} was not committed and applied by {self.name} within {timeout:.0f} s '
                                f'(raft: {json.dumps(self.status())}); is a majority of replicas up?')
         finally:
-            if self._waiters.get(rid) is fut:
-                del self._waiters[rid]
+            self.applier.forget(rid, fut)
 
     def _spawn(self, coro: Any) -> asyncio.Task:
         """A background task, cancelled at close; its exception is retrieved (no 'never retrieved' noise)."""
@@ -314,13 +309,9 @@ class Consensus(_PeerMessages, _Applier, ConsensusState):
     # -- pysyncobj's thread ------------------------------------------------------------------
     def _post(self, action: Action) -> None:
         try:
-            self.loop.call_soon_threadsafe(self._push_action, action)
+            self.loop.call_soon_threadsafe(self.applier.post, action)
         except RuntimeError:
             pass   # loop closed: shutting down
-
-    def _push_action(self, action: Action) -> None:
-        self._actions.append(action)
-        self._actions_event.set()
 
     def _on_commit(self, index: int, records: Sequence[Sequence[Any]]) -> None:
         recs = [Record.from_wire(r) for r in records]   # the log's plain tuples (see runtime.raft.records)

@@ -11,15 +11,15 @@ the ``ApplyLedger`` (:mod:`runtime.raft.decisions`: what is applied, and the app
 from __future__ import annotations
 
 import asyncio
-import collections
 import fcntl
 import os
 import threading
-from typing import IO, TYPE_CHECKING, Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from runtime.raft.durable import Trace
+from runtime.raft.apply import Applier
 from runtime.raft.bodies import Bodies
-from runtime.raft.decisions import Action, ApplyLedger
+from runtime.raft.decisions import ApplyLedger
 from runtime.raft.records import Record
 from runtime.raft.settings import PeerAddress, RaftSettings
 from runtime.raft.skip import read_skipped, skip_file
@@ -60,24 +60,19 @@ class ConsensusState:
     loop: Optional[asyncio.AbstractEventLoop]   # the worker's loop, from ``start``
     role: str                            # 'follower', 'candidate' or 'leader' (pysyncobj thread)
     _proposer: Optional['_Proposer']     # group commit, from ``start``
-    _waiters: Dict[str, asyncio.Future]  # request id -> its (header, body) reply once applied here
     _started: asyncio.Event              # the node is bound and running
     _ready: asyncio.Event                # the readiness barrier is applied: caught up
     _closing: bool                       # ``close`` began: refuse new work
-    _tasks: List[asyncio.Task]           # long-running tasks (the applier), cancelled at close
     _background: Set[asyncio.Task]       # short tasks (pushes, gc), cancelled at close
-    # -- the applier (loop) ---------------------------------------------------------------------
+    # -- applying -------------------------------------------------------------------------------
     ledger: ApplyLedger                  # what is applied: indexes, request ids, counts (runtime.raft.decisions)
-    _actions: Deque[Action]             # posted by pysyncobj's thread, applied in order
-    _actions_event: asyncio.Event        # set when ``_actions`` has news
-    _snapshot_wanted: bool               # pysyncobj compacted: snapshot after the current batch
+    applier: Applier                     # applies committed entries; a write waits on it (runtime.raft.apply)
     # -- records since the latest snapshot, for pysyncobj's compaction dump (pysyncobj thread + loop)
     _records: Dict[int, List[Record]]    # log index -> its records
     _records_lock: threading.Lock        # guards ``_records``
     _last_marked: int                    # pysyncobj's last applied index last posted as ``Mark`` (pysyncobj thread)
     # -- figures for ``status()`` ---------------------------------------------------------------
     ready_seconds: Optional[float]       # how long ``start`` took to catch up
-    fetched_payloads: int                # bodies fetched from peers by the applier
 
     def __init__(self, server: Any, settings: RaftSettings):
         self.server = server
@@ -101,11 +96,9 @@ class ConsensusState:
         self.loop = None
         self.role = 'follower'
         self._proposer = None
-        self._waiters = {}
         self._started = asyncio.Event()
         self._ready = asyncio.Event()
         self._closing = False
-        self._tasks = []
         self._background = set()
         self.ledger = ApplyLedger(skipped=read_skipped(skip_file(self.dir)))
         self.snapshots = Snapshots(self.name, SnapshotStore(os.path.join(self.dir, 'snapshots'), durable=self.durable),
@@ -113,14 +106,12 @@ class ConsensusState:
                                    trailing_logs=self.options['trailing_logs'],
                                    restore_on_start=not self.options['no_snapshot_restore_on_start'],
                                    on_covered=self._forget_records)
-        self._actions = collections.deque()
-        self._actions_event = asyncio.Event()
-        self._snapshot_wanted = False
+        self.applier = Applier(self.name, self.replica, self.peers, self.ledger, self.bodies, self.snapshots,
+                               server, self.trace)
         self._records = {}
         self._records_lock = threading.Lock()
         self._last_marked = 0
         self.ready_seconds = None
-        self.fetched_payloads = 0
 
     def _forget_records(self, index: int) -> None:
         """A snapshot covers the log up to ``index``: the dump need not list those records."""
