@@ -257,6 +257,9 @@ class Applier:
                 log.warning('%s: the payload of request %s (log index %d) is on no reachable peer yet; '
                             'retrying', self.name, rid, index)
             await asyncio.sleep(0.2)
+            local = self._bodies.cached_with_digest(rid)   # a late push may have brought it meanwhile
+            if local is not None and local[1] == digest:
+                return local[0]
 
     async def _local_body(self, rid: str) -> Optional[Tuple[bytes, str]]:
         """(body, its digest) from our store, or None: from memory with the digest it was stored
