@@ -20,11 +20,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from runtime.raft.common import Outcome, RaftNotReady
 from runtime.raft.durable import fsync_dir, fsync_file
 from runtime.raft.payloads import _RID, _digest
-from runtime.raft.control import _PeerMessages
 from runtime.raft.proposer import _Proposer
 from runtime.raft.records import (INLINE_PAYLOAD_BYTES, Record, _entry_from_json, _entry_to_json, _record_from_json,
                                   _record_to_json)
-from runtime.raft.settings import settings_from_config
+from runtime.raft.settings import PeerAddress, settings_from_config
 from runtime.raft.decisions import Action, Apply, Install, Mark, SnapshotDue
 from runtime.raft.state import ConsensusState
 from runtime.raft.syncobj import LEADER, ROLES, RaftLog, SyncObjConf, quiet_pysyncobj, shrink_journal
@@ -35,7 +34,7 @@ log = logging.getLogger('orchestra.raft')
 CLOSE_SNAPSHOT_WAIT_S = 30.0
 
 
-class Consensus(_PeerMessages, ConsensusState):
+class Consensus(ConsensusState):
     """One replica's RAFT node, payload store, snapshots and applier; see :mod:`runtime.raft`.
 
     Created by :func:`make_consensus`; the worker calls :meth:`write` for ``@write``
@@ -299,6 +298,28 @@ class Consensus(_PeerMessages, ConsensusState):
                                f'(raft: {json.dumps(self.status())}); is a majority of replicas up?')
         finally:
             self.applier.forget(rid, fut)
+
+    async def control(self, header: Dict[str, Any], body: bytes) -> bytes:
+        """A peer replica's ``Control`` call (the server checked its secret): see ``PeerControl``."""
+        return await self.peer_control.answer(header, body)
+
+    def _leading(self) -> bool:
+        """Whether this node leads now and may propose (for ``PeerControl``)."""
+        node = self.node
+        return node is not None and self._proposer is not None and not self._closing and node.is_leader()
+
+    def _propose(self, record: Record) -> 'asyncio.Future[Outcome]':
+        assert self._proposer is not None
+        return self._proposer.submit(record)
+
+    def _leader_peer(self) -> Optional[PeerAddress]:
+        """The peer that leads now, as our node sees it (None: we lead, or no leader)."""
+        node = self.node
+        try:
+            addr = node.leader_address() if node is not None else None
+        except Exception:
+            return None
+        return next((p for p in self.peers if p.raft == addr), None)
 
     def _spawn(self, coro: Any) -> asyncio.Task:
         """A background task, cancelled at close; its exception is retrieved (no 'never retrieved' noise)."""

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 from runtime.raft.durable import Trace
 from runtime.raft.apply import Applier
 from runtime.raft.bodies import Bodies
+from runtime.raft.control import PeerControl
 from runtime.raft.decisions import ApplyLedger
 from runtime.raft.records import Record
 from runtime.raft.settings import PeerAddress, RaftSettings
@@ -67,6 +68,7 @@ class ConsensusState:
     # -- applying -------------------------------------------------------------------------------
     ledger: ApplyLedger                  # what is applied: indexes, request ids, counts (runtime.raft.decisions)
     applier: Applier                     # applies committed entries; a write waits on it (runtime.raft.apply)
+    peer_control: PeerControl            # answers peers' Control calls (runtime.raft.control)
     # -- records since the latest snapshot, for pysyncobj's compaction dump (pysyncobj thread + loop)
     _records: Dict[int, List[Record]]    # log index -> its records
     _records_lock: threading.Lock        # guards ``_records``
@@ -108,6 +110,8 @@ class ConsensusState:
                                    on_covered=self._forget_records)
         self.applier = Applier(self.name, self.replica, self.peers, self.ledger, self.bodies, self.snapshots,
                                server, self.trace)
+        self.peer_control = PeerControl(self.name, self.bodies, self.snapshots, self.status, self._leading,
+                                        self._propose)
         self._records = {}
         self._records_lock = threading.Lock()
         self._last_marked = 0
