@@ -50,18 +50,21 @@ Replica-to-replica ``Control`` calls carry the same secret. See ``docs/security.
 - ``config``: ``raft_configuration`` -- hashicorp-style names -> pysyncobj ``SyncObjConf``, checks.
 - ``plan``: the Deployment hooks -- ``validate_stateful``, ``plan_stateful`` (RAFT ports, folders).
 - ``common``: ``RaftNotReady``, ``Outcome`` (a proposal's outcome), ``_short`` and file helpers.
-- ``syncobj``: pysyncobj behind one adapter (``RaftLog``); importing it leaves ``socket`` unpatched.
-- ``payloads``: ``PayloadStore``, request bodies in segment files.
 - ``records``: ``Record`` (a NamedTuple; plain tuples in pysyncobj's log), its JSON form for the dump.
-- ``decisions``: the applier's and proposer's decisions as plain functions and a state machine
-  (``ApplyLedger``), driven in process by tests.
-- ``snapshots``: ``SnapshotStore``, and taking, restoring, serving and fetching snapshots.
-- ``pushers``: one peer's gRPC channel (``_Peer``) and its batched body pushes (``_Pusher``).
-- ``control``: replica-to-replica ``Control`` calls -- answering peers, storing bodies on a majority.
+- ``decisions``: the write path's decisions as plain functions and a state machine (``ApplyLedger``),
+  and the messages pysyncobj's thread posts to the applier; driven in process by tests.
+- ``node``: ``Consensus``, which composes the parts below, and ``make_consensus``.
+
+The parts, each an object owning its state:
+
+- ``syncobj``: the replicated log -- pysyncobj behind ``RaftLog`` (the only importer of pysyncobj).
 - ``proposer``: group commit -- records proposed together in one log entry.
-- ``apply``: the applier -- committed entries run on the Executor's thread, in log order.
-- ``state``: ``ConsensusState``, the attributes ``Consensus``'s parts share, and the applier's actions.
-- ``node``: ``Consensus`` (pysyncobj glue, writes, reads, readiness) and ``make_consensus``.
+- ``bodies``: ``Bodies`` -- the request bodies: ``payloads`` (``PayloadStore``, segment files) and
+  ``pushers`` (one peer's gRPC channel and its batched pushes).
+- ``apply``: the ``Applier`` -- committed entries run on the Executor's thread, in log order.
+- ``snapshots``: ``Snapshots`` and ``SnapshotStore`` -- taking, restoring, serving, fetching.
+- ``control``: ``PeerControl`` -- answering the other replicas' ``Control`` calls.
+- ``dump``: ``CompactionDump`` -- pysyncobj's compaction dump: the records since the latest snapshot.
 - ``skip``: the operator's list of poison entries to apply as no-ops.
 - ``durable``: fsync helpers and the test-only trace of fsyncs and acks.
 """

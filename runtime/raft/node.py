@@ -1,31 +1,38 @@
 """One replica's RAFT node: ``Consensus`` (pysyncobj glue, writes, reads, readiness), ``make_consensus``.
 
-``Consensus`` owns the pysyncobj node and the replica's stores, orders ``@write`` requests
-through the log (:meth:`Consensus.write`), gates reads and readiness on barrier records, and
-writes/reads pysyncobj's compaction dump. Its state is declared in :mod:`runtime.raft.state`;
-its other parts live next door: peer messages (:mod:`runtime.raft.control`) and the applier
-(:mod:`runtime.raft.apply`) as mixins; ``Bodies``, ``Snapshots``, the ``ApplyLedger`` and the
-proposer as objects (see :mod:`runtime.raft`). Relies on pysyncobj through :mod:`runtime.raft.syncobj`.
+``Consensus`` composes one replica's parts -- each an object owning its state, reached
+through its methods: ``Bodies`` (:mod:`runtime.raft.bodies`), ``Snapshots``
+(:mod:`runtime.raft.snapshots`), the ``Applier`` (:mod:`runtime.raft.apply`), ``PeerControl``
+(:mod:`runtime.raft.control`), the ``CompactionDump`` (:mod:`runtime.raft.dump`), the
+``ApplyLedger`` (:mod:`runtime.raft.decisions`), the proposer and pysyncobj's ``RaftLog``
+(:mod:`runtime.raft.syncobj`). Itself it orders ``@write`` requests through the log
+(:meth:`Consensus.write`: when a write is acknowledged), gates reads and readiness on
+barrier records and hands pysyncobj's callbacks to the parts.
 """
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from runtime.raft.apply import Applier
+from runtime.raft.bodies import Bodies
 from runtime.raft.common import Outcome, RaftNotReady
-from runtime.raft.durable import fsync_dir, fsync_file
+from runtime.raft.control import PeerControl
+from runtime.raft.decisions import Action, Apply, ApplyLedger, Mark
+from runtime.raft.dump import CompactionDump
+from runtime.raft.durable import Trace
 from runtime.raft.payloads import _RID, _digest
 from runtime.raft.proposer import _Proposer
-from runtime.raft.records import (INLINE_PAYLOAD_BYTES, Record, _entry_from_json, _entry_to_json, _record_from_json,
-                                  _record_to_json)
-from runtime.raft.settings import PeerAddress, settings_from_config
-from runtime.raft.decisions import Action, Apply, Install, Mark, SnapshotDue
-from runtime.raft.state import ConsensusState
+from runtime.raft.records import INLINE_PAYLOAD_BYTES, Record
+from runtime.raft.settings import PeerAddress, RaftSettings, settings_from_config
+from runtime.raft.skip import read_skipped, skip_file
+from runtime.raft.snapshots import Snapshots, SnapshotStore
 from runtime.raft.syncobj import LEADER, ROLES, RaftLog, SyncObjConf, quiet_pysyncobj, shrink_journal
 
 log = logging.getLogger('orchestra.raft')
@@ -34,14 +41,112 @@ log = logging.getLogger('orchestra.raft')
 CLOSE_SNAPSHOT_WAIT_S = 30.0
 
 
-class Consensus(ConsensusState):
+class Consensus:
     """One replica's RAFT node, payload store, snapshots and applier; see :mod:`runtime.raft`.
 
     Created by :func:`make_consensus`; the worker calls :meth:`write` for ``@write``
     endpoints, :meth:`before_read` before reads, :meth:`control` for peer requests,
-    :meth:`status` for ``describe()`` and :meth:`close` on shutdown. Its attributes and
-    ``__init__(server, settings)`` are :class:`~runtime.raft.state.ConsensusState`'s.
+    :meth:`status` for ``describe()`` and :meth:`close` on shutdown. It composes the parts
+    (``Bodies``, ``Snapshots``, ``Applier``, ``PeerControl``, ``CompactionDump``, the ledger,
+    the proposer and pysyncobj's ``RaftLog``), each owning its state.
+
+    Threads: the asyncio loop owns everything unless marked; "pysyncobj thread" ones are
+    written there. Plain ints and strings are read across threads without locks.
     """
+
+    # -- configuration (``RaftSettings``: runtime.raft.settings) ---------------------------------
+    server: Any                          # the worker's server: executor, pool (executor thread), endpoints
+    settings: RaftSettings               # this replica's RAFT settings (from ``config['raft']``)
+    name: str                            # this replica's name (logs, errors, peers' replies)
+    replica: int                         # this replica's number in the shard (a record's origin)
+    options: Dict[str, Any]              # orchestra-nb's RAFT options (``DEFAULT_OPTIONS`` + the user's)
+    secret: str                          # the Deployment's secret: peers' ``control`` calls carry it
+    default_consistency: str             # 'eventual' or 'strong', for reads that do not say
+    dir: str                             # this replica's RAFT folder
+    _lock_file: IO[str]                  # held (flock) while this process uses ``dir``
+    durable: bool                        # durability='fsync': sync bodies, journal, dump, snapshots (raft.durable)
+    trace: Trace                         # the test-only trace of fsyncs and acks (a no-op unless enabled)
+    # -- stores and peers ---------------------------------------------------------------------
+    bodies: Bodies                       # request bodies: the store, arrivals, pushes to peers (runtime.raft.bodies)
+    snapshots: Snapshots                 # the Executor's snapshots in ``dir/snapshots`` (runtime.raft.snapshots)
+    peers: Tuple[PeerAddress, ...]       # the shard's other replicas
+    _names: Dict[str, str]               # RAFT address -> replica name (ours included)
+    # -- the RAFT node --------------------------------------------------------------------------
+    node: Optional['RaftLog']            # pysyncobj, from ``start`` until ``close``
+    loop: Optional[asyncio.AbstractEventLoop]   # the worker's loop, from ``start``
+    role: str                            # 'follower', 'candidate' or 'leader' (pysyncobj thread)
+    _proposer: Optional['_Proposer']     # group commit, from ``start``
+    _started: asyncio.Event              # the node is bound and running
+    _ready: asyncio.Event                # the readiness barrier is applied: caught up
+    _closing: bool                       # ``close`` began: refuse new work
+    _background: Set[asyncio.Task]       # short tasks (pushes, gc), cancelled at close
+    # -- applying -------------------------------------------------------------------------------
+    ledger: ApplyLedger                  # what is applied: indexes, request ids, counts (runtime.raft.decisions)
+    applier: Applier                     # applies committed entries; a write waits on it (runtime.raft.apply)
+    peer_control: PeerControl            # answers peers' Control calls (runtime.raft.control)
+    dump: CompactionDump                 # the records since the latest snapshot: pysyncobj's dump (runtime.raft.dump)
+    _last_marked: int                    # pysyncobj's last applied index last posted as ``Mark`` (pysyncobj thread)
+    # -- figures for ``status()`` ---------------------------------------------------------------
+    ready_seconds: Optional[float]       # how long ``start`` took to catch up
+
+    def __init__(self, server: Any, settings: RaftSettings):
+        self.server = server
+        self.settings = settings
+        self.name = settings.name or server.name
+        self.replica = settings.replica
+        self.options = dict(settings.options)
+        self.secret = settings.secret
+        self.default_consistency = settings.read_consistency
+        self.dir = settings.dir
+        os.makedirs(self.dir, exist_ok=True)
+        self._lock_file = self._lock_dir()   # before the stores tidy up leftovers in the folder
+        self.durable = settings.durable
+        self.trace = Trace(self.name)
+        self.bodies = Bodies(self.name, self.secret, settings.peers, os.path.join(self.dir, 'payloads'),
+                             durable=self.durable, trace=self.trace if self.trace.enabled else None)
+        self.peers = settings.peers
+        self._names = {p.raft: p.name for p in self.peers}
+        self._names[settings.address] = self.name
+        self.node = None
+        self.loop = None
+        self.role = 'follower'
+        self._proposer = None
+        self._started = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._background = set()
+        self.ledger = ApplyLedger(skipped=read_skipped(skip_file(self.dir)))
+        self.dump = CompactionDump(self.name, self.ledger, self._post, self.durable)
+        self.snapshots = Snapshots(self.name, SnapshotStore(os.path.join(self.dir, 'snapshots'), durable=self.durable),
+                                   server.executor, server.pool, self.ledger, self.bodies, self.peers,
+                                   trailing_logs=self.options['trailing_logs'],
+                                   restore_on_start=not self.options['no_snapshot_restore_on_start'],
+                                   on_covered=self.dump.covered)
+        self.applier = Applier(self.name, self.replica, self.peers, self.ledger, self.bodies, self.snapshots,
+                               server, self.trace)
+        self.peer_control = PeerControl(self.name, self.bodies, self.snapshots, self.status, self._leading,
+                                        self._propose)
+        self._last_marked = 0
+        self.ready_seconds = None
+
+    def _lock_dir(self) -> IO[str]:
+        """One process per RAFT folder (two Deployments on one workspace would corrupt it)."""
+        f = open(os.path.join(self.dir, 'lock'), 'a+')
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            other = f.read().strip() or '?'
+            f.close()
+            raise RuntimeError(f'{self.name}: the RAFT folder {self.dir} is in use by another running replica '
+                               f'(pid {other}); is another Deployment with the same name and workspace '
+                               'running? Stop it, or use another workspace.') from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        return f
+
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -82,7 +187,7 @@ class Consensus(ConsensusState):
                            password=self.settings.password,
                            journalFile=os.path.join(self.dir, 'journal.bin'),
                            fullDumpFile=os.path.join(self.dir, 'dump.json'),
-                           serializer=self._serialize, deserializer=self._deserialize,
+                           serializer=self.dump.serialize, deserializer=self.dump.deserialize,
                            onStateChanged=self._on_state_changed,
                            useFork=False, autoTick=True, dynamicMembershipChange=False,
                            bindAddress=self.settings.bind)
@@ -336,9 +441,7 @@ class Consensus(ConsensusState):
 
     def _on_commit(self, index: int, records: Sequence[Sequence[Any]]) -> None:
         recs = [Record.from_wire(r) for r in records]   # the log's plain tuples (see runtime.raft.records)
-        if index > self.ledger.snapshot_index:
-            with self._records_lock:
-                self._records[index] = recs
+        self.dump.committed(index, recs)
         self._post(Apply(index, recs))
 
     def _on_tick(self) -> None:
@@ -354,41 +457,6 @@ class Consensus(ConsensusState):
         self.role = ROLES.get(new, str(new))
         if new == LEADER:
             log.info('%s: became the RAFT leader', self.name)
-
-    def _serialize(self, path: str, data: Tuple[Any, Any, Any]) -> None:
-        """pysyncobj's log compaction: a small dump naming our latest snapshot and the records since."""
-        last, prev, cluster = data
-        with self._records_lock:
-            snap = self.ledger.snapshot_index
-            recs = sorted((i, r) for i, r in self._records.items() if snap < i <= last[1])
-        doc = {'format': 'orchestra-raft-dump/1', 'last': _entry_to_json(last), 'prev': _entry_to_json(prev),
-               'cluster': sorted(getattr(n, 'address', str(n)) for n in cluster),
-               'snapshot_index': snap, 'origin': self.name,
-               'records': [[i, [_record_to_json(x) for x in r]] for i, r in recs]}
-        with open(path, 'w') as f:
-            json.dump(doc, f, separators=(',', ':'))
-            if self.durable:   # pysyncobj renames it, then cuts the journal (RaftLog.make_durable)
-                f.flush()
-                os.fsync(f.fileno())
-        self._post(SnapshotDue())
-
-    def _deserialize(self, path: str) -> Tuple[Any, Any, Any]:
-        """A dump (ours at restart, or the leader's when we are too far behind) -> pysyncobj's tuple."""
-        with open(path) as f:
-            doc = json.load(f)
-        if self.durable:   # a dump received from the leader replaces our journal: on disk first
-            fsync_file(path)
-            fsync_dir(os.path.dirname(os.path.abspath(path)))
-        if doc.get('format') != 'orchestra-raft-dump/1':
-            raise ValueError(f'{path} is not an orchestra-nb RAFT dump')
-        records = [(int(i), [_record_from_json(x) for x in r]) for i, r in doc['records']]
-        with self._records_lock:
-            for i, r in records:
-                if i > self.ledger.snapshot_index:
-                    self._records[i] = r
-        last = _entry_from_json(doc['last'])
-        self._post(Install(int(doc['snapshot_index']), records, last[1]))
-        return last, _entry_from_json(doc['prev']), list(doc.get('cluster') or [])
 
 
 def make_consensus(server: Any) -> Consensus:
