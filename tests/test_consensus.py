@@ -242,6 +242,30 @@ def test_whole_cluster_restarts_from_its_workspace_again_and_again(tmp_path):
         assert leftovers(ws) == [], f'run {run}: temporary files after a clean close'
 
 
+def _bytes_under(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def test_a_compacted_replica_workspace_stays_within_twice_its_state(tmp_path):
+    """Journal, dump, bodies and snapshots together: at most 2x the state a snapshot holds
+    (one snapshot kept, the journal cut at start, bodies a snapshot covers dropped)."""
+    ws = str(tmp_path / 'ws')
+    cfg = {'snapshot_threshold': 4, 'trailing_logs': 0}
+    for run in range(2):   # the second start cuts the journal and drops emptied body segments
+        with Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=ws, raft_configuration=cfg) as dep:
+            docs = [TextDoc(id=f'r{run}-{k}', text='x' * 4000 + str(k)) for k in range(100)]
+            dep.post('/index', DocList[TextDoc](docs), request_size=5)
+            wait_until(lambda: all(r and r['writes_applied'] == 20 * (run + 1) for r in rafts(dep)), 30,  # noqa: B023
+                       'every replica to apply the writes')
+    for rep in range(3):
+        folder = os.path.join(ws, 'kv', '.raft', 'shard-0', f'rep-{rep}')
+        snapshots = [n for n in os.listdir(os.path.join(folder, 'snapshots')) if not n.endswith('.tar')]
+        assert len(snapshots) == 1, f'rep-{rep} keeps {snapshots}'
+        state = _bytes_under(os.path.join(folder, 'snapshots', snapshots[0]))
+        assert state > 700_000   # 200 docs of 4 KB
+        assert _bytes_under(folder) <= 2 * state, f'rep-{rep}: {_bytes_under(folder)} bytes for a {state}-byte state'
+
+
 @pytest.mark.slow
 def test_leader_killed_during_writes_loses_no_acknowledged_write(tmp_path):
     with Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=str(tmp_path),

@@ -219,8 +219,7 @@ class Consensus:
         if (self.node is not None and self._ready.is_set() and self.ledger.applied_index > self.ledger.snapshot_index
                 and self.snapshots.quick):
             try:   # a fresh snapshot makes the next start faster (only when quick: the log covers us)
-                await asyncio.wait_for(asyncio.shield(self.snapshots.begin(self.ledger.applied_index)),
-                                       CLOSE_SNAPSHOT_WAIT_S)
+                await asyncio.wait_for(asyncio.shield(self.snapshots.take(last=True)), CLOSE_SNAPSHOT_WAIT_S)
             except Exception:
                 pass
         if self.node is not None:

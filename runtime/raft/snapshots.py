@@ -199,8 +199,9 @@ class Snapshots:
         """Whether the latest snapshot took under a second (or none was taken yet)."""
         return (self.seconds or 0.0) < 1.0
 
-    async def take(self) -> None:
-        """Snapshot what is applied now; a failure is logged (the log keeps growing meanwhile)."""
+    async def take(self, last: bool = False) -> None:
+        """Snapshot what is applied now; a failure is logged (the log keeps growing meanwhile).
+        ``last``: the one ``close`` takes -- older snapshots are pruned, bodies left to the next start."""
         try:
             index = await asyncio.shield(self.begin(self._ledger.applied_index))
         except Exception as e:
@@ -211,15 +212,15 @@ class Snapshots:
                           self.name, type(e).__name__, e)
             return
         self.failures = 0
-        self._taken(index)
+        self._taken(index, collect_bodies=not last)
 
-    def _taken(self, index: int) -> None:
+    def _taken(self, index: int, collect_bodies: bool = True) -> None:
         self._ledger.snapshot_taken(index)
         covered = self._ledger.snapshot_index
         self._on_covered(covered)
         self._store.prune(keep=1)
         limit = covered - self._trailing_logs
-        if limit > 0:   # bodies the snapshot covers, but the last trailing_logs entries' (slow followers)
+        if limit > 0 and collect_bodies:   # bodies it covers, but the last trailing_logs entries (slow followers)
             t = asyncio.ensure_future(asyncio.to_thread(self._bodies.gc, limit))
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
