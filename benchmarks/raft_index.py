@@ -90,6 +90,39 @@ def wait_counts(dep: Deployment, n: int, timeout: float = 600.0) -> List[int]:
         time.sleep(0.05)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and every process under it, so far.
+
+    Wall-clock ratios on a shared 2-core machine swing with the other users' load; the CPU
+    the setup itself spends does not (``psutil``: replicas, gateway, fork server, client)."""
+    import psutil
+    me = psutil.Process()
+    total = 0.0
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def apply_floor(uses: Any, docs: DocList[TextDoc]) -> float:
+    """CPU seconds to apply ``docs`` alone, in this process: decode bodies of 100 docs and call the
+    Executor's ``/index`` on each -- what every replica must do at least (the floor of RAFT's cost)."""
+    from runtime.codec import decode_docs, encode_docs
+    if isinstance(uses, str):
+        from runtime.uses import load_executor_class
+        uses = load_executor_class(uses)
+    bodies = [encode_docs(docs[i:i + 100]) for i in range(0, len(docs), 100)]
+    executor = uses()
+    index = executor.index
+    t0 = time.process_time()
+    for body in bodies:
+        index(decode_docs(body, DocList[TextDoc]))
+    return time.process_time() - t0
+
+
 def index_run(uses: Any, docs: DocList[TextDoc], replicas: int, stateful: bool,
               workspace: Optional[str], durability: Optional[str] = None) -> Dict[str, Any]:
     """Start a Deployment, index ``docs`` (request_size=100), check every replica's count."""
@@ -99,13 +132,15 @@ def index_run(uses: Any, docs: DocList[TextDoc], replicas: int, stateful: bool,
         if durability:
             kwargs.update(durability=durability)
     with Deployment(name='indexer', **kwargs) as dep:
+        c0 = cpu_seconds()
         t0 = time.perf_counter()
         dep.post('/index', docs, request_size=100, timeout=600)
         index_s = time.perf_counter() - t0
+        index_cpu = cpu_seconds() - c0
         held = wait_counts(dep, len(docs))
         all_s = time.perf_counter() - t0
         raft = [r.get('raft') for r in dep.status()['replicas']]
-    return {'index_s': index_s, 'all_hold_s': all_s, 'counts': held, 'raft': raft}
+    return {'index_s': index_s, 'index_cpu': index_cpu, 'all_hold_s': all_s, 'counts': held, 'raft': raft}
 
 
 def small_writes(uses: Any, replicas: int, stateful: bool, workspace: Optional[str], n: int,
@@ -133,7 +168,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument('--durability', default=None,
                     help="stateful runs with these durability settings, comma-separated and run in turn "
                          "(e.g. 'fsync,none': both, side by side, ratios to the first); default: the default")
-    ap.add_argument('--rounds', type=int, default=1, help='with --durability: rounds of the settings, alternating')
+    ap.add_argument('--rounds', type=int, default=1,
+                    help='rounds, alternating the order of the setups; medians of the ratios')
     args = ap.parse_args(argv)
     if args.durability:
         return compare_durability(args)
@@ -141,29 +177,64 @@ def main(argv: Optional[List[str]] = None) -> int:
     name = uses if isinstance(uses, str) else f'{uses.__module__}:{uses.__name__}'
     print(f'executor {name}; {args.docs} docs x {args.dim}-d, request_size=100; {os.cpu_count()} CPUs')
     docs = make_docs(args.docs, args.dim)
+    floor = sorted(apply_floor(uses, docs) for _ in range(3))[1]
+    print(f'apply alone (decode + index, in process): {floor:.2f} CPU s per replica', flush=True)
     ws = tempfile.mkdtemp(prefix='raft-bench-')
     ok = True
+    ones: List[float] = []
+    threes: List[float] = []
+    cpu1: List[float] = []
+    cpu3: List[float] = []
+    w1s: List[float] = []
+    w3s: List[float] = []
     try:
-        one = index_run(uses, docs, 1, False, None)
-        print(f'replicas=1            : index {one["index_s"]:7.2f} s   holds {one["counts"]}')
-        three = index_run(uses, docs, 3, True, os.path.join(ws, 'index'))
-        print(f'replicas=3 stateful   : index {three["index_s"]:7.2f} s   all replicas hold every doc after '
-              f'{three["all_hold_s"]:.2f} s: {three["counts"]}')
-        ratio = three['index_s'] / one['index_s']
-        ratio_all = three['all_hold_s'] / one['index_s']
-        print(f'ratio RAFT / single   : {ratio:.2f} (until all hold: {ratio_all:.2f}); target <= 2.0')
-        for r in three['raft']:
-            print(f'  raft: {r["role"]:9s} term {r["term"]} applied {r["applied_index"]} '
-                  f'writes {r["writes_applied"]} entries {r["proposals"]["entries"]} '
-                  f'records {r["proposals"]["records"]} fetched {r["payloads_fetched"]}')
-        ok = all(c == args.docs for c in three['counts']) and one['counts'] == [args.docs]
-        if args.writes:
-            w1 = small_writes(uses, 1, False, None, args.writes)
-            w3 = small_writes(uses, 3, True, os.path.join(ws, 'writes'), args.writes)
-            print(f'small writes/s        : replicas=1 {w1:7.0f}   replicas=3 stateful {w3:7.0f}   '
-                  f'ratio {w3 / w1:.2f}')
+        for k in range(args.rounds):   # alternating which setup goes first: the machine's load drifts
+            order = ('one', 'three') if k % 2 == 0 else ('three', 'one')
+            for which in order:
+                if which == 'one':
+                    one = index_run(uses, docs, 1, False, None)
+                    ones.append(one['index_s'])
+                    cpu1.append(one['index_cpu'])
+                    ok = ok and one['counts'] == [args.docs]
+                    print(f'round {k} replicas=1          : index {one["index_s"]:7.2f} s '
+                          f'(CPU {one["index_cpu"]:.2f} s)'
+                          f'   holds {one["counts"]}', flush=True)
+                else:
+                    three = index_run(uses, docs, 3, True, os.path.join(ws, f'index-{k}'))
+                    threes.append(three['index_s'])
+                    cpu3.append(three['index_cpu'])
+                    ok = ok and all(c == args.docs for c in three['counts'])
+                    print(f'round {k} replicas=3 stateful : index {three["index_s"]:7.2f} s '
+                          f'(CPU {three["index_cpu"]:.2f} s)'
+                          f'   all replicas hold '
+                          f'every doc after {three["all_hold_s"]:.2f} s: {three["counts"]}', flush=True)
+                    for r in three['raft']:
+                        print(f'  raft: {r["role"]:9s} term {r["term"]} applied {r["applied_index"]} '
+                              f'writes {r["writes_applied"]} entries {r["proposals"]["entries"]} '
+                              f'records {r["proposals"]["records"]} fetched {r["payloads_fetched"]}')
+            print(f'round {k} ratio RAFT / single  : {threes[-1] / ones[-1]:.2f}', flush=True)
+            if args.writes:
+                for which in order:
+                    if which == 'one':
+                        w1s.append(small_writes(uses, 1, False, None, args.writes))
+                    else:
+                        w3s.append(small_writes(uses, 3, True, os.path.join(ws, f'writes-{k}'), args.writes))
+                print(f'round {k} small writes/s       : replicas=1 {w1s[-1]:7.0f}   replicas=3 stateful '
+                      f'{w3s[-1]:7.0f}   ratio {w3s[-1] / w1s[-1]:.2f}', flush=True)
     finally:
         shutil.rmtree(ws, ignore_errors=True)
+    ratios = sorted(t / o for t, o in zip(threes, ones))
+    print(f'index RAFT / single, per round {", ".join(f"{r:.2f}" for r in ratios)}; '
+          f'median {ratios[len(ratios) // 2]:.2f} (target <= 1.5); load {os.getloadavg()[0]:.1f}')
+    cpu = sorted(t / o for t, o in zip(cpu3, cpu1))
+    c1 = sorted(cpu1)[len(cpu1) // 2]
+    print(f'index CPU seconds RAFT / single, per round {", ".join(f"{r:.2f}" for r in cpu)}; '
+          f'median {cpu[len(cpu) // 2]:.2f} (all processes of the setup); the floor '
+          f'(1 replica + 2 more applies) {(c1 + 2 * floor) / c1:.2f}')
+    if w1s:
+        wr = sorted(t / o for t, o in zip(w3s, w1s))
+        print(f'small writes RAFT / single, per round {", ".join(f"{r:.2f}" for r in wr)}; '
+              f'median {wr[len(wr) // 2]:.2f} (target >= 0.5)')
     print('CHECK all replicas hold every doc:', 'OK' if ok else 'FAILED')
     return 0 if ok else 1
 

@@ -238,8 +238,8 @@ DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
     TIMEOUT_READY,
     Arg('stateful', False, 'replicate @write endpoints through RAFT', _BOOL, 'true or false', check=check_flag),
     Arg('peer_ports', None, 'RAFT ports (ints, comma-separated, or JSON)', (list, dict),
-        'a list of ports (or a mapping shard -> ports)', form='port-list'),   # checked by runtime.consensus
-    Arg('raft_configuration', None, 'RAFT settings as JSON', _DICT, 'a mapping'),   # checked by runtime.consensus
+        'a list of ports (or a mapping shard -> ports)', form='port-list'),   # checked by runtime.raft
+    Arg('raft_configuration', None, 'RAFT settings as JSON', _DICT, 'a mapping'),   # checked by runtime.raft
     Arg('raft_password', None, 'RAFT password', _STR, 'a string'),
     Arg('read_consistency', 'eventual', "'eventual' or 'strong'", _STR, 'a string',
         check=one_of('eventual', 'strong'), choices=('eventual', 'strong')),

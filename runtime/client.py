@@ -138,7 +138,35 @@ def iter_batches(inputs: Any, request_size: Optional[int]) -> Iterator[List[Any]
         yield batch
 
 
-class Client:
+class CrudShortcuts:
+    """Jina's PostMixin shortcuts, for anything with a ``post(on, inputs, **kwargs)`` (Client,
+    Deployment, Flow): ``index``, ``search``, ``update``, ``delete`` -- only these CRUD endpoints,
+    as in Jina.
+
+        >>> dep.search(TextDoc(text='q'), parameters={'limit': 3})   # doctest: +SKIP
+    """
+
+    def post(self, on: str, inputs: Any = None, **kwargs):
+        raise NotImplementedError
+
+    def index(self, inputs: Any = None, **kwargs):
+        """``post('/index', inputs, **kwargs)``."""
+        return self.post('/index', inputs, **kwargs)
+
+    def search(self, inputs: Any = None, **kwargs):
+        """``post('/search', inputs, **kwargs)``."""
+        return self.post('/search', inputs, **kwargs)
+
+    def update(self, inputs: Any = None, **kwargs):
+        """``post('/update', inputs, **kwargs)``."""
+        return self.post('/update', inputs, **kwargs)
+
+    def delete(self, inputs: Any = None, **kwargs):
+        """``post('/delete', inputs, **kwargs)``."""
+        return self.post('/delete', inputs, **kwargs)
+
+
+class Client(CrudShortcuts):
     """Talks to a gateway (or a single replica) on ``host:port``.
 
     ``tls=True`` for a gateway started with ``tls_cert``/``tls_key``; ``ca``: the PEM file (or
@@ -214,23 +242,6 @@ class Client:
         """Async twin of :meth:`post` (top-level ``await`` in a notebook); same keywords."""
         options = _post_options(dict(kwargs, on=on, inputs=inputs))
         return await run_async(self._post(options))
-
-    # Jina's PostMixin shortcuts: ONLY CRUD endpoints, as in Jina
-    def index(self, inputs: Any = None, **kwargs):
-        """``post('/index', inputs, **kwargs)``."""
-        return self.post('/index', inputs, **kwargs)
-
-    def search(self, inputs: Any = None, **kwargs):
-        """``post('/search', inputs, **kwargs)``."""
-        return self.post('/search', inputs, **kwargs)
-
-    def update(self, inputs: Any = None, **kwargs):
-        """``post('/update', inputs, **kwargs)``."""
-        return self.post('/update', inputs, **kwargs)
-
-    def delete(self, inputs: Any = None, **kwargs):
-        """``post('/delete', inputs, **kwargs)``."""
-        return self.post('/delete', inputs, **kwargs)
 
     async def _post(self, o: Dict[str, Any]):
         from docarray import BaseDoc, DocList

@@ -104,7 +104,7 @@ class Deployment(Orchestration):
                 self.uses = DEFAULT_USES
             self._check_gpu_spec()
         if self.stateful:
-            from runtime.consensus import validate_stateful
+            from runtime.raft import validate_stateful
             validate_stateful(self)
         super().__init__(name=checked['name'], port=gw_port, host=gw_host, timeout_ready=checked['timeout_ready'],
                          log_dir=checked['log_dir'], max_in_flight_per_replica=checked['max_in_flight_per_replica'],
@@ -163,7 +163,7 @@ class Deployment(Orchestration):
         from runtime.batching import in_flight_for   # dynamic batching needs room to gather a batch
         plan.max_in_flight = in_flight_for(self.uses, self.max_in_flight_per_replica)
         if self.stateful:
-            from runtime.consensus import plan_stateful
+            from runtime.raft import plan_stateful
             plan_stateful(self, plan)
         return plan
 
@@ -180,8 +180,7 @@ class Deployment(Orchestration):
             raise ValueError(f'{self.name!r} is not stateful: it has no RAFT log to skip entries of')
         if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < self.shards:
             raise ValueError(f'shard={shard!r}: must be an integer from 0 to {self.shards - 1}')
-        from runtime.raft.plan import raft_root
-        from runtime.raft.skip import SKIP_FILE, add_skipped
+        from runtime.raft import SKIP_FILE, add_skipped, raft_root
         if self.workspace is None:
             raise ValueError(f'{self.name!r} has no workspace yet: start it first')
         add_skipped(os.path.join(raft_root(self.workspace, self.name), f'shard-{shard}', SKIP_FILE), index)

@@ -26,7 +26,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional
 
 from runtime import reprs
-from runtime.client import Client
+from runtime.client import Client, CrudShortcuts
 from runtime.exposure import warn_if_exposed
 from runtime.logfiles import tail
 from runtime.loop import RequestCancelled, run_async, run_sync
@@ -55,7 +55,7 @@ def _notify(event: str, obj: 'Orchestration') -> None:
             log.exception('an orchestration observer failed on %r', event)
 
 
-class Orchestration:
+class Orchestration(CrudShortcuts):
     """Base of Deployment and Flow; see the module docstring."""
 
     def __init__(self, name: str, port: Optional[int], host: str, timeout_ready: float,
@@ -212,23 +212,6 @@ class Orchestration:
     async def apost(self, on: str, inputs: Any = None, request_size: int = 100, **kwargs):
         """Async twin of :meth:`post`."""
         return await self._require_started().apost(on, inputs, request_size=request_size, **kwargs)
-
-    # Jina's PostMixin shortcuts (ONLY CRUD endpoints, as in Jina)
-    def index(self, inputs: Any = None, **kwargs):
-        """``post('/index', inputs, **kwargs)``."""
-        return self.post('/index', inputs, **kwargs)
-
-    def search(self, inputs: Any = None, **kwargs):
-        """``post('/search', inputs, **kwargs)``."""
-        return self.post('/search', inputs, **kwargs)
-
-    def update(self, inputs: Any = None, **kwargs):
-        """``post('/update', inputs, **kwargs)``."""
-        return self.post('/update', inputs, **kwargs)
-
-    def delete(self, inputs: Any = None, **kwargs):
-        """``post('/delete', inputs, **kwargs)``."""
-        return self.post('/delete', inputs, **kwargs)
 
     # -- beyond one machine (runtime/export, docs/scaling-out.md) -------------------------
     def to_docker_compose_yaml(self, output_path: str, network_name: Optional[str] = None,

@@ -51,7 +51,7 @@ class ReplicaServer:
         self.stats = RequestStats()
         # one thread: Executors see one request at a time, as in Jina
         self.pool = ExecutorThread('executor')
-        self.consensus = None     # set by runtime.consensus for stateful replicas
+        self.consensus = None     # a stateful replica's RAFT node (runtime.raft), from serve()
         self.batchers = Batchers(self.endpoints, self.pool, encode_reply)  # endpoint -> dynamic batcher
         self.port: Optional[int] = None
         # the most common reply, an answer without results: its header packed once (a frame is head + body)
@@ -158,8 +158,10 @@ class ReplicaServer:
         server, self.port = await start_node_server(host, port, self.call, self.info, self.control, self.secret)
         try:
             if self.consensus is None and self.spec.stateful:
-                from runtime.consensus import attach_consensus
-                await attach_consensus(self)
+                from runtime.raft import make_consensus
+                # kept before anything is awaited: no request reaches the Executor around RAFT
+                self.consensus = make_consensus(self)
+                await self.consensus.start()
             if on_ready:
                 on_ready(self)
             await stop.wait()

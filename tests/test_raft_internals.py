@@ -111,3 +111,49 @@ def test_outcomes_are_pysyncobjs_codes():
 def test_outcome_travels_as_a_plain_int(code):
     import json
     assert json.loads(json.dumps({'outcomes': [code]})) == {'outcomes': [int(code)]}
+
+
+def test_shrink_journal_gives_back_the_space_compaction_freed(tmp_path):
+    """pysyncobj's journal file only grows; cut to its entries at start, it reads the same."""
+    from runtime.raft.syncobj import shrink_journal
+    from pysyncobj.journal import FileJournal
+    path = str(tmp_path / 'journal.bin')
+    journal = FileJournal(path)
+    for k in range(1, 401):
+        journal.add(b'\x00' + bytes(2000), k, 1)
+    journal.deleteEntriesTo(397)   # log compaction: 3 entries left
+    journal._destroy()
+    grown = os.path.getsize(path)
+    assert grown > 800_000
+    assert shrink_journal(path, durable=True) > 0
+    assert os.path.getsize(path) < 10_000
+    assert shrink_journal(path) == 0   # nothing more to give back
+    journal = FileJournal(path)
+    try:
+        assert [journal[k][1] for k in range(len(journal))] == [398, 399, 400]
+        journal.add(b'\x00' + bytes(5000), 401, 1)   # and it grows again
+        assert journal[-1][1] == 401
+    finally:
+        journal._destroy()
+    assert shrink_journal(str(tmp_path / 'missing.bin')) == 0
+
+
+@pytest.mark.parametrize('size', [0, 1, 1000, 0xFFFF, 0xFFFF + 1, 200_000])
+def test_messages_travel_as_stored_zlib_streams_any_zlib_reads(size):
+    """pysyncobj's peers decompress with zlib: the stored form must be a valid zlib stream."""
+    import zlib
+    from runtime.raft.syncobj import stored_zlib
+    data = os.urandom(size)
+    packed = stored_zlib(data, 3)
+    assert zlib.decompress(packed) == data
+    assert len(packed) <= size + 6 + 5 * (size // 0xFFFF + 1)
+    with pytest.raises(zlib.error):   # corrupted: refused (pysyncobj then drops the connection)
+        zlib.decompress(packed[:-1] + bytes([packed[-1] ^ 1]))
+
+
+def test_replicas_send_pysyncobj_messages_uncompressed(monkeypatch):
+    from pysyncobj import tcp_connection
+    from runtime.raft.syncobj import _send_messages_stored, _StoredZlib
+    monkeypatch.setattr(tcp_connection, 'zlib', tcp_connection.zlib)   # put back after the test
+    _send_messages_stored()   # what building a RaftLog does (replicas only)
+    assert tcp_connection.zlib is _StoredZlib

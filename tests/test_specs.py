@@ -139,8 +139,6 @@ def _cross_process_defaults():
 TOLERATED = {
     # the constructors spell their keywords out for editors; tests/test_args.py checks them against the schema
     ('runtime/deployment.py', '__init__'), ('runtime/flow.py', '__init__'),
-    # the node of branch `raft` reads RaftSpec's durability with a fallback; that branch rebuilds runtime/raft
-    ('runtime/raft/state.py', '__init__'),
 }
 
 

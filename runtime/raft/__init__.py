@@ -41,19 +41,49 @@ consistency). ``consistency='strong'`` (per request, or ``Deployment(read_consis
 encrypted and authenticated with the Deployment's secret (or ``raft_password``).
 Replica-to-replica ``Control`` calls carry the same secret. See ``docs/security.md``.
 
-**Code map** (``runtime/consensus.py`` re-exports the public names):
+**The door.** The rest of orchestra-nb imports RAFT from this package only
+(``from runtime.raft import make_consensus``); the modules below are its inside.
 
+**Code map**:
+
+- ``settings``: ``RaftSettings``, read from a replica's ``ReplicaSpec.raft`` in one place (``settings_from_spec``).
 - ``config``: ``raft_configuration`` -- hashicorp-style names -> pysyncobj ``SyncObjConf``, checks.
 - ``plan``: the Deployment hooks -- ``validate_stateful``, ``plan_stateful`` (RAFT ports, folders).
 - ``common``: ``RaftNotReady``, ``Outcome`` (a proposal's outcome), ``_short`` and file helpers.
-- ``syncobj``: pysyncobj behind one adapter (``RaftLog``); importing it leaves ``socket`` unpatched.
-- ``payloads``: ``PayloadStore``, request bodies in segment files.
 - ``records``: ``Record`` (a NamedTuple; plain tuples in pysyncobj's log), its JSON form for the dump.
-- ``snapshots``: ``SnapshotStore``, and taking, restoring, serving and fetching snapshots.
-- ``links``: one peer's gRPC channel (``_Peer``) and its batched payload pushes (``_Pusher``).
-- ``peers``: replica-to-replica ``Control`` calls -- answering peers, storing on a majority.
+- ``decisions``: the write path's decisions as plain functions and a state machine (``ApplyLedger``),
+  and the messages pysyncobj's thread posts to the applier; driven in process by tests.
+- ``node``: ``Consensus``, which composes the parts below, and ``make_consensus``.
+
+The parts, each an object owning its state:
+
+- ``syncobj``: the replicated log -- pysyncobj behind ``RaftLog`` (the only importer of pysyncobj).
 - ``proposer``: group commit -- records proposed together in one log entry.
-- ``apply``: the applier -- committed entries run on the Executor's thread, in log order.
-- ``state``: ``ConsensusState``, every attribute ``Consensus``'s parts share, and the applier's actions.
-- ``node``: ``Consensus`` (pysyncobj glue, writes, reads, readiness) and ``attach_consensus``.
+- ``bodies``: ``Bodies`` -- the request bodies: ``payloads`` (``PayloadStore``, segment files) and
+  ``pushers`` (one peer's gRPC channel and its batched pushes).
+- ``apply``: the ``Applier`` -- committed entries run on the Executor's thread, in log order.
+- ``snapshots``: ``Snapshots`` and ``SnapshotStore`` -- taking, restoring, serving, fetching.
+- ``control``: ``PeerControl`` -- answering the other replicas' ``Control`` calls.
+- ``dump``: ``CompactionDump`` -- pysyncobj's compaction dump: the records since the latest snapshot.
+- ``skip``: the operator's list of poison entries to apply as no-ops.
+- ``durable``: fsync helpers and the test-only trace of fsyncs and acks.
 """
+from runtime.raft.common import RaftNotReady
+from runtime.raft.config import (DEFAULT_OPTIONS, DEFAULT_PYSYNCOBJ, HASHICORP_KEYS, PYSYNCOBJ_KEYS, RESERVED_KEYS,
+                                 check_syncobj_conf, normalize_raft_configuration, valid_raft_keys)
+from runtime.raft.node import Consensus, make_consensus
+from runtime.raft.payloads import PayloadStore
+from runtime.raft.plan import (MIN_REPLICAS, normalize_peer_ports, plan_stateful, raft_root, require_cryptography,
+                               validate_stateful)
+from runtime.raft.records import INLINE_PAYLOAD_BYTES
+from runtime.raft.settings import RaftSettings, settings_from_spec
+from runtime.raft.skip import SKIP_FILE, add_skipped
+from runtime.raft.snapshots import SnapshotStore
+
+__all__ = [
+    'MIN_REPLICAS', 'HASHICORP_KEYS', 'PYSYNCOBJ_KEYS', 'RESERVED_KEYS', 'DEFAULT_PYSYNCOBJ', 'DEFAULT_OPTIONS',
+    'valid_raft_keys', 'normalize_raft_configuration', 'check_syncobj_conf',
+    'normalize_peer_ports', 'validate_stateful', 'require_cryptography', 'raft_root', 'plan_stateful',
+    'PayloadStore', 'SnapshotStore', 'INLINE_PAYLOAD_BYTES', 'RaftNotReady', 'Consensus', 'make_consensus',
+    'RaftSettings', 'settings_from_spec', 'SKIP_FILE', 'add_skipped',
+]

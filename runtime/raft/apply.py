@@ -1,42 +1,103 @@
 """The applier: committed log entries run on the Executor's thread, in log order.
 
-``_Applier`` (a part of ``Consensus``) takes the actions pysyncobj's thread posts (apply,
-mark, snapshot, install), finds each record's payload (here, or from a peer, digest
-checked) and calls the ``@write`` endpoint once per request id. Relies on the ``Consensus``
-attributes (declared in :mod:`runtime.raft.state`), its peer calls (:mod:`runtime.raft.peers`)
-and snapshots (:mod:`runtime.raft.snapshots`).
+``Applier`` (a part of ``Consensus``, with its own state) takes the messages pysyncobj's thread
+posts (``Apply``, ``Mark``, ``SnapshotDue``, ``Install``: :mod:`runtime.raft.decisions`), finds
+each record's body (here, or from a peer, digest checked) and calls the ``@write`` endpoint
+once per request id; a client's write waits on :meth:`Applier.expect` until its record is
+applied here. What to do with each record is the :class:`~runtime.raft.decisions.ApplyLedger`'s
+decision. Relies on ``Bodies`` (:mod:`runtime.raft.bodies`), ``Snapshots``
+(:mod:`runtime.raft.snapshots`) and the worker's server (its Executor thread, endpoints and
+status pipe).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 from runtime import protocol
 from runtime.codec import decode_docs
 from runtime.executor import call_endpoint
+from runtime.raft.decisions import (Action, ApplyLedger, BodyStep, Install, Mark, SnapshotDue, Verdict, body_step,
+                                    covered_reply, duplicate_reply, take_apply_batch)
 from runtime.raft.payloads import _digest
 from runtime.raft.records import Record
-from runtime.raft.state import _Apply, _Install, _Mark, _SnapshotDue
 
-if TYPE_CHECKING:   # a part of Consensus: its attributes (see runtime.raft.state for why not at run time)
-    from runtime.raft.state import ConsensusState as _Base
-else:
-    _Base = object
+if TYPE_CHECKING:
+    from runtime.raft.bodies import Bodies
+    from runtime.raft.durable import Trace
+    from runtime.raft.settings import PeerAddress
+    from runtime.raft.snapshots import Snapshots
 
 log = logging.getLogger('orchestra.raft')
 
+Reply = Tuple[Dict[str, Any], bytes]
 
-class _Applier(_Base):
-    """``Consensus``'s applier (the loop thread; Executor calls on its thread)."""
 
-    async def _applier(self) -> None:
+class Applier:
+    """Applies committed entries in log order (the loop thread; Executor calls on its thread).
+
+    >>> applier = Applier('kv/rep-0', 0, peers, ledger, bodies, snapshots, server, trace)   # doctest: +SKIP
+    >>> applier.start(loop); reply = await applier.expect(rid)                              # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, replica: int, peers: Sequence['PeerAddress'], ledger: ApplyLedger,
+                 bodies: 'Bodies', snapshots: 'Snapshots', server: Any, trace: 'Trace'):
+        self.name, self.replica, self._peers = name, replica, tuple(peers)
+        self._ledger, self._bodies, self._snapshots = ledger, bodies, snapshots
+        self._server, self._trace = server, trace
+        self._actions: Deque[Action] = collections.deque()   # posted by pysyncobj's thread, in order
+        self._news = asyncio.Event()                          # set when ``_actions`` has news
+        self._waiters: Dict[str, 'asyncio.Future[Reply]'] = {}   # request id -> its reply once applied here
+        self._snapshot_wanted = False   # pysyncobj compacted: snapshot after the current batch
+        self._closing = False
+        self._task: Optional[asyncio.Task] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self.fetched = 0   # bodies fetched from peers
+
+    # -- the node's side ------------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._task = asyncio.ensure_future(self._run())
+
+    def post(self, action: Action) -> None:
+        """A message from pysyncobj's thread, handed over on the loop (``call_soon_threadsafe``)."""
+        self._actions.append(action)
+        self._news.set()
+
+    def waiter(self, rid: str) -> 'Optional[asyncio.Future[Reply]]':
+        """The future of a write of ``rid`` already waiting here, if any."""
+        return self._waiters.get(rid)
+
+    def expect(self, rid: str) -> 'asyncio.Future[Reply]':
+        """A future that gets ``rid``'s reply once its record is applied here (or covered by a
+        snapshot): that is when the write is acknowledged. :meth:`forget` it when done waiting."""
+        assert self._loop is not None, 'Applier.start() first'
+        fut = self._loop.create_future()
+        self._waiters[rid] = fut
+        return fut
+
+    def forget(self, rid: str, fut: 'asyncio.Future[Reply]') -> None:
+        if self._waiters.get(rid) is fut:
+            del self._waiters[rid]
+
+    async def close(self, why: BaseException) -> None:
+        """Stop applying; every write still waiting fails with ``why``."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(why)
+
+    async def _run(self) -> None:
         while True:
-            await self._actions_event.wait()
-            self._actions_event.clear()
+            await self._news.wait()
+            self._news.clear()
             while self._actions:
                 try:
                     await self._apply_next()
@@ -45,41 +106,35 @@ class _Applier(_Base):
                 except Exception:
                     log.exception('%s: applying the RAFT log failed; retrying in 1 s', self.name)
                     await asyncio.sleep(1.0)
-            if self._snapshot_wanted and self.applied_index > self.snapshot_index and not self._closing:
-                await self._take_snapshot()
+            if self._ledger.snapshot_due(self._snapshot_wanted, self._closing):
+                self._snapshot_wanted = False
+                await self._snapshots.take()
 
     async def _apply_next(self) -> None:
-        head = self._actions[0]
-        if isinstance(head, _Apply):
-            batch: List[_Apply] = []
-            n = 0
-            while self._actions and isinstance(self._actions[0], _Apply) and n < 256:
-                a = self._actions.popleft()
-                batch.append(a)
-                n += len(a.records)
+        batch = take_apply_batch(self._actions)
+        if batch:
             try:
                 await self._apply_entries([(a.index, a.records) for a in batch])
             except BaseException:
                 self._actions.extendleft(reversed(batch))   # not applied: try again, in order
                 raise
             return
-        if isinstance(head, _Mark):      # entries without records (no-ops) up to here are applied
-            self.applied_index = max(self.applied_index, head.index)
-        elif isinstance(head, _SnapshotDue):
+        head = self._actions[0]
+        if isinstance(head, Mark):       # entries without records (no-ops) up to here are applied
+            self._ledger.applied_through(head.index)
+        elif isinstance(head, SnapshotDue):
             self._snapshot_wanted = True
-        elif isinstance(head, _Install):
+        elif isinstance(head, Install):
             await self._install(head.snapshot_index, head.records, head.last)
         self._actions.popleft()
 
     async def _apply_entries(self, entries: List[Tuple[int, List[Record]]]) -> None:
-        items = [(i, rec) for i, recs in entries if i > self.applied_index for rec in recs]
-        for i, recs in entries:   # covered by a snapshot already: answer anyone waiting
-            if i <= self.applied_index:
-                for rec in recs:
-                    self._covered(rec)
+        covered, items = self._ledger.split(entries)
+        for rec in covered:   # covered by a snapshot already: answer anyone waiting
+            self._covered(rec)
         prepared: List[Tuple[int, Record, Optional[bytes]]] = []
         for i, rec in items:
-            if i <= self.applied_index:
+            if i <= self._ledger.applied_index:   # a snapshot installed while we fetched a body
                 self._covered(rec)
                 continue
             if rec.is_barrier:
@@ -95,19 +150,19 @@ class _Applier(_Base):
             prepared.append((i, rec, payload))
         last = max(i for i, _ in entries)
         if prepared:
-            results = await self.loop.run_in_executor(self.server.pool, self._apply_sync, prepared, last)
+            assert self._loop is not None
+            results = await self._loop.run_in_executor(self._server.pool, self._apply_sync, prepared, last)
             for rid, reply in results:
                 fut = self._waiters.get(rid)
                 if fut is not None and not fut.done():
                     fut.set_result(reply if reply is not None else ({'ok': True}, b''))
-        self.applied_index = max(self.applied_index, last)
+        self._ledger.applied_through(last)
 
     def _covered(self, rec: Record) -> None:
         """A record applied through a snapshot rather than here: answer a local waiter."""
         fut = self._waiters.get(rec.rid)
         if fut is not None and not fut.done():
-            body = (rec.body or self.payloads.get(rec.rid)) if not rec.is_barrier else None
-            fut.set_result(({'ok': True, 'applied_via_snapshot': True}, body or b''))
+            fut.set_result(covered_reply((rec.body or self._bodies.get(rec.rid)) if not rec.is_barrier else None))
 
     def _apply_sync(self, prepared: List[Tuple[int, Record, Optional[bytes]]], last: int) -> List[Tuple[str, Any]]:
         """On the Executor's thread: run each record's endpoint, in log order.
@@ -120,118 +175,112 @@ class _Applier(_Base):
         reported = False
         for index, rec, payload in prepared:
             rid, endpoint = rec.rid, rec.endpoint
-            if endpoint is None:
+            verdict = self._ledger.verdict(index, rec)
+            if verdict is Verdict.BARRIER:
                 out.append((rid, None))
                 continue
-            if rid in self._seen_set:   # a retried request committed twice: apply once
-                out.append((rid, ({'ok': True, 'duplicate': True}, payload or b'')))
+            if verdict is Verdict.DUPLICATE:   # a retried request committed twice: applied once
+                out.append((rid, duplicate_reply(payload)))
                 continue
-            self._remember(rid)
-            if index in self.skipped_entries:
+            if verdict is Verdict.SKIPPED:
                 out.append((rid, self._skip(index, rec)))
                 continue
-            self.server.report(event='applying', index=index, endpoint=endpoint)
+            self._server.report(event='applying', index=index, endpoint=endpoint)
             reported = True
             reply = None
             try:
-                ep = self.server.endpoints.lookup(endpoint)
+                ep = self._server.endpoints.lookup(endpoint)
                 params = json.loads(rec.parameters) if rec.parameters else {}
                 if rid in self._waiters:   # a client waits here: decode, call, encode its reply
-                    reply = self.server.run_endpoint(ep, params, payload)
+                    reply = self._server.run_endpoint(ep, params, payload)
                 else:                      # nobody to answer: the call alone (its result is dropped)
                     call_endpoint(ep, decode_docs(payload, ep.input_type), params)
             except Exception as e:
                 log.error('%s: applying %s (log index %d) failed: %s: %s', self.name, endpoint, index,
                           type(e).__name__, e)
                 reply = (protocol.error_header(e, self.name, traceback.format_exc()), b'')
-            self.writes_applied += 1
-            self.payloads.applied(rid, index)
-            self.trace('applied', rid, index)
+            self._bodies.applied(rid, index)
+            self._trace('applied', rid, index)
             out.append((rid, reply))
         if reported:
-            self.server.report(event='applied', index=last)
-        self._exec_index = max(self._exec_index, last)
+            self._server.report(event='applied', index=last)
+        self._ledger.executed(last)
         return out
 
     def _skip(self, index: int, rec: Record) -> Tuple[Dict[str, Any], bytes]:
         """Pass over a record of a skipped entry (every replica does): the reply says so."""
-        self.writes_skipped += 1
-        self.payloads.applied(rec.rid, index)
+        self._bodies.applied(rec.rid, index)
         log.warning('%s: log entry %d (%s, request %s) is in the skip list: not applied', self.name, index,
                     rec.endpoint, rec.rid)
         err = RuntimeError(f'log entry {index} ({rec.endpoint}) was skipped by the operator '
                            '(Deployment.skip_entry): this write was not applied on any replica')
         return protocol.error_header(err, self.name), b''
 
-    def _remember(self, rid: str) -> None:
-        self._seen.append(rid)
-        self._seen_set.add(rid)
-        while len(self._seen) > self.SEEN_LIMIT:
-            self._seen_set.discard(self._seen.popleft())
-
     async def _payload_for(self, rec: Record, index: int) -> Optional[bytes]:
         """The record's body: ours, a peer's (digest checked), or None once a covering snapshot is installed."""
         rid, digest = rec.rid, rec.digest
-        data = rec.body
-        if data is not None:
-            return data
-        hit = self.payloads.cached_with_digest(rid)
-        if hit is not None and hit[1] == digest:   # hashed once, when it was stored
-            return hit[0]
-        data = hit[0] if hit is not None else await asyncio.to_thread(self.payloads.get, rid)
-        if data is not None and _digest(data) == digest:
-            return data
-        if data is not None:   # same request id, other body (a misbehaving client): take the committed one
-            log.warning('%s: the local body of request %s does not match the committed digest; '
-                        'fetching it from a peer', self.name, rid)
-            await asyncio.to_thread(self.payloads.discard, rid)
-        elif rec.origin != self.replica:   # the origin's push is usually a moment away: wait briefly
-            arrived = self._arrivals.setdefault(rid, asyncio.Event())
-            try:
-                if self.payloads.cached(rid) is None:
-                    await asyncio.wait_for(arrived.wait(), 0.05)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                self._arrivals.pop(rid, None)
-            hit = self.payloads.cached_with_digest(rid)
-            if hit is not None and hit[1] == digest:
-                return hit[0]
-            data = await asyncio.to_thread(self.payloads.get, rid)
-            if data is not None and _digest(data) == digest:
-                return data
+        if rec.body is not None:   # BodyStep.INLINE, without looking in the store
+            return rec.body
+        waited = False
+        while True:   # the decision is runtime.raft.decisions.body_step; the I/O is here
+            local = await self._local_body(rid)
+            step = body_step(rec, None if local is None else local[1], self.replica, waited)
+            if step is BodyStep.LOCAL:
+                return local[0] if local is not None else None
+            if step is BodyStep.REPLACE:   # same request id, other body (a misbehaving client)
+                log.warning('%s: the local body of request %s does not match the committed digest; '
+                            'fetching it from a peer', self.name, rid)
+                await asyncio.to_thread(self._bodies.discard, rid)
+                break
+            if step is BodyStep.WAIT_FOR_ORIGIN:
+                waited = True
+                await self._bodies.wait_for_arrival(rid, 0.05)
+                continue
+            break   # FETCH
         t0 = time.monotonic()
         warned = False
         while True:
-            for peer in sorted(self.peers, key=lambda p: p.replica != rec.origin):   # the origin first
+            for peer in sorted(self._peers, key=lambda p: p.replica != rec.origin):   # the origin first
                 try:
-                    h, body = await self._call_peer(peer, {'op': 'get_payload', 'rid': rid}, timeout=30.0)
+                    h, body = await self._bodies.call(peer.name, {'op': 'get_payload', 'rid': rid}, timeout=30.0)
                 except Exception:
                     continue
                 if h.get('ok') and _digest(body) == digest:
-                    self.fetched_payloads += 1
-                    await self._store(rid, body, digest)
+                    self.fetched += 1
+                    await self._bodies.store(rid, body, digest)
                     return body
             # no peer has it any more (compacted): take a peer's snapshot that covers this entry
-            if await self._install_from_peer(index):
+            if await self._snapshots.install_from_peer(index):
                 return None
             if not warned and time.monotonic() - t0 > 5.0:
                 warned = True
                 log.warning('%s: the payload of request %s (log index %d) is on no reachable peer yet; '
                             'retrying', self.name, rid, index)
             await asyncio.sleep(0.2)
+            local = self._bodies.cached_with_digest(rid)   # a late push may have brought it meanwhile
+            if local is not None and local[1] == digest:
+                return local[0]
+
+    async def _local_body(self, rid: str) -> Optional[Tuple[bytes, str]]:
+        """(body, its digest) from our store, or None: from memory with the digest it was stored
+        under (hashed once), else read from the workspace and hashed."""
+        hit = self._bodies.cached_with_digest(rid)
+        if hit is not None:
+            return hit
+        data = await asyncio.to_thread(self._bodies.get, rid)
+        return None if data is None else (data, _digest(data))
 
     async def _install(self, snapshot_index: int, records: List[Tuple[int, List[Record]]], last: int) -> None:
         """A compaction dump: state = a snapshot >= ``snapshot_index`` + ``records`` up to ``last``."""
         t0 = time.monotonic()
-        while self.applied_index < snapshot_index:
-            if await self._install_from_peer(snapshot_index):
+        while self._ledger.needs_snapshot_from_peer(snapshot_index):
+            if await self._snapshots.install_from_peer(snapshot_index):
                 break
             if time.monotonic() - t0 > 5.0:
                 log.warning('%s: waiting for a peer snapshot at index >= %d', self.name, snapshot_index)
                 t0 = time.monotonic()
             await asyncio.sleep(0.2)
-        todo = [(i, r) for i, r in records if i > self.applied_index]
+        todo = [(i, r) for i, r in records if i > self._ledger.applied_index]
         if todo:
             await self._apply_entries(todo)
-        self.applied_index = max(self.applied_index, last)
+        self._ledger.applied_through(last)

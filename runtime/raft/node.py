@@ -1,67 +1,175 @@
-"""One replica's RAFT node: ``Consensus`` (pysyncobj glue, writes, reads, readiness), ``attach_consensus``.
+"""One replica's RAFT node: ``Consensus`` (pysyncobj glue, writes, reads, readiness), ``make_consensus``.
 
-``Consensus`` owns the pysyncobj node and the replica's stores, orders ``@write`` requests
-through the log (:meth:`Consensus.write`), gates reads and readiness on barrier records, and
-writes/reads pysyncobj's compaction dump. Its state is declared in :mod:`runtime.raft.state`;
-its other parts live next door: peer messages (:mod:`runtime.raft.peers`), the applier
-(:mod:`runtime.raft.apply`) and snapshots (:mod:`runtime.raft.snapshots`). Relies on pysyncobj
-through :mod:`runtime.raft.syncobj`.
+``Consensus`` composes one replica's parts -- each an object owning its state, reached
+through its methods: ``Bodies`` (:mod:`runtime.raft.bodies`), ``Snapshots``
+(:mod:`runtime.raft.snapshots`), the ``Applier`` (:mod:`runtime.raft.apply`), ``PeerControl``
+(:mod:`runtime.raft.control`), the ``CompactionDump`` (:mod:`runtime.raft.dump`), the
+``ApplyLedger`` (:mod:`runtime.raft.decisions`), the proposer and pysyncobj's ``RaftLog``
+(:mod:`runtime.raft.syncobj`). Itself it orders ``@write`` requests through the log
+(:meth:`Consensus.write`: when a write is acknowledged), gates reads and readiness on
+barrier records and hands pysyncobj's callbacks to the parts.
 """
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from runtime.raft.apply import _Applier
+from runtime.raft.apply import Applier
+from runtime.raft.bodies import Bodies
 from runtime.raft.common import Outcome, RaftNotReady
-from runtime.raft.durable import fsync_dir, fsync_file
+from runtime.raft.control import PeerControl
+from runtime.raft.decisions import Action, Apply, ApplyLedger, Mark
+from runtime.raft.dump import CompactionDump
+from runtime.raft.durable import Trace
 from runtime.raft.payloads import _RID, _digest
-from runtime.raft.peers import _PeerMessages
 from runtime.raft.proposer import _Proposer
-from runtime.raft.records import (INLINE_PAYLOAD_BYTES, Record, _entry_from_json, _entry_to_json, _record_from_json,
-                                  _record_to_json)
-from runtime.raft.snapshots import _Snapshots
-from runtime.raft.state import ConsensusState, _Action, _Apply, _Install, _Mark, _SnapshotDue
-from runtime.raft.syncobj import LEADER, ROLES, RaftLog, SyncObjConf, quiet_pysyncobj
+from runtime.raft.records import INLINE_PAYLOAD_BYTES, Record
+from runtime.raft.settings import PeerAddress, RaftSettings, settings_from_spec
+from runtime.raft.skip import read_skipped, skip_file
+from runtime.raft.snapshots import Snapshots, SnapshotStore
+from runtime.raft.syncobj import LEADER, ROLES, RaftLog, SyncObjConf, quiet_pysyncobj, shrink_journal
 
 log = logging.getLogger('orchestra.raft')
 
+#: how long ``close`` waits for a snapshot under way (an Executor's state written in part is useless)
+CLOSE_SNAPSHOT_WAIT_S = 30.0
 
-class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
+
+class Consensus:
     """One replica's RAFT node, payload store, snapshots and applier; see :mod:`runtime.raft`.
 
-    Created by :func:`attach_consensus`; the worker calls :meth:`write` for ``@write``
+    Created by :func:`make_consensus`; the worker calls :meth:`write` for ``@write``
     endpoints, :meth:`before_read` before reads, :meth:`control` for peer requests,
-    :meth:`status` for ``describe()`` and :meth:`close` on shutdown. Its attributes and
-    ``__init__(server, cfg)`` are :class:`~runtime.raft.state.ConsensusState`'s.
+    :meth:`status` for ``describe()`` and :meth:`close` on shutdown. It composes the parts
+    (``Bodies``, ``Snapshots``, ``Applier``, ``PeerControl``, ``CompactionDump``, the ledger,
+    the proposer and pysyncobj's ``RaftLog``), each owning its state.
+
+    Threads: the asyncio loop owns everything unless marked; "pysyncobj thread" ones are
+    written there. Plain ints and strings are read across threads without locks.
     """
+
+    # -- configuration (``RaftSettings``: runtime.raft.settings) ---------------------------------
+    server: Any                          # the worker's server: executor, pool (executor thread), endpoints
+    settings: RaftSettings               # this replica's RAFT settings (from ``ReplicaSpec.raft``)
+    name: str                            # this replica's name (logs, errors, peers' replies)
+    replica: int                         # this replica's number in the shard (a record's origin)
+    options: Dict[str, Any]              # orchestra-nb's RAFT options (``DEFAULT_OPTIONS`` + the user's)
+    secret: str                          # the Deployment's secret: peers' ``control`` calls carry it
+    default_consistency: str             # 'eventual' or 'strong', for reads that do not say
+    dir: str                             # this replica's RAFT folder
+    _lock_file: IO[str]                  # held (flock) while this process uses ``dir``
+    durable: bool                        # durability='fsync': sync bodies, journal, dump, snapshots (raft.durable)
+    trace: Trace                         # the test-only trace of fsyncs and acks (a no-op unless enabled)
+    # -- stores and peers ---------------------------------------------------------------------
+    bodies: Bodies                       # request bodies: the store, arrivals, pushes to peers (runtime.raft.bodies)
+    snapshots: Snapshots                 # the Executor's snapshots in ``dir/snapshots`` (runtime.raft.snapshots)
+    peers: Tuple[PeerAddress, ...]       # the shard's other replicas
+    _names: Dict[str, str]               # RAFT address -> replica name (ours included)
+    # -- the RAFT node --------------------------------------------------------------------------
+    node: Optional['RaftLog']            # pysyncobj, from ``start`` until ``close``
+    loop: Optional[asyncio.AbstractEventLoop]   # the worker's loop, from ``start``
+    role: str                            # 'follower', 'candidate' or 'leader' (pysyncobj thread)
+    _proposer: Optional['_Proposer']     # group commit, from ``start``
+    _started: asyncio.Event              # the node is bound and running
+    _ready: asyncio.Event                # the readiness barrier is applied: caught up
+    _closing: bool                       # ``close`` began: refuse new work
+    _background: Set[asyncio.Task]       # short tasks (pushes, gc), cancelled at close
+    # -- applying -------------------------------------------------------------------------------
+    ledger: ApplyLedger                  # what is applied: indexes, request ids, counts (runtime.raft.decisions)
+    applier: Applier                     # applies committed entries; a write waits on it (runtime.raft.apply)
+    peer_control: PeerControl            # answers peers' Control calls (runtime.raft.control)
+    dump: CompactionDump                 # the records since the latest snapshot: pysyncobj's dump (runtime.raft.dump)
+    _last_marked: int                    # pysyncobj's last applied index last posted as ``Mark`` (pysyncobj thread)
+    # -- figures for ``status()`` ---------------------------------------------------------------
+    ready_seconds: Optional[float]       # how long ``start`` took to catch up
+
+    def __init__(self, server: Any, settings: RaftSettings):
+        self.server = server
+        self.settings = settings
+        self.name = settings.name or server.name
+        self.replica = settings.replica
+        self.options = dict(settings.options)
+        self.secret = settings.secret
+        self.default_consistency = settings.read_consistency
+        self.dir = settings.dir
+        os.makedirs(self.dir, exist_ok=True)
+        self._lock_file = self._lock_dir()   # before the stores tidy up leftovers in the folder
+        self.durable = settings.durable
+        self.trace = Trace(self.name)
+        self.bodies = Bodies(self.name, self.secret, settings.peers, os.path.join(self.dir, 'payloads'),
+                             durable=self.durable, trace=self.trace if self.trace.enabled else None)
+        self.peers = settings.peers
+        self._names = {p.raft: p.name for p in self.peers}
+        self._names[settings.address] = self.name
+        self.node = None
+        self.loop = None
+        self.role = 'follower'
+        self._proposer = None
+        self._started = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._background = set()
+        self.ledger = ApplyLedger(skipped=read_skipped(skip_file(self.dir)))
+        self.dump = CompactionDump(self.name, self.ledger, self._post, self.durable)
+        self.snapshots = Snapshots(self.name, SnapshotStore(os.path.join(self.dir, 'snapshots'), durable=self.durable),
+                                   server.executor, server.pool, self.ledger, self.bodies, self.peers,
+                                   trailing_logs=self.options['trailing_logs'],
+                                   restore_on_start=not self.options['no_snapshot_restore_on_start'],
+                                   on_covered=self.dump.covered)
+        self.applier = Applier(self.name, self.replica, self.peers, self.ledger, self.bodies, self.snapshots,
+                               server, self.trace)
+        self.peer_control = PeerControl(self.name, self.bodies, self.snapshots, self.status, self._leading,
+                                        self._propose)
+        self._last_marked = 0
+        self.ready_seconds = None
+
+    def _lock_dir(self) -> IO[str]:
+        """One process per RAFT folder (two Deployments on one workspace would corrupt it)."""
+        f = open(os.path.join(self.dir, 'lock'), 'a+')
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            other = f.read().strip() or '?'
+            f.close()
+            raise RuntimeError(f'{self.name}: the RAFT folder {self.dir} is in use by another running replica '
+                               f'(pid {other}); is another Deployment with the same name and workspace '
+                               'running? Stop it, or use another workspace.') from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        return f
+
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Restore the newest local snapshot, start pysyncobj, then wait until caught up."""
         t0 = time.monotonic()
         self.loop = asyncio.get_running_loop()
+        self.bodies.start(self.loop)
         quiet_pysyncobj(self.options['log_level'])
-        latest = self.snapshots.latest()
-        if latest is not None:
-            await self.loop.run_in_executor(self.server.pool, self._restore_local, latest)
-        self._proposer = _Proposer(self, self.options['max_append_entries'])
-        self._tasks.append(asyncio.ensure_future(self._applier()))
+        self.snapshots.start(self.loop)
+        if self.snapshots.any_local():
+            await self.loop.run_in_executor(self.server.pool, self.snapshots.restore_local)
+        self.applier.start(self.loop)
         self.node = self._make_node()
         self.node.add_on_tick(self._on_tick)
+        self._proposer = _Proposer(self.loop, self.node.propose, self.options['max_append_entries'])
         try:
             await asyncio.to_thread(self.node.wait_bound)
         except Exception:
-            raise OSError(f'{self.name}: cannot listen for RAFT on {self.cfg["bind"]}: the port is in use or '
+            raise OSError(f'{self.name}: cannot listen for RAFT on {self.settings.bind}: the port is in use or '
                           'not available (choose other peer_ports, or omit them to let orchestra-nb pick)') from None
         self._started.set()
         log.info('%s: RAFT node on %s, peers %s; restored snapshot index %d; catching up',
-                 self.name, self.cfg['self'], ', '.join(p.raft for p in self.peers), self.snapshot_index)
+                 self.name, self.settings.address, ', '.join(p.raft for p in self.peers), self.ledger.snapshot_index)
         progress = asyncio.ensure_future(self._report_progress(t0))
         try:
             await self._commit(self._barrier(), None, 'the readiness barrier')
@@ -70,21 +178,22 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         self.ready_seconds = time.monotonic() - t0
         self._ready.set()
         log.info('%s: RAFT ready in %.2f s (%s, term %s, applied index %d, %d writes applied)', self.name,
-                 self.ready_seconds, self.role, self.node.term, self.applied_index, self.writes_applied)
+                 self.ready_seconds, self.role, self.node.term, self.ledger.applied_index, self.ledger.writes_applied)
 
     def _make_node(self) -> RaftLog:
-        conf = SyncObjConf(**self.cfg['conf'],
+        shrink_journal(os.path.join(self.dir, 'journal.bin'), self.durable)
+        conf = SyncObjConf(**self.settings.syncobj,
                            # pysyncobj encrypts and authenticates every message (Fernet) with this
-                           password=self.cfg.get('password') or self.secret or None,
+                           password=self.settings.password,
                            journalFile=os.path.join(self.dir, 'journal.bin'),
                            fullDumpFile=os.path.join(self.dir, 'dump.json'),
-                           serializer=self._serialize, deserializer=self._deserialize,
+                           serializer=self.dump.serialize, deserializer=self.dump.deserialize,
                            onStateChanged=self._on_state_changed,
                            useFork=False, autoTick=True, dynamicMembershipChange=False,
-                           bindAddress=self.cfg['bind'])
-        node = RaftLog(self._on_commit, self.cfg['self'], [p.raft for p in self.peers], conf)
+                           bindAddress=self.settings.bind)
+        node = RaftLog(self._on_commit, self.settings.address, [p.raft for p in self.peers], conf)
         if self.durable:   # the journal on disk before any message reflects it (runtime.raft.durable)
-            node.make_durable(conf.fullDumpFile,
+            node.make_durable(conf.journalFile, conf.fullDumpFile,
                               (lambda index: self.trace('journal', index)) if self.trace.enabled else None)
         return node
 
@@ -103,15 +212,14 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
     async def close(self) -> None:
         """Stop applying, take a last snapshot if quick, stop the RAFT node."""
         self._closing = True
-        for t in list(self._tasks) + list(self._background):
+        for t in list(self._background):
             t.cancel()
-        for fut in self._waiters.values():
-            if not fut.done():
-                fut.set_exception(RaftNotReady(f'{self.name} is shutting down'))
-        if self.node is not None and self._ready.is_set() and self.applied_index > self.snapshot_index:
-            try:   # a fresh snapshot makes the next start faster; the log covers us if it is cut short
-                await asyncio.wait_for(self.loop.run_in_executor(
-                    self.server.pool, self._snapshot_sync, self.applied_index), 1.0)
+        await self.applier.close(RaftNotReady(f'{self.name} is shutting down'))
+        await self.snapshots.finish(CLOSE_SNAPSHOT_WAIT_S)   # cut short, a snapshot leaves tmp-* behind
+        if (self.node is not None and self._ready.is_set() and self.ledger.applied_index > self.ledger.snapshot_index
+                and self.snapshots.quick):
+            try:   # a fresh snapshot makes the next start faster (only when quick: the log covers us)
+                await asyncio.wait_for(asyncio.shield(self.snapshots.take(last=True)), CLOSE_SNAPSHOT_WAIT_S)
             except Exception:
                 pass
         if self.node is not None:
@@ -119,12 +227,7 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
             join = node.destroy()
             if join is not None:
                 await asyncio.to_thread(join, 2.0)
-        for p in self.peers:
-            try:
-                await p.close()
-            except Exception:
-                pass
-        await asyncio.to_thread(self.payloads.close)
+        await self.bodies.close()
         self.trace.close()
 
     # -- the worker's hooks ------------------------------------------------------------------
@@ -152,18 +255,18 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
             record = Record(rid, endpoint, params, len(body), digest, self.replica, bytes(body))
         else:                                   # large: stored on a majority first, ordered by id
             record = Record(rid, endpoint, params, len(body), digest, self.replica)
-            await self._store(rid, body, digest)   # in our workspace before any peer may propose it
+            await self.bodies.store(rid, body, digest)   # in our workspace before any peer may propose it
             leader = self._leader_peer()
-            pushes = {p.name: self._spawn(self._push(p, rid, digest, body, deadline,
-                                                     record if p is leader else None)) for p in self.peers}
+            pushes = {p.name: self._spawn(self.bodies.push(p.name, rid, digest, body, deadline,
+                                                           record if p is leader else None)) for p in self.peers}
             if leader is None:   # we lead (or no leader yet): a majority holds it, then we propose
-                await self._majority(pushes, deadline)
+                await self.bodies.majority(pushes, deadline)
             else:                # the leader proposes it once stored there (R + leader: a majority)
                 async def leader_proposes() -> Outcome:
                     pushed = await pushes[leader.name]
                     if pushed.stored and pushed.outcome == Outcome.COMMITTED:
                         return Outcome.COMMITTED
-                    await self._majority(pushes, deadline)   # else: stored on a majority, we propose
+                    await self.bodies.majority(pushes, deadline)   # else: stored on a majority, we propose
                     return Outcome.REFUSED if pushed.outcome is None else pushed.outcome
                 delegate = leader_proposes
         t1 = self.loop.time()
@@ -200,16 +303,16 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
     def status(self) -> Dict[str, Any]:
         """role, term, commit_index, applied_index, writes_applied, leader, ... (JSON-able)."""
         st: Dict[str, Any] = {
-            'role': self.role, 'term': None, 'commit_index': None, 'applied_index': self.applied_index,
-            'writes_applied': self.writes_applied, 'writes_skipped': self.writes_skipped,
+            'role': self.role, 'term': None, 'commit_index': None, 'applied_index': self.ledger.applied_index,
+            'writes_applied': self.ledger.writes_applied, 'writes_skipped': self.ledger.writes_skipped,
             'leader': None, 'leader_address': None,
-            'ready': self._ready.is_set(), 'snapshot_index': self.snapshot_index,
-            'address': self.cfg['self'], 'peers': {p.name: False for p in self.peers},
-            'log_entries': None, 'payloads_stored': len(self.payloads),
-            'payloads_fetched': self.fetched_payloads, 'snapshots_installed': self.installed_snapshots,
+            'ready': self._ready.is_set(), 'snapshot_index': self.ledger.snapshot_index,
+            'address': self.settings.address, 'peers': {p.name: False for p in self.peers},
+            'log_entries': None, 'payloads_stored': len(self.bodies),
+            'payloads_fetched': self.applier.fetched, 'snapshots_installed': self.snapshots.installed,
             'proposals': {'entries': self._proposer.entries, 'records': self._proposer.records}
             if self._proposer else None,
-            'encrypted': bool(self.cfg.get('password') or self.secret), 'ready_seconds': self.ready_seconds,
+            'encrypted': bool(self.settings.password), 'ready_seconds': self.ready_seconds,
         }
         node = self.node
         if node is not None:
@@ -239,14 +342,13 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         push carries it) and returns its ``Outcome``; on anything but ``COMMITTED`` we propose.
         """
         rid = record.rid
-        existing = self._waiters.get(rid)
+        existing = self.applier.waiter(rid)
         if existing is not None and not existing.done():   # the same request again: share its outcome
             done, _ = await asyncio.wait({existing}, timeout=timeout)
             if not done:
                 raise TimeoutError(f'{what} was not committed and applied by {self.name} within {timeout:.0f} s')
             return existing.result()
-        fut = self.loop.create_future()
-        self._waiters[rid] = fut
+        fut = self.applier.expect(rid)
         deadline = None if timeout is None else self.loop.time() + timeout
         attempt = 0
 
@@ -299,8 +401,29 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
             raise TimeoutError(f'{what} was not committed and applied by {self.name} within {timeout:.0f} s '
                                f'(raft: {json.dumps(self.status())}); is a majority of replicas up?')
         finally:
-            if self._waiters.get(rid) is fut:
-                del self._waiters[rid]
+            self.applier.forget(rid, fut)
+
+    async def control(self, header: Dict[str, Any], body: bytes) -> bytes:
+        """A peer replica's ``Control`` call (the server checked its secret): see ``PeerControl``."""
+        return await self.peer_control.answer(header, body)
+
+    def _leading(self) -> bool:
+        """Whether this node leads now and may propose (for ``PeerControl``)."""
+        node = self.node
+        return node is not None and self._proposer is not None and not self._closing and node.is_leader()
+
+    def _propose(self, record: Record) -> 'asyncio.Future[Outcome]':
+        assert self._proposer is not None
+        return self._proposer.submit(record)
+
+    def _leader_peer(self) -> Optional[PeerAddress]:
+        """The peer that leads now, as our node sees it (None: we lead, or no leader)."""
+        node = self.node
+        try:
+            addr = node.leader_address() if node is not None else None
+        except Exception:
+            return None
+        return next((p for p in self.peers if p.raft == addr), None)
 
     def _spawn(self, coro: Any) -> asyncio.Task:
         """A background task, cancelled at close; its exception is retrieved (no 'never retrieved' noise)."""
@@ -309,22 +432,16 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         t.add_done_callback(lambda t: (self._background.discard(t), t.cancelled() or t.exception()))
         return t
     # -- pysyncobj's thread ------------------------------------------------------------------
-    def _post(self, action: _Action) -> None:
+    def _post(self, action: Action) -> None:
         try:
-            self.loop.call_soon_threadsafe(self._push_action, action)
+            self.loop.call_soon_threadsafe(self.applier.post, action)
         except RuntimeError:
             pass   # loop closed: shutting down
 
-    def _push_action(self, action: _Action) -> None:
-        self._actions.append(action)
-        self._actions_event.set()
-
     def _on_commit(self, index: int, records: Sequence[Sequence[Any]]) -> None:
         recs = [Record.from_wire(r) for r in records]   # the log's plain tuples (see runtime.raft.records)
-        if index > self.snapshot_index:
-            with self._records_lock:
-                self._records[index] = recs
-        self._post(_Apply(index, recs))
+        self.dump.committed(index, recs)
+        self._post(Apply(index, recs))
 
     def _on_tick(self) -> None:
         node = self.node
@@ -333,61 +450,21 @@ class Consensus(_PeerMessages, _Applier, _Snapshots, ConsensusState):
         last = node.last_applied
         if last != self._last_marked:
             self._last_marked = last
-            self._post(_Mark(last))
+            self._post(Mark(last))
 
     def _on_state_changed(self, old: int, new: int) -> None:
         self.role = ROLES.get(new, str(new))
         if new == LEADER:
             log.info('%s: became the RAFT leader', self.name)
 
-    def _serialize(self, path: str, data: Tuple[Any, Any, Any]) -> None:
-        """pysyncobj's log compaction: a small dump naming our latest snapshot and the records since."""
-        last, prev, cluster = data
-        with self._records_lock:
-            snap = self.snapshot_index
-            recs = sorted((i, r) for i, r in self._records.items() if snap < i <= last[1])
-        doc = {'format': 'orchestra-raft-dump/1', 'last': _entry_to_json(last), 'prev': _entry_to_json(prev),
-               'cluster': sorted(getattr(n, 'address', str(n)) for n in cluster),
-               'snapshot_index': snap, 'origin': self.name,
-               'records': [[i, [_record_to_json(x) for x in r]] for i, r in recs]}
-        with open(path, 'w') as f:
-            json.dump(doc, f, separators=(',', ':'))
-            if self.durable:   # pysyncobj renames it, then cuts the journal (RaftLog.make_durable)
-                f.flush()
-                os.fsync(f.fileno())
-        self._post(_SnapshotDue())
 
-    def _deserialize(self, path: str) -> Tuple[Any, Any, Any]:
-        """A dump (ours at restart, or the leader's when we are too far behind) -> pysyncobj's tuple."""
-        with open(path) as f:
-            doc = json.load(f)
-        if self.durable:   # a dump received from the leader replaces our journal: on disk first
-            fsync_file(path)
-            fsync_dir(os.path.dirname(os.path.abspath(path)))
-        if doc.get('format') != 'orchestra-raft-dump/1':
-            raise ValueError(f'{path} is not an orchestra-nb RAFT dump')
-        records = [(int(i), [_record_from_json(x) for x in r]) for i, r in doc['records']]
-        with self._records_lock:
-            for i, r in records:
-                if i > self.snapshot_index:
-                    self._records[i] = r
-        last = _entry_from_json(doc['last'])
-        self._post(_Install(int(doc['snapshot_index']), records, last[1]))
-        return last, _entry_from_json(doc['prev']), list(doc.get('cluster') or [])
+def make_consensus(server: Any) -> Consensus:
+    """A stateful replica's RAFT node, from its spec (read once: :func:`settings_from_spec`).
 
+    The worker keeps it as ``server.consensus`` before it awaits :meth:`Consensus.start`, so no
+    request reaches the Executor around RAFT while the node starts.
 
-async def attach_consensus(server: Any) -> Consensus:
-    """Give a stateful replica its RAFT node; returns once the replica has caught up.
-
-    ``server.consensus`` is set before anything is awaited, so no request reaches the
-    Executor around RAFT while the node starts.
+    >>> server.consensus = make_consensus(server)   # doctest: +SKIP
+    >>> await server.consensus.start()              # doctest: +SKIP
     """
-    raft = server.spec.raft
-    if raft is None:
-        raise ValueError('a stateful replica needs ReplicaSpec.raft (built by runtime.raft.plan.plan_stateful)')
-    cfg = raft.to_dict()
-    cfg['self'] = cfg.pop('address')   # the node reads RaftSpec's fields by these keys
-    consensus = Consensus(server, cfg)
-    server.consensus = consensus
-    await consensus.start()
-    return consensus
+    return Consensus(server, settings_from_spec(server.spec.raft, server.secret, server.name))

@@ -1,21 +1,19 @@
 """Group commit: records proposed while earlier ones are in flight go together in one log entry.
 
-Relies on the ``Consensus`` it serves (its ``loop`` and ``node``, a
-:class:`~runtime.raft.syncobj.RaftLog`) and :mod:`runtime.raft.records`; outcomes are
-:class:`~runtime.raft.common.Outcome`.
+It is given the loop and the function that appends an entry to the log
+(:meth:`runtime.raft.syncobj.RaftLog.propose`); how many records go in one entry is
+:func:`runtime.raft.decisions.group_size`. Outcomes are :class:`~runtime.raft.common.Outcome`.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
-from typing import TYPE_CHECKING, Any, Deque, List, Tuple
+from typing import Any, Callable, Deque, List, Tuple
 
 from runtime.raft.common import Outcome
+from runtime.raft.decisions import group_size
 from runtime.raft.records import Record
-
-if TYPE_CHECKING:
-    from runtime.raft.node import Consensus
 
 log = logging.getLogger('orchestra.raft')
 
@@ -24,9 +22,10 @@ class _Proposer:
     """Group commit: records wait while ``max_in_flight`` entries are being committed,
     then go together in one log entry (at most ``max_batch`` records, ~``max_bytes``)."""
 
-    def __init__(self, consensus: 'Consensus', max_batch: int, max_in_flight: int = 2,
-                 max_bytes: int = 32 * 1024, proposal_timeout: float = 5.0):
-        self.c = consensus
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 propose: Callable[[List[tuple], Callable[[Any, int], None]], None], max_batch: int,
+                 max_in_flight: int = 2, max_bytes: int = 32 * 1024, proposal_timeout: float = 5.0):
+        self._loop, self._propose = loop, propose   # propose(records as tuples, callback on pysyncobj's thread)
         self.max_batch, self.max_in_flight, self.max_bytes = max_batch, max_in_flight, max_bytes
         self.proposal_timeout = proposal_timeout
         self.in_flight = 0
@@ -36,32 +35,23 @@ class _Proposer:
 
     def submit(self, record: Record) -> 'asyncio.Future[Outcome]':
         """Propose ``record``; the future gets its ``Outcome`` (``COMMITTED``: in the log, on a majority)."""
-        fut = self.c.loop.create_future()
+        fut = self._loop.create_future()
         self._queue.append((record, fut))
         self._kick()
         return fut
 
     def _kick(self) -> None:
         while self.in_flight < self.max_in_flight and self._queue:
-            batch: List[Tuple[Record, 'asyncio.Future[Outcome]']] = []
-            size = 0
-            while self._queue and len(batch) < self.max_batch:
-                record, fut = self._queue[0]
-                if fut.done():
-                    self._queue.popleft()
-                    continue
-                est = 96 + len(record.parameters or '') + len(record.endpoint or '') + len(record.body or b'')
-                if batch and size + est > self.max_bytes:
-                    break
-                self._queue.popleft()
-                batch.append((record, fut))
-                size += est
-            if not batch:
+            live = [(r, f) for r, f in self._queue if not f.done()]   # a timed-out caller's: dropped
+            if not live:
+                self._queue.clear()
                 return
-            self._send(batch)
+            n = group_size([r for r, _ in live], self.max_batch, self.max_bytes)
+            self._queue = collections.deque(live[n:])
+            self._send(live[:n])
 
     def _send(self, batch: List[Tuple[Record, 'asyncio.Future[Outcome]']]) -> None:
-        loop = self.c.loop
+        loop = self._loop
         state = {'done': False}
         self.in_flight += 1
         self.entries += 1
@@ -86,7 +76,7 @@ class _Proposer:
 
         timer = loop.call_later(self.proposal_timeout, finish, Outcome.NO_ANSWER)
         try:   # the log holds plain tuples (see runtime.raft.records)
-            self.c.node.propose([r.to_wire() for r, _ in batch], callback)
+            self._propose([r.to_wire() for r, _ in batch], callback)
         except Exception as e:   # queue full, node destroyed
             log.warning('RAFT proposal refused: %s: %s', type(e).__name__, e)
             finish(Outcome.REFUSED)

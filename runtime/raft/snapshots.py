@@ -1,15 +1,13 @@
 """Snapshots of an Executor's state: on disk (``SnapshotStore``) and between replicas.
 
-``_Snapshots`` (a part of ``Consensus``) takes snapshots on the Executor's thread, restores
-them at start, serves them to peers in chunks (``get_snapshot``) and installs a peer's when
-this replica is too far behind. Relies on the ``Consensus`` attributes (declared in
-:mod:`runtime.raft.state`), its peer calls (:mod:`runtime.raft.peers`) and
-``Executor.snapshot()``/``restore()``.
+``Snapshots`` (a part of ``Consensus``, with its own state) takes snapshots on the Executor's
+thread, restores them at start, serves them to peers in chunks (``get_snapshot``) and installs
+a peer's when this replica is too far behind. Relies on ``Executor.snapshot()``/``restore()``,
+:class:`~runtime.raft.decisions.ApplyLedger` and :class:`~runtime.raft.bodies.Bodies`.
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import os
@@ -17,16 +15,16 @@ import shutil
 import tarfile
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from runtime import protocol
 from runtime.raft.common import _short, _unlink, _write_json
 from runtime.raft.durable import fsync_dir, fsync_tree
 
-if TYPE_CHECKING:   # a part of Consensus: its attributes (see runtime.raft.state for why not at run time)
-    from runtime.raft.state import ConsensusState as _Base
-else:
-    _Base = object
+if TYPE_CHECKING:
+    from runtime.raft.bodies import Bodies
+    from runtime.raft.decisions import ApplyLedger
+    from runtime.raft.settings import PeerAddress
 
 log = logging.getLogger('orchestra.raft')
 
@@ -107,15 +105,45 @@ class SnapshotStore:
         return index, final
 
 
-class _Snapshots(_Base):
-    """``Consensus``'s snapshots: take, restore, serve to peers, install from a peer."""
+class Snapshots:
+    """One replica's snapshots: take them (on the Executor's thread), restore them at start,
+    serve them to peers in chunks (``get_snapshot``) and install a peer's when too far behind.
+
+    A part of ``Consensus`` with its own state (the store, the snapshot under way, counts); it
+    is given the Executor and its thread, the :class:`~runtime.raft.decisions.ApplyLedger` it
+    reads and updates, :class:`~runtime.raft.bodies.Bodies` (peer calls, body clean-up) and
+    ``on_covered(index)``, called when a snapshot covers the log up to ``index``.
+    """
 
     SNAPSHOT_CHUNK = 8 * 1024 * 1024
-    def _restore_local(self, latest: Tuple[int, str]) -> None:
+
+    def __init__(self, name: str, store: SnapshotStore, executor: Any, pool: Any, ledger: 'ApplyLedger',
+                 bodies: 'Bodies', peers: Sequence['PeerAddress'], trailing_logs: int, restore_on_start: bool,
+                 on_covered: Callable[[int], None]):
+        self.name = name
+        self._store, self._executor, self._pool = store, executor, pool
+        self._ledger, self._bodies, self._peers = ledger, bodies, tuple(peers)
+        self._trailing_logs, self._restore_on_start = int(trailing_logs), restore_on_start
+        self._on_covered = on_covered
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._running: Optional['asyncio.Future[int]'] = None   # the snapshot on the Executor's thread
+        self._tasks: Set[asyncio.Task] = set()
+        self.seconds: Optional[float] = None   # how long the latest snapshot took
+        self.failures = 0                      # consecutive failed snapshots (to log only some)
+        self.installed = 0                     # snapshots installed from peers
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def any_local(self) -> bool:
+        return self._store.latest() is not None
+
+    # -- restore -------------------------------------------------------------------------------
+    def restore_local(self) -> None:
         """At start, on the Executor's thread: load the newest local snapshot (older ones if it fails)."""
-        for _, path in reversed(self.snapshots.list()):
+        for _, path in reversed(self._store.list()):
             try:
-                self._restore_sync(path, call_restore=not self.options['no_snapshot_restore_on_start'])
+                self._restore_sync(path, call_restore=self._restore_on_start)
                 return
             except Exception as e:
                 log.error('%s: snapshot %s cannot be restored (%s: %s); trying an older one',
@@ -125,62 +153,83 @@ class _Snapshots(_Base):
         with open(os.path.join(path, 'meta.json')) as f:
             meta = json.load(f)
         if call_restore:
-            self.server.executor.restore(os.path.join(path, 'state'))
-        self._seen = collections.deque(meta.get('seen') or [])
-        self._seen_set = set(self._seen)
-        self.writes_applied = int(meta.get('writes_applied', 0))
-        index = int(meta['index'])
-        self._exec_index = index
-        self.applied_index = self.snapshot_index = index   # ints: safe to set from this thread
-        with self._records_lock:
-            for i in [i for i in self._records if i <= index]:
-                del self._records[i]
+            self._executor.restore(os.path.join(path, 'state'))
+        self._on_covered(self._ledger.restored(meta))   # the loop waits on this thread meanwhile
 
+    # -- take ----------------------------------------------------------------------------------
     def _snapshot_sync(self, requested: int) -> int:
         """On the Executor's thread: write its state and our bookkeeping to ``snap-<index>``."""
-        index = max(requested, self._exec_index)
-        if any(i == index for i, _ in self.snapshots.list()):
+        meta = self._ledger.snapshot_meta(requested)
+        index = meta['index']
+        if any(i == index for i, _ in self._store.list()):
             return index
-        tmp = self.snapshots.new_tmp()
+        tmp = self._store.new_tmp()
         try:
-            self.server.executor.snapshot(os.path.join(tmp, 'state'))
-            _write_json(os.path.join(tmp, 'meta.json'),
-                        {'index': index, 'writes_applied': self.writes_applied, 'seen': list(self._seen),
-                         'replica': self.name, 'created': time.time()})
-            self.snapshots.commit(tmp, index)
+            self._executor.snapshot(os.path.join(tmp, 'state'))
+            _write_json(os.path.join(tmp, 'meta.json'), dict(meta, replica=self.name, created=time.time()))
+            self._store.commit(tmp, index)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return index
 
-    async def _take_snapshot(self) -> None:
-        self._snapshot_wanted = False
+    def begin(self, index: int) -> 'asyncio.Future[int]':
+        """Run a snapshot on the Executor's thread; :meth:`finish` waits for it (a process exits
+        with ``os._exit``: a snapshot cut short there would leave a ``tmp-*`` folder behind)."""
+        assert self._loop is not None, 'Snapshots.start() first'
+        t0 = time.monotonic()
+        fut = self._loop.run_in_executor(self._pool, self._snapshot_sync, index)
+
+        def took(_: Any) -> None:
+            self.seconds = time.monotonic() - t0
+        fut.add_done_callback(took)
+        self._running = fut
+        return fut
+
+    async def finish(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` s) for a snapshot under way; stop background work."""
+        running = self._running
+        if running is not None and not running.done():
+            await asyncio.wait([running], timeout=timeout)
+        for t in list(self._tasks):
+            t.cancel()
+
+    @property
+    def quick(self) -> bool:
+        """Whether the latest snapshot took under a second (or none was taken yet)."""
+        return (self.seconds or 0.0) < 1.0
+
+    async def take(self, last: bool = False) -> None:
+        """Snapshot what is applied now; a failure is logged (the log keeps growing meanwhile).
+        ``last``: the one ``close`` takes -- older snapshots are pruned, bodies left to the next start."""
         try:
-            index = await self.loop.run_in_executor(self.server.pool, self._snapshot_sync, self.applied_index)
+            index = await asyncio.shield(self.begin(self._ledger.applied_index))
         except Exception as e:
-            self._snapshot_failures += 1
-            if self._snapshot_failures in (1, 10) or self._snapshot_failures % 100 == 0:
+            self.failures += 1
+            if self.failures in (1, 10) or self.failures % 100 == 0:
                 log.error('%s: Executor.snapshot() failed (%s: %s); the RAFT log keeps growing until it '
                           'succeeds. Override snapshot(path)/restore(path) for state that does not pickle.',
                           self.name, type(e).__name__, e)
             return
-        self._snapshot_done(index)
+        self.failures = 0
+        self._taken(index, collect_bodies=not last)
 
-    def _snapshot_done(self, index: int) -> None:
-        self.snapshot_index = max(self.snapshot_index, index)
-        with self._records_lock:
-            for i in [i for i in self._records if i <= self.snapshot_index]:
-                del self._records[i]
-        self.snapshots.prune(keep=2)
-        limit = self.snapshot_index - int(self.options['trailing_logs'])
-        if limit > 0:
-            t = asyncio.ensure_future(asyncio.to_thread(self.payloads.gc, limit))
-            self._background.add(t)
-            t.add_done_callback(self._background.discard)
+    def _taken(self, index: int, collect_bodies: bool = True) -> None:
+        self._ledger.snapshot_taken(index)
+        covered = self._ledger.snapshot_index
+        self._on_covered(covered)
+        self._store.prune(keep=1)
+        limit = covered - self._trailing_logs
+        if limit > 0 and collect_bodies:   # bodies it covers, but the last trailing_logs entries (slow followers)
+            t = asyncio.ensure_future(asyncio.to_thread(self._bodies.gc, limit))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
 
-    async def _serve_snapshot(self, header: Dict[str, Any]) -> bytes:
+    # -- between replicas ----------------------------------------------------------------------
+    async def serve(self, header: Dict[str, Any]) -> bytes:
+        """A peer's ``get_snapshot``: one chunk of the snapshot it asks for (by index or newer than)."""
         want = header.get('index')
-        snaps = self.snapshots.list()
+        snaps = self._store.list()
         if want is not None:
             found = [s for s in snaps if s[0] == int(want)]
         else:
@@ -192,7 +241,7 @@ class _Snapshots(_Base):
         offset = int(header.get('offset', 0))
 
         def chunk() -> Tuple[int, bytes]:
-            path = self.snapshots.tar(index)
+            path = self._store.tar(index)
             with open(path, 'rb') as f:
                 f.seek(offset)
                 return os.path.getsize(path), f.read(self.SNAPSHOT_CHUNK)
@@ -200,17 +249,18 @@ class _Snapshots(_Base):
         total, data = await asyncio.to_thread(chunk)
         return protocol.pack({'ok': True, 'index': index, 'total': total}, data)
 
-    async def _install_from_peer(self, min_index: int) -> bool:
+    async def install_from_peer(self, min_index: int) -> bool:
         """Fetch a peer's snapshot at index >= ``min_index`` and restore it; False if none has one."""
-        for peer in self.peers:
-            tmp = os.path.join(self.snapshots.root, f'incoming-{uuid.uuid4().hex[:8]}.tar')
+        assert self._loop is not None, 'Snapshots.start() first'
+        for peer in self._peers:
+            tmp = os.path.join(self._store.root, f'incoming-{uuid.uuid4().hex[:8]}.tar')
             try:
                 index, offset, total = None, 0, None
                 with open(tmp, 'wb') as f:
                     while total is None or offset < total:
-                        h, body = await self._call_peer(
-                            peer, {'op': 'get_snapshot', 'min_index': min_index, 'index': index,
-                                   'offset': offset}, timeout=120.0)
+                        h, body = await self._bodies.call(
+                            peer.name, {'op': 'get_snapshot', 'min_index': min_index, 'index': index,
+                                        'offset': offset}, timeout=120.0)
                         if not h.get('ok'):
                             break
                         index, total = int(h['index']), int(h['total'])
@@ -220,10 +270,10 @@ class _Snapshots(_Base):
                             break
                 if index is None or total is None or offset < total:
                     continue
-                got, path = await asyncio.to_thread(self.snapshots.unpack, tmp)
-                await self.loop.run_in_executor(self.server.pool, self._restore_sync, path, True)
-                self.installed_snapshots += 1
-                self._snapshot_done(got)
+                got, path = await asyncio.to_thread(self._store.unpack, tmp)
+                await self._loop.run_in_executor(self._pool, self._restore_sync, path, True)
+                self.installed += 1
+                self._taken(got)
                 log.info('%s: installed the snapshot at index %d from %s', self.name, got, peer.name)
                 return True
             except Exception as e:
@@ -231,4 +281,3 @@ class _Snapshots(_Base):
             finally:
                 _unlink(tmp)
         return False
-

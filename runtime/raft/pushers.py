@@ -1,21 +1,19 @@
 """The gRPC side of one peer: ``_Peer`` (its addresses and channel) and ``_Pusher`` (payload pushes).
 
 ``_Pusher`` batches the bodies pushed to one peer: one ``put_payloads`` call in flight,
-bodies queued meanwhile go together in the next. Relies on the ``Consensus`` it serves
-(``loop``, ``_background``, ``_call_peer``), :mod:`runtime.protocol` and grpc.
+bodies queued meanwhile go together in the next. It is given what it needs (the loop, a
+function making ``Control`` calls, one starting tasks) by :class:`runtime.raft.bodies.Bodies`.
+Relies on :mod:`runtime.protocol` and grpc.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
-from typing import TYPE_CHECKING, Any, Deque, Dict, List, NamedTuple, Optional
+from typing import Any, Awaitable, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from runtime import protocol
 from runtime.raft.common import Outcome, _short
 from runtime.raft.records import Record
-
-if TYPE_CHECKING:
-    from runtime.raft.node import Consensus
 
 
 class _Peer:
@@ -65,8 +63,10 @@ class _Pusher:
 
     MAX_BYTES = 8 * 1024 * 1024
 
-    def __init__(self, consensus: 'Consensus', peer: _Peer):
-        self.c, self.peer = consensus, peer
+    def __init__(self, peer: _Peer, call: Callable[..., Awaitable[Tuple[Dict[str, Any], bytes]]],
+                 loop: asyncio.AbstractEventLoop, spawn: Callable[[Any], asyncio.Task]):
+        self.peer = peer
+        self._call, self._loop, self._spawn = call, loop, spawn   # call(peer name, header, body, timeout)
         self._queue: Deque[_PushItem] = collections.deque()
         self._task: Optional[asyncio.Task] = None
         self.calls = 0
@@ -74,12 +74,10 @@ class _Pusher:
     def push(self, rid: str, digest: str, body: bytes, deadline: float,
              record: Optional[Record] = None) -> 'asyncio.Future[_PushResult]':
         """Queue a body for the peer; the future gets what became of it."""
-        fut = self.c.loop.create_future()
+        fut = self._loop.create_future()
         self._queue.append(_PushItem(rid, digest, body, deadline, fut, record))
         if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run())
-            self.c._background.add(self._task)
-            self._task.add_done_callback(self.c._background.discard)
+            self._task = self._spawn(self._run())
         return fut
 
     async def _run(self) -> None:
@@ -94,7 +92,7 @@ class _Pusher:
                 size += len(item.body)
             if not batch:
                 continue
-            left = min(it.deadline for it in batch) - self.c.loop.time()
+            left = min(it.deadline for it in batch) - self._loop.time()
             try:
                 if left <= 0:
                     raise TimeoutError('deadline passed')
@@ -102,7 +100,7 @@ class _Pusher:
                                           'items': [[it.rid, it.digest, len(it.body)] for it in batch]}
                 if any(it.record is not None for it in batch):   # the peer leads: it proposes these records
                     header['records'] = [None if it.record is None else list(it.record.to_wire()) for it in batch]
-                h, _ = await self.c._call_peer(self.peer, header, b''.join(it.body for it in batch),
+                h, _ = await self._call(self.peer.name, header, b''.join(it.body for it in batch),
                                                min(max(left, 0.1), 30.0))
                 self.calls += 1
                 if h.get('ok'):
