@@ -216,7 +216,7 @@ def test_compose_for_real(tmp_path, runtime_image):
         from orchestra_nb.dashboard import raft_rows
         secret = (out.parent / 'search-secret').read_text().strip()
         dash = Dashboard(f'127.0.0.1:{port}', secret=secret, interval=0.5)
-        before = dash.obj.status()
+        status_before = dash.obj.status()
         prometheus = _host_prometheus(tmp_path, out.parent / 'prometheus-host.yml')
 
         acked, failed, stop = ['probe'], [], threading.Event()
@@ -258,15 +258,15 @@ def test_compose_for_real(tmp_path, runtime_image):
         for i in range(3):
             wait_until(lambda i=i: holds_all(f'store-rep-{i}'), 120,
                        f'store-rep-{i} to hold all {len(want)} acknowledged writes')
-        # the Dashboard's per-replica counts add up to the requests sent after `before`
+        # the Dashboard's per-replica counts add up to the requests sent after `status_before`
         sent = len(acked) - 1 + len(failed)
         after = dash.obj.status()
 
         def index_requests(st):
             return sum((r.get('requests') or {}).get('/index', 0) for r in st['replicas'] if r['node'] == 'indexer')
-        assert index_requests(after) - index_requests(before) == sent
+        assert index_requests(after) - index_requests(status_before) == sent
         gw_total = sum((after['gateway'].get('requests') or {}).values())
-        assert gw_total - sum((before['gateway'].get('requests') or {}).values()) == sent
+        assert gw_total - sum((status_before['gateway'].get('requests') or {}).values()) == sent
 
         def one_leader():
             rows = raft_rows(dash.obj.status())
