@@ -197,7 +197,7 @@ def test_compose_for_real(tmp_path, runtime_image):
     out = tmp_path / 'deploy' / 'docker-compose.yml'
     assert main(['export', 'docker-compose', cfg, str(out), '--image', runtime_image]) == 0
     compose = ['docker-compose', '-p', f'orchestra-test-{uuid.uuid4().hex[:8]}', '-f', str(out)]
-    client = prometheus = None
+    client = prometheus = dash = None
     try:
         _run(compose + ['up', '-d'], timeout=300)
         client = Client(port=port)
@@ -278,7 +278,9 @@ def test_compose_for_real(tmp_path, runtime_image):
         # a Prometheus on the host, scraping the published metrics ports, agrees (PromQL)
         wait_until(lambda: _promql(prometheus[1], 'sum(orchestra_gateway_requests_total)') == gw_total, 60,
                    f'Prometheus to see the gateway answer {gw_total} requests')
-        assert _promql(prometheus[1], 'count(count_values("index", orchestra_raft_applied_index))') == 1
+        wait_until(lambda: _promql(prometheus[1], 'count(count_values("index", orchestra_raft_applied_index))') == 1,
+                   60, 'Prometheus to see the 3 store replicas at one applied index')
+        assert _promql(prometheus[1], 'sum(orchestra_raft_role{role="leader"})') == 1
         print(f'{len(want)} acknowledged writes on every replica; {len(failed)} not acknowledged; '
               f'leader {victim} killed')
     except BaseException:
@@ -286,6 +288,8 @@ def test_compose_for_real(tmp_path, runtime_image):
         print(logs.stdout[-20000:])
         raise
     finally:
+        if dash is not None:
+            dash.close()
         if client is not None:
             client.close()
         if prometheus is not None:
