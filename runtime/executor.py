@@ -158,11 +158,22 @@ def _resolved_hints(fn: Callable) -> Dict[str, Any]:
         return {k: v for k, v in getattr(fn, '__annotations__', {}).items() if not isinstance(v, str)}
 
 
+def _json_schema(doc_type: Any) -> Optional[Dict[str, Any]]:
+    """A doc class's JSON schema (pydantic's), or None for an untyped endpoint or one pydantic cannot describe."""
+    if doc_type is None:
+        return None
+    try:
+        return doc_type.model_json_schema()
+    except Exception:   # a field type without a JSON schema: the HTTP door treats the endpoint as untyped
+        return None
+
+
 class EndpointTable:
     """Maps endpoint names to the Executor methods that serve them."""
 
     def __init__(self, executor: 'Executor'):
         self._by_name: Dict[str, Endpoint] = {}
+        self._described: Optional[Dict[str, Dict[str, Any]]] = None
         seen = set()
         for klass in type(executor).__mro__:
             for attr, fn in vars(klass).items():
@@ -179,10 +190,17 @@ class EndpointTable:
         return sorted(self._by_name)
 
     def describe(self) -> Dict[str, Dict[str, Any]]:
-        return {n: {'write': e.is_write,
-                    'input': getattr(e.input_type, '__name__', None),
-                    'output': getattr(e.output_type, '__name__', None)}
-                for n, e in self._by_name.items()}
+        """endpoint -> ``{'write', 'input', 'output', 'input_schema', 'output_schema'}``: the doc
+        classes' names and JSON schemas (None: untyped), which the gateway's HTTP door builds its
+        request models and OpenAPI page from (docs/http.md). JSON only: nothing is pickled."""
+        if self._described is None:
+            self._described = {n: {'write': e.is_write,
+                                   'input': getattr(e.input_type, '__name__', None),
+                                   'output': getattr(e.output_type, '__name__', None),
+                                   'input_schema': _json_schema(e.input_type),
+                                   'output_schema': _json_schema(e.output_type)}
+                               for n, e in self._by_name.items()}
+        return self._described
 
     def lookup(self, endpoint: str) -> Endpoint:
         found = self._by_name.get(endpoint) or self._by_name.get(DEFAULT_ENDPOINT)

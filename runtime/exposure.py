@@ -35,8 +35,10 @@ def exposure(orch: Any) -> List[str]:
     out = []
     if not is_loopback(orch.host):
         tls = 'TLS' if getattr(orch, 'tls_cert', None) else 'plaintext, no TLS (set tls_cert/tls_key)'
-        out.append(f'gateway port {orch.host}:{orch.port} (request plane: Call and Info, unauthenticated, {tls}; '
-                   'Control is not served there)')
+        for protocol, port in orch.ports.items():
+            what = 'Call and Info' if protocol == 'grpc' else 'every endpoint, /status and /docs'
+            out.append(f'gateway port {orch.host}:{port} ({protocol}; request plane: {what}, unauthenticated, '
+                       f'{tls}; Control is not served there)')
     for node in orch.nodes:
         binds = [r.config['raft']['bind'] for r in node.replicas if 'raft' in r.config]
         exposed = [b for b in binds if not is_loopback(b.rsplit(':', 1)[0])]

@@ -165,6 +165,7 @@ class Gateway:
         self.chain = self._as_chain()
         self.stats = RequestStats()
         self.port: Optional[int] = None
+        self.ports: Dict[str, int] = {}   # protocol -> port of each door
 
     async def route_request(self, frame: bytes) -> bytes:
         """One client request through the graph -> the reply frame."""
@@ -293,7 +294,8 @@ class Gateway:
 
     async def info(self, frame: bytes, context) -> bytes:
         return json.dumps({'ready': True, 'role': 'gateway', 'name': self.name, 'pid': os.getpid(),
-                           'port': self.port, 'nodes': {n: node.describe() for n, node in self.nodes.items()},
+                           'port': self.port, 'ports': self.ports,
+                           'nodes': {n: node.describe() for n, node in self.nodes.items()},
                            **self.stats.snapshot()}).encode()
 
     async def control(self, frame: bytes, context) -> bytes:
@@ -354,17 +356,34 @@ def run_gateway(spec: Dict[str, Any], status, stopping: threading.Event) -> None
         from runtime.tls import server_credentials
         credentials = server_credentials(config['tls_cert'], config['tls_key'])
 
+    protocols = list(config.get('protocols') or ['grpc'])
+    door_ports = list(config.get('ports') or [config.get('port') or 0])
+    host = config.get('host', '127.0.0.1')
+
     async def main():
         stop = stop_event_from(stopping)
         gw = Gateway(config)
-        server, gw.port = await start_node_server(config.get('host', '127.0.0.1'), int(config.get('port') or 0),
-                                                  gw.call, gw.info, credentials=credentials)
-        local, local_port = await start_node_server('127.0.0.1', int(config.get('local_port') or 0),
-                                                    gw.call, gw.info, gw.control, secret)
-        status.send(event='ready', port=gw.port, local_port=local_port, pid=os.getpid())
+        servers, doors, ports = [], [], {}
         try:
+            for protocol_name, port in zip(protocols, door_ports):
+                if protocol_name == 'grpc':
+                    server, ports['grpc'] = await start_node_server(host, int(port or 0), gw.call, gw.info,
+                                                                    credentials=credentials)
+                    servers.append(server)
+                else:   # HTTP, WebSocket: doors onto the same routing entry (runtime/doors, docs/http.md)
+                    from runtime.doors.serving import open_door
+                    door = await open_door(protocol_name, gw, lambda frame: gw.call(frame, None), host,
+                                           int(port or 0), config.get('tls_cert'), config.get('tls_key'))
+                    doors.append(door)
+                    ports[protocol_name] = door.port
+            gw.port = ports[protocols[0]]
+            gw.ports = ports
+            local, local_port = await start_node_server('127.0.0.1', int(config.get('local_port') or 0),
+                                                        gw.call, gw.info, gw.control, secret)
+            servers.append(local)
+            status.send(event='ready', port=gw.port, ports=ports, local_port=local_port, pid=os.getpid())
             await stop.wait()
         finally:
-            await asyncio.gather(server.stop(grace=STOP_GRACE_S), local.stop(grace=STOP_GRACE_S))
+            await asyncio.gather(*(s.stop(grace=STOP_GRACE_S) for s in servers), *(d.close() for d in doors))
             await gw.close()
     asyncio.run(main())

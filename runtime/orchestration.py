@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import grpc
 
@@ -93,12 +93,18 @@ class NodePlan:
 class Orchestration:
     """Base of Deployment and Flow; see the module docstring."""
 
-    def __init__(self, name: str, port: Optional[int], host: str, timeout_ready: float,
+    def __init__(self, name: str, doors: Tuple[List[str], List[Optional[int]]], host: str, timeout_ready: float,
                  log_dir: Optional[str], max_in_flight_per_replica: int, stream_logs: bool,
                  secret: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None):
+        """``doors``: the gateway's protocols and their ports (0: the OS picks), from
+        :func:`runtime.args.protocol_ports`."""
         from runtime.tls import check_tls
         self.name = name
-        self._port_arg = port
+        self.protocols, self._door_ports = list(doors[0]), list(doors[1])
+        self.protocol = self.protocols[0] if len(self.protocols) == 1 else list(self.protocols)   # as Jina writes it
+        # as the user wrote it (None: the OS picks), for saved configs
+        self._port_arg = (self._door_ports[0] if len(self._door_ports) == 1 else
+                          None if all(p is None for p in self._door_ports) else list(self._door_ports))
         self.host = host
         self.timeout_ready = timeout_ready
         self.max_in_flight_per_replica = max_in_flight_per_replica
@@ -114,7 +120,7 @@ class Orchestration:
         self._started = False
         self._closing = threading.Event()
         self._supervisor: Optional[Supervisor] = None
-        self._gateway_port: Optional[int] = None   # kept across gateway restarts
+        self._gateway_ports: Optional[Dict[str, int]] = None   # protocol -> port, kept across gateway restarts
         self._lock = threading.RLock()
 
     # -- what a subclass implements ------------------------------------------------
@@ -152,7 +158,7 @@ class Orchestration:
                     if r.external_address:
                         r.address = r.external_address
             self._started = True
-            self._gateway_port = int(self.gateway.info['port'])
+            self._gateway_ports = {p: int(n) for p, n in self.gateway.info['ports'].items()}
             self._connect_gateway()
         except BaseException:
             self._started = False
@@ -228,9 +234,23 @@ class Orchestration:
     # -- talking to it --------------------------------------------------------------
     @property
     def port(self) -> Optional[int]:
-        if self.gateway is not None and self.gateway.info.get('port'):
-            return int(self.gateway.info['port'])
-        return self._gateway_port or self._port_arg or None
+        """The port of the first door (``protocol``'s first entry; gRPC by default)."""
+        return self.ports.get(self.protocols[0])
+
+    @property
+    def ports(self) -> Dict[str, Optional[int]]:
+        """protocol -> port of every door of the gateway (before start: the ports asked for, or None)."""
+        if self.gateway is not None and self.gateway.info.get('ports'):
+            return {p: int(n) for p, n in self.gateway.info['ports'].items()}
+        if self._gateway_ports:
+            return dict(self._gateway_ports)
+        return {p: n or None for p, n in zip(self.protocols, self._door_ports)}
+
+    @property
+    def addresses(self) -> Dict[str, str]:
+        """protocol -> address of every door, e.g. ``{'grpc': '127.0.0.1:5555', 'http': 'http://127.0.0.1:5556'}``."""
+        from runtime.doors import door_address
+        return {p: door_address(p, self.host, n, bool(self.tls_cert)) for p, n in self.ports.items()}
 
     @property
     def _local_port(self) -> Optional[int]:
@@ -314,8 +334,8 @@ class Orchestration:
         from runtime.telemetry import gpu_status   # NVML off the loop: a slow driver blocks nothing
         gpus = await asyncio.to_thread(gpu_status, {r['name']: r.get('cuda_visible_devices')
                                                     for r in out_replicas if not r['external']})
-        return {'name': self.name, 'address': self.address, 'gateway': gw, 'replicas': out_replicas,
-                'gpus': gpus}
+        return {'name': self.name, 'address': self.address, 'addresses': self.addresses, 'gateway': gw,
+                'replicas': out_replicas, 'gpus': gpus}
 
     def _supervision_status(self, rec: Dict[str, Any], name: str, answered: bool) -> None:
         """Add the supervisor's view (``rec['supervision']``); a down child's state and ``error`` say why."""
@@ -352,7 +372,8 @@ class Orchestration:
         return os.path.join(self.log_dir, name.replace('/', os.sep) + '.log')
 
     def _gateway_config(self) -> Dict[str, Any]:
-        return {'name': f'{self.name}/gateway', 'host': self.host, 'port': self._port_arg or 0,
+        return {'name': f'{self.name}/gateway', 'host': self.host,
+                'protocols': list(self.protocols), 'ports': [p or 0 for p in self._door_ports],
                 'max_in_flight_per_replica': self.max_in_flight_per_replica,
                 'nodes': [{'name': n.name, 'needs': n.needs, 'polling': n.polling,
                            'no_reduce': n.no_reduce, 'allow_partial': n.allow_partial,
@@ -461,10 +482,11 @@ class Orchestration:
         """Start the dead gateway again on its port, then send it the replica addresses."""
         if self._closing.is_set():
             return
-        log.warning('restarting the gateway of %s on port %s', self.name, self._gateway_port)
+        log.warning('restarting the gateway of %s on %s', self.name, self._gateway_ports)
         old = self.gateway
-        # both listeners come back on their ports: clients (and this owner's own, on the loopback one) reconnect
-        config = dict(self._gateway_config(), port=self._gateway_port, local_port=old.info.get('local_port'))
+        # every listener comes back on its port: clients (and this owner's own, on the loopback one) reconnect
+        config = dict(self._gateway_config(), ports=[(self._gateway_ports or {}).get(p, 0) for p in self.protocols],
+                      local_port=old.info.get('local_port'))
         self.gateway = ChildProcess(old.name, 'gateway', config, old.log_path)
         self._start_supervised(self.gateway)
         if not self._closing.is_set():

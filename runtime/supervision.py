@@ -127,7 +127,7 @@ class Supervisor:
         out = []
         gw_policy = next((n.policy for n in o.nodes if n.policy), None) if len(o.nodes) == 1 else None
         out.append((self.watch(f'{o.name}/gateway', gw_policy or Policy()), lambda: o.gateway,
-                    o._restart_gateway, f'127.0.0.1:{o.port}' if o.port else None))
+                    o._restart_gateway, _gateway_probe_address(o)))
         for n in o.nodes:
             for r in n.replicas:
                 if r.external_address is None:
@@ -292,3 +292,9 @@ def _applying_text(applying: Optional[Dict[str, Any]]) -> str:
     if not applying:
         return ''
     return f' while applying RAFT log entry {applying.get("index")} ({applying.get("endpoint")})'
+
+
+def _gateway_probe_address(o: Any) -> Optional[str]:
+    """Where the gateway's health is probed (gRPC Info): its public gRPC door, else its loopback port."""
+    port = o.ports.get('grpc') or o._local_port
+    return f'127.0.0.1:{port}' if port else None

@@ -1,0 +1,126 @@
+"""The gateway's HTTP door (runtime/doors): real servers, real clients (httpx, curl), Deployments and
+Flows (sharded, replicated, stateful); 4xx answers name what is wrong and the service keeps serving."""
+import json
+import shutil
+import subprocess
+
+import httpx
+import pytest
+from docarray.documents import TextDoc
+
+from runtime.args import check_protocol, protocol_ports
+from runtime.deployment import Deployment
+from runtime.flow import Flow
+from tests.sample_executors import KV, Failing, Upper
+
+
+def test_protocol_and_port_lists_are_checked():
+    assert check_protocol('HTTP', 'protocol') == 'http'
+    assert protocol_ports(['grpc', 'websocket'], [5555, 5556]) == (['grpc', 'websocket'], [5555, 5556])
+    with pytest.raises(ValueError, match=r"protocol='udp': allowed: 'grpc', 'http', 'websocket'"):
+        Deployment(protocol='udp')
+    with pytest.raises(ValueError, match='each protocol at most once'):
+        Deployment(protocol=['http', 'http'])
+    with pytest.raises(ValueError, match='one port per protocol'):
+        Deployment(protocol=['grpc', 'http'], port=[5555])
+    with pytest.raises(ValueError, match='its own port'):
+        Deployment(protocol=['grpc', 'http'], port=[5555, 5555])
+
+
+def post(url, body, **kw):
+    return httpx.post(url, json=body, timeout=30, **kw)
+
+
+def test_http_door_serves_a_replicated_deployment_beside_grpc():
+    with Deployment(uses=Upper, replicas=2, protocol=['grpc', 'http']) as dep:
+        url = dep.addresses['http']
+        assert set(dep.ports) == {'grpc', 'http'} and url.startswith('http://127.0.0.1:')
+        assert url in repr(dep) and dep.status()['addresses'] == dep.addresses
+        r = post(f'{url}/upper', {'data': [{'text': 'hi'}, {'text': 'yo', 'id': 'b'}], 'parameters': {'k': 1}})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [d['text'] for d in body['data']] == ['HI', 'YO'] and body['data'][1]['id'] == 'b'
+        assert body['parameters'] == {'k': 1} and body['header']['execEndpoint'] == '/upper'
+        # one doc (not a list) is accepted, as Jina does; /post names the endpoint in the body
+        assert post(f'{url}/upper', {'data': {'text': 'one'}}).json()['data'][0]['text'] == 'ONE'
+        r = post(f'{url}/post', {'execEndpoint': '/upper', 'data': [{'text': 'p'}]})
+        assert r.json()['data'][0]['text'] == 'P'
+        # the notebook's post (gRPC) is unchanged
+        assert dep.post('/upper', TextDoc(text='g'))[0].text == 'G'
+        assert httpx.get(f'{url}/').json()['ready'] is True
+        assert httpx.get(f'{url}/dry_run').json() == {'code': 0, 'description': ''}
+        assert httpx.get(f'{url}/status').json()['nodes']['executor']['shards'][0][0]['healthy'] is True
+
+
+def test_bad_requests_are_4xx_naming_the_field_and_the_service_keeps_serving():
+    with Deployment(uses=Failing, protocol='http') as fail, Deployment(uses=Upper, protocol='http') as dep:
+        url = dep.addresses['http']
+        r = post(f'{url}/upper', {'data': [{'text': 3}]})
+        assert r.status_code == 422 and any(e['loc'][-1] == 'text' for e in r.json()['detail']), r.text
+        r = httpx.post(f'{url}/upper', content=b'{"data": [', headers={'content-type': 'application/json'})
+        assert r.status_code == 422 and 'json' in r.text.lower(), r.text
+        r = post(f'{url}/nope', {'data': []})
+        assert r.status_code == 404 and "'/nope'" in r.json()['detail'] and '/upper' in r.json()['detail']
+        r = httpx.post(f'{url}/nope', content=b'not json')
+        assert r.status_code == 400 and 'not valid JSON' in r.json()['detail']
+        r = post(f'{url}/post', {'data': []})
+        assert r.status_code == 422 and 'execEndpoint' in r.text
+        r = post(f'{url}/upper', {'data': [{'text': 'x'}], 'parameters': [1]})
+        assert r.status_code == 422 and 'parameters' in r.text
+        # an Executor failure: 499 with its message (as Jina); the replica keeps serving
+        furl = fail.addresses['http']
+        r = post(f'{furl}/boom', {'data': [{'text': 'x'}]})
+        assert r.status_code == 499 and 'exploded on purpose' in r.json()['detail'], r.text
+        assert post(f'{furl}/ok', {'data': [{'text': 'x'}]}).status_code == 200
+        assert post(f'{url}/upper', {'data': [{'text': 'still'}]}).json()['data'][0]['text'] == 'STILL'
+
+
+@pytest.mark.skipif(shutil.which('curl') is None, reason='needs curl')
+def test_curl_posts_to_the_http_door():
+    with Deployment(uses=Upper, protocol=['http', 'grpc']) as dep:
+        out = subprocess.run(['curl', '-sS', '--max-time', '30', '-X', 'POST', f'{dep.addresses["http"]}/upper',
+                              '-H', 'Content-Type: application/json', '-d', '{"data": [{"text": "curl"}]}'],
+                             capture_output=True, text=True, timeout=60, check=True)
+        assert json.loads(out.stdout)['data'][0]['text'] == 'CURL'
+        assert dep.port == dep.ports['http']   # the first door is `port`
+
+
+def test_openapi_document_is_valid_and_generated_from_the_schemas():
+    from openapi_spec_validator import validate
+    with Deployment(uses=Upper, protocol='http') as dep:
+        url = dep.addresses['http']
+        spec = httpx.get(f'{url}/openapi.json', timeout=30).json()
+        validate(spec)
+        assert {'/upper', '/post', '/', '/dry_run', '/status'} <= set(spec['paths'])
+        body_ref = spec['paths']['/upper']['post']['requestBody']['content']['application/json']['schema']['$ref']
+        model = spec['components']['schemas'][body_ref.rsplit('/', 1)[1]]
+        assert set(model['properties']) == {'data', 'parameters', 'header'}
+        assert 'text' in spec['components']['schemas']['TextDoc']['properties']
+        page = httpx.get(f'{url}/docs', timeout=30)
+        assert page.status_code == 200 and 'swagger' in page.text.lower()
+
+
+def test_http_door_of_a_sharded_replicated_flow():
+    flow = (Flow(protocol=['http', 'grpc'])
+            .add(name='up', uses=Upper, replicas=2)
+            .add(name='kv', uses=KV, shards=2, polling={'/ids': 'ALL', '*': 'ANY'}))
+    with flow:
+        url = flow.addresses['http']
+        r = post(f'{url}/upper', {'data': [{'text': 'a', 'id': '1'}, {'text': 'b', 'id': '2'}]})
+        assert r.status_code == 200 and [d['text'] for d in r.json()['data']] == ['A', 'B'], r.text
+        r = post(f'{url}/index', {'data': [{'text': 'x', 'id': '1'}, {'text': 'y', 'id': '2'}]})
+        assert r.status_code == 200, r.text
+        ids = post(f'{url}/ids', {'data': []}).json()['data']
+        assert {d['id'] for d in ids} == {'1', '2'}
+        assert flow.post('/upper', TextDoc(text='z'))[0].text == 'Z'
+
+
+def test_http_door_of_a_stateful_deployment(tmp_path):
+    with Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=str(tmp_path),
+                    protocol=['grpc', 'http']) as dep:
+        url = dep.addresses['http']
+        r = post(f'{url}/index', {'data': [{'text': 'kept', 'id': 'k1'}]})
+        assert r.status_code == 200, r.text
+        got = post(f'{url}/get', {'data': [{'id': 'k1'}]}).json()['data']
+        assert got[0]['text'] == 'kept'
+        assert [d.id for d in dep.post('/ids', TextDoc(), consistency='strong')] == ['k1']
