@@ -6,6 +6,7 @@ import subprocess
 
 import httpx
 import pytest
+from docarray import DocList
 from docarray.documents import TextDoc
 
 from runtime.args import check_protocol, protocol_ports
@@ -124,3 +125,44 @@ def test_http_door_of_a_stateful_deployment(tmp_path):
         got = post(f'{url}/get', {'data': [{'id': 'k1'}]}).json()['data']
         assert got[0]['text'] == 'kept'
         assert [d.id for d in dep.post('/ids', TextDoc(), consistency='strong')] == ['k1']
+
+
+# ----------------------------------------------------------------------------- the WebSocket door
+
+def test_websocket_door_streams_json_and_frames_in_order():
+    import asyncio
+
+    import websockets
+
+    from runtime import protocol
+    from runtime.codec import decode_docs, encode_docs
+    with Deployment(uses=Upper, replicas=2, protocol=['websocket', 'grpc']) as dep:
+        url = dep.addresses['websocket']
+        assert url.startswith('ws://') and dep.port == dep.ports['websocket']
+
+        async def talk():
+            async with websockets.connect(url + '/', open_timeout=10) as ws:
+                for i in range(5):   # streamed: every request sent before the first reply is read
+                    await ws.send(json.dumps({'execEndpoint': '/upper', 'data': [{'text': f'j{i}'}]}))
+                texts = [json.loads(await asyncio.wait_for(ws.recv(), 30))['data'][0]['text'] for _ in range(5)]
+                await ws.send('{not json')
+                bad = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                await ws.send(json.dumps({'execEndpoint': '/upper', 'data': [{'text': 7}]}))
+                wrong = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                frames = [protocol.pack({'endpoint': '/upper'}, encode_docs(DocList[TextDoc]([TextDoc(text=f'b{i}')])))
+                          for i in range(8)]
+                for f in frames:
+                    await ws.send(f)
+                replies = [protocol.unpack(await asyncio.wait_for(ws.recv(), 30)) for _ in frames]
+                await ws.send(b'garbage')
+                garbage, _ = protocol.unpack(await asyncio.wait_for(ws.recv(), 30))
+                return texts, bad, wrong, replies, garbage
+
+        texts, bad, wrong, replies, garbage = asyncio.run(talk())
+        assert texts == [f'J{i}' for i in range(5)]
+        assert bad['status'] == 400 and 'not valid JSON' in bad['detail']
+        assert wrong['status'] == 422 and any(e['loc'][-1] == 'text' for e in wrong['detail'])
+        assert [decode_docs(bytes(b), TextDoc)[0].text for _, b in replies] == [f'B{i}' for i in range(8)]
+        assert {h['replica'] for h, _ in replies} == {'executor/rep-0', 'executor/rep-1'}
+        assert garbage['ok'] is False and garbage['error']['type'] == 'ProtocolError'
+        assert dep.post('/upper', TextDoc(text='after'))[0].text == 'AFTER'   # still serving
