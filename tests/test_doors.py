@@ -166,3 +166,37 @@ def test_websocket_door_streams_json_and_frames_in_order():
         assert {h['replica'] for h, _ in replies} == {'executor/rep-0', 'executor/rep-1'}
         assert garbage['ok'] is False and garbage['error']['type'] == 'ProtocolError'
         assert dep.post('/upper', TextDoc(text='after'))[0].text == 'AFTER'   # still serving
+
+
+# ----------------------------------------------------------------------------- TLS and host, as on gRPC
+
+def test_tls_and_host_rules_apply_to_the_doors(tmp_path):
+    import warnings
+
+    from runtime.client import Client
+    from runtime.exposure import ExposedWarning
+    from runtime.processes import ChildFailedError
+    from tests.test_security import _self_signed
+    cert, key = _self_signed(tmp_path)
+    with Deployment(uses=Upper, protocol=['http', 'websocket'], tls_cert=cert, tls_key=key) as dep:
+        url = dep.addresses['http']
+        assert url.startswith('https://') and dep.addresses['websocket'].startswith('wss://')
+        import ssl
+        r = httpx.post(f'{url}/upper', json={'data': [{'text': 'tls'}]}, timeout=30,
+                       verify=ssl.create_default_context(cafile=cert))
+        assert r.json()['data'][0]['text'] == 'TLS'
+        with pytest.raises(httpx.ConnectError):   # the self-signed certificate is not trusted by default
+            httpx.post(f'{url}/upper', json={'data': []}, timeout=30)
+        for p in ('http', 'websocket'):
+            c = Client(port=dep.ports[p], protocol=p, tls=True, ca=cert)
+            assert c.post('/upper', TextDoc(text='c'))[0].text == 'C', p
+            c.close()
+        busy = dep.ports['http']
+        with pytest.raises(ChildFailedError, match=f'127.0.0.1:{busy}: the port is already in use'):
+            Deployment(uses=Upper, protocol='http', port=busy, timeout_ready=20).start()   # named, as on gRPC
+    with pytest.warns(ExposedWarning, match=r'\(http; request plane'):
+        with Deployment(uses=Upper, protocol=['grpc', 'http'], host='0.0.0.0') as dep:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                assert httpx.post(f'http://127.0.0.1:{dep.ports["http"]}/upper',
+                                  json={'data': [{'text': 'any'}]}, timeout=30).status_code == 200
