@@ -374,7 +374,8 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
                        description='The gateway of an exported Deployment/Flow, in the foreground.')
     p.add_argument('--graph', required=True, help='the graph as JSON (written by orchestra export)')
     p.add_argument('--host', default='0.0.0.0', help='address to listen on (default 0.0.0.0)')
-    p.add_argument('--port', type=int, required=True, help='port to listen on')
+    p.add_argument('--port', type=int, nargs='+', required=True, help='port to listen on (one per --protocol)')
+    p.add_argument('--protocol', nargs='+', help='grpc (default), http, websocket: the doors, in --port order')
     p.add_argument('--log-level', default='INFO', help='DEBUG, INFO, WARNING, ...')
     p.set_defaults(func=cmd_gateway)
     return parser

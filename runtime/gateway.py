@@ -341,12 +341,43 @@ def _topological(nodes: Dict[str, Node]) -> List[str]:
     return order
 
 
+async def open_listeners(gw: Gateway, host: str, protocols: List[str], ports: List[int],
+                         credentials: Optional[grpc.ServerCredentials] = None, tls_cert: Optional[str] = None,
+                         tls_key: Optional[str] = None, control: Any = None) -> List[Any]:
+    """Open one public listener per protocol on ``host`` (``ports[i]`` for ``protocols[i]``; 0: the OS
+    picks): gRPC here, HTTP and WebSocket as doors (:mod:`runtime.doors`) onto the same routing.
+    Sets ``gw.ports`` (protocol -> port) and ``gw.port`` (the first's); returns the coroutine
+    functions that stop them. On a failure, what was opened is closed again.
+
+    >>> stops = await open_listeners(gw, '127.0.0.1', ['grpc', 'http'], [0, 0])   # doctest: +SKIP
+    """
+    stops: List[Any] = []
+    try:
+        for protocol_name, port in zip(protocols, ports):
+            if protocol_name == 'grpc':
+                server, gw.ports['grpc'] = await start_node_server(host, int(port or 0), gw.call, gw.info, control,
+                                                                   credentials=credentials)
+                stops.append(lambda server=server: server.stop(grace=STOP_GRACE_S))
+            else:
+                from runtime.doors.serving import open_door
+                door = await open_door(protocol_name, gw, lambda frame: gw.call(frame, None), host, int(port or 0),
+                                       tls_cert, tls_key)
+                stops.append(door.close)
+                gw.ports[protocol_name] = door.port
+    except BaseException:
+        await asyncio.gather(*(s() for s in stops))
+        raise
+    gw.port = gw.ports[protocols[0]]
+    return stops
+
+
 def run_gateway(spec: Dict[str, Any], status, stopping: threading.Event) -> None:
     """Child-process entry for role 'gateway'.
 
-    Two listeners: the public port (``host:port``, TLS with ``tls_cert``/``tls_key``) serves
-    ``Call`` and ``Info`` only; the loopback port (127.0.0.1, reported as ``local_port``) serves
-    the owner: ``Call``/``Info`` and ``Control``, which needs the secret.
+    The public listeners (:func:`open_listeners`: one per protocol on ``host``, TLS with
+    ``tls_cert``/``tls_key``; gRPC serves ``Call`` and ``Info`` only); the loopback port
+    (127.0.0.1, reported as ``local_port``) serves the owner: ``Call``/``Info`` and ``Control``,
+    which needs the secret.
     """
     from runtime.secrets import load_secret
     config = spec['config']
@@ -358,32 +389,21 @@ def run_gateway(spec: Dict[str, Any], status, stopping: threading.Event) -> None
 
     protocols = list(config.get('protocols') or ['grpc'])
     door_ports = list(config.get('ports') or [config.get('port') or 0])
-    host = config.get('host', '127.0.0.1')
 
     async def main():
         stop = stop_event_from(stopping)
         gw = Gateway(config)
-        servers, doors, ports = [], [], {}
+        stops: List[Any] = []
         try:
-            for protocol_name, port in zip(protocols, door_ports):
-                if protocol_name == 'grpc':
-                    server, ports['grpc'] = await start_node_server(host, int(port or 0), gw.call, gw.info,
-                                                                    credentials=credentials)
-                    servers.append(server)
-                else:   # HTTP, WebSocket: doors onto the same routing entry (runtime/doors, docs/http.md)
-                    from runtime.doors.serving import open_door
-                    door = await open_door(protocol_name, gw, lambda frame: gw.call(frame, None), host,
-                                           int(port or 0), config.get('tls_cert'), config.get('tls_key'))
-                    doors.append(door)
-                    ports[protocol_name] = door.port
-            gw.port = ports[protocols[0]]
-            gw.ports = ports
+            stops += await open_listeners(gw, config.get('host', '127.0.0.1'), protocols, door_ports,
+                                          credentials=credentials, tls_cert=config.get('tls_cert'),
+                                          tls_key=config.get('tls_key'))
             local, local_port = await start_node_server('127.0.0.1', int(config.get('local_port') or 0),
                                                         gw.call, gw.info, gw.control, secret)
-            servers.append(local)
-            status.send(event='ready', port=gw.port, ports=ports, local_port=local_port, pid=os.getpid())
+            stops.append(lambda: local.stop(grace=STOP_GRACE_S))
+            status.send(event='ready', port=gw.port, ports=gw.ports, local_port=local_port, pid=os.getpid())
             await stop.wait()
         finally:
-            await asyncio.gather(*(s.stop(grace=STOP_GRACE_S) for s in servers), *(d.close() for d in doors))
+            await asyncio.gather(*(s() for s in stops))
             await gw.close()
     asyncio.run(main())

@@ -200,3 +200,32 @@ def test_tls_and_host_rules_apply_to_the_doors(tmp_path):
                 warnings.simplefilter('ignore')
                 assert httpx.post(f'http://127.0.0.1:{dep.ports["http"]}/upper',
                                   json={'data': [{'text': 'any'}]}, timeout=30).status_code == 200
+
+
+def test_exported_gateway_command_opens_every_door():
+    """``orchestra gateway --protocol http grpc --port 0 0`` (what exported containers run) serves both doors."""
+    import os
+    import re
+    import signal
+    import sys
+    with Deployment(uses=Upper) as dep:
+        graph = {'name': 'gw', 'nodes': [{'name': 'executor', 'shards': [[dep.nodes[0].shards[0][0].address]]}]}
+        proc = subprocess.Popen([sys.executable, '-m', 'runtime.cli', 'gateway', '--graph', json.dumps(graph),
+                                 '--host', '127.0.0.1', '--port', '0', '0', '--protocol', 'http', 'grpc'],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            line = ''
+            for line in proc.stdout:   # the first line that says ready (the process prints little else)
+                if 'ready on' in line:
+                    break
+            ports = dict(re.findall(r'(\w+) port (\d+)', line))
+            assert set(ports) == {'http', 'grpc'}, line
+            r = post(f'http://127.0.0.1:{ports["http"]}/upper', {'data': [{'text': 'exported'}]})
+            assert r.json()['data'][0]['text'] == 'EXPORTED', r.text
+            from runtime.client import Client
+            c = Client(port=int(ports['grpc']))
+            assert c.post('/upper', TextDoc(text='g'))[0].text == 'G'
+            c.close()
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)

@@ -187,10 +187,35 @@ class ExportPlan:
     kind: str                                  # 'Deployment' or 'Flow'
     executors: List[ExecutorExport]
     graph: Dict[str, Any]                      # the gateway config without addresses
-    gateway_port: int
+    gateway_port: int                          # the first door's port
     spec: Dict[str, Any]                       # the config, rewritten for containers
     app_dir: str
     files: Dict[str, str]                      # path under APP_DIR -> file on this machine
+    gateway_doors: List[Tuple[str, int]] = field(default_factory=list)   # (protocol, port), every door
+
+    @property
+    def doors(self) -> List[Tuple[str, int]]:
+        """(protocol, port) of every door of the gateway, in ``protocol=`` order (default: one gRPC port)."""
+        return self.gateway_doors or [('grpc', self.gateway_port)]
+
+    def gateway_probe(self) -> Tuple[str, int]:
+        """The door health checks use: gRPC (``orchestra ping``) if there is one, else HTTP (``GET /``),
+        else the WebSocket port (a TCP connect)."""
+        doors = dict(self.doors)
+        for protocol in ('grpc', 'http', 'websocket'):
+            if protocol in doors:
+                return protocol, doors[protocol]
+        raise AssertionError(f'no door in {self.doors}')
+
+    def gateway_probe_command(self) -> List[str]:
+        """A command that exits 0 when the gateway answers (for Compose healthchecks and exec probes)."""
+        protocol, port = self.gateway_probe()
+        if protocol == 'grpc':
+            return ['orchestra', 'ping', f'127.0.0.1:{port}', '--timeout', '3']
+        if protocol == 'http':
+            return ['python', '-c', f'import urllib.request; urllib.request.urlopen("http://127.0.0.1:{port}/", '
+                                    'timeout=3)']
+        return ['python', '-c', f'import socket; socket.create_connection(("127.0.0.1", {port}), 3).close()']
 
     @property
     def secret_name(self) -> str:
@@ -210,8 +235,11 @@ class ExportPlan:
             node['shards'] = [list(targets.get((node['name'], i), [])) for i in range(len(node['shards']))]
             if discover_dns.get(node['name']):
                 node['discover'] = 'dns'
-        return ['gateway', '--graph', json.dumps(graph, separators=(',', ':'), sort_keys=True),
-                '--host', '0.0.0.0', '--port', str(self.gateway_port)]
+        args = ['gateway', '--graph', json.dumps(graph, separators=(',', ':'), sort_keys=True),
+                '--host', '0.0.0.0', '--port', *(str(port) for _, port in self.doors)]
+        if [p for p, _ in self.doors] != ['grpc']:
+            args += ['--protocol', *(p for p, _ in self.doors)]
+        return args
 
     def executor(self, name: str) -> ExecutorExport:
         for ex in self.executors:
@@ -319,8 +347,17 @@ def build_plan(obj: Any, app_dir: Optional[str] = None) -> ExportPlan:
             spec.pop('with', None)
     graph = {'name': gateway_config['name'], 'max_in_flight_per_replica': gateway_config['max_in_flight_per_replica'],
              'nodes': gateway_config['nodes']}
+    doors = _gateway_doors(obj)
     return ExportPlan(name=obj.name, kind=spec['jtype'], executors=executors, graph=graph,
-                      gateway_port=obj._port_arg or GATEWAY_PORT, spec=spec, app_dir=base, files=files)
+                      gateway_port=doors[0][1], spec=spec, app_dir=base, files=files, gateway_doors=doors)
+
+
+def _gateway_doors(obj: Any) -> List[Tuple[str, int]]:
+    """(protocol, port) of each door in the containers: the ports given, else GATEWAY_PORT, GATEWAY_PORT + 1, ..."""
+    protocols = list(getattr(obj, 'protocols', None) or ['grpc'])
+    given = list(getattr(obj, '_door_ports', None) or [None] * len(protocols))
+    free = (p for p in range(GATEWAY_PORT, 65536) if p not in given)
+    return [(proto, port or next(free)) for proto, port in zip(protocols, given)]
 
 
 # ----------------------------------------------------------------------------- user code and paths
