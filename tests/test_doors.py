@@ -229,3 +229,23 @@ def test_exported_gateway_command_opens_every_door():
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=20)
+
+
+def test_a_killed_gateway_comes_back_with_every_door_on_its_port():
+    from conftest import wait_until
+
+    def http_answers(url):
+        try:
+            return post(f'{url}/upper', {'data': [{'text': 'x'}]}).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with Deployment(uses=Upper, protocol=['http', 'grpc']) as dep:
+        ports, old_pid = dict(dep.ports), dep.gateway.pid
+        url = dep.addresses['http']
+        assert http_answers(url)
+        dep.gateway.kill()
+        wait_until(lambda: dep.gateway.pid != old_pid and http_answers(url), 60,
+                   'the restarted gateway to answer on its HTTP port')
+        assert dep.ports == ports
+        assert dep.post('/upper', TextDoc(text='back'))[0].text == 'BACK'
