@@ -12,6 +12,7 @@ status and a message naming the bad field or the failed Executor (docs/http.md).
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
@@ -101,7 +102,7 @@ def build_docs(cls: type, rows: List[Any]) -> Any:
     """JSON objects (or docs already validated by FastAPI) -> a ``DocList[cls]``; a bad one is a 422
     naming ``data``, its index and the field."""
     import pydantic
-    from docarray import BaseDoc, DocList
+    from docarray import BaseDoc
     docs = []
     for i, row in enumerate(rows):
         if isinstance(row, BaseDoc):
@@ -116,7 +117,13 @@ def build_docs(cls: type, rows: List[Any]) -> Any:
         if getattr(doc, 'id', '') is None:   # a class built from a schema has no id factory
             doc.id = uuid.uuid4().hex
         docs.append(doc)
-    return DocList[cls](docs)
+    return _doclist_of(cls)(docs)
+
+
+@functools.lru_cache(maxsize=256)
+def _doclist_of(cls: type) -> type:
+    from docarray import DocList
+    return DocList[cls]
 
 
 def request_frame(endpoint: str, docs: Any, parameters: Optional[Dict[str, Any]],

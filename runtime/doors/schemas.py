@@ -38,9 +38,20 @@ def _doc_class_cached(text: str) -> type:
     return create_base_doc_from_schema(schema, str(schema.get('title') or 'Doc'), {})
 
 
+#: id(schema dict) -> (that dict, its class): the same dict (a replica's report) costs one lookup
+_BY_IDENTITY: Dict[int, Tuple[Dict[str, Any], type]] = {}
+
+
 def doc_class(schema: Dict[str, Any]) -> type:
     """A docarray class validating what ``schema`` (a doc class's JSON schema) describes; cached."""
-    return _doc_class_cached(json.dumps(schema, sort_keys=True))
+    hit = _BY_IDENTITY.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    cls = _doc_class_cached(json.dumps(schema, sort_keys=True))
+    if len(_BY_IDENTITY) > 1024:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[id(schema)] = (schema, cls)
+    return cls
 
 
 def _value_type(values: List[Any]) -> Any:
