@@ -249,3 +249,13 @@ def test_a_killed_gateway_comes_back_with_every_door_on_its_port():
                    'the restarted gateway to answer on its HTTP port')
         assert dep.ports == ports
         assert dep.post('/upper', TextDoc(text='back'))[0].text == 'BACK'
+
+
+def test_a_bare_requests_serves_every_path_with_its_schema():
+    from tests.topology_executors import Append
+    with Deployment(uses=Append, uses_with={'tag': 't'}, protocol='http') as dep:
+        url = dep.addresses['http']
+        r = post(f'{url}/any/path', {'data': [{'text': 'a'}]})
+        assert r.status_code == 200 and r.json()['data'][0]['text'] == 'a-t', r.text
+        r = post(f'{url}/other', {'data': [{'text': ['not', 'a', 'string']}]})
+        assert r.status_code == 422 and r.json()['detail'][0]['loc'] == ['body', 'data', 0, 'text'], r.text

@@ -62,8 +62,8 @@ def http_app(gateway: Any, route: Route) -> Any:
                                                     '"data" (a list of documents) and optional "parameters"',
                                                     'type': 'missing'}]))
         endpoints, default, complete = await catalog.wait()
-        schema = endpoints.get(endpoint)
-        if schema is None and not default:
+        schema = endpoints.get(endpoint) or default
+        if schema is None:
             if not complete:
                 return _error_response(DoorError(503, 'the Executors have not reported their endpoints yet'))
             known = ', '.join(sorted(endpoints)) or 'none'
@@ -99,7 +99,7 @@ def http_app(gateway: Any, route: Route) -> Any:
 
     async def learn_routes(wait: bool) -> None:
         endpoints, default, complete = await catalog.wait() if wait else catalog.snapshot()
-        key = (tuple(sorted(endpoints)), default, complete)
+        key = (tuple(sorted(endpoints)), default is not None, complete)
         if key == built['key']:
             return
         static = [r for r in app.router.routes if not getattr(r, 'name', '').startswith('endpoint ')]

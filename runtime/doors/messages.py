@@ -52,13 +52,14 @@ class Catalog:
             served.append(eps)
         return served, complete
 
-    def snapshot(self) -> Tuple[Dict[str, EndpointSchema], bool, bool]:
-        """-> (endpoint -> schema, some Executor serves every endpoint, every node reported)."""
+    def snapshot(self) -> Tuple[Dict[str, EndpointSchema], Optional[EndpointSchema], bool]:
+        """-> (endpoint -> schema, the schema of any other endpoint (a bare ``@requests``) or None,
+        every node reported)."""
         served, complete = self._served()
         endpoints, default = endpoint_schemas(served)
         return endpoints, default, complete
 
-    async def wait(self, timeout: float = 5.0) -> Tuple[Dict[str, EndpointSchema], bool, bool]:
+    async def wait(self, timeout: float = 5.0) -> Tuple[Dict[str, EndpointSchema], Optional[EndpointSchema], bool]:
         """:meth:`snapshot`, waiting up to ``timeout`` s for every node to have reported."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -99,12 +99,13 @@ def inferred_doc_class(rows: Iterable[Dict[str, Any]]) -> type:
     return _inferred(tuple((k, _value_type(vs)) for k, vs in sorted(keys.items())))
 
 
-def endpoint_schemas(served: List[Optional[Dict[str, Dict[str, Any]]]]) -> Tuple[Dict[str, EndpointSchema], bool]:
+def endpoint_schemas(served: List[Optional[Dict[str, Dict[str, Any]]]]
+                     ) -> Tuple[Dict[str, EndpointSchema], Optional[EndpointSchema]]:
     """What a graph serves, from each node's ``endpoints`` record (in the order requests pass them).
 
-    -> (endpoint -> :class:`EndpointSchema`, whether some node serves every endpoint (a bare
-    ``@requests``)). In a Flow, an endpoint takes the input of the first node serving it and
-    returns the output of the last one.
+    -> (endpoint -> :class:`EndpointSchema`, the schema of every other endpoint when some node
+    has a bare ``@requests``, else None). In a Flow, an endpoint takes the input of the first
+    node serving it and returns the output of the last one.
 
     >>> endpoint_schemas([{'/a': {'input_schema': None, 'output_schema': None}}])[0]['/a'].name
     '/a'
@@ -114,9 +115,11 @@ def endpoint_schemas(served: List[Optional[Dict[str, Dict[str, Any]]]]) -> Tuple
         for name in eps or {}:
             if name != DEFAULT_ENDPOINT and name not in names:
                 names.append(name)
-    out = {}
-    for name in names:
+
+    def schema_of(name: str) -> Optional[EndpointSchema]:
         chain = [eps.get(name) or eps.get(DEFAULT_ENDPOINT) for eps in served if eps]
         chain = [c for c in chain if c is not None]
-        out[name] = EndpointSchema(name, chain[0].get('input_schema'), chain[-1].get('output_schema'))
-    return out, any(DEFAULT_ENDPOINT in (eps or {}) for eps in served)
+        return EndpointSchema(name, chain[0].get('input_schema'), chain[-1].get('output_schema')) if chain else None
+
+    default = schema_of(DEFAULT_ENDPOINT) if any(DEFAULT_ENDPOINT in (eps or {}) for eps in served) else None
+    return {name: schema_of(name) for name in names}, default

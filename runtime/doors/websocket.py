@@ -46,8 +46,8 @@ def websocket_app(gateway: Any, route: Route) -> FastAPI:
                 raise DoorError(422, [{'loc': ['execEndpoint'], 'msg': 'the endpoint to call, a string starting '
                                        'with "/", e.g. "/index"', 'type': 'missing'}])
             endpoints, default, complete = await catalog.wait()
-            schema = endpoints.get(endpoint)
-            if schema is None and not default:
+            schema = endpoints.get(endpoint) or default
+            if schema is None:
                 known = ', '.join(sorted(endpoints)) or 'none'
                 raise DoorError(404 if complete else 503, f'no Executor serves endpoint {endpoint!r}; '
                                                           f'endpoints: {known}')
