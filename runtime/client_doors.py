@@ -49,14 +49,15 @@ class HttpTransport:
     async def call(self, frame: bytes, timeout: Optional[float] = None) -> bytes:
         import httpx
         from runtime.codec import decode_docs, encode_docs
-        from runtime.doors.messages import docs_json
+        from runtime.doors.messages import docs_json, json_bytes
         from runtime.doors.schemas import inferred_doc_class
         header, body = protocol.unpack(frame)
         endpoint = header.get('endpoint', '/')
         payload = {'data': docs_json(decode_docs(bytes(body))), 'parameters': header.get('parameters') or {},
                    'header': {'requestId': header.get('request_id')}}
         try:
-            r = await self._http().post('/' + endpoint.strip('/'), json=payload, timeout=timeout)
+            r = await self._http().post('/' + endpoint.strip('/'), content=json_bytes(payload), timeout=timeout,
+                                        headers={'content-type': 'application/json'})
         except httpx.TransportError as e:
             raise ConnectionError(f'{self.base_url}: {type(e).__name__}: {e}') from None
         try:

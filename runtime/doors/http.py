@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from runtime.doors import Route
-from runtime.doors.messages import (Catalog, DoorError, as_rows, build_docs, input_class, output_class, reply_json,
-                                    request_frame)
+from runtime.doors.messages import (Catalog, DoorError, as_rows, build_docs, input_class, json_bytes, output_class,
+                                    reply_json, request_frame)
 from runtime.doors.schemas import EndpointSchema, doc_class
 
 
@@ -35,7 +35,7 @@ def _error_response(e: DoorError) -> Any:
 
 
 def _reply(payload: Dict[str, Any]) -> Any:
-    return Response(json.dumps(payload, separators=(',', ':')), media_type='application/json')
+    return Response(json_bytes(payload), media_type='application/json')
 
 
 def http_app(gateway: Any, route: Route) -> Any:

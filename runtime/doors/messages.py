@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import uuid
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
@@ -144,10 +145,27 @@ def request_frame(endpoint: str, docs: Any, parameters: Optional[Dict[str, Any]]
 
 
 def docs_json(docs: Any) -> List[Dict[str, Any]]:
-    """Docs -> JSON-ready dicts (tensors as nested lists)."""
+    """Docs -> dicts for :func:`json_bytes` (tensors stay arrays until then: pydantic's python
+    mode is about twice as fast as its JSON mode here)."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return [d.model_dump(mode='json', warnings=False) for d in docs]
+        return [d.model_dump(warnings=False) for d in docs]
+
+
+def _json_default(value: Any) -> Any:
+    """What ``json`` cannot write by itself: tensors (lists), bytes (UTF-8 text, as pydantic writes them)."""
+    if hasattr(value, 'tolist'):
+        return value.tolist()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode('utf-8', errors='replace')
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def json_bytes(payload: Any) -> bytes:
+    """A reply as compact JSON bytes (see :func:`docs_json`)."""
+    return json.dumps(payload, separators=(',', ':'), default=_json_default).encode()
 
 
 def reply_json(reply: bytes, out_cls: Optional[type], parameters: Optional[Dict[str, Any]], endpoint: str,

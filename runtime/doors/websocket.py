@@ -19,8 +19,8 @@ from typing import Any, Dict
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from runtime.doors import Route
-from runtime.doors.messages import (Catalog, DoorError, as_rows, build_docs, input_class, output_class, reply_json,
-                                    request_frame)
+from runtime.doors.messages import (Catalog, DoorError, as_rows, build_docs, input_class, json_bytes, output_class,
+                                    reply_json, request_frame)
 
 #: requests of one connection being routed or waiting to be answered; the next waits for room
 MAX_PENDING = 64
@@ -63,7 +63,7 @@ def websocket_app(gateway: Any, route: Route) -> FastAPI:
     async def answer(message: Dict[str, Any]) -> Any:
         if message.get('bytes') is not None:
             return await route(message['bytes'])
-        return json.dumps(await answer_json(message.get('text') or ''), separators=(',', ':'))
+        return json_bytes(await answer_json(message.get('text') or '')).decode()
 
     @app.websocket('/')
     async def stream(ws: WebSocket) -> None:
