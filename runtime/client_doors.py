@@ -48,12 +48,12 @@ class HttpTransport:
 
     async def call(self, frame: bytes, timeout: Optional[float] = None) -> bytes:
         import httpx
-        from runtime.codec import decode_docs, encode_docs
-        from runtime.doors.messages import docs_json, json_bytes
+        from runtime.codec import decode_rows, encode_docs
+        from runtime.doors.messages import json_bytes
         from runtime.doors.schemas import inferred_doc_class
         header, body = protocol.unpack(frame)
         endpoint = header.get('endpoint', '/')
-        payload = {'data': docs_json(decode_docs(bytes(body))), 'parameters': header.get('parameters') or {},
+        payload = {'data': decode_rows(bytes(body)), 'parameters': header.get('parameters') or {},
                    'header': {'requestId': header.get('request_id')}}
         try:
             r = await self._http().post('/' + endpoint.strip('/'), content=json_bytes(payload), timeout=timeout,

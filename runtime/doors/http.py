@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from runtime.doors import Route
-from runtime.doors.messages import (Catalog, DoorError, as_rows, build_docs, input_class, json_bytes, output_class,
-                                    reply_json, request_frame)
+from runtime.doors.messages import (Catalog, DoorError, as_rows, build_docs, input_class, json_bytes, reply_json,
+                                    request_frame)
 from runtime.doors.schemas import EndpointSchema, doc_class
 
 
@@ -36,6 +36,14 @@ def _error_response(e: DoorError) -> Any:
 
 def _reply(payload: Dict[str, Any]) -> Any:
     return Response(json_bytes(payload), media_type='application/json')
+
+
+def _is_json(scope: Dict[str, Any]) -> bool:
+    """Whether the request says its body is JSON (FastAPI reads a body of another type as no body)."""
+    for key, value in scope.get('headers', ()):
+        if key == b'content-type':
+            return value.split(b';')[0].strip().lower() in (b'application/json', b'') or value.endswith(b'+json')
+    return True
 
 
 def http_app(gateway: Any, route: Route) -> Any:
@@ -51,7 +59,7 @@ def http_app(gateway: Any, route: Route) -> Any:
         try:
             docs = build_docs(input_class(schema, rows), rows)
             frame, request_id = request_frame(endpoint, docs, parameters, header if isinstance(header, dict) else None)
-            return _reply(reply_json(await route(frame), output_class(schema), parameters, endpoint, request_id))
+            return _reply(reply_json(await route(frame), parameters, endpoint, request_id))
         except DoorError as e:
             return _error_response(e)
 
@@ -78,6 +86,8 @@ def http_app(gateway: Any, route: Route) -> Any:
             raise DoorError(400, f'the body is not valid JSON: {e}') from None
 
     built: Dict[str, Any] = {'key': None}
+    #: path -> (schema, body model) of each endpoint route, served by the fast path below
+    fast: Dict[str, Any] = {}
 
     def add_endpoint_route(schema: EndpointSchema) -> None:
         name = schema.name.strip('/').replace('/', '_') or 'root'
@@ -91,6 +101,7 @@ def http_app(gateway: Any, route: Route) -> Any:
         async def post(body: input_model) -> Any:   # type: ignore[valid-type]
             return await answer(schema.name, schema, body.data, body.parameters, body.header)
 
+        fast['/' + schema.name.strip('/')] = (schema, input_model)
         app.add_api_route('/' + schema.name.strip('/'), post, methods=['POST'], summary=f'Endpoint {schema.name}',
                           response_model=None, responses={200: {'model': output_model},
                                                           422: {'description': 'a field of the wrong type'},
@@ -104,6 +115,7 @@ def http_app(gateway: Any, route: Route) -> Any:
             return
         static = [r for r in app.router.routes if not getattr(r, 'name', '').startswith('endpoint ')]
         app.router.routes[:] = static
+        fast.clear()
         for schema in endpoints.values():
             add_endpoint_route(schema)
         dynamic = [r for r in app.router.routes if getattr(r, 'name', '').startswith('endpoint ')]
@@ -112,18 +124,49 @@ def http_app(gateway: Any, route: Route) -> Any:
         app.openapi_schema = None
         built['key'] = key
 
-    class LearnRoutes:
-        """Before a request, add the routes of endpoints the replicas reported since the last one."""
+    async def read_body(receive: Any) -> bytes:
+        chunks = []
+        while True:
+            message = await receive()
+            if message['type'] == 'http.disconnect':
+                raise ConnectionError('the client went away')
+            chunks.append(message.get('body', b''))
+            if not message.get('more_body'):
+                return b''.join(chunks)
+
+    async def fast_post(path: str, scope: Dict[str, Any], receive: Any, send: Any) -> None:
+        """``POST /<endpoint>`` without FastAPI's per-request machinery: the body is parsed and validated
+        by pydantic in one step (``model_validate_json``); answers and errors are the same as the route's."""
+        schema, input_model = fast[path]
+        raw = await read_body(receive)
+        try:
+            body = input_model.model_validate_json(raw)
+        except pydantic.ValidationError as e:
+            detail = [{'loc': ['body', *e_['loc']], 'msg': e_['msg'], 'type': e_['type']} for e_ in e.errors()]
+            response = JSONResponse({'detail': detail}, status_code=422)
+        else:
+            response = await answer(schema.name, schema, body.data, body.parameters, body.header)
+        await response(scope, receive, send)
+
+    class Front:
+        """Before a request, add the routes of endpoints the replicas reported since the last one;
+        serve ``POST /<endpoint>`` (JSON) on the fast path, everything else through FastAPI."""
 
         def __init__(self, inner: Any):
             self.inner = inner
 
         async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
-            if scope['type'] == 'http' and not (built['key'] and built['key'][2]):
-                await learn_routes(wait=scope.get('path') in ('/openapi.json', '/docs'))
+            if scope['type'] == 'http':
+                if not (built['key'] and built['key'][2]):
+                    await learn_routes(wait=scope.get('path') in ('/openapi.json', '/docs'))
+                if scope.get('method') == 'POST' and scope.get('path') in fast and _is_json(scope):
+                    try:
+                        return await fast_post(scope['path'], scope, receive, send)
+                    except ConnectionError:
+                        return
             await self.inner(scope, receive, send)
 
-    app.add_middleware(LearnRoutes)
+    app.add_middleware(Front)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Any:

@@ -6,8 +6,8 @@ Request: ``{"data": [{...doc...}, ...] | {...doc...}, "parameters": {...}, "head
 under ``parameters["__results__"]`` (Jina's key). A failure is :class:`DoorError` with the HTTP
 status and a message naming the bad field or the failed Executor (docs/http.md).
 
-    >>> frame, rid = request_frame('/x', cls, docs, {}, None)             # doctest: +SKIP
-    >>> reply_json(await route(frame), out_cls, {}, '/x', rid)            # doctest: +SKIP
+    >>> frame, rid = request_frame('/x', docs, {}, None)                  # doctest: +SKIP
+    >>> reply_json(await route(frame), {}, '/x', rid)            # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import asyncio
 import functools
 import json
 import uuid
-import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 from runtime import protocol
@@ -84,13 +83,6 @@ def input_class(schema: Optional[EndpointSchema], rows: List[Any]) -> type:
     return inferred_doc_class(r for r in rows if isinstance(r, dict))
 
 
-def output_class(schema: Optional[EndpointSchema]) -> Optional[type]:
-    """The doc class replies are decoded into (None: the class the reply itself describes)."""
-    if schema is not None and schema.output_schema is not None:
-        return doc_class(schema.output_schema)
-    return None
-
-
 def as_rows(data: Any) -> List[Any]:
     """``data`` as Jina accepts it: one doc or a list of docs (``None``: no docs)."""
     if data is None:
@@ -144,14 +136,6 @@ def request_frame(endpoint: str, docs: Any, parameters: Optional[Dict[str, Any]]
     return protocol.pack(h, encode_docs(docs)), str(request_id)
 
 
-def docs_json(docs: Any) -> List[Dict[str, Any]]:
-    """Docs -> dicts for :func:`json_bytes` (tensors stay arrays until then: pydantic's python
-    mode is about twice as fast as its JSON mode here)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return [d.model_dump(warnings=False) for d in docs]
-
-
 def _json_default(value: Any) -> Any:
     """What ``json`` cannot write by itself: tensors (lists), bytes (UTF-8 text, as pydantic writes them)."""
     if hasattr(value, 'tolist'):
@@ -164,24 +148,29 @@ def _json_default(value: Any) -> Any:
 
 
 def json_bytes(payload: Any) -> bytes:
-    """A reply as compact JSON bytes (see :func:`docs_json`)."""
+    """A reply as compact JSON bytes; tensors become lists, bytes UTF-8 text (as pydantic writes them)."""
     return json.dumps(payload, separators=(',', ':'), default=_json_default).encode()
 
 
-def reply_json(reply: bytes, out_cls: Optional[type], parameters: Optional[Dict[str, Any]], endpoint: str,
+def reply_json(reply: bytes, parameters: Optional[Dict[str, Any]], endpoint: str,
                request_id: str) -> Dict[str, Any]:
-    """A reply frame -> Jina's JSON reply; an error reply raises :class:`DoorError`."""
-    from runtime.codec import decode_docs
+    """A reply frame -> Jina's JSON reply (documents as the replica encoded them, with its output
+    class's fields: :func:`runtime.codec.decode_rows`); an error reply raises :class:`DoorError`."""
+    from runtime.codec import decode_rows
     h, body = protocol.unpack(reply)
     if not h.get('ok'):
         err = h.get('error') or {}
         status = _STATUS_OF.get(err.get('type', ''), EXECUTOR_FAILED)
         where = err.get('where', '')
         raise DoorError(status, f'{where}: {err.get("type", "Error")}: {err.get("message", "")}'.lstrip(': '))
-    docs = decode_docs(bytes(body), out_cls)
+    try:
+        rows = decode_rows(bytes(body))
+    except protocol.ProtocolError as e:   # the replica's answer, not the caller's input
+        raise DoorError(502, f'the gateway could not read the reply of {h.get("replica", "the Executor")}: {e}') \
+            from None
     params = dict(parameters or {})
     if h.get('results'):
         params['__results__'] = h['results']
-    return {'data': docs_json(docs), 'parameters': params,
+    return {'data': rows, 'parameters': params,
             'header': {'requestId': request_id, 'execEndpoint': endpoint,
                        'status': {'code': 0, 'description': ''}}}

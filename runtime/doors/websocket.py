@@ -19,8 +19,8 @@ from typing import Any, Dict
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from runtime.doors import Route
-from runtime.doors.messages import (Catalog, DoorError, as_rows, build_docs, input_class, json_bytes, output_class,
-                                    reply_json, request_frame)
+from runtime.doors.messages import (Catalog, DoorError, as_rows, build_docs, input_class, json_bytes, reply_json,
+                                    request_frame)
 
 #: requests of one connection being routed or waiting to be answered; the next waits for room
 MAX_PENDING = 64
@@ -55,8 +55,7 @@ def websocket_app(gateway: Any, route: Route) -> FastAPI:
             docs = build_docs(input_class(schema, rows), rows)
             header = body.get('header') if isinstance(body.get('header'), dict) else None
             frame, request_id = request_frame(endpoint, docs, body.get('parameters'), header)
-            return reply_json(await route(frame), output_class(schema), body.get('parameters'), endpoint,
-                              request_id)
+            return reply_json(await route(frame), body.get('parameters'), endpoint, request_id)
         except DoorError as e:
             return {'detail': e.detail, 'status': e.status}
 
