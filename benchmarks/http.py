@@ -10,6 +10,9 @@ Side by side in one run, rounds alternating (ratios, not absolute times -- the m
    default ``/work/jina-venv/bin/python``); without one this row is skipped, with a line saying so.
 3. **ours, gRPC**: the same Deployment's gRPC door through ``Client.post`` (1 doc per request, same window).
 
+Besides requests/s it reports the server side's CPU time per request (gateway + replica processes; Jina's
+whole process group), the figure a busy machine distorts least.
+
     python benchmarks/http.py [--requests 2000] [--window 16] [--rounds 3] [--markdown]
 
 The Jina venv: ``python3 -m venv /work/jina-venv && /work/jina-venv/bin/pip install jina==3.34.0
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 # this file is named http.py: run as a script, its folder comes first on sys.path and would hide the
 # standard library's `http` package from what is imported below (docarray, uvicorn, httpx)
@@ -191,8 +194,33 @@ class JinaDeployment:
 
 # ----------------------------------------------------------------------------- the run
 
-def run(requests_n: int, window: int, rounds: int, jina_python: Optional[str]) -> Dict[str, List[float]]:
+def _cpu_seconds(pids: List[int]) -> float:
+    """CPU time (user + system) the processes ``pids`` have used so far."""
+    import psutil
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _measured(load, pids: List[int], requests_n: int, cpu: List[float]) -> float:
+    """Run ``load()`` (-> requests/s); append the server side's CPU ms per request to ``cpu``."""
+    before = _cpu_seconds(pids)
+    rate = load()
+    cpu.append((_cpu_seconds(pids) - before) / requests_n * 1000)
+    return rate
+
+
+def run(requests_n: int, window: int, rounds: int, jina_python: Optional[str]
+        ) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """-> (requests/s per round, server CPU ms per request per round), keyed ours_http, jina_http, ours_grpc."""
+    import psutil
     results: Dict[str, List[float]] = {'ours_http': [], 'jina_http': [], 'ours_grpc': []}
+    cpu: Dict[str, List[float]] = {k: [] for k in results}
     jina = None
     if jina_python and os.path.exists(jina_python):
         jina = JinaDeployment(jina_python)
@@ -200,17 +228,25 @@ def run(requests_n: int, window: int, rounds: int, jina_python: Optional[str]) -
         print(f'Jina row skipped: no Python at {jina_python!r} (see the module docstring)', file=sys.stderr)
     try:
         with Deployment(uses=Echo, protocol=['http', 'grpc']) as dep:
+            ours = [dep.gateway.pid] + [r.process.pid for n in dep.nodes for r in n.replicas]
+            theirs = ([jina.proc.pid] + [p.pid for p in psutil.Process(jina.proc.pid).children(recursive=True)]
+                      if jina is not None else [])
             for r in range(rounds):
-                results['ours_http'].append(asyncio.run(http_load(dep.ports['http'], requests_n, window)))
+                results['ours_http'].append(_measured(
+                    lambda: asyncio.run(http_load(dep.ports['http'], requests_n, window)), ours, requests_n,
+                    cpu['ours_http']))
                 if jina is not None:
-                    results['jina_http'].append(asyncio.run(http_load(jina.port, requests_n, window)))
-                results['ours_grpc'].append(grpc_load(dep.ports['grpc'], requests_n, window))
+                    results['jina_http'].append(_measured(
+                        lambda: asyncio.run(http_load(jina.port, requests_n, window)), theirs, requests_n,
+                        cpu['jina_http']))
+                results['ours_grpc'].append(_measured(
+                    lambda: grpc_load(dep.ports['grpc'], requests_n, window), ours, requests_n, cpu['ours_grpc']))
                 print(f'round {r + 1}: ' + ', '.join(f'{k} {v[-1]:.0f}/s' for k, v in results.items() if v),
                       file=sys.stderr, flush=True)
     finally:
         if jina is not None:
             jina.close()
-    return results
+    return results, cpu
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -222,23 +258,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--markdown', action='store_true', help='print the table as Markdown')
     a = p.parse_args(argv)
     load = os.getloadavg()[0]
-    results = run(a.requests, a.window, a.rounds, a.jina_python)
+    results, cpu = run(a.requests, a.window, a.rounds, a.jina_python)
     med = {k: statistics.median(v) for k, v in results.items() if v}
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items() if v}
     rows = [('ours, HTTP door', 'ours_http'), ('Jina 3.34, HTTP gateway', 'jina_http'), ('ours, gRPC', 'ours_grpc')]
     print(f'{a.requests} one-doc echo requests, {a.window} in flight, median of {a.rounds} rounds; '
-          f'load average {load:.1f} at the start, {os.cpu_count()} cores')
+          f'load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores')
     if a.markdown:
-        print('| path | requests/s (median) | per round | ours HTTP / this |')
-        print('|---|---|---|---|')
+        print('| path | requests/s (median) | per round | ours HTTP / this | server CPU ms/request '
+              '| this / ours HTTP |')
+        print('|---|---|---|---|---|---|')
     for label, key in rows:
         if key not in med:
             continue
         ratio = med['ours_http'] / med[key]
+        cpu_ratio = cpu_med[key] / cpu_med['ours_http']
         per_round = ' / '.join(f'{v:.0f}' for v in results[key])
         if a.markdown:
-            print(f'| {label} | {med[key]:.0f} | {per_round} | {ratio:.2f} x |')
+            print(f'| {label} | {med[key]:.0f} | {per_round} | {ratio:.2f} x | {cpu_med[key]:.2f} '
+                  f'| {cpu_ratio:.2f} x |')
         else:
-            print(f'{label:26s} {med[key]:8.0f}/s   ({per_round})   ours HTTP / this: {ratio:.2f} x')
+            print(f'{label:26s} {med[key]:8.0f}/s ({per_round})  ours HTTP / this: {ratio:.2f} x   '
+                  f'server CPU {cpu_med[key]:.2f} ms/request ({cpu_ratio:.2f} x ours HTTP)')
     return 0
 
 
