@@ -259,3 +259,15 @@ def test_a_bare_requests_serves_every_path_with_its_schema():
         assert r.status_code == 200 and r.json()['data'][0]['text'] == 'a-t', r.text
         r = post(f'{url}/other', {'data': [{'text': ['not', 'a', 'string']}]})
         assert r.status_code == 422 and r.json()['detail'][0]['loc'] == ['body', 'data', 0, 'text'], r.text
+
+
+def test_protocols_and_ports_from_yaml_round_trip(tmp_path):
+    from runtime import config
+    dep = Deployment.load_config('jtype: Deployment\nwith:\n  protocol: [grpc, HTTP]\n  port: [5555, 5556]\n')
+    assert (dep.protocols, dep.ports) == (['grpc', 'http'], {'grpc': 5555, 'http': 5556})
+    assert config.to_spec(dep)['with']['protocol'] == ['grpc', 'http']
+    dep.save_config(str(tmp_path / 'd.yml'))
+    again = Deployment.load_config(str(tmp_path / 'd.yml'))
+    assert (again.protocols, again._port_arg) == (['grpc', 'http'], [5555, 5556])
+    flow = Flow.load_config('jtype: Flow\nwith:\n  protocol: websocket\nexecutors:\n  - name: a\n')
+    assert flow.protocols == ['websocket'] and flow.ports == {'websocket': None}
