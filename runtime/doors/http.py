@@ -69,7 +69,9 @@ def http_app(gateway: Any, route: Route) -> Any:
             return _error_response(DoorError(422, [{'loc': ['body'], 'msg': 'the body is a JSON object with '
                                                     '"data" (a list of documents) and optional "parameters"',
                                                     'type': 'missing'}]))
-        endpoints, default, complete = await catalog.wait()
+        endpoints, default, complete = catalog.snapshot()
+        if not complete and endpoint not in endpoints and default is None:   # just started: the replicas'
+            endpoints, default, complete = await catalog.wait()                # first Info is on its way
         schema = endpoints.get(endpoint) or default
         if schema is None:
             if not complete:

@@ -45,7 +45,9 @@ def websocket_app(gateway: Any, route: Route) -> FastAPI:
             if not isinstance(endpoint, str) or not endpoint.startswith('/'):
                 raise DoorError(422, [{'loc': ['execEndpoint'], 'msg': 'the endpoint to call, a string starting '
                                        'with "/", e.g. "/index"', 'type': 'missing'}])
-            endpoints, default, complete = await catalog.wait()
+            endpoints, default, complete = catalog.snapshot()
+            if not complete and endpoint not in endpoints and default is None:   # just started
+                endpoints, default, complete = await catalog.wait()
             schema = endpoints.get(endpoint) or default
             if schema is None:
                 known = ', '.join(sorted(endpoints)) or 'none'
