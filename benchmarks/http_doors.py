@@ -13,10 +13,16 @@ Side by side in one run, rounds alternating (ratios, not absolute times -- the m
 Besides requests/s it reports the server side's CPU time per request (gateway + replica processes; Jina's
 whole process group), the figure a busy machine distorts least.
 
-    python benchmarks/http.py [--requests 2000] [--window 16] [--rounds 3] [--markdown]
+(Named ``http_doors.py``, not ``http.py``: a script's folder comes first on ``sys.path``, and a
+``benchmarks/http.py`` would hide the standard library's ``http`` from every benchmark here.)
+
+    python benchmarks/http_doors.py [--requests 2000] [--window 16] [--rounds 3] [--markdown]
 
 The Jina venv: ``python3 -m venv /work/jina-venv && /work/jina-venv/bin/pip install jina==3.34.0
-'pydantic<=2.10' 'fastapi==0.115.*'`` (Jina's HTTP path fails with newer pydantic). Jina's Deployment
+'pydantic<=2.10' 'fastapi==0.115.*' 'opentelemetry-instrumentation-fastapi==0.35b0'
+'opentelemetry-instrumentation-aiohttp-client==0.35b0' 'opentelemetry-instrumentation-grpc==0.35b0'
+'opentelemetry-sdk==1.14.0' 'opentelemetry-api==1.14.0' 'opentelemetry-exporter-otlp==1.14.0'`` (Jina's HTTP
+path fails with newer pydantic; without the opentelemetry pins pip finds no consistent set). Jina's Deployment
 runs in a process group of its own, killed at the end (with a timeout: it often does not stop by itself).
 """
 from __future__ import annotations
@@ -34,10 +40,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
-# this file is named http.py: run as a script, its folder comes first on sys.path and would hide the
-# standard library's `http` package from what is imported below (docarray, uvicorn, httpx)
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or '.') != _HERE]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from docarray import DocList  # noqa: E402
 from docarray.documents import TextDoc  # noqa: E402
