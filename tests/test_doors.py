@@ -271,3 +271,31 @@ def test_protocols_and_ports_from_yaml_round_trip(tmp_path):
     assert (again.protocols, again._port_arg) == (['grpc', 'http'], [5555, 5556])
     flow = Flow.load_config('jtype: Flow\nwith:\n  protocol: websocket\nexecutors:\n  - name: a\n')
     assert flow.protocols == ['websocket'] and flow.ports == {'websocket': None}
+
+
+def test_hostile_http_bodies_get_4xx_never_5xx():
+    """Random bytes and random JSON at typed, generic and unknown routes: always an answer below 500."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+    json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) |
+                               st.dictionaries(st.text(), inner, max_size=4), max_leaves=12)
+    bodies = st.one_of(st.binary(max_size=200),
+                       json_values.map(lambda v: json.dumps(v).encode()),
+                       st.fixed_dictionaries({'data': json_values}, optional={'parameters': json_values,
+                                                                              'execEndpoint': json_values})
+                       .map(lambda v: json.dumps(v).encode()))
+    with Deployment(uses=Upper, protocol='http') as dep, httpx.Client(base_url=dep.addresses['http'],
+                                                                       timeout=30) as http:
+        seen = set()
+
+        @settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(st.sampled_from(['/upper', '/post', '/nope']), bodies)
+        def check(path, body):
+            r = http.post(path, content=body, headers={'content-type': 'application/json'})
+            assert r.status_code < 500, (path, body, r.status_code, r.text)
+            seen.add(r.status_code)
+
+        check()
+        assert seen & {400, 404, 422}, seen
+        assert http.post('/upper', json={'data': [{'text': 'ok'}]}).json()['data'][0]['text'] == 'OK'
