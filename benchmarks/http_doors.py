@@ -253,7 +253,7 @@ def run(requests_n: int, window: int, rounds: int, jina_python: Optional[str]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('--requests', type=int, default=2000)
     p.add_argument('--window', type=int, default=16)
     p.add_argument('--rounds', type=int, default=3)
