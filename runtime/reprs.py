@@ -153,7 +153,7 @@ def status_html(obj: Orchestration, status: Optional[Dict[str, Any]] = None, sta
         if status is not None:
             head, rows, raw = replica_rows(status)
             table = html_table(head, rows, raw)
-    where = f'on <code>{esc(obj.address)}</code>' if running else ''
+    where = ('at ' + ', '.join(f'<code>{esc(a)}</code>' for a in obj.addresses.values())) if running else ''
     return template('orchestration.html').substitute(
         kind=esc(kind_of(obj)), name=esc(obj.name), state=esc(state), taken=time.strftime('%H:%M:%S'),
         state_color=STATE_COLORS.get(state, '#757575'), where=where,
