@@ -52,6 +52,8 @@ class Applier:
         self._server, self._trace = server, trace
         self._actions: Deque[Action] = collections.deque()   # posted by pysyncobj's thread, in order
         self._news = asyncio.Event()                          # set when ``_actions`` has news
+        self._handoff: Deque[Action] = collections.deque()   # posted from pysyncobj's thread, not yet taken
+        self._handoff_pending = False                         # a loop wake-up taking ``_handoff`` is scheduled
         self._waiters: Dict[str, 'asyncio.Future[Reply]'] = {}   # request id -> its reply once applied here
         self._snapshot_wanted = False   # pysyncobj compacted: snapshot after the current batch
         self._closing = False
@@ -65,9 +67,29 @@ class Applier:
         self._task = asyncio.ensure_future(self._run())
 
     def post(self, action: Action) -> None:
-        """A message from pysyncobj's thread, handed over on the loop (``call_soon_threadsafe``)."""
+        """A message for the applier, on the loop's thread (from pysyncobj's: :meth:`post_from_thread`)."""
         self._actions.append(action)
         self._news.set()
+
+    def post_from_thread(self, action: Action) -> None:
+        """A message from pysyncobj's thread. One loop wake-up (``call_soon_threadsafe``) hands
+        over every message posted until the loop runs it, not one wake-up per committed entry."""
+        self._handoff.append(action)
+        if not self._handoff_pending:
+            self._handoff_pending = True
+            try:
+                assert self._loop is not None, 'Applier.start() first'
+                self._loop.call_soon_threadsafe(self._take_handoff)
+            except RuntimeError:
+                pass   # loop closed: shutting down
+
+    def _take_handoff(self) -> None:
+        """On the loop: the messages posted from the thread so far, in order. The flag is cleared
+        first, so a message posted meanwhile is taken here or by the wake-up it schedules."""
+        self._handoff_pending = False
+        handoff = self._handoff
+        while handoff:
+            self.post(handoff.popleft())
 
     def waiter(self, rid: str) -> 'Optional[asyncio.Future[Reply]]':
         """The future of a write of ``rid`` already waiting here, if any."""

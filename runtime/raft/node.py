@@ -12,14 +12,13 @@ barrier records and hands pysyncobj's callbacks to the parts.
 from __future__ import annotations
 
 import asyncio
-import collections
 import fcntl
 import json
 import logging
 import os
 import time
 import uuid
-from typing import IO, Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from runtime.raft.apply import Applier
 from runtime.raft.bodies import Bodies
@@ -87,8 +86,6 @@ class Consensus:
     peer_control: PeerControl            # answers peers' Control calls (runtime.raft.control)
     dump: CompactionDump                 # the records since the latest snapshot: pysyncobj's dump (runtime.raft.dump)
     _last_marked: int                    # pysyncobj's last applied index last posted as ``Mark`` (pysyncobj thread)
-    _posted: Deque[Action]               # actions posted by pysyncobj's thread, not yet delivered to the applier
-    _post_pending: bool                  # a loop wake-up delivering ``_posted`` is scheduled
     # -- figures for ``status()`` ---------------------------------------------------------------
     ready_seconds: Optional[float]       # how long ``start`` took to catch up
 
@@ -130,8 +127,6 @@ class Consensus:
         self.peer_control = PeerControl(self.name, self.bodies, self.snapshots, self.status, self._leading,
                                         self._propose)
         self._last_marked = 0
-        self._posted: Deque[Action] = collections.deque()   # from pysyncobj's thread, for the applier
-        self._post_pending = False   # a wake-up of the loop to deliver ``_posted`` is scheduled
         self.ready_seconds = None
 
     def _lock_dir(self) -> IO[str]:
@@ -438,23 +433,7 @@ class Consensus:
         return t
     # -- pysyncobj's thread ------------------------------------------------------------------
     def _post(self, action: Action) -> None:
-        """Hand ``action`` to the applier on the loop. One loop wake-up (``call_soon_threadsafe``)
-        carries every action posted until the loop runs it, not one per committed entry."""
-        self._posted.append(action)
-        if not self._post_pending:
-            self._post_pending = True
-            try:
-                self.loop.call_soon_threadsafe(self._deliver_posted)
-            except RuntimeError:
-                pass   # loop closed: shutting down
-
-    def _deliver_posted(self) -> None:
-        """On the loop: the actions posted so far, in order. The flag is cleared first, so an
-        action posted meanwhile is delivered here or by the wake-up it schedules itself."""
-        self._post_pending = False
-        posted = self._posted
-        while posted:
-            self.applier.post(posted.popleft())
+        self.applier.post_from_thread(action)
 
     def _on_commit(self, index: int, records: Sequence[Sequence[Any]]) -> None:
         recs = [Record.from_wire(r) for r in records]   # the log's plain tuples (see runtime.raft.records)
