@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 #: how a command line writes a value; ``''`` picks one from the Arg's types
 FORMS = ('text', 'int', 'float', 'bool', 'negated', 'json', 'env', 'path', 'paths', 'names', 'ports',
-         'hosts', 'port-list')
+         'hosts', 'port-list', 'protocols')
 
 
 @dataclass(frozen=True)
@@ -178,10 +178,48 @@ def one_of(*allowed: str) -> Callable[[Any, str], str]:
     return check
 
 
-def check_protocol(value: Any, what: str) -> str:
-    if not isinstance(value, str) or value.lower() != 'grpc':
-        raise ValueError(f"{what}={value!r}: only 'grpc' is supported")
-    return 'grpc'
+#: the gateway's doors, in Jina's spelling; the first is the default
+PROTOCOLS = ('grpc', 'http', 'websocket')
+
+
+def check_protocol(value: Any, what: str) -> Any:
+    """One of :data:`PROTOCOLS` (any case) or a list of them without repeats -> lower case.
+
+    >>> check_protocol(['GRPC', 'http'], 'protocol')
+    ['grpc', 'http']
+    """
+    many = isinstance(value, (list, tuple))
+    names = list(value) if many else [value]
+    if not names or not all(isinstance(n, str) and n.lower() in PROTOCOLS for n in names):
+        raise ValueError(f'{what}={value!r}: allowed: {", ".join(repr(p) for p in PROTOCOLS)} '
+                         'or a list of them, e.g. ["grpc", "http"]')
+    lowered = [n.lower() for n in names]
+    if len(set(lowered)) != len(lowered):
+        raise ValueError(f'{what}={value!r}: each protocol at most once (one port per protocol)')
+    return lowered if many else lowered[0]
+
+
+def protocol_ports(protocol: Any, port: Any) -> Tuple[List[str], List[Optional[int]]]:
+    """``protocol`` and ``port`` (checked) -> the doors and their ports, in the same order (0 or None: the OS
+    picks).
+
+    >>> protocol_ports(['grpc', 'http'], [5555, 5556])
+    (['grpc', 'http'], [5555, 5556])
+    >>> protocol_ports('http', None)
+    (['http'], [None])
+    """
+    protocols = check_protocol(protocol, 'protocol')
+    protocols = protocols if isinstance(protocols, list) else [protocols]
+    if port is None:
+        return protocols, [None] * len(protocols)
+    ports = list(port) if isinstance(port, (list, tuple)) else [port]
+    if len(ports) != len(protocols):
+        raise ValueError(f'port={port!r} with protocol={protocol!r}: give one port per protocol, in the same '
+                         f'order (e.g. port={[5555 + i for i in range(len(protocols))]}), or omit port')
+    ports = [check_port(p, 'port') for p in ports]
+    if len(set(p for p in ports if p)) != len([p for p in ports if p]):
+        raise ValueError(f'port={port!r}: each protocol needs its own port')
+    return protocols, ports
 
 
 def _check_secret(value: Any, what: str) -> str:
@@ -199,6 +237,9 @@ TIMEOUT_READY = Arg('timeout_ready', 60.0, 'seconds to wait for readiness', _SEC
 LOG_DIR = Arg('log_dir', None, 'folder for the replica logs', _STR, 'a string', check=check_path, form='path')
 MAX_IN_FLIGHT = Arg('max_in_flight_per_replica', 4, 'requests in flight per replica before the gateway queues',
                     _INT, 'an integer', check=check_count)
+PROTOCOL = Arg('protocol', 'grpc', "the gateway's doors: 'grpc', 'http', 'websocket' or a list of them, with "
+               'port a list in the same order (docs/http.md)', (str, list), "a protocol or a list of protocols",
+               check=check_protocol, form='protocols')
 STREAM_LOGS = Arg('stream_logs', False, 'copy replica logs to this terminal (always on for the CLI)', _BOOL,
                   'true or false', check=check_flag)
 # the gateway's TLS and the secret: in a Flow, the Flow's (Flow.add refuses them); see docs/security.md
@@ -232,6 +273,7 @@ DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
         'a port number (or a list of ports with external: true)', form='ports'),   # depends on `external`
     Arg('host', '127.0.0.1', 'gateway host (default 127.0.0.1); with --external, replica hosts (or HOST:PORT)',
         (str, list), 'a host (or a list of hosts with external: true)', form='hosts'),   # depends on `external`
+    PROTOCOL,
     Arg('env', None, 'environment of the replicas: KEY=VALUE (repeatable) or JSON', _DICT, 'a mapping',
         check=mapping('environment variables'), form='env'),
     Arg('workspace', None, 'folder for Executor state', _STR, 'a string', check=check_path, form='path'),
@@ -280,9 +322,10 @@ DEPLOYMENT_ARGS: Tuple[Arg, ...] = (
 #: every argument of ``Flow(...)`` (YAML: the ``with:`` of a ``jtype: Flow``): its gateway's
 FLOW_ARGS: Tuple[Arg, ...] = (
     Arg('name', 'flow', 'name of the Flow', _STR, 'a string', check=check_name),
-    Arg('port', None, 'gateway port (0 or omitted: the OS picks)', _INT, 'a port number', check=check_port),
+    Arg('port', None, 'gateway port (0 or omitted: the OS picks); a list: one per protocol', (int, list),
+        'a port number or a list of ports', form='ports'),   # checked with protocol: protocol_ports
     Arg('host', '127.0.0.1', 'gateway host (default 127.0.0.1)', _STR, 'a string'),
-    Arg('protocol', 'grpc', "only 'grpc'", _STR, 'a string', check=check_protocol),
+    PROTOCOL,
     TIMEOUT_READY, LOG_DIR, MAX_IN_FLIGHT, STREAM_LOGS, *SECURITY_ARGS, MONITORING, PORT_MONITORING,
 )
 
@@ -361,13 +404,13 @@ JINA_ONLY: Dict[str, str] = {
     'ssl_keyfile': "the gRPC gateway's TLS key is tls_key=PATH (with tls_cert)",
     'inspect': "inspect Executors (Flow(inspect=...)) are not supported; read dep.logs() and dep.status()",
     # HTTP / WebSocket gateway settings (see docs/jina-compatibility.md)
-    'cors': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
-    'title': 'an HTTP gateway (OpenAPI) setting; with the gRPC gateway it does not apply',
-    'description': 'an HTTP gateway (OpenAPI) setting; with the gRPC gateway it does not apply',
-    'uvicorn_kwargs': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
-    'no_debug_endpoints': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
-    'no_crud_endpoints': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
-    'expose_endpoints': 'an HTTP gateway setting; with the gRPC gateway it does not apply',
+    'cors': 'an HTTP gateway setting; not offered by the HTTP door (docs/http.md)',
+    'title': 'an HTTP gateway (OpenAPI) setting; not offered by the HTTP door (docs/http.md)',
+    'description': 'an HTTP gateway (OpenAPI) setting; not offered by the HTTP door (docs/http.md)',
+    'uvicorn_kwargs': 'an HTTP gateway setting; not offered by the HTTP door (docs/http.md)',
+    'no_debug_endpoints': 'an HTTP gateway setting; not offered by the HTTP door (docs/http.md)',
+    'no_crud_endpoints': 'an HTTP gateway setting; not offered by the HTTP door (docs/http.md)',
+    'expose_endpoints': 'an HTTP gateway setting; not offered by the HTTP door (docs/http.md)',
     'expose_graphql_endpoint': 'GraphQL is not supported',
     'proxy': 'the client never reads http_proxy for gRPC; nothing to turn off',
     # a Flow's gateway internals and options
@@ -601,7 +644,7 @@ def add_flags(parser: argparse.ArgumentParser, args: Iterable[Arg]) -> None:
     for a in args:
         if a.form == 'env':
             parser.add_argument(a.flag, action='append', metavar='KEY=VALUE', help=a.help)
-        elif a.form in ('paths', 'names', 'ports', 'hosts', 'port-list'):
+        elif a.form in ('paths', 'names', 'ports', 'hosts', 'port-list', 'protocols'):
             parser.add_argument(a.flag, nargs='+', help=a.help)
         elif a.form == 'negated':   # no_reduce: --no-reduce / --reduce
             positive = a.name[len('no_'):].replace('_', '-')
@@ -651,7 +694,7 @@ def _flag_value(a: Arg, value: Any) -> Any:
         if len(value) == 1 and value[0].strip().startswith('['):
             return _json_value(a, value[0])
         return list(value)
-    if a.form == 'hosts':
+    if a.form in ('hosts', 'protocols'):   # --protocol grpc http: a list; one: the value
         return value[0] if len(value) == 1 else list(value)
     if a.form == 'ports':
         try:
@@ -806,7 +849,7 @@ def check_post_kwargs(kwargs: Dict[str, Any], where: str = 'post') -> None:
 #: keywords of Jina's ``Client(...)`` refused here, with why and what to use instead
 JINA_CLIENT_ONLY: Dict[str, str] = {
     'asyncio': "there is one Client: await client.apost(...) from async code (or a notebook's top level)",
-    'reuse_session': 'an HTTP client setting; this Client speaks gRPC, on one channel it keeps',
+    'reuse_session': 'an HTTP client setting; the Client reuses its one connection (gRPC channel or HTTP session)',
     'grpc_channel_options': 'the channel uses fixed options (1 GiB messages)',
     'log_config': "Jina's logging YAML is not read",
     'suppress_root_logging': 'the root logger is never changed here',
@@ -820,25 +863,18 @@ JINA_CLIENT_ONLY: Dict[str, str] = {
 }
 
 #: the keywords of ``Client(...)`` (spelled out in runtime.client.Client.__init__)
-CLIENT_KEYWORDS = ('host', 'port', 'prefetch', 'timeout', 'tls', 'ca')
+CLIENT_KEYWORDS = ('host', 'port', 'prefetch', 'timeout', 'tls', 'ca', 'protocol')
 
 
 def check_client_kwargs(kwargs: Dict[str, Any]) -> None:
     """Refuse ``Client(...)`` keywords it does not take: Jina's with the reason, others naming the closest.
 
-    ``protocol='grpc'`` is accepted (what this Client speaks).
-
-    >>> check_client_kwargs({'protocol': 'grpc'})
+    >>> check_client_kwargs({})
     """
-    for key, value in kwargs.items():
-        if key == 'protocol':
-            if not (isinstance(value, str) and value.lower() == 'grpc'):
-                raise ValueError(f"Client(protocol={value!r}): this Client speaks 'grpc' (the gateway's "
-                                 'HTTP/WebSocket doors are reached with any HTTP/WebSocket client)')
-            continue
+    for key in kwargs:
         if key in JINA_CLIENT_ONLY:
             raise ValueError(f'Client({key}=...) is a Jina argument not supported here: {JINA_CLIENT_ONLY[key]}')
-        close = difflib.get_close_matches(key, CLIENT_KEYWORDS + ('protocol',), n=1)
+        close = difflib.get_close_matches(key, CLIENT_KEYWORDS, n=1)
         hint = f'; did you mean {close[0]!r}?' if close else ''
         raise ValueError(f'Client got an unknown argument {key!r}{hint} '
-                         f'(valid: {", ".join(CLIENT_KEYWORDS + ("protocol",))})')
+                         f'(valid: {", ".join(CLIENT_KEYWORDS)})')

@@ -90,7 +90,8 @@ def _replica_table(obj: Any) -> str:
     for r in st['replicas']:
         rows.append((r['name'], str(r.get('pid') or '-'), str(r.get('address') or '-'), r['state']))
     gw = st.get('gateway') or {}
-    rows.append((f'{obj.name}/gateway', str(gw.get('pid') or '-'), obj.address, gw.get('state', '?')))
+    rows.append((f'{obj.name}/gateway', str(gw.get('pid') or '-'), ', '.join(obj.addresses.values()),
+                 gw.get('state', '?')))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -114,7 +115,7 @@ def _serve(obj: Any, kind: str) -> int:
             return 1
         try:
             n = sum(len(node.replicas) for node in obj.nodes)
-            print(f'{type(obj).__name__} {obj.name!r} ready at {obj.address} '
+            print(f'{type(obj).__name__} {obj.name!r} ready at {", ".join(obj.addresses.values())} '
                   f'({n} replica process{"es" if n != 1 else ""}, started in {obj.startup_seconds:.1f} s)',
                   flush=True)
             print(_replica_table(obj), flush=True)
@@ -393,7 +394,8 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
                        description='The gateway of an exported Deployment/Flow, in the foreground.')
     p.add_argument('--graph', required=True, help='the graph as JSON (written by orchestra export)')
     p.add_argument('--host', default='0.0.0.0', help='address to listen on (default 0.0.0.0)')
-    p.add_argument('--port', type=int, required=True, help='port to listen on')
+    p.add_argument('--port', type=int, nargs='+', required=True, help='port to listen on (one per --protocol)')
+    p.add_argument('--protocol', nargs='+', help='grpc (default), http, websocket: the doors, in --port order')
     p.add_argument('--log-level', default='INFO', help='DEBUG, INFO, WARNING, ...')
     p.set_defaults(func=cmd_gateway)
     return parser

@@ -138,6 +138,11 @@ def iter_batches(inputs: Any, request_size: Optional[int]) -> Iterator[List[Any]
         yield batch
 
 
+#: URL schemes a ``host`` may start with (Jina's spelling) -> (protocol, TLS)
+_SCHEMES = {'grpc': ('grpc', False), 'grpcs': ('grpc', True), 'http': ('http', False), 'https': ('http', True),
+            'ws': ('websocket', False), 'wss': ('websocket', True), 'websocket': ('websocket', False)}
+
+
 class CrudShortcuts:
     """Jina's PostMixin shortcuts, for anything with a ``post(on, inputs, **kwargs)`` (Client,
     Deployment, Flow): ``index``, ``search``, ``update``, ``delete`` -- only these CRUD endpoints,
@@ -169,26 +174,48 @@ class CrudShortcuts:
 class Client(CrudShortcuts):
     """Talks to a gateway (or a single replica) on ``host:port``.
 
+    ``protocol``: ``'grpc'`` (default), ``'http'`` or ``'websocket'``, the gateway door to use
+    (``Deployment(protocol=[...])``); a ``host`` like ``'http://h:8080'`` says it too (Jina's form).
     ``tls=True`` for a gateway started with ``tls_cert``/``tls_key``; ``ca``: the PEM file (or
     bytes) of the certificate authority to trust -- for a self-signed certificate, the
     certificate itself; omitted: the system's trusted roots. ``'grpcs://host'`` means ``tls=True``.
     """
 
     def __init__(self, host: str = '127.0.0.1', port: Optional[int] = None, prefetch: int = 16,
-                 timeout: Optional[float] = None, tls: bool = False, ca: Any = None, **kwargs):
-        from runtime.args import check_client_kwargs
+                 timeout: Optional[float] = None, tls: bool = False, ca: Any = None, protocol: Optional[str] = None,
+                 **kwargs):
+        from runtime.args import check_client_kwargs, check_protocol
         check_client_kwargs(kwargs)   # Jina's keywords it does not take say why; unknown ones name the closest
-        if port is None:
-            raise ValueError('Client needs port=..., the port of a Deployment, Flow or executor')
         if not isinstance(tls, bool):
             raise ValueError(f'tls={tls!r}: must be True or False')
-        if host.startswith('grpcs://'):
-            tls = True
-        self.host = host.replace('grpcs://', '').replace('grpc://', '')   # Jina-style 'grpc://host' too
+        scheme, sep, rest = host.partition('://')
+        if sep:
+            if scheme.lower() not in _SCHEMES:
+                raise ValueError(f'host={host!r}: unknown scheme {scheme!r}; allowed: {", ".join(_SCHEMES)}')
+            by_scheme, scheme_tls = _SCHEMES[scheme.lower()]
+            if protocol is not None and check_protocol(protocol, 'protocol') != by_scheme:
+                raise ValueError(f'host={host!r} says {by_scheme!r} but protocol={protocol!r}')
+            protocol, tls = by_scheme, tls or scheme_tls
+            host = rest.rstrip('/')
+            if port is None and host.rsplit(':', 1)[-1].isdigit() and ']' not in host.rsplit(':', 1)[-1]:
+                host, port = host.rsplit(':', 1)[0], int(host.rsplit(':', 1)[1])
+        self.protocol = check_protocol(protocol or 'grpc', 'protocol')
+        if not isinstance(self.protocol, str):
+            raise ValueError(f'protocol={protocol!r}: a Client speaks one protocol')
+        if port is None:
+            raise ValueError('Client needs port=..., the port of a Deployment, Flow or executor')
+        self.host = host
         self.port = int(port)
         self.tls = tls or ca is not None
         self._credentials = None
-        if self.tls:
+        self._door: Any = None   # the HTTP or WebSocket transport (runtime.client_doors)
+        if self.protocol != 'grpc':
+            from runtime.client_doors import HttpTransport, WebSocketTransport
+            from runtime.doors import door_address
+            url = door_address(self.protocol, self.host, self.port, self.tls)
+            kind = HttpTransport if self.protocol == 'http' else WebSocketTransport
+            self._door = kind(url, self.tls, ca)   # a bad ca fails here, naming it
+        elif self.tls:
             from runtime.tls import channel_credentials
             self._credentials = channel_credentials(ca)   # a bad ca fails here, naming it
         self.prefetch = prefetch
@@ -198,6 +225,10 @@ class Client(CrudShortcuts):
 
     @property
     def address(self) -> str:
+        """``host:port`` (gRPC) or the door's URL (HTTP, WebSocket)."""
+        if self._door is not None:
+            from runtime.doors import door_address
+            return door_address(self.protocol, self.host, self.port, self.tls)
         return f'{self.host}:{self.port}'
 
     def _stub(self, method: str):
@@ -268,7 +299,7 @@ class Client(CrudShortcuts):
                 raise ValueError(f'return_type={return_type!r}: must be DocList[X] or a doc class X')
         request_size = o['request_size'] if o['request_size'] > 0 else None   # <= 0: one request
         window = max(1, o['prefetch'] or self.prefetch)
-        call = self._stub(protocol.CALL)
+        call = self._door.call if self._door is not None else self._stub(protocol.CALL)
         timeout = o['timeout'] if o['timeout'] is not None else self.timeout
         compression = getattr(grpc.Compression, o['compression']) if o['compression'] else None
         results: Dict[int, Any] = {}
@@ -285,6 +316,8 @@ class Client(CrudShortcuts):
         async def call_with_retries(frame: bytes) -> bytes:
             for attempt in range(attempts):
                 try:
+                    if self._door is not None:   # HTTP/WebSocket: no gRPC compression on that path
+                        return await call(frame, timeout=timeout)
                     return await call(frame, timeout=timeout, compression=compression)
                 except grpc.aio.AioRpcError as e:
                     if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
@@ -301,6 +334,8 @@ class Client(CrudShortcuts):
                 except grpc.aio.AioRpcError as e:
                     raise ConnectionError(f'request to {on!r} at {self.address} failed: '
                                           f'{e.code().name}: {e.details()}') from None
+                except asyncio.TimeoutError:   # the HTTP/WebSocket doors' wait
+                    raise TimeoutError(f'request to {on!r} at {self.address}: no reply within {timeout} s') from None
                 h, body = protocol.unpack(reply)
                 if not h.get('ok'):
                     raise RemoteError(h.get('error') or {})
@@ -365,13 +400,15 @@ class Client(CrudShortcuts):
 
     async def ainfo(self, timeout: float = 5.0) -> Dict[str, Any]:
         async def go():
+            if self._door is not None:
+                return await self._door.info(timeout)
             return json.loads(await self._stub(protocol.INFO)(b'', timeout=timeout))
         return await run_async(go())
 
     def is_ready(self, timeout: float = 2.0) -> bool:
         try:
             return bool(self.info(timeout).get('ready'))
-        except (grpc.aio.AioRpcError, TimeoutError, ValueError):
+        except (grpc.aio.AioRpcError, TimeoutError, ValueError, ConnectionError, OSError):
             return False
 
     def is_flow_ready(self, timeout: float = 2.0) -> bool:
@@ -379,6 +416,11 @@ class Client(CrudShortcuts):
         return self.is_ready(timeout)
 
     def close(self) -> None:
+        if self._door is not None:
+            try:
+                run_sync(self._door.close(), 5, what=f'closing the connection to {self.address}')
+            except Exception:
+                pass
         if self._channel is not None:
             ch, self._channel = self._channel, None
             try:
@@ -387,9 +429,9 @@ class Client(CrudShortcuts):
                 pass
 
     def __del__(self):
-        ch = getattr(self, '_channel', None)   # None too when __init__ refused its arguments
-        if ch is not None:
-            try:
-                asyncio.run_coroutine_threadsafe(ch.close(), background_loop())
-            except Exception:
-                pass
+        for conn in (getattr(self, '_channel', None), getattr(self, '_door', None)):   # None: __init__ refused
+            if conn is not None:
+                try:
+                    asyncio.run_coroutine_threadsafe(conn.close(), background_loop())
+                except Exception:
+                    pass

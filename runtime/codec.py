@@ -51,7 +51,7 @@ from docarray.typing.tensor.abstract_tensor import AbstractTensor
 
 from runtime.protocol import ProtocolError
 
-__all__ = ['encode_docs', 'decode_docs', 'wire_schema', 'register_doc_type', 'ProtocolError']
+__all__ = ['encode_docs', 'decode_docs', 'decode_rows', 'wire_schema', 'register_doc_type', 'ProtocolError']
 
 MAGIC = b'ONB'
 VERSION = 1
@@ -1235,6 +1235,71 @@ def decode_docs(data: bytes, doc_type: Optional[type] = None) -> DocList:
             with _gc_paused():
                 cls, docs = _decode_schema(r, root, doc_type, 0)
         return _doclist_of(cls).construct(docs)
+    except ProtocolError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError,
+            RecursionError) as e:
+        raise _bad(f'{type(e).__name__}: {e}') from None
+
+
+def _rows_of_schema(r: _Reader, schema: dict, depth: int) -> list:
+    """One schema level as plain dicts (no document built); nested docs and DocLists recursively."""
+    if depth > _MAX_DEPTH:
+        raise _bad('documents nested too deeply')
+    count = _int(schema.get('count'), 'document count')
+    fields = schema.get('fields')
+    if not isinstance(fields, dict):
+        raise _bad('schema fields is not an object')
+    rows: list = [{} for _ in range(count)]
+    for name, col in fields.items():
+        if not isinstance(col, dict):
+            raise _bad(f'column {name!r} is not an object')
+        mask, present = _expand(r, col, count)
+        kind = col.get('kind')
+        if mask is not None and present == 0:   # nothing stored (as _decode_schema skips it)
+            vals: list = []
+        elif kind == 'doclist':
+            lengths = r.array(col['lengths'], _I8, present)
+            child = col['child']
+            if not isinstance(child, dict) or child.get('count') != int(lengths.sum()):
+                raise _bad('nested DocList lengths do not match the child count')
+            children = _rows_of_schema(r, child, depth + 1)
+            bounds = [0] + np.cumsum(lengths).tolist()
+            vals = [children[a:b] for a, b in zip(bounds, bounds[1:])]
+        elif kind == 'doc':
+            child = col['child']
+            if not isinstance(child, dict) or child.get('count') != present:
+                raise _bad('nested doc count does not match its presence mask')
+            vals = _rows_of_schema(r, child, depth + 1)
+        elif kind == 'tensor':
+            vals = _decode_tensor(r, col, present, None)
+        else:
+            vals = _decode_values(r, col, present, depth, None)
+        for row, v in zip(rows, _fill(mask, vals)):
+            row[name] = v
+    return rows
+
+
+def decode_rows(data: bytes) -> list:
+    """A message from :func:`encode_docs` as plain dicts, one per doc, without building documents
+    (for writing JSON: the HTTP door). Values: str, bytes, int, float, bool, JSON values, numpy
+    arrays for tensors, lists of dicts for nested DocLists, a dict for a nested doc, None when absent.
+    The same bounds checks as :func:`decode_docs` run first.
+
+    >>> decode_rows(encode_docs(DocList[TextDoc]([TextDoc(id='a', text='hi')])))[0]['text']   # doctest: +SKIP
+    'hi'
+    """
+    mv, header, start = _read_header(data)
+    try:
+        r = _Reader(mv, header.get('buffers'), start)
+        root = header['root']
+        if header.get('mode') == 'protobuf':
+            return [d.model_dump(warnings=False) for d in _decode_protobuf(r, root, None)]
+        if header.get('mode') != 'columnar':
+            raise _bad(f'unknown mode {_shown(header.get("mode"))}')
+        name = root.get('doc_type')
+        _Bounds(r).level(root, name if isinstance(name, str) and len(name) <= 60 else 'root', 0)
+        return _rows_of_schema(r, root, 0)
     except ProtocolError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError,

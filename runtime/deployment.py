@@ -13,7 +13,7 @@ import os
 from typing import Any, Dict, List, Optional, Union
 
 from runtime import config
-from runtime.args import (DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs, check_port, check_values,
+from runtime.args import (DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs, check_values, protocol_ports,
                           translate_jina_arguments)
 from runtime.hosts import check_host
 from runtime.limits import check_processes
@@ -38,7 +38,8 @@ class Deployment(Orchestration):
     def __init__(self, name: str = 'executor', uses: Any = None, uses_with: Optional[dict] = None,
                  replicas: int = 1, shards: int = 1, polling: Union[str, Dict[str, str], None] = None,
                  port: Union[int, List[int], None] = None, host: Union[str, List[str]] = '127.0.0.1',
-                 env: Optional[Dict[str, str]] = None, workspace: Optional[str] = None,
+                 protocol: Union[str, List[str]] = 'grpc', env: Optional[Dict[str, str]] = None,
+                 workspace: Optional[str] = None,
                  timeout_ready: float = 60.0, stateful: bool = False,
                  peer_ports: Union[List[int], Dict[Any, List[int]], None] = None,
                  raft_configuration: Optional[dict] = None, raft_password: Optional[str] = None,
@@ -93,11 +94,11 @@ class Deployment(Orchestration):
             # the addresses are the replicas: replicas=N (N != 1, the default) must agree
             self.external_addresses = external_addresses(host, port, None if replicas == 1 else replicas)
             self.replicas = len(self.external_addresses)
-            gw_port, gw_host = None, '127.0.0.1'
+            gw_doors, gw_host = protocol_ports(checked['protocol'], None), '127.0.0.1'
         else:
             if not isinstance(host, str):
                 raise ValueError(f'host={host!r}: a list of hosts needs external=True')
-            gw_port, gw_host = check_port(port), host
+            gw_doors, gw_host = protocol_ports(checked['protocol'], port), host
             check_host(host, 'host')
             check_processes(self.replicas, self.shards, f'Deployment {checked["name"]!r}')
             if self.uses is None:
@@ -106,7 +107,7 @@ class Deployment(Orchestration):
         if self.stateful:
             from runtime.raft import validate_stateful
             validate_stateful(self)
-        super().__init__(name=checked['name'], port=gw_port, host=gw_host, timeout_ready=checked['timeout_ready'],
+        super().__init__(name=checked['name'], doors=gw_doors, host=gw_host, timeout_ready=checked['timeout_ready'],
                          log_dir=checked['log_dir'], max_in_flight_per_replica=checked['max_in_flight_per_replica'],
                          stream_logs=checked['stream_logs'], secret=checked['secret'], tls_cert=checked['tls_cert'],
                          tls_key=checked['tls_key'], monitoring=checked['monitoring'],
@@ -261,5 +262,5 @@ class Deployment(Orchestration):
         state = 'running' if self._started else 'stopped'
         extra = f', shards={self.shards}' if self.shards > 1 else ''
         extra += ', stateful=True' if self.stateful else ''
-        where = f' at {self.address}' if self._started else ''
+        where = f' at {", ".join(self.addresses.values())}' if self._started else ''
         return f'<Deployment {self.name!r} replicas={self.replicas}{extra} {state}{where}>'

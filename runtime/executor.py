@@ -254,11 +254,22 @@ def _resolved_hints(fn: Callable) -> Dict[str, Any]:
         return {k: v for k, v in getattr(fn, '__annotations__', {}).items() if not isinstance(v, str)}
 
 
+def _json_schema(doc_type: Any) -> Optional[Dict[str, Any]]:
+    """A doc class's JSON schema (pydantic's), or None for an untyped endpoint or one pydantic cannot describe."""
+    if doc_type is None:
+        return None
+    try:
+        return doc_type.model_json_schema()
+    except Exception:   # a field type without a JSON schema: the HTTP door treats the endpoint as untyped
+        return None
+
+
 class EndpointTable:
     """Maps endpoint names to the Executor methods that serve them."""
 
     def __init__(self, executor: 'Executor'):
         self._by_name: Dict[str, Endpoint] = {}
+        self._described: Optional[Dict[str, Dict[str, Any]]] = None
         seen = set()
         for klass in type(executor).__mro__:
             for attr, fn in vars(klass).items():
@@ -275,14 +286,20 @@ class EndpointTable:
         return sorted(self._by_name)
 
     def describe(self) -> Dict[str, Dict[str, Any]]:
-        """Per endpoint: write or not, the doc types' names and fields (computed once; Info asks often)."""
-        if getattr(self, '_described', None) is None:
+        """endpoint -> ``{'write', 'input', 'output', 'input_fields', 'output_fields', 'input_schema',
+        'output_schema'}``, computed once (Info asks often): the doc classes' names; their fields, which
+        a Flow's schema check compares (runtime/schemas.py); their JSON schemas (None: untyped), which
+        the gateway's HTTP door builds its request models and OpenAPI page from (docs/http.md). JSON
+        only: nothing is pickled."""
+        if self._described is None:
             from runtime.schemas import schema_fields
             self._described = {n: {'write': e.is_write,
                                    'input': getattr(e.input_type, '__name__', None),
                                    'output': getattr(e.output_type, '__name__', None),
                                    'input_fields': schema_fields(e.input_type),
-                                   'output_fields': schema_fields(e.output_type)}
+                                   'output_fields': schema_fields(e.output_type),
+                                   'input_schema': _json_schema(e.input_type),
+                                   'output_schema': _json_schema(e.output_type)}
                                for n, e in self._by_name.items()}
         return self._described
 

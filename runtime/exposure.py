@@ -35,8 +35,10 @@ def exposure(orch: Any) -> List[str]:
     out = []
     if not is_loopback(orch.host):
         tls = 'TLS' if getattr(orch, 'tls_cert', None) else 'plaintext, no TLS (set tls_cert/tls_key)'
-        out.append(f'gateway port {orch.host}:{orch.port} (request plane: Call and Info, unauthenticated, {tls}; '
-                   'Control is not served there)')
+        for protocol, port in orch.ports.items():
+            what = 'Call and Info' if protocol == 'grpc' else 'every endpoint, /status and /docs'
+            out.append(f'gateway port {orch.host}:{port} ({protocol}; request plane: {what}, unauthenticated, '
+                       f'{tls}; Control is not served there)')
     for stage in orch.nodes:
         rafts = [r.spec.raft for r in stage.replicas if r.spec is not None and r.spec.raft is not None]
         exposed = [raft.bind for raft in rafts if not is_loopback(raft.bind.rsplit(':', 1)[0])]

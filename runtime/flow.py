@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from runtime import config
 from runtime.args import (DEPLOYMENT_ARGS, FLOW_ADD_ARGS, FLOW_ARGS, FLOW_JINA_ONLY, FLOW_WIDE_ARGS, arg_names,
-                          check_count, check_kwargs, check_port, check_values)
+                          check_count, check_kwargs, check_port, check_values, protocol_ports)
 from runtime.deployment import Deployment
 from runtime.hosts import check_host
 from runtime.limits import check_processes
@@ -68,8 +68,8 @@ class Flow(Orchestration):
 
     # Spelled out for editors; runtime/args.py (FLOW_ARGS) declares defaults and checks, and
     # tests/test_args.py checks that this signature matches it.
-    def __init__(self, name: str = 'flow', port: Optional[int] = None, host: str = '127.0.0.1',
-                 protocol: str = 'grpc', timeout_ready: float = 60.0, log_dir: Optional[str] = None,
+    def __init__(self, name: str = 'flow', port: Union[int, List[int], None] = None, host: str = '127.0.0.1',
+                 protocol: Union[str, List[str]] = 'grpc', timeout_ready: float = 60.0, log_dir: Optional[str] = None,
                  max_in_flight_per_replica: int = 4, stream_logs: bool = False, secret: Optional[str] = None,
                  tls_cert: Optional[str] = None, tls_key: Optional[str] = None, monitoring: bool = False,
                  port_monitoring: Optional[int] = None, **kwargs):
@@ -85,9 +85,9 @@ class Flow(Orchestration):
         if not isinstance(host, str):
             raise ValueError(f'host={host!r}: the Flow gateway listens on one host, e.g. "127.0.0.1"')
         check_host(host, 'host')
-        self.protocol = checked['protocol']
         self.entries: List[FlowEntry] = []
-        super().__init__(name=checked['name'], port=checked['port'], host=host, timeout_ready=checked['timeout_ready'],
+        super().__init__(name=checked['name'], doors=protocol_ports(checked['protocol'], port), host=host,
+                         timeout_ready=checked['timeout_ready'],
                          log_dir=checked['log_dir'], max_in_flight_per_replica=checked['max_in_flight_per_replica'],
                          stream_logs=checked['stream_logs'], secret=checked['secret'], tls_cert=checked['tls_cert'],
                          tls_key=checked['tls_key'], monitoring=checked['monitoring'],
@@ -119,6 +119,9 @@ class Flow(Orchestration):
             if kwargs.get(key) is not None:
                 raise ValueError(f'Flow.add({key}=...): a Flow has one gateway and one secret; '
                                  f'pass {key} to Flow(...) instead')
+        if kwargs.get('protocol', 'grpc') != 'grpc':   # Executors always speak gRPC to the gateway
+            raise ValueError(f'Flow.add(protocol={kwargs["protocol"]!r}): a Flow has one gateway, and its doors '
+                             f'are the Flow\'s: pass protocol to Flow(...) instead')
         name = self._new_name(name)
         needs_list = self._resolve_needs(name, needs)
         bare = kwargs.get('uses') is None and not (set(kwargs) & (_PROCESS_ARGS - {'uses'}))
@@ -336,7 +339,7 @@ class Flow(Orchestration):
         return ', '.join(parts)
 
     def _state(self) -> str:
-        return f'running at {self.address}' if self._started else 'stopped'
+        return f'running at {", ".join(self.addresses.values())}' if self._started else 'stopped'
 
     def __repr__(self) -> str:
         return self.graph_text()

@@ -195,6 +195,7 @@ class Gateway:
         self._background: set = set()   # floating nodes' tasks still running after their request
         self.stats = RequestStats()
         self.port: Optional[int] = None
+        self.ports: Dict[str, int] = {}   # protocol -> port of each door
         self.metrics: Optional[Any] = None          # runtime.metrics.Metrics with monitoring=True
         self.metrics_port: Optional[int] = None
         #: the Deployment's secret: Control, and the replicas' records in Info (runtime.remote)
@@ -302,7 +303,8 @@ class Gateway:
                                         "Deployment's secret: missing or wrong")
                 return json.dumps({'replicas': await self.replicas_info()}).encode()
         return json.dumps({'ready': True, 'role': 'gateway', 'name': self.name, 'pid': os.getpid(),
-                           'port': self.port, 'nodes': {n: node.describe() for n, node in self.nodes.items()},
+                           'port': self.port, 'ports': self.ports,
+                           'nodes': {n: node.describe() for n, node in self.nodes.items()},
                            'metrics_port': self.metrics_port, **self.stats.snapshot()}).encode()
 
     async def replicas_info(self, timeout: float = 2.0) -> List[Dict[str, Any]]:
@@ -433,12 +435,43 @@ def gateway_spec_on_arrival(data: Any) -> GatewaySpec:
         raise SpecError(f'this gateway was given a malformed spec: {e}') from None
 
 
+async def open_listeners(gw: Gateway, host: str, protocols: List[str], ports: List[int],
+                         credentials: Optional[grpc.ServerCredentials] = None, tls_cert: Optional[str] = None,
+                         tls_key: Optional[str] = None, control: Any = None) -> List[Any]:
+    """Open one public listener per protocol on ``host`` (``ports[i]`` for ``protocols[i]``; 0: the OS
+    picks): gRPC here, HTTP and WebSocket as doors (:mod:`runtime.doors`) onto the same routing.
+    Sets ``gw.ports`` (protocol -> port) and ``gw.port`` (the first's); returns the coroutine
+    functions that stop them. On a failure, what was opened is closed again.
+
+    >>> stops = await open_listeners(gw, '127.0.0.1', ['grpc', 'http'], [0, 0])   # doctest: +SKIP
+    """
+    stops: List[Any] = []
+    try:
+        for protocol_name, port in zip(protocols, ports):
+            if protocol_name == 'grpc':
+                server, gw.ports['grpc'] = await start_node_server(host, int(port or 0), gw.call, gw.info, control,
+                                                                   credentials=credentials)
+                stops.append(lambda server=server: server.stop(grace=STOP_GRACE_S))
+            else:
+                from runtime.doors.serving import open_door
+                door = await open_door(protocol_name, gw, lambda frame: gw.call(frame, None), host, int(port or 0),
+                                       tls_cert, tls_key)
+                stops.append(door.close)
+                gw.ports[protocol_name] = door.port
+    except BaseException:
+        await asyncio.gather(*(s() for s in stops))
+        raise
+    gw.port = gw.ports[protocols[0]]
+    return stops
+
+
 def run_gateway(child: Dict[str, Any], status, stopping: threading.Event) -> None:
     """Child-process entry for role 'gateway': ``child['config']`` is a :class:`GatewaySpec`'s ``to_dict()``.
 
-    Two listeners: the public port (``host:port``, TLS with ``tls_cert``/``tls_key``) serves
-    ``Call`` and ``Info`` only; the loopback port (127.0.0.1, reported as ``local_port``) serves
-    the owner: ``Call``/``Info`` and ``Control``, which needs the secret.
+    The public listeners (:func:`open_listeners`: one per protocol on ``host``, TLS with
+    ``tls_cert``/``tls_key``; gRPC serves ``Call`` and ``Info`` only); the loopback port
+    (127.0.0.1, reported as ``local_port``) serves the owner: ``Call``/``Info`` and ``Control``,
+    which needs the secret.
     """
     from runtime.secrets import load_secret
     spec = gateway_spec_on_arrival(child['config'])
@@ -452,16 +485,19 @@ def run_gateway(child: Dict[str, Any], status, stopping: threading.Event) -> Non
         stop = stop_event_from(stopping)
         gw = Gateway(spec)
         gw.secret = secret
-        server, gw.port = await start_node_server(spec.host, spec.port, gw.call, gw.info, credentials=credentials)
-        local, local_port = await start_node_server('127.0.0.1', spec.local_port,
-                                                    gw.call, gw.info, gw.control, secret)
-        metrics = gw.start_metrics(spec.host, spec.port_monitoring) if spec.monitoring else None
-        status.send(event='ready', port=gw.port, local_port=local_port, pid=os.getpid())
+        stops: List[Any] = []
         try:
+            stops += await open_listeners(gw, spec.host, list(spec.protocols), list(spec.ports),
+                                          credentials=credentials, tls_cert=spec.tls_cert, tls_key=spec.tls_key)
+            local, local_port = await start_node_server('127.0.0.1', spec.local_port,
+                                                        gw.call, gw.info, gw.control, secret)
+            stops.append(lambda: local.stop(grace=STOP_GRACE_S))
+            if spec.monitoring:
+                metrics = gw.start_metrics(spec.host, spec.port_monitoring)
+                stops.append(lambda: asyncio.to_thread(metrics.close))
+            status.send(event='ready', port=gw.port, ports=gw.ports, local_port=local_port, pid=os.getpid())
             await stop.wait()
         finally:
-            if metrics is not None:
-                metrics.close()
-            await asyncio.gather(server.stop(grace=STOP_GRACE_S), local.stop(grace=STOP_GRACE_S))
+            await asyncio.gather(*(s() for s in stops))
             await gw.close()
     asyncio.run(main())

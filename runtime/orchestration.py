@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from runtime import reprs
 from runtime.client import Client, CrudShortcuts
@@ -58,13 +58,19 @@ def _notify(event: str, obj: 'Orchestration') -> None:
 class Orchestration(CrudShortcuts):
     """Base of Deployment and Flow; see the module docstring."""
 
-    def __init__(self, name: str, port: Optional[int], host: str, timeout_ready: float,
+    def __init__(self, name: str, doors: Tuple[List[str], List[Optional[int]]], host: str, timeout_ready: float,
                  log_dir: Optional[str], max_in_flight_per_replica: int, stream_logs: bool,
                  secret: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                  monitoring: bool = MONITORING, port_monitoring: Optional[int] = None):
+        """``doors``: the gateway's protocols and their ports (0: the OS picks), from
+        :func:`runtime.args.protocol_ports`; ``monitoring``/``port_monitoring``: Prometheus /metrics."""
         from runtime.tls import check_tls
         self.name = name
-        self._port_arg = port
+        self.protocols, self._door_ports = list(doors[0]), list(doors[1])
+        self.protocol = self.protocols[0] if len(self.protocols) == 1 else list(self.protocols)   # as Jina writes it
+        # as the user wrote it (None: the OS picks), for saved configs
+        self._port_arg = (self._door_ports[0] if len(self._door_ports) == 1 else
+                          None if all(p is None for p in self._door_ports) else list(self._door_ports))
         self.host = host
         self.timeout_ready = timeout_ready
         self.max_in_flight_per_replica = max_in_flight_per_replica
@@ -178,9 +184,27 @@ class Orchestration(CrudShortcuts):
 
     @property
     def port(self) -> Optional[int]:
-        if self.gateway is not None and self.gateway.info.get('port'):
-            return int(self.gateway.info['port'])
-        return (self._runner and self._runner.gateway_port) or self._port_arg or None
+        """The port of the first door (``protocol``'s first entry; gRPC by default)."""
+        return self.ports.get(self.protocols[0])
+
+    @property
+    def ports(self) -> Dict[str, Optional[int]]:
+        """protocol -> port of every door of the gateway (before start: the ports asked for, or None).
+
+        >>> Deployment(protocol=['grpc', 'http'], port=[5555, 5556]).ports   # doctest: +SKIP
+        {'grpc': 5555, 'http': 5556}
+        """
+        if self.gateway is not None and self.gateway.info.get('ports'):
+            return {p: int(n) for p, n in self.gateway.info['ports'].items()}
+        if self._runner is not None and self._runner.gateway_ports:   # kept across gateway restarts
+            return dict(self._runner.gateway_ports)
+        return {p: n or None for p, n in zip(self.protocols, self._door_ports)}
+
+    @property
+    def addresses(self) -> Dict[str, str]:
+        """protocol -> address of every door, e.g. ``{'grpc': '127.0.0.1:5555', 'http': 'http://127.0.0.1:5556'}``."""
+        from runtime.doors import door_address
+        return {p: door_address(p, self.host, n, bool(self.tls_cert)) for p, n in self.ports.items()}
 
     @property
     def _local_port(self) -> Optional[int]:
@@ -283,8 +307,8 @@ class Orchestration(CrudShortcuts):
         from runtime.telemetry import gpu_status   # NVML off the loop: a slow driver blocks nothing
         gpus = await asyncio.to_thread(gpu_status, {r['name']: r.get('cuda_visible_devices')
                                                     for r in out_replicas if not r['external']})
-        return {'name': self.name, 'address': self.address, 'gateway': gw, 'replicas': out_replicas,
-                'gpus': gpus}
+        return {'name': self.name, 'address': self.address, 'addresses': self.addresses, 'gateway': gw,
+                'replicas': out_replicas, 'gpus': gpus}
 
     def _supervision_status(self, rec: Dict[str, Any], name: str, answered: bool) -> None:
         """Add the supervisor's view (``rec['supervision']``); a down child's state and ``error`` say why."""
@@ -322,12 +346,14 @@ class Orchestration(CrudShortcuts):
         raise NotImplementedError
 
     def run_plan(self) -> RunPlan:
-        """What to start: the stages and the gateway (listening on ``port``, or one the OS picks).
+        """What to start: the stages and the gateway (a door per protocol, on ``port``'s entry for it, or
+        one the OS picks).
 
         The one function behind a local start and both exports (:mod:`runtime.export.plan`);
         the secret is added by the runner at start, never written in a plan."""
         stages = tuple(self._plan())
-        gateway = GatewaySpec(name=f'{self.name}/gateway', host=self.host, port=self._port_arg or 0,
+        gateway = GatewaySpec(name=f'{self.name}/gateway', host=self.host, protocols=tuple(self.protocols),
+                              ports=tuple(p or 0 for p in self._door_ports),
                               max_in_flight_per_replica=self.max_in_flight_per_replica,
                               stages=tuple(s.stage_spec() for s in stages), tls_cert=self.tls_cert,
                               tls_key=self.tls_key, monitoring=self.monitoring,

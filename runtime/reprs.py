@@ -170,7 +170,7 @@ def status_html(obj: Orchestration, status: Optional[Dict[str, Any]] = None, sta
             table = html_table(head, rows, raw)
             if metrics_line(status):
                 table += f'<div style="color: #555">{esc(metrics_line(status))}</div>'
-    where = f'on <code>{esc(obj.address)}</code>' if running else ''
+    where = ('at ' + ', '.join(f'<code>{esc(a)}</code>' for a in obj.addresses.values())) if running else ''
     return template('orchestration.html').substitute(
         kind=esc(kind_of(obj)), name=esc(obj.name), state=esc(state), taken=time.strftime('%H:%M:%S'),
         state_color=STATE_COLORS.get(state, '#757575'), where=where,

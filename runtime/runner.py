@@ -103,7 +103,7 @@ class Runner:
         self.timeout_ready = timeout_ready
         self.closing = threading.Event()
         self.gateway: Optional[ChildProcess] = None
-        self.gateway_port: Optional[int] = None   # kept across gateway restarts
+        self.gateway_ports: Dict[str, int] = {}   # protocol -> port of each door, kept across gateway restarts
         self._left_down: Dict[str, str] = {}      # replica name -> why it is out of rotation (crash loop)
         self._lock = threading.RLock()
 
@@ -125,7 +125,7 @@ class Runner:
                       progress and (lambda c, state, detail: progress(c.name, state, detail)))
             for r in local:
                 r.address = f'127.0.0.1:{r.process.info["port"]}'
-            self.gateway_port = int(self.gateway.info['port'])
+            self.gateway_ports = {p: int(n) for p, n in self.gateway.info['ports'].items()}
             self.connect_gateway()
         except BaseException:
             self.closing.set()
@@ -158,7 +158,7 @@ class Runner:
         """The gateway and every local replica, as running now."""
         single = self.stages[0].policy if len(self.stages) == 1 else None
         out = [SupervisedChild(self.gateway_spec.name, single or SupervisionPolicy(), self.gateway,
-                               f'127.0.0.1:{self.gateway_port}' if self.gateway_port else None)]
+                               self.gateway_probe_address())]
         for s in self.stages:
             out += [SupervisedChild(r.name, s.policy, r.process, r.address) for r in s.replicas
                     if r.external_address is None]
@@ -188,14 +188,22 @@ class Runner:
         self.tell_gateway()
 
     # -- the gateway ------------------------------------------------------------------
+    def gateway_probe_address(self) -> Optional[str]:
+        """Where the gateway's health is probed (gRPC Info): its loopback port, plaintext whatever the
+        public doors are (a TLS door, a bind to one non-loopback address, no gRPC door at all)."""
+        port = self.local_port or self.gateway_ports.get('grpc')
+        return f'127.0.0.1:{port}' if port else None
+
     def _restart_gateway(self) -> None:
         """Start the dead gateway again on its ports, then send it the replica addresses."""
         if self.closing.is_set():
             return
-        log.info('restarting the gateway of %s on port %s', self.name, self.gateway_port)
+        log.info('restarting the gateway of %s on %s', self.name, self.gateway_ports)
         old = self.gateway
-        # both listeners come back on their ports: clients (and the owner's own, on the loopback one) reconnect
-        spec = replace(self.gateway_spec, port=self.gateway_port or 0, local_port=old.info.get('local_port') or 0)
+        # every listener comes back on its port: clients (and the owner's own, on the loopback one) reconnect
+        spec = replace(self.gateway_spec,
+                       ports=tuple(self.gateway_ports.get(p, 0) for p in self.gateway_spec.protocols),
+                       local_port=old.info.get('local_port') or 0)
         self.gateway = ChildProcess(old.name, 'gateway', spec.to_dict(), old.log_path)
         self._start_and_wait(self.gateway)
         if not self.closing.is_set():

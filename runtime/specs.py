@@ -63,6 +63,8 @@ LOG_LEVEL: str = _user_default('log_level')
 MONITORING: bool = _user_default('monitoring')
 #: a replica's gRPC host and a gateway's default host
 LOOPBACK = '127.0.0.1'
+#: the gateway's doors when none is asked for (``protocol``)
+PROTOCOLS: Tuple[str, ...] = (_user_default('protocol'),)
 #: the name of the graph's source and sink in ``needs`` (the gateway itself)
 GATEWAY = 'gateway'
 
@@ -313,11 +315,12 @@ class StageSpec(_Spec):
 
 @dataclass(frozen=True)
 class GatewaySpec(_Spec):
-    """The gateway process: where it listens and the graph it routes through."""
+    """The gateway process: where it listens (a door per protocol) and the graph it routes through."""
     name: str
     stages: Tuple[StageSpec, ...]
     host: str = LOOPBACK
-    port: int = 0                               # the public port; 0: the OS picks
+    protocols: Tuple[str, ...] = PROTOCOLS      # its public doors: 'grpc', 'http', 'websocket'
+    ports: Tuple[int, ...] = (0,)               # the port of each door, in that order; 0: the OS picks
     local_port: int = 0                         # the loopback port the owner controls it on
     max_in_flight_per_replica: int = MAX_IN_FLIGHT_PER_REPLICA
     replica_wait_s: Optional[float] = None      # None: $ORCHESTRA_REPLICA_WAIT_S, else REPLICA_WAIT_S
@@ -326,6 +329,11 @@ class GatewaySpec(_Spec):
     tls_key: Optional[str] = None
     monitoring: bool = MONITORING               # serve /metrics (runtime.metrics) on host
     port_monitoring: int = 0                    # its port; 0: the OS picks, reported in Info
+
+    def __post_init__(self) -> None:
+        if not self.protocols or len(self.ports) != len(self.protocols):
+            raise SpecError(f'GatewaySpec {self.name!r}: protocols={list(self.protocols)} and ports={list(self.ports)} '
+                            'must be non-empty and of the same length (one port per door)')
 
 
 # -- what status() returns -------------------------------------------------------------------------------
@@ -361,6 +369,7 @@ class GatewayStatus(TypedDict, total=False):
     pid: Optional[int]
     name: str
     port: int
+    ports: Dict[str, int]   # protocol -> port of each door
     nodes: Dict[str, Any]
     supervision: SupervisionStatus
 
@@ -369,6 +378,7 @@ class OrchestrationStatus(TypedDict):
     """What ``Deployment.status()`` / ``Flow.status()`` return."""
     name: str
     address: str
+    addresses: Dict[str, str]   # protocol -> address of each door
     gateway: GatewayStatus
     replicas: List[ReplicaStatus]
     gpus: Dict[str, Any]   # runtime.telemetry.gpu_status

@@ -265,3 +265,4 @@ def _applying_text(applying: Optional[Dict[str, Any]]) -> str:
     if not applying:
         return ''
     return f' while applying RAFT log entry {applying.get("index")} ({applying.get("endpoint")})'
+

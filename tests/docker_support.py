@@ -38,6 +38,10 @@ SESSION = uuid.uuid4().hex[:8]           # this pytest process's containers carr
 BUILD_TIMEOUT = float(os.environ.get('ORCHESTRA_DOCKER_BUILD_TIMEOUT', 1800))
 KEEP_IMAGES = 3                          # orchestra-nb:src-* images kept (newest first)
 _COPIED = ('Dockerfile', '.dockerignore', 'pyproject.toml', 'README.md', 'runtime', 'orchestra_nb')
+# docker-compose's HTTP calls to the engine give up after 60 s by default; creating several containers
+# on vfs storage while the machine is busy takes longer (seen here: every `up -d` call timed out at load 10)
+os.environ.setdefault('COMPOSE_HTTP_TIMEOUT', '600')
+os.environ.setdefault('DOCKER_CLIENT_TIMEOUT', '600')
 
 _state: Dict[str, Optional[str]] = {}    # 'base' / 'skip' / 'image', once per session
 

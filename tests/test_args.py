@@ -339,15 +339,11 @@ def test_every_jina_argument_has_a_decision():
     decided = (DEPLOYMENT | FLOW | post | set(arg_names(schema.FLOW_ADD_ARGS)) | set(schema.JINA_ONLY)
                | set(schema.JINA_ACCEPTED) | set(schema.JINA_TRANSLATED) | set(schema.JINA_POST_ONLY)
                | {'request_schema', 'response_schema', 'protocol', 'port', 'needs', 'copy_flow'})
-    undecided = sorted(set(rows) - decided - set(HTTP_BRANCH))
+    undecided = sorted(set(rows) - decided)
     assert not undecided, f'rows of the page with no implementation or table entry: {undecided}'
     tables = (set(schema.JINA_ONLY) | set(schema.JINA_POST_ONLY) | set(schema.JINA_ACCEPTED)
               | set(schema.JINA_TRANSLATED) | set(schema.JINA_CLIENT_ONLY) | set(schema.FLOW_JINA_ONLY))
     assert not sorted(tables - set(rows)), 'table entries without their row in the page'
-
-
-#: arguments the HTTP/WebSocket gateway (another branch) implements: listed in the page as such
-HTTP_BRANCH = ('protocol', 'port')
 
 
 def test_magic_refuses_jina_flags_with_the_reason():

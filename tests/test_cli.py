@@ -210,3 +210,16 @@ def test_bad_cli_input(tmp_path, capsys):
         main(['export', 'k8s', '--path', 'x'])
     assert exc.value.code == 2
     assert "invalid choice: 'k8s'" in capsys.readouterr().err
+
+
+def test_deployment_with_an_http_door_from_the_command_line(tmp_path):
+    import httpx
+    cli = Cli('deployment', '--uses', 'topology_executors:Append', '--protocol', 'grpc', 'http', cwd=str(tmp_path))
+    try:
+        m = cli.wait_for(r"Deployment 'executor' ready at 127\.0\.0\.1:(\d+), http://127\.0\.0\.1:(\d+)")
+        r = httpx.post(f'http://127.0.0.1:{m.group(2)}/anything', json={'data': [{'text': 'x'}]}, timeout=30)
+        assert r.status_code == 200 and r.json()['data'][0]['text'].startswith('x'), r.text
+        assert main(['ping', f'127.0.0.1:{m.group(1)}']) == 0
+        assert cli.stop(signal.SIGINT) == 0
+    finally:
+        cli.kill()

@@ -135,9 +135,10 @@ def test_client_refuses_jinas_constructor_keywords_saying_why(key):
 
 
 def test_client_keywords():
-    assert Client(port=1, protocol='GRPC').port == 1
-    with pytest.raises(ValueError, match="this Client speaks 'grpc'"):
-        Client(port=1, protocol='http')
+    assert Client(port=1, protocol='GRPC').protocol == 'grpc'
+    assert Client(port=1, protocol='http').protocol == 'http'   # the gateway's HTTP door (tests/test_client_doors.py)
+    with pytest.raises(ValueError, match="protocol='soap': allowed: 'grpc', 'http', 'websocket'"):
+        Client(port=1, protocol='soap')
     with pytest.raises(ValueError, match="unknown argument 'prefech'; did you mean 'prefetch'"):
         Client(port=1, prefech=3)
     params = [p for p in inspect.signature(Client.__init__).parameters if p not in ('self', 'kwargs')]

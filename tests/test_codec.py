@@ -607,3 +607,35 @@ def test_target_class_validators_run_on_decode():
     assert out.text == ['ABC', 'X'] and out[0].n == 0 and type(out[0]) is Upper
     with pytest.raises(ValueError):
         decode_docs(encode_docs(DocList[TextDoc]([TextDoc(text='forbidden')])), Upper)
+
+
+class _RowsInner(BaseDoc):
+    x: int = 0
+
+
+class _RowsDoc(BaseDoc):
+    text: str = ''
+    emb: Optional[NdArray[3]] = None
+    tags: Dict[str, int] = {}
+    items: DocList[_RowsInner] = DocList[_RowsInner]()
+    one: Optional[_RowsInner] = None
+    floats: List[float] = []
+    blob: Optional[bytes] = None
+
+
+def test_decode_rows_gives_plain_values_without_building_documents():
+    """``decode_rows`` (the HTTP door writes JSON from it): the values ``decode_docs`` would hold, as dicts."""
+    from runtime.codec import decode_rows
+    from runtime.protocol import ProtocolError
+    docs = DocList[_RowsDoc]([_RowsDoc(id='1', text='a', emb=np.arange(3.0), tags={'k': 1},
+                                       items=[_RowsInner(id='i', x=2)], one=_RowsInner(id='o', x=3), floats=[1.5],
+                                       blob=b'xy'), _RowsDoc(id='2')])
+    data = encode_docs(docs)
+    rows = decode_rows(data)
+    want = [d.model_dump() for d in decode_docs(data, _RowsDoc)]
+    assert [r.keys() == w.keys() for r, w in zip(rows, want)] == [True, True]
+    assert rows[0]['emb'].tolist() == [0.0, 1.0, 2.0] and rows[1]['emb'] is None
+    for r, w in zip(rows, want):
+        assert {k: v for k, v in r.items() if k != 'emb'} == {k: v for k, v in w.items() if k != 'emb'}
+    with pytest.raises(ProtocolError):
+        decode_rows(data[:len(data) // 2])

@@ -296,3 +296,18 @@ def test_compose_for_real(tmp_path, runtime_image):
             prometheus[0].terminate()
             prometheus[0].wait(timeout=20)
         _run(compose + ['down', '-v', '--remove-orphans', '-t', '5'], timeout=300, check=False)
+
+
+def test_compose_publishes_every_protocol_door(tmp_path):
+    from runtime.flow import Flow
+    flow = Flow(name='web', protocol=['http', 'grpc']).add(name='echo')
+    path = flow.to_docker_compose_yaml(str(tmp_path / 'docker-compose.yml'))
+    gateway = yaml.safe_load(open(path).read())['services']['gateway']
+    assert gateway['ports'] == ['8080:8080', '8081:8081']          # defaults: 8080, 8081, ... in protocol order
+    cmd = gateway['command']
+    assert cmd[cmd.index('--protocol') + 1:] == ['http', 'grpc']
+    assert gateway['healthcheck']['test'] == ['CMD', 'orchestra', 'ping', '127.0.0.1:8081', '--timeout', '3']
+    only_http = Flow(name='h', protocol='http', port=9000).add(name='echo')
+    gateway = yaml.safe_load(open(only_http.to_docker_compose_yaml(str(tmp_path / 'h.yml'))).read())['services'][
+        'gateway']
+    assert gateway['ports'] == ['9000:9000'] and 'http://127.0.0.1:9000/' in gateway['healthcheck']['test'][-1]

@@ -237,6 +237,33 @@ def test_bad_values_are_named(tmp_path, capsys):
         Flow.load_config(cfg).to_kubernetes_yaml(str(tmp_path / 'o3'), app_dir=str(outside))
 
 
+def test_every_protocol_door_is_published(tmp_path):
+    """protocol=['grpc', 'http', 'websocket']: the gateway container and Service publish one port per door;
+    a gateway without a gRPC door is probed over HTTP (GET /) or TCP (WebSocket)."""
+    from runtime.deployment import Deployment
+    d = Deployment(name='echo', protocol=['grpc', 'http', 'websocket'], port=[5555, 5556, 5557])
+    d.to_kubernetes_yaml(str(tmp_path / 'out'), k8s_namespace='demo')
+    docs = load_docs(str(tmp_path / 'out'))
+    gateway = docs[('Deployment', 'gateway')]['spec']['template']['spec']['containers'][0]
+    assert gateway['ports'] == [{'name': 'grpc', 'containerPort': 5555}, {'name': 'http', 'containerPort': 5556},
+                                {'name': 'websocket', 'containerPort': 5557}]
+    args = gateway['args'] if 'args' in gateway else gateway['command']
+    assert args[args.index('--port') + 1:args.index('--port') + 4] == ['5555', '5556', '5557']
+    assert args[args.index('--protocol') + 1:args.index('--protocol') + 4] == ['grpc', 'http', 'websocket']
+    assert [(p['name'], p['port']) for p in docs[('Service', 'gateway')]['spec']['ports']] == \
+        [('grpc', 5555), ('http', 5556), ('websocket', 5557)]
+    assert 'orchestra' in gateway['readinessProbe']['exec']['command']
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    Deployment(name='web', protocol='http').to_kubernetes_yaml(str(tmp_path / 'web'), k8s_namespace='demo')
+    web = load_docs(str(tmp_path / 'web'))
+    container = web[('Deployment', 'gateway')]['spec']['template']['spec']['containers'][0]
+    assert container['readinessProbe']['httpGet'] == {'path': '/', 'port': 8080}
+    assert container['ports'] == [{'name': 'http', 'containerPort': 8080}]
+    for doc in web.values():
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
 def test_monitoring_adds_scrape_annotations_and_a_service_monitor(tmp_path):
     from runtime.flow import Flow
     f = (Flow(name='mon', monitoring=True, port_monitoring=9300)

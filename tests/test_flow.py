@@ -101,7 +101,9 @@ def test_flow_repr_draws_the_graph_without_network():
     (lambda: Flow().add(name='a', replicas=0), 'replicas=0'),
     (lambda: Flow().needs_all(), 'no Executors to join'),
     (lambda: Flow().add(name='a').needs('a'), 'at least two'),
-    (lambda: Flow(protocol='http'), "only 'grpc'"),
+    (lambda: Flow(protocol='udp'), "allowed: 'grpc', 'http', 'websocket'"),
+    (lambda: Flow(protocol=['grpc', 'http'], port=5555), 'one port per protocol'),
+    (lambda: Flow().add(protocol='http'), 'pass protocol to Flow'),
     (lambda: Flow(prot=1), "Flow got an unknown argument 'prot'"),
     (lambda: Flow().add(uses=APPEND, replicas=2, port=12345), 'a fixed port needs exactly one replica'),
 ])

@@ -65,6 +65,17 @@ def test_decoder_raises_only_protocol_error(data, doc_type):
         pass
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_bodies)
+def test_decode_rows_raises_only_protocol_error(data):
+    """The HTTP door's reader of replies (runtime.codec.decode_rows) has the decoder's bounds."""
+    from runtime.codec import decode_rows
+    try:
+        decode_rows(data)
+    except ProtocolError:
+        pass
+
+
 def test_replica_and_gateway_survive_hostile_frames():
     from orchestra_nb import Deployment
     with Deployment(name='fuzz', uses='sample_executors:Upper') as dep:

@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, 'notebooks', '*.ipynb')))
 SLOW = {'01-replicas.ipynb', '02-shards-and-polling.ipynb', '03-stateful-raft.ipynb', '04-gpus.ipynb',
-        '05-external-yaml-cli.ipynb', '06-scaling-out.ipynb', '08-monitoring.ipynb'}
+        '05-external-yaml-cli.ipynb', '06-scaling-out.ipynb', '07-http.ipynb', '08-monitoring.ipynb'}
 
 # Run in the notebook's kernel after its last cell: every process the kernel started is gone, except
 # its own fork server (runtime/forkserver.py, a direct child running zygote_main).
@@ -263,6 +263,25 @@ def check_06(nb, probe):
         assert line in cli, cli
 
 
+def check_07(nb, probe):
+    start = text(tagged(nb, 'start'))
+    assert re.search(r"\{'grpc': '127\.0\.0\.1:\d+', 'http': 'http://127\.0\.0\.1:\d+'\}", start), start
+    curl = text(tagged(nb, 'curl'))
+    assert re.findall(r'^HELLO \d!$', curl, re.M) == [f'HELLO {i}!' for i in range(3)], curl   # N_DOCS when small
+    assert "header: /shout {'code': 0, 'description': ''}" in curl, curl
+    paths = text(tagged(nb, 'openapi'))
+    for line in (r'POST\s+/shout\s+Endpoint /shout', r'GET\s+/dry_run', r'POST\s+/post', r'/docs: 200'):
+        assert re.search(line, paths), (line, paths)
+    assert 'TextDoc fields: id, text, url, embedding, bytes_' in paths or 'TextDoc fields:' in paths, paths
+    errors = text(tagged(nb, 'errors'))
+    assert "422 [('text', 'Input should be a valid string')]" in errors, errors
+    assert "404 no Executor serves endpoint '/whisper'; endpoints: /shout" in errors, errors
+    assert 'still serving: OK' in errors, errors
+    clients = text(tagged(nb, 'clients'))
+    assert "'HELLO 0?'" in clients and 'same answers over gRPC and HTTP: True' in clients, clients
+    assert "'web' closed: running=False" in text(tagged(nb, 'close'))
+
+
 def check_08(nb, probe):
     assert 'its gateway at 127.0.0.1:' in text(tagged(nb, 'owner'))
     assert '3 writes and 4 reads answered' in text(tagged(nb, 'traffic'))       # N_DOCS 6, N_READS 4 when small
@@ -294,6 +313,7 @@ CHECKS = {'00-index.ipynb': check_00, '01-replicas.ipynb': check_01, '02-shards-
           '04-gpus.ipynb': check_04,
           '05-external-yaml-cli.ipynb': check_05,
           '06-scaling-out.ipynb': check_06,
+          '07-http.ipynb': check_07,
           '08-monitoring.ipynb': check_08}
 
 

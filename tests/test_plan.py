@@ -31,7 +31,7 @@ def test_a_deployment_plans_shards_x_replicas_and_its_gateway():
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.replicas[0].spec = None   # type: ignore[misc]
     assert plan.gateway == GatewaySpec(
-        name='idx/gateway', port=5555, max_in_flight_per_replica=6,
+        name='idx/gateway', ports=(5555,), max_in_flight_per_replica=6,
         stages=(StageSpec('idx', polling={'/search': 'ALL', '*': 'ANY'}, health_timeout=0.5,
                           shards=((), (), ())),))
 

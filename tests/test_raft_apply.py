@@ -17,8 +17,8 @@ from runtime.raft.snapshots import Snapshots, SnapshotStore
 class Server:
     """What the applier uses of the worker's server: its Executor thread, endpoints, status pipe."""
 
-    def __init__(self):
-        self.pool = ThreadPoolExecutor(1)
+    def __init__(self, pool=None):
+        self.pool = pool or ThreadPoolExecutor(1)
         self.applied = []
         self.reports = []
         self.endpoints = self
@@ -38,9 +38,9 @@ def rec(n, body=b'doc', origin=0):
     return Record(f'{n:032x}', '/index', '{}', len(body), _digest(body), origin, body)
 
 
-def run(tmp_path, script, skipped=()):
+def run(tmp_path, script, skipped=(), pool=None):
     async def main():
-        server, ledger = Server(), ApplyLedger(skipped=skipped)
+        server, ledger = Server(pool), ApplyLedger(skipped=skipped)
         bodies = Bodies('kv/rep-0', '', [], str(tmp_path / 'payloads'))
         snapshots = Snapshots('kv/rep-0', SnapshotStore(str(tmp_path / 'snapshots')), None, server.pool, ledger,
                               bodies, [], trailing_logs=0, restore_on_start=True, on_covered=lambda i: None)
@@ -120,3 +120,38 @@ def test_closing_fails_the_writes_still_waiting(tmp_path):
         except RuntimeError as e:
             return str(e)
     assert run(tmp_path, script) == 'kv/rep-0 is shutting down'
+
+
+def test_messages_posted_from_another_thread_arrive_in_order_at_most_one_wakeup_each(tmp_path):
+    """pysyncobj's thread posts through ``post_from_thread``; the worker's ``ExecutorThread`` runs the batches."""
+    from runtime.executor_thread import ExecutorThread
+
+    import threading
+
+    async def script(applier, ledger, server, bodies):
+        loop = asyncio.get_running_loop()
+        wakeups = []
+        real = loop.call_soon_threadsafe
+
+        def counting(callback, *args):
+            wakeups.append(callback)
+            return real(callback, *args)
+        loop.call_soon_threadsafe = counting   # this loop only, for this test
+        n = 300
+        waits = [applier.expect(rec(k).rid) for k in range(n)]
+
+        def pysyncobj_thread():   # posts as pysyncobj's thread does: one Apply per entry, then a Mark
+            for k in range(n):
+                applier.post_from_thread(Apply(k + 1, [rec(k)]))
+            applier.post_from_thread(Mark(n))
+        t = threading.Thread(target=pysyncobj_thread)
+        t.start()
+        replies = await asyncio.wait_for(asyncio.gather(*waits), 20)
+        t.join(5)
+        del loop.call_soon_threadsafe
+        taken = [w for w in wakeups if getattr(w, '__name__', '') == '_take_handoff']
+        return replies, ledger.applied_index, len(taken)
+    replies, index, taken = run(tmp_path, script, pool=ExecutorThread('executor'))
+    assert [h['n'] for h, _ in replies] == list(range(1, 301))   # in log order, each once
+    assert index == 300
+    assert 1 <= taken <= 300   # one wake-up per handoff, never more than one per message

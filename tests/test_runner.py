@@ -110,7 +110,7 @@ def test_a_runner_starts_its_plan_restarts_a_replica_on_its_port_and_takes_it_ou
         assert [r.get('stopped') for r in _shard(runner)] == ['left down by the test', None]
         runner.put_back(first.name)
         assert [r.get('stopped') for r in _shard(runner)] == [None, None]
-        client = Client(port=runner.gateway_port)
+        client = Client(port=runner.gateway_ports['grpc'])
         try:
             assert client.post('/x', DocList[TextDoc]([TextDoc(text='hi')])).text == ['hi']
         finally:

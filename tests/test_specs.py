@@ -22,7 +22,7 @@ def raft_spec() -> RaftSpec:
 
 
 def gateway_spec() -> GatewaySpec:
-    return GatewaySpec(name='f/gateway', port=5555, secret='s3cret', stages=(
+    return GatewaySpec(name='f/gateway', protocols=('grpc', 'http'), ports=(5555, 5556), secret='s3cret', stages=(
         StageSpec('enc', shards=((),)),
         StageSpec('idx', needs=('enc',), polling={'/search': 'ALL', '*': 'ANY'}, stateful=True,
                   max_in_flight=8, timeout_send=2.5, shards=(('127.0.0.1:1', '127.0.0.1:2'), ())),
@@ -75,6 +75,11 @@ def test_a_malformed_spec_is_refused_naming_the_field(change, message):
     assert message in str(e.value)
 
 
+def test_a_gateway_spec_needs_one_port_per_door():
+    with pytest.raises(SpecError, match=r"protocols=\['grpc', 'http'\] and ports=\[5555\]"):
+        GatewaySpec(name='g', stages=(), protocols=('grpc', 'http'), ports=(5555,))
+
+
 def test_a_gateway_spec_that_is_not_a_mapping_is_refused():
     with pytest.raises(SpecError, match='GatewaySpec: expected a mapping of field -> value, got list'):
         GatewaySpec.from_dict([])
@@ -120,6 +125,7 @@ def test_the_specs_take_user_set_defaults_from_the_schema():
         default = {f.name: f.default for f in dataclasses.fields(cls)}[name]
         assert default == schema[arg].default, f'{cls.__name__}.{name}'
     assert by_name(FLOW_ARGS)['max_in_flight_per_replica'].default == MAX_IN_FLIGHT_PER_REPLICA
+    assert GatewaySpec(name='g', stages=()).protocols == (schema['protocol'].default,)   # the doors' default
     assert SupervisionPolicy().health_timeout == HEALTH_TIMEOUT_S == schema['health_timeout'].default
 
 

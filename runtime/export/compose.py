@@ -31,8 +31,8 @@ from runtime.export.plan import (APP_DIR, CONFIG_PATH, DEFAULT_IMAGE, METRICS_PO
 __all__ = ['compose_document', 'write_compose']
 
 
-def _healthcheck(port: int) -> Dict[str, Any]:
-    return {'test': ['CMD', 'orchestra', 'ping', f'127.0.0.1:{port}', '--timeout', '3'],
+def _healthcheck(port: int, command: Optional[List[str]] = None) -> Dict[str, Any]:
+    return {'test': ['CMD', *(command or ['orchestra', 'ping', f'127.0.0.1:{port}', '--timeout', '3'])],
             'interval': '5s', 'timeout': '5s', 'retries': 12, 'start_period': '10s'}
 
 
@@ -119,8 +119,8 @@ def compose_document(plan: ExportPlan, compose_dir: str, image: str = DEFAULT_IM
     gateway_args = plan.gateway_args(targets, discover_dns={})
     services['gateway'] = {
         'image': image, 'command': gateway_args, 'environment': dict(secret_env),
-        'ports': [f'{plan.gateway_port}:{plan.gateway_port}'], 'secrets': [secret],
-        'healthcheck': _healthcheck(plan.gateway_port), 'restart': 'unless-stopped',
+        'ports': [f'{port}:{port}' for _, port in plan.doors], 'secrets': [secret],   # every protocol's door
+        'healthcheck': _healthcheck(plan.gateway_port, plan.gateway_probe_command()), 'restart': 'unless-stopped',
         'labels': {'orchestra.replica': f'{plan.name}/gateway'},
     }
     if plan.monitoring:

@@ -177,9 +177,15 @@ def _gateway(plan: ExportPlan, ns: str, image: str, keys: Dict[str, str]) -> Lis
                 targets[(ex.name, s)] = [f'{ex.workload(s)}-headless.{ns}.{CLUSTER_DOMAIN}:{ex.port}']
                 dns[ex.name] = True
     labels = {'app': 'gateway', 'app.kubernetes.io/part-of': dns_label(plan.name)}
-    port = plan.gateway_port
-    container = _container('gateway', image, plan.gateway_args(targets, dns), {},
-                           [{'name': 'grpc', 'containerPort': port}], port, {})
+    ports = [{'name': protocol, 'containerPort': port} for protocol, port in plan.doors]   # every protocol's door
+    container = _container('gateway', image, plan.gateway_args(targets, dns), {}, ports, plan.gateway_port, {})
+    protocol, probe_port = plan.gateway_probe()
+    if protocol != 'grpc':   # no gRPC door to `orchestra ping`: Kubernetes' own HTTP / TCP probes
+        check = ({'httpGet': {'path': '/', 'port': probe_port}} if protocol == 'http'
+                 else {'tcpSocket': {'port': probe_port}})
+        for key in ('readinessProbe', 'livenessProbe'):
+            probe = {k: v for k, v in container[key].items() if k != 'exec'}
+            container[key] = dict(check, **probe)
     container['volumeMounts'] = [m for m in container['volumeMounts'] if m['name'] == 'secret']
     volumes = [v for v in _config_volumes(plan, {}) if v['name'] == 'secret']
     pod: Dict[str, Any] = {'metadata': {'labels': labels},
@@ -189,7 +195,8 @@ def _gateway(plan: ExportPlan, ns: str, image: str, keys: Dict[str, str]) -> Lis
                   'spec': {'replicas': 1, 'selector': {'matchLabels': {'app': 'gateway'}}, 'template': pod}}
     service = {'apiVersion': 'v1', 'kind': 'Service', 'metadata': _meta('gateway', ns, labels),
                'spec': {'type': 'ClusterIP', 'selector': {'app': 'gateway'},
-                        'ports': [{'name': 'grpc', 'port': port, 'targetPort': port}]}}
+                        'ports': [{'name': p['name'], 'port': p['containerPort'], 'targetPort': p['containerPort']}
+                                  for p in ports]}}
     if plan.monitoring:
         metrics_port = plan.graph.port_monitoring
         _monitor(pod, container, metrics_port)

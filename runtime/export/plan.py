@@ -190,8 +190,7 @@ class ExportPlan:
     name: str
     kind: str                                  # 'Deployment' or 'Flow'
     executors: List[ExecutorExport]
-    graph: GatewaySpec                         # the gateway's graph, without addresses, secret or listeners
-    gateway_port: int
+    graph: GatewaySpec                         # the gateway's graph and doors (container ports), no addresses
     spec: Dict[str, Any]                       # the config, rewritten for containers
     app_dir: str
     files: Dict[str, str]                      # path under APP_DIR -> file on this machine
@@ -200,6 +199,35 @@ class ExportPlan:
     def monitoring(self) -> bool:
         """Whether the gateway serves /metrics (``graph.port_monitoring`` in its container)."""
         return self.graph.monitoring
+
+    @property
+    def doors(self) -> List[Tuple[str, int]]:
+        """(protocol, port) of every door of the gateway, in ``protocol=`` order (default: one gRPC port)."""
+        return list(zip(self.graph.protocols, self.graph.ports))
+
+    @property
+    def gateway_port(self) -> int:
+        """The first door's port."""
+        return self.graph.ports[0]
+
+    def gateway_probe(self) -> Tuple[str, int]:
+        """The door health checks use: gRPC (``orchestra ping``) if there is one, else HTTP (``GET /``),
+        else the WebSocket port (a TCP connect)."""
+        doors = dict(self.doors)
+        for protocol in ('grpc', 'http', 'websocket'):
+            if protocol in doors:
+                return protocol, doors[protocol]
+        raise AssertionError(f'no door in {self.doors}')
+
+    def gateway_probe_command(self) -> List[str]:
+        """A command that exits 0 when the gateway answers (for Compose healthchecks and exec probes)."""
+        protocol, port = self.gateway_probe()
+        if protocol == 'grpc':
+            return ['orchestra', 'ping', f'127.0.0.1:{port}', '--timeout', '3']
+        if protocol == 'http':
+            return ['python', '-c', f'import urllib.request; urllib.request.urlopen("http://127.0.0.1:{port}/", '
+                                    'timeout=3)']
+        return ['python', '-c', f'import socket; socket.create_connection(("127.0.0.1", {port}), 3).close()']
 
     @property
     def secret_name(self) -> str:
@@ -218,8 +246,11 @@ class ExportPlan:
             stage, shards=tuple(tuple(targets.get((stage.name, i), [])) for i in range(len(stage.shards))),
             discover='dns' if discover_dns.get(stage.name) else None) for stage in self.graph.stages)
         graph = dataclasses.replace(self.graph, stages=stages).to_dict()
-        return ['gateway', '--graph', json.dumps(graph, separators=(',', ':'), sort_keys=True),
-                '--host', '0.0.0.0', '--port', str(self.gateway_port)]
+        args = ['gateway', '--graph', json.dumps(graph, separators=(',', ':'), sort_keys=True),
+                '--host', '0.0.0.0', '--port', *(str(port) for _, port in self.doors)]
+        if [p for p, _ in self.doors] != ['grpc']:
+            args += ['--protocol', *(p for p, _ in self.doors)]
+        return args
 
     def executor(self, name: str) -> ExecutorExport:
         for ex in self.executors:
@@ -327,10 +358,21 @@ def build_plan(obj: Any, app_dir: Optional[str] = None) -> ExportPlan:
             spec.pop('with', None)
     graph = GatewaySpec(name=gateway_spec.name, stages=gateway_spec.stages,
                         max_in_flight_per_replica=gateway_spec.max_in_flight_per_replica,
+                        protocols=gateway_spec.protocols, ports=_container_ports(gateway_spec.ports),
                         monitoring=gateway_spec.monitoring,
                         port_monitoring=gateway_spec.port_monitoring or METRICS_PORT if gateway_spec.monitoring else 0)
-    return ExportPlan(name=obj.name, kind=spec['jtype'], executors=executors, graph=graph,
-                      gateway_port=obj._port_arg or GATEWAY_PORT, spec=spec, app_dir=base, files=files)
+    return ExportPlan(name=obj.name, kind=spec['jtype'], executors=executors, graph=graph, spec=spec,
+                      app_dir=base, files=files)
+
+
+def _container_ports(given: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The port of each door in the containers: the one given, else GATEWAY_PORT, GATEWAY_PORT + 1, ... (0: not given).
+
+    >>> _container_ports((0, 8080, 0))
+    (8081, 8080, 8082)
+    """
+    free = (p for p in range(GATEWAY_PORT, 65536) if p not in given)
+    return tuple(port or next(free) for port in given)
 
 
 # ----------------------------------------------------------------------------- user code and paths

@@ -9,8 +9,9 @@ instead of 127.0.0.1 ports. It needs the per-Deployment secret (``$ORCHESTRA_SEC
 peers authenticate their calls with it and RAFT traffic is encrypted with it (with
 ``--raft-password-from-secret``, with a RAFT password derived from it instead).
 
-``orchestra gateway --graph JSON --host 0.0.0.0 --port P`` serves the gateway of the graph the
-export wrote (``Orchestration.run_plan().gateway`` with addresses filled in). A stage marked
+``orchestra gateway --graph JSON --host 0.0.0.0 --port P [P2 ...] [--protocol grpc http ...]``
+serves the gateway of the graph the export wrote (``Orchestration.run_plan().gateway`` with
+addresses filled in), one door per protocol. A stage marked
 ``"discover": "dns"`` lists DNS names (a headless Service): each resolves to every replica
 behind it, re-resolved every :data:`DNS_REFRESH_S` seconds, so replicas added or removed (e.g.
 ``kubectl scale``) join or leave the idle-first routing without a restart.
@@ -239,11 +240,12 @@ def parse_graph(text: str) -> GatewaySpec:
                           '...}]}, as `orchestra export` writes it)') from None
 
 
-async def serve_gateway(graph: GatewaySpec, host: str, port: int, stop: asyncio.Event, on_ready=None,
-                        resolver: Optional[Resolver] = None, refresh_s: Optional[float] = None) -> None:
-    """Serve the gateway of ``graph`` until ``stop``; DNS-discovered shards are kept resolved."""
-    from runtime.gateway import Gateway
-    from runtime.server import STOP_GRACE_S, start_node_server
+async def serve_gateway(graph: GatewaySpec, host: str, port: Any, stop: asyncio.Event, on_ready=None,
+                        resolver: Optional[Resolver] = None, refresh_s: Optional[float] = None,
+                        protocols: Optional[List[str]] = None) -> None:
+    """Serve the gateway of ``graph`` until ``stop``; DNS-discovered shards are kept resolved.
+    ``protocols``/``port``: the doors and their ports (a list, same order); default one gRPC port."""
+    from runtime.gateway import Gateway, open_listeners
     resolver = resolver or Resolver()
     refresh = refresh_s or float(os.environ.get('ORCHESTRA_DNS_REFRESH_S') or DNS_REFRESH_S)
     dns: List[Tuple[str, int, List[str]]] = []
@@ -255,10 +257,12 @@ async def serve_gateway(graph: GatewaySpec, host: str, port: int, stop: asyncio.
         else:   # fixed names (a StatefulSet's pods, Compose services, external hosts): gRPC resolves them
             stage = replace(stage, shards=tuple(tuple(resolver.mapped(a) for a in shard) for shard in stage.shards))
         stages.append(stage)
-    gw = Gateway(replace(graph, host=host, port=port, stages=tuple(stages)))
+    ports = tuple(int(p) for p in (port if isinstance(port, (list, tuple)) else [port]))
+    spec = replace(graph, host=host, protocols=tuple(protocols or ['grpc']), ports=ports, stages=tuple(stages))
+    gw = Gateway(spec)
     from runtime.secrets import load_secret
     gw.secret = gw.secret or load_secret()   # the replicas' records in Info need it (runtime.remote)
-    server, gw.port = await start_node_server(host, port, gw.call, gw.info, gw.control)
+    stops = await open_listeners(gw, host, list(spec.protocols), list(spec.ports), control=gw.control)
     metrics = gw.start_metrics(host, graph.port_monitoring) if graph.monitoring else None
     tasks = [asyncio.ensure_future(keep_resolving(gw.nodes[n].shards[i], t, resolver, stop, refresh))
              for n, i, t in dns]
@@ -271,7 +275,7 @@ async def serve_gateway(graph: GatewaySpec, host: str, port: int, stop: asyncio.
             t.cancel()
         if metrics is not None:
             metrics.close()
-        await server.stop(grace=STOP_GRACE_S)
+        await asyncio.gather(*(s() for s in stops))
         await gw.close()
 
 
@@ -281,14 +285,18 @@ def run_gateway(args: Any) -> int:
     _logging(args.log_level, 'gateway')
     try:
         graph = parse_graph(args.graph)
-    except ExportError as e:
+        from runtime.args import protocol_ports
+        protocol_ports(list(args.protocol or ['grpc']), list(args.port))   # one port per protocol, names checked
+    except (ExportError, ValueError) as e:
         print(f'orchestra gateway: {e}', file=sys.stderr, flush=True)
         return 2
     stopping = _stopping_on_signals()
 
     async def main() -> None:
-        await serve_gateway(graph, args.host, args.port, stop_event_from(stopping),
-                            on_ready=lambda gw: print(f'gateway {graph.name} ready on port {gw.port} '
+        protocols = list(args.protocol or ['grpc'])
+        await serve_gateway(graph, args.host, list(args.port), stop_event_from(stopping), protocols=protocols,
+                            on_ready=lambda gw: print(f'gateway {graph.name} ready on '
+                                                      f'{", ".join(f"{p} port {n}" for p, n in gw.ports.items())} '
                                                       f'(pid {os.getpid()})', flush=True))
     asyncio.run(main())
     return 0

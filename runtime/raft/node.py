@@ -433,10 +433,7 @@ class Consensus:
         return t
     # -- pysyncobj's thread ------------------------------------------------------------------
     def _post(self, action: Action) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.applier.post, action)
-        except RuntimeError:
-            pass   # loop closed: shutting down
+        self.applier.post_from_thread(action)
 
     def _on_commit(self, index: int, records: Sequence[Sequence[Any]]) -> None:
         recs = [Record.from_wire(r) for r in records]   # the log's plain tuples (see runtime.raft.records)
