@@ -177,6 +177,18 @@ def test_deployment_replicas_and_gateway_count_what_was_sent():
         assert f'metrics: gateway http://127.0.0.1:{st["gateway"]["metrics_port"]}/metrics' in status_text(dep, st)
 
 
+def test_the_http_door_is_counted_like_grpc():
+    """Every front door calls Gateway.route_request, where the gateway's metrics are taken."""
+    import httpx
+    with Deployment(name='web', uses='sample_executors:Upper', protocol=['grpc', 'http'], monitoring=True) as dep:
+        for i in range(3):
+            r = httpx.post(f"{dep.addresses['http']}/upper", json={'data': [{'text': f'a{i}'}]}, timeout=30)
+            assert r.status_code == 200, r.text
+        _send(dep, 2, '/upper')
+        gw = samples(dep.status()['gateway']['metrics_port'])
+        assert total(gw, 'orchestra_gateway_requests_total', endpoint='/upper') == 5
+
+
 def test_flow_with_a_stateful_executor_reports_raft(tmp_path):
     flow = (Flow(monitoring=True)
             .add(name='kv', uses='sample_executors:MonitoredKV', replicas=3, stateful=True,
