@@ -18,7 +18,7 @@ from runtime.args import (DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs,
 from runtime.hosts import check_host
 from runtime.limits import check_processes
 from runtime.orchestration import Orchestration
-from runtime.plan import ReplicaPlan, StagePlan
+from runtime.plan import Placement, ReplicaPlan, StagePlan
 from runtime.specs import LOOPBACK, PollingPolicy, ReplicaSpec, SupervisionPolicy
 from runtime.uses import DEFAULT_USES, hub_message, is_hub_reference, resolve_uses
 from runtime.yamlio import ConfigError, source_label
@@ -126,31 +126,53 @@ class Deployment(Orchestration):
                 assign_devices(spec, self.shards * self.replicas)
 
     # -- the plan -------------------------------------------------------------------
-    def _plan(self) -> List[StagePlan]:
-        return [self.stage_plan()]
+    def _plan(self, placements: Optional[Dict[str, Placement]] = None) -> List[StagePlan]:
+        placement = (placements or {}).get(self.name)
+        return [self.stage_plan(placement if placement is not None else self.placement())]
 
-    def stage_plan(self) -> StagePlan:
-        """This Deployment as one stage of a request graph (a Flow uses it too)."""
+    def placement(self, replicas: Optional[int] = None) -> Placement:
+        """This machine's values for the plan (:class:`~runtime.plan.Placement`), with their side effects:
+        GPUs counted here (``CUDA_VISIBLE_DEVICES=RR...``); stateful, the RAFT ports and folders
+        (:func:`runtime.raft.place_raft`). A local start calls it once; an export gives the container's."""
+        if self.external:
+            return Placement(devices=())
+        from runtime.gpu import assign_devices, warn_if_cuda_initialised
+        cuda_spec = self.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'))
+        devices = assign_devices(cuda_spec, self.shards * (replicas or self.replicas))
+        if any(d is not None for d in devices) and cuda_spec and cuda_spec.startswith('RR'):
+            warn_if_cuda_initialised()
+        raft = None
+        if self.stateful:
+            from runtime.raft import place_raft
+            raft = place_raft(self)
+        return Placement(devices=tuple(devices), raft=raft)
+
+    def stage_plan(self, placement: Optional[Placement] = None, replicas: Optional[int] = None,
+                   replica_port: Optional[int] = None) -> StagePlan:
+        """This Deployment as one stage of a request graph (a Flow's Executors too), built from the
+        checked arguments and ``placement`` (default: this machine's, :meth:`placement`) -- nothing else
+        of this machine is read, nothing written. ``replicas``: per shard, when scaling;
+        ``replica_port``: ``Flow.add(port=...)``'s fixed port of the one replica."""
+        replicas = replicas or self.replicas
+        if placement is None:
+            placement = self.placement(replicas)
         if self.external:
             shard = [ReplicaPlan(name=f'{self.name}/rep-{i}', shard=0, replica=i, spec=None,
                                  external_address=a) for i, a in enumerate(self.external_addresses)]
             return StagePlan(self.name, [shard], polling=self.polling.to_config(), needs=self.needs,
                              timeout_send=self.timeout_send, policy=self.policy)
-        from runtime.gpu import assign_devices, replica_env, warn_if_cuda_initialised
+        from runtime.gpu import replica_env
         cuda_spec = self.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'))
-        devices = assign_devices(cuda_spec, self.shards * self.replicas)
-        if any(d is not None for d in devices) and cuda_spec and cuda_spec.startswith('RR'):
-            warn_if_cuda_initialised()
         shards = []
         for s in range(self.shards):
             shard = []
-            for r in range(self.replicas):
+            for r in range(replicas):
                 rname = (f'{self.name}/shard-{s}/rep-{r}' if self.shards > 1 else f'{self.name}/rep-{r}')
                 replica_spec = ReplicaSpec(name=rname, uses=self.uses, uses_with=self.uses_with, deployment=self.name,
-                                           replica_id=r, shard_id=s, shards=self.shards, replicas=self.replicas,
+                                           replica_id=r, shard_id=s, shards=self.shards, replicas=replicas,
                                            workspace=self.workspace, host=LOOPBACK, blas_threads=self.blas_threads,
-                                           log_level=self.log_level)
-                device = devices[s * self.replicas + r]
+                                           log_level=self.log_level, port=replica_port or 0)
+                device = placement.devices[s * replicas + r]
                 env = replica_env(self.env, device)
                 if device is None and cuda_spec and cuda_spec.strip().startswith('RR'):
                     env['CUDA_VISIBLE_DEVICES'] = None  # never pass a literal 'RR...' on
@@ -162,8 +184,8 @@ class Deployment(Orchestration):
         from runtime.batching import in_flight_for   # dynamic batching needs room to gather a batch
         plan.max_in_flight = in_flight_for(self.uses, self.max_in_flight_per_replica)
         if self.stateful:
-            from runtime.raft import plan_stateful
-            plan_stateful(self, plan)
+            from runtime.raft import plan_raft
+            plan_raft(self, plan, placement.raft)
         return plan
 
     # -- poison entries ---------------------------------------------------------------
@@ -214,12 +236,7 @@ class Deployment(Orchestration):
     def plan_with_replicas(self, replicas: int) -> StagePlan:
         """This Deployment's stage plan as if it ran ``replicas`` replicas per shard (for scaling)."""
         self.check_scalable()
-        old = self.replicas
-        self.replicas = replicas
-        try:
-            return self.stage_plan()
-        finally:
-            self.replicas = old
+        return self.stage_plan(replicas=replicas)
 
     # -- configs ----------------------------------------------------------------------
     @classmethod

@@ -24,7 +24,7 @@ fails with an error naming the endpoint (unlike Jina, which returns the docs).
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from runtime import config
@@ -34,7 +34,7 @@ from runtime.deployment import Deployment
 from runtime.hosts import check_host
 from runtime.limits import check_processes
 from runtime.orchestration import Orchestration
-from runtime.plan import StagePlan
+from runtime.plan import Placement, StagePlan
 from runtime.specs import GATEWAY
 from runtime.yamlio import ConfigError, source_label
 
@@ -255,7 +255,7 @@ class Flow(Orchestration):
                              + ' (declare the same doc type, or one with the same fields)')
 
     # -- what the base class runs --------------------------------------------------------
-    def _plan(self) -> List[StagePlan]:
+    def _plan(self, placements: Optional[Dict[str, Placement]] = None) -> List[StagePlan]:
         if not self.entries:
             raise ValueError(f'Flow {self.name!r} has no Executors; add one with .add(uses=...)')
         plans = []
@@ -263,14 +263,13 @@ class Flow(Orchestration):
             if e.is_join:
                 plans.append(StagePlan(e.name, [], needs=list(e.needs)))
                 continue
-            plan = e.deployment.stage_plan()
+            placement = (placements or {}).get(e.name)
+            plan = e.deployment.stage_plan(placement if placement is not None else e.deployment.placement(),
+                                           replica_port=e.replica_port)
             plan.needs = list(e.needs)
             plan.floating = e.floating
             if plan.max_in_flight is None:
                 plan.max_in_flight = e.deployment.max_in_flight_per_replica
-            if e.replica_port is not None:
-                plan.shards = [[replace(r, spec=replace(r.spec, port=e.replica_port)) for r in shard]
-                               for shard in plan.shards]
             plans.append(plan)
         return plans
 

@@ -30,7 +30,7 @@ from runtime.client import Client, CrudShortcuts
 from runtime.exposure import warn_if_exposed
 from runtime.logfiles import tail
 from runtime.loop import RequestCancelled, run_async, run_sync
-from runtime.plan import RunPlan, StagePlan
+from runtime.plan import Placement, RunPlan, StagePlan
 from runtime.processes import ChildProcess
 from runtime.runner import Runner, RunningStage, ainfo
 from runtime.secrets import private_dir, resolve_secret
@@ -320,17 +320,20 @@ class Orchestration(CrudShortcuts):
         return '\n'.join(chunks)
 
     # -- the plan ------------------------------------------------------------------------
-    def _plan(self) -> List[StagePlan]:
-        """The stages of the request graph (what a subclass implements)."""
+    def _plan(self, placements: Optional[Dict[str, Placement]] = None) -> List[StagePlan]:
+        """The stages of the request graph (what a subclass implements); ``placements``: see :meth:`run_plan`."""
         raise NotImplementedError
 
-    def run_plan(self) -> RunPlan:
+    def run_plan(self, placements: Optional[Dict[str, Placement]] = None) -> RunPlan:
         """What to start: the stages and the gateway (a door per protocol, on ``port``'s entry for it, or
         one the OS picks).
 
-        The one function behind a local start and both exports (:mod:`runtime.export.plan`);
-        the secret is added by the runner at start, never written in a plan."""
-        stages = tuple(self._plan())
+        The one function behind a local start and both exports (:mod:`runtime.export.plan`).
+        ``placements``: Executor name -> the machine-dependent values (GPU devices, RAFT layout) of
+        the machine that runs it; an Executor not named gets this machine's (with their side
+        effects: ``Deployment.placement``). The secret is added by the runner at start, never
+        written in a plan."""
+        stages = tuple(self._plan(placements))
         gateway = GatewaySpec(name=f'{self.name}/gateway', host=self.host, protocols=tuple(self.protocols),
                               ports=tuple(p or 0 for p in self._door_ports),
                               max_in_flight_per_replica=self.max_in_flight_per_replica,

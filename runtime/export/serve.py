@@ -170,7 +170,7 @@ def replica_spec(config_path: str, executor: str, shard: int, replica: Optional[
 
 def retarget_raft(raft: RaftSpec, raft_ports: List[int], hosts: List[str], replica: int,
                   bind_host: str, grpc_port: int, resolver: Resolver) -> RaftSpec:
-    """``plan_stateful``'s RAFT spec with peers at ``hosts[i]`` instead of 127.0.0.1 ports."""
+    """``plan_raft``'s RAFT spec with peers at ``hosts[i]`` instead of 127.0.0.1 ports."""
     def raft_addr(i: int) -> str:
         return resolver.mapped(f'{hosts[i]}:{raft_ports[i]}')
 

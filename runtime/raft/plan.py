@@ -1,10 +1,12 @@
 """The Deployment hooks of ``stateful=True``: checks up front and the per-replica plan.
 
 ``validate_stateful`` checks a Deployment's arguments (replicas, ``peer_ports``,
-``raft_configuration``, ``raft_password``); ``plan_stateful`` picks RAFT ports (remembered in
-``<workspace>/<name>/.raft/peers.json``) and folders (private: 0700) and puts them in each
-replica's spec (``ReplicaSpec.raft``, a :class:`~runtime.specs.RaftSpec`); it names the file that
-keeps the Deployment's secret (``StagePlan.secret_file``; :mod:`runtime.secrets`). Relies on :mod:`runtime.raft.config`.
+``raft_configuration``, ``raft_password``); ``place_raft`` picks this machine's RAFT ports
+(remembered in ``<workspace>/<name>/.raft/peers.json``) and folders (private: 0700) -- a
+:class:`~runtime.plan.RaftLayout`, the side effects done once, at start; ``plan_raft`` (pure)
+puts a layout in each replica's spec (``ReplicaSpec.raft``, a :class:`~runtime.specs.RaftSpec`)
+and names the file that keeps the Deployment's secret (``StagePlan.secret_file``;
+:mod:`runtime.secrets`). Relies on :mod:`runtime.raft.config`.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from runtime.raft.common import _write_json
 from runtime.raft.config import normalize_raft_configuration
 from runtime.secrets import SECRET_FILE_NAME, private_dir, private_tree
+from runtime.plan import RaftLayout
 from runtime.specs import RaftPeer, RaftSpec
 
 log = logging.getLogger('orchestra.raft')
@@ -177,20 +180,19 @@ def _remembered_ports(root: str, replicas: int, shards: int) -> Optional[Dict[in
     return ports
 
 
-def plan_stateful(dep: Any, plan: Any) -> None:
-    """Give every replica of a stateful Deployment what its RAFT node needs (``ReplicaSpec.raft``)."""
+def place_raft(dep: Any) -> RaftLayout:
+    """This machine's RAFT layout for a stateful Deployment, with its side effects, once, at start:
+    a workspace if none was given, private folders, ports chosen (or remembered) and written to
+    ``<workspace>/<name>/.raft/peers.json``; ``dep.peer_ports_used`` says which."""
     if dep.workspace is None:   # state must live somewhere: a folder for this Deployment object
         import tempfile
         dep.workspace = tempfile.mkdtemp(prefix=f'orchestra-raft-{dep.name}-')
         log.warning('stateful Deployment %r has no workspace; using %s (pass workspace=... to keep '
                     'the state across Python sessions)', dep.name, dep.workspace)
-        plan.shards = [[replace(r, spec=replace(r.spec, workspace=dep.workspace)) for r in shard]
-                       for shard in plan.shards]
     root = raft_root(dep.workspace, dep.name)
     private_dir(os.path.dirname(root))   # <workspace>/<name>: the replicas' folders go in there too
     private_dir(root)
     private_tree(root)   # files an earlier version left readable by others
-    plan.secret_file = os.path.join(root, SECRET_FILE_NAME)
     bind_host = dep.host or '127.0.0.1'
     ports = dep._raft_peer_ports
     if ports is None:
@@ -211,22 +213,35 @@ def plan_stateful(dep: Any, plan: Any) -> None:
     dep.peer_ports_used = {s: list(p) for s, p in ports.items()}
     connect_host = '127.0.0.1' if bind_host in ('0.0.0.0', '::', '') else bind_host
     all_raft = [p for s in sorted(ports) for p in ports[s]]
-    grpc_ports = _free_ports(len(plan.replicas), avoid=all_raft)
-    k = 0
+    grpc_ports = _free_ports(dep.shards * dep.replicas, avoid=all_raft)
+    return RaftLayout(workspace=dep.workspace, peer_ports={s: tuple(p) for s, p in ports.items()},
+                      grpc_ports=tuple(grpc_ports), bind_host=bind_host, connect_host=connect_host)
+
+
+def plan_raft(dep: Any, plan: Any, layout: RaftLayout) -> None:
+    """Give every replica of a stateful stage what its RAFT node needs (``ReplicaSpec.raft``), from
+    ``layout``; pure: nothing is read from or written to this machine."""
+    root = raft_root(layout.workspace, dep.name)
+    plan.secret_file = os.path.join(root, SECRET_FILE_NAME)
+    ports = layout.peer_ports
+    position = 0
     for s, shard in enumerate(plan.shards):
         members = []
-        for j, r in enumerate(shard):
-            if not r.spec.port:
-                shard[j] = r = replace(r, spec=replace(r.spec, port=grpc_ports[k]))
-            k += 1
-            members.append(RaftPeer(replica=r.replica, name=r.name, raft=f'{connect_host}:{ports[s][r.replica]}',
-                                    grpc=f'127.0.0.1:{r.spec.port}'))
-        for j, (r, me) in enumerate(zip(shard, members)):
-            shard[j] = replace(r, spec=replace(r.spec, raft=RaftSpec(
-                replica=r.replica, shard=s, name=r.name,
-                address=me.raft, bind=f'{bind_host}:{ports[s][r.replica]}',
+        for j, replica in enumerate(shard):
+            spec = replace(replica.spec, workspace=layout.workspace)
+            if not spec.port:
+                spec = replace(spec, port=layout.grpc_ports[position])
+            shard[j] = replica = replace(replica, spec=spec)
+            position += 1
+            members.append(RaftPeer(replica=replica.replica, name=replica.name,
+                                    raft=f'{layout.connect_host}:{ports[s][replica.replica]}',
+                                    grpc=f'127.0.0.1:{replica.spec.port}'))
+        for j, (replica, me) in enumerate(zip(shard, members)):
+            shard[j] = replace(replica, spec=replace(replica.spec, raft=RaftSpec(
+                replica=replica.replica, shard=s, name=replica.name,
+                address=me.raft, bind=f'{layout.bind_host}:{ports[s][replica.replica]}',
                 peers=tuple(m for m in members if m is not me),
-                dir=os.path.join(root, f'shard-{s}', f'rep-{r.replica}'),
+                dir=os.path.join(root, f'shard-{s}', f'rep-{replica.replica}'),
                 conf=dict(dep._raft_conf), options=dict(dep._raft_options),
                 password=dep.raft_password,   # None: the Deployment's secret (ReplicaSpec.secret)
                 read_consistency=dep.read_consistency, durability=dep.durability)))
