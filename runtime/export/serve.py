@@ -258,7 +258,7 @@ async def serve_gateway(graph: GatewaySpec, host: str, port: Any, stop: asyncio.
     spec = replace(graph, host=host, protocols=tuple(protocols or ['grpc']), ports=ports, stages=tuple(stages))
     gw = Gateway(spec)
     stops = await open_listeners(gw, host, list(spec.protocols), list(spec.ports), control=gw.control)
-    tasks = [asyncio.ensure_future(keep_resolving(gw.nodes[n].shards[i], t, resolver, stop, refresh))
+    tasks = [asyncio.ensure_future(keep_resolving(gw.stages[n].shards[i], t, resolver, stop, refresh))
              for n, i, t in dns]
     try:
         if on_ready:
