@@ -206,7 +206,7 @@ class Deployment(Orchestration):
             raise ValueError(f'{self.name!r} has no workspace yet: start it first')
         add_skipped(os.path.join(raft_root(self.workspace, self.name), f'shard-{shard}', SKIP_FILE), index)
         if self._started:
-            names = [r.name for n in self.nodes for r in n.shards[shard]]
+            names = [r.name for stage in self.stages for r in stage.shards[shard]]
             for name in names:
                 self.restart_replica(name)
 

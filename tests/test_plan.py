@@ -74,7 +74,7 @@ def test_a_flow_plans_its_stages_joins_and_fixed_ports():
     assert j.shards == [] and j.needs == ['a', 'b']
     assert [(s.name, s.needs, len(s.shards)) for s in plan.gateway.stages] == [
         ('a', ('gateway',), 1), ('b', ('gateway',), 1), ('j', ('a', 'b'), 0)]
-    assert f.nodes == []   # planning starts nothing and changes nothing
+    assert f.stages == []   # planning starts nothing and changes nothing
 
 
 def test_the_export_reads_the_local_run_plan(tmp_path):
