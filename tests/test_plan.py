@@ -157,3 +157,17 @@ def test_a_supplied_placement_is_all_the_machine_a_plan_reads(tmp_path):
     assert [(r.spec.port, r.spec.raft.address) for r in stage.replicas] == [
         (11, '127.0.0.1:1'), (12, '127.0.0.1:2'), (13, '127.0.0.1:3')]
     assert os.path.dirname(stage.secret_file) == '/w/kv/.raft'
+
+
+def test_a_flow_plans_from_each_executors_checked_arguments_not_from_a_deployment():
+    from runtime.deployment import ExecutorArgs, plan_stage
+    from runtime.plan import Placement
+    f = Flow(name='f').add(name='a', replicas=2, env={'X': '1'}).add(name='b', shards=2)
+    args = f.entries[0].args
+    assert isinstance(args, ExecutorArgs) and (args.name, args.replicas, args.env) == ('a', 2, {'X': '1'})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        args.replicas = 3   # type: ignore[misc]
+    f['a'].replicas = 7   # flow['a'] is a view for users and writers: the Flow never plans through it
+    a, b = f.run_plan().stages
+    assert a.replicas == plan_stage(args, Placement((None, None)), replica_port=None).replicas
+    assert [r.name for r in a.replicas] == ['a/rep-0', 'a/rep-1'] and len(b.shards) == 2

@@ -180,48 +180,49 @@ def _remembered_ports(root: str, replicas: int, shards: int) -> Optional[Dict[in
     return ports
 
 
-def place_raft(dep: Any) -> RaftLayout:
-    """This machine's RAFT layout for a stateful Deployment, with its side effects, once, at start:
-    a workspace if none was given, private folders, ports chosen (or remembered) and written to
-    ``<workspace>/<name>/.raft/peers.json``; ``dep.peer_ports_used`` says which."""
-    if dep.workspace is None:   # state must live somewhere: a folder for this Deployment object
+def place_raft(executor: Any) -> RaftLayout:
+    """This machine's RAFT layout for a stateful Executor (its checked arguments,
+    ``runtime.deployment.ExecutorArgs``), with the side effects, once, at start: a workspace if
+    none was given, private folders, ports chosen (or remembered) and written to
+    ``<workspace>/<name>/.raft/peers.json``."""
+    workspace = executor.workspace
+    if workspace is None:   # state must live somewhere: a folder for this Deployment object
         import tempfile
-        dep.workspace = tempfile.mkdtemp(prefix=f'orchestra-raft-{dep.name}-')
+        workspace = tempfile.mkdtemp(prefix=f'orchestra-raft-{executor.name}-')
         log.warning('stateful Deployment %r has no workspace; using %s (pass workspace=... to keep '
-                    'the state across Python sessions)', dep.name, dep.workspace)
-    root = raft_root(dep.workspace, dep.name)
+                    'the state across Python sessions)', executor.name, workspace)
+    root = raft_root(workspace, executor.name)
     private_dir(os.path.dirname(root))   # <workspace>/<name>: the replicas' folders go in there too
     private_dir(root)
     private_tree(root)   # files an earlier version left readable by others
-    bind_host = dep.host or '127.0.0.1'
-    ports = dep._raft_peer_ports
+    bind_host = executor.host or '127.0.0.1'
+    replicas, shards = executor.replicas, executor.shards
+    ports = executor.raft_peer_ports
     if ports is None:
-        ports = _remembered_ports(root, dep.replicas, dep.shards) or {}
-        for s in range(dep.shards):   # remembered ports taken by something else meanwhile: new ones
+        ports = _remembered_ports(root, replicas, shards) or {}
+        for s in range(shards):   # remembered ports taken by something else meanwhile: new ones
             if s in ports and not all(_bindable(p, bind_host) for p in ports[s]):
                 log.warning('RAFT ports %s remembered for %s shard %d are in use now; choosing new ones '
-                            '(the journal is kept)', ports[s], dep.name, s)
+                            '(the journal is kept)', ports[s], executor.name, s)
                 del ports[s]
         taken = [p for v in ports.values() for p in v]
-        for s in range(dep.shards):
+        for s in range(shards):
             if s not in ports:
-                ports[s] = _free_ports(dep.replicas, bind_host, avoid=taken)
+                ports[s] = _free_ports(replicas, bind_host, avoid=taken)
                 taken += ports[s]
     _write_json(os.path.join(root, 'peers.json'),
-                {'peer_ports': {str(s): p for s, p in ports.items()}, 'replicas': dep.replicas,
-                 'shards': dep.shards})
-    dep.peer_ports_used = {s: list(p) for s, p in ports.items()}
+                {'peer_ports': {str(s): p for s, p in ports.items()}, 'replicas': replicas, 'shards': shards})
     connect_host = '127.0.0.1' if bind_host in ('0.0.0.0', '::', '') else bind_host
     all_raft = [p for s in sorted(ports) for p in ports[s]]
-    grpc_ports = _free_ports(dep.shards * dep.replicas, avoid=all_raft)
-    return RaftLayout(workspace=dep.workspace, peer_ports={s: tuple(p) for s, p in ports.items()},
+    grpc_ports = _free_ports(shards * replicas, avoid=all_raft)
+    return RaftLayout(workspace=workspace, peer_ports={s: tuple(p) for s, p in ports.items()},
                       grpc_ports=tuple(grpc_ports), bind_host=bind_host, connect_host=connect_host)
 
 
-def plan_raft(dep: Any, plan: Any, layout: RaftLayout) -> None:
+def plan_raft(executor: Any, plan: Any, layout: RaftLayout) -> None:
     """Give every replica of a stateful stage what its RAFT node needs (``ReplicaSpec.raft``), from
     ``layout``; pure: nothing is read from or written to this machine."""
-    root = raft_root(layout.workspace, dep.name)
+    root = raft_root(layout.workspace, executor.name)
     plan.secret_file = os.path.join(root, SECRET_FILE_NAME)
     ports = layout.peer_ports
     position = 0
@@ -242,6 +243,6 @@ def plan_raft(dep: Any, plan: Any, layout: RaftLayout) -> None:
                 address=me.raft, bind=f'{layout.bind_host}:{ports[s][replica.replica]}',
                 peers=tuple(m for m in members if m is not me),
                 dir=os.path.join(root, f'shard-{s}', f'rep-{replica.replica}'),
-                conf=dict(dep._raft_conf), options=dict(dep._raft_options),
-                password=dep.raft_password,   # None: the Deployment's secret (ReplicaSpec.secret)
-                read_consistency=dep.read_consistency, durability=dep.durability)))
+                conf=dict(executor.raft_conf), options=dict(executor.raft_options),
+                password=executor.raft_password,   # None: the Deployment's secret (ReplicaSpec.secret)
+                read_consistency=executor.read_consistency, durability=executor.durability)))
