@@ -171,7 +171,7 @@ def held_ids(address: str) -> set:
 def check_replicas(dep, acked: set, timeout: float = 60.0) -> Dict[str, Any]:
     """Wait until every replica holds every acknowledged write (and the replicas agree); report
     what is missing if they never do."""
-    addrs = [r.address for r in dep.nodes[0].replicas]
+    addrs = [r.address for r in dep.stages[0].replicas]
     last: Dict[str, Any] = {}
 
     def converged() -> bool:
@@ -196,7 +196,7 @@ def sc_replica_kill(q: bool) -> dict:
         load = Load(dep.port, threads=2).start()
         try:
             load.wait_warm()
-            victim = dep.nodes[0].replicas[1].process
+            victim = dep.stages[0].replicas[1].process
             pid = victim.pid
             tf = time.monotonic()
             victim.handle.send_signal(signal.SIGKILL)
@@ -255,10 +255,10 @@ def _stateful(kill: str, q: bool) -> dict:
                 else:
                     victims = [next(r['replica'] for r in st if (r.get('raft') or {}).get('role') == 'leader')]
                     what = f'SIGKILL the RAFT leader (rep-{victims[0]}) of 3'
-                pids = {i: dep.nodes[0].replicas[i].process.pid for i in victims}
+                pids = {i: dep.stages[0].replicas[i].process.pid for i in victims}
                 tf = time.monotonic()
                 for i in victims:
-                    dep.nodes[0].replicas[i].process.handle.send_signal(signal.SIGKILL)
+                    dep.stages[0].replicas[i].process.handle.send_signal(signal.SIGKILL)
                 wait_for(lambda: all(pid_gone(p) for p in pids.values()), 10, 'the victims to die', 0.01)
                 wait_for(lambda: all(back_ready(dep, i, pids[i], stateful=True) for i in victims), 120,
                          'the killed replicas to be back (RAFT ready)', 0.05)
@@ -307,7 +307,7 @@ def sc_leader_kill(q: bool) -> dict:
 def sc_hung(q: bool) -> dict:
     with Deployment(name='fh', uses='sample_executors:Poison', replicas=3) as dep:   # defaults: health_timeout
         load = Load(dep.port, threads=2).start()                                       # 2 s, restart_grace 10 s
-        pid = dep.nodes[0].replicas[1].process.pid
+        pid = dep.stages[0].replicas[1].process.pid
         stopped = False
         try:
             load.wait_warm()

@@ -231,7 +231,7 @@ def run(requests_n: int, window: int, rounds: int, jina_python: Optional[str]
         print(f'Jina row skipped: no Python at {jina_python!r} (see the module docstring)', file=sys.stderr)
     try:
         with Deployment(uses=Echo, protocol=['http', 'grpc']) as dep:
-            ours = [dep.gateway.pid] + [r.process.pid for n in dep.nodes for r in n.replicas]
+            ours = [dep.gateway.pid] + [r.process.pid for stage in dep.stages for r in stage.replicas]
             theirs = ([jina.proc.pid] + [p.pid for p in psutil.Process(jina.proc.pid).children(recursive=True)]
                       if jina is not None else [])
             for r in range(rounds):

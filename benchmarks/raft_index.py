@@ -70,7 +70,7 @@ def make_docs(n: int, dim: int, seed: int = 0) -> DocList[TextDoc]:
 def counts(dep: Deployment) -> List[int]:
     """Docs held by each replica, asked directly (not through the gateway)."""
     out = []
-    for r in dep.nodes[0].replicas:
+    for r in dep.stages[0].replicas:
         host, port = r.address.rsplit(':', 1)
         c = Client(host=host, port=int(port))
         try:

@@ -42,7 +42,7 @@ def one(mode: str, replicas: int) -> tuple:
     t0 = time.perf_counter()
     with Deployment(name='startup', replicas=replicas) as dep:
         ready = time.perf_counter() - t0
-        procs = [r.process for r in dep.nodes[0].replicas] + [dep.gateway]
+        procs = [r.process for r in dep.stages[0].replicas] + [dep.gateway]
         assert all(p.via == ('subprocess' if mode == 'subprocess' else 'forkserver') for p in procs), \
             [p.via for p in procs]
         cpu = 0.0

@@ -423,7 +423,7 @@ class OrchestraMagics(Magics):
             raise usage_error(f'-n {args.lines}: must be >= 1', 'logs')
         from runtime.logfiles import tail
         obj = entry.obj
-        procs = [(r.replica, r.name, r.process) for n in obj.nodes for r in n.replicas if r.process]
+        procs = [(r.replica, r.name, r.process) for stage in obj.stages for r in stage.replicas if r.process]
         if obj.gateway is not None:
             procs.append(('gateway', obj.gateway.name, obj.gateway))
         if args.replica is not None:
@@ -572,7 +572,7 @@ class _Overview:
         for e in entries:
             o = e.obj
             self.rows.append([e.name, type(o).__name__, e.state,
-                              sum(len(n.replicas) for n in o.nodes) or getattr(o, 'replicas', ''),
+                              sum(len(stage.replicas) for stage in o.stages) or getattr(o, 'replicas', ''),
                               o.address if e.state == 'running' else '', reprs.summary_line(o),
                               self.SOURCES.get(e.source, e.source)])
 

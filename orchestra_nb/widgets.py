@@ -463,7 +463,7 @@ class ControlPanel(widgets.VBox):
             keep = self.log_choice.value if self.log_choice.value in names else names[0]
             self.log_choice.options = names
             self.log_choice.value = keep
-        procs = {r.name: r.process for n in dep.nodes for r in n.replicas if r.process}
+        procs = {r.name: r.process for stage in dep.stages for r in stage.replicas if r.process}
         if dep.gateway is not None:
             procs[dep.gateway.name] = dep.gateway
         proc = procs.get(self.log_choice.value)

@@ -519,7 +519,7 @@ def _index(dep: Any, client: Any, setup: Setup, index_docs, bars: Callable[..., 
     n_docs = len(index_docs)
     batches = [index_docs[i:i + INDEX_REQUEST_SIZE] for i in range(0, n_docs, INDEX_REQUEST_SIZE)]
     procs = {'client': os.getpid(), 'gateway': dep.gateway.pid if dep.gateway else None,
-             'replicas': [r.process.pid for r in dep.nodes[0].replicas if r.process]}
+             'replicas': [r.process.pid for r in dep.stages[0].replicas if r.process]}
     bar = bars(total=n_docs, desc=f'{setup.name}: index', unit='doc', leave=False)
     try:
         cpu0 = _cpu_seconds(procs)
@@ -529,7 +529,7 @@ def _index(dep: Any, client: Any, setup: Setup, index_docs, bars: Callable[..., 
         res.index_seconds = time.perf_counter() - t0
     finally:
         bar.close()
-    addresses = {r.name: r.address for r in dep.nodes[0].replicas}
+    addresses = {r.name: r.address for r in dep.stages[0].replicas}
     counts = {name: _replica_count(a) for name, a in addresses.items()}
     if setup.stateful and None not in counts.values():     # until every replica applied every write
         deadline = time.monotonic() + sync_timeout

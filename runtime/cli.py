@@ -114,7 +114,7 @@ def _serve(obj: Any, kind: str) -> int:
             print(f'orchestra {kind}: failed to start: {e}', file=sys.stderr, flush=True)
             return 1
         try:
-            n = sum(len(node.replicas) for node in obj.nodes)
+            n = sum(len(stage.replicas) for stage in obj.stages)
             print(f'{type(obj).__name__} {obj.name!r} ready at {", ".join(obj.addresses.values())} '
                   f'({n} replica process{"es" if n != 1 else ""}, started in {obj.startup_seconds:.1f} s)',
                   flush=True)

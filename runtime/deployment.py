@@ -10,7 +10,8 @@ closest valid name (Jina only warns).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from runtime import config
 from runtime.args import (DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs, check_values, protocol_ports,
@@ -18,12 +19,107 @@ from runtime.args import (DEPLOYMENT_ARGS, arg_names, check_count, check_kwargs,
 from runtime.hosts import check_host
 from runtime.limits import check_processes
 from runtime.orchestration import Orchestration
-from runtime.plan import ReplicaPlan, StagePlan
+from runtime.plan import Placement, ReplicaPlan, StagePlan
 from runtime.specs import LOOPBACK, PollingPolicy, ReplicaSpec, SupervisionPolicy
 from runtime.uses import DEFAULT_USES, hub_message, is_hub_reference, resolve_uses
 from runtime.yamlio import ConfigError, source_label
 
 _NAMES = arg_names(DEPLOYMENT_ARGS)
+
+
+@dataclass(frozen=True)
+class ExecutorArgs:
+    """One Executor's checked arguments (a Deployment's, or a ``Flow.add``'s): all its stage plan is
+    built from, with a :class:`~runtime.plan.Placement` (:func:`plan_stage`)."""
+    name: str
+    uses: Any
+    uses_with: Dict[str, Any]
+    replicas: int
+    shards: int
+    polling: PollingPolicy
+    needs: Any
+    env: Dict[str, str]
+    workspace: Optional[str]
+    host: str
+    stateful: bool
+    external: bool
+    external_addresses: Tuple[str, ...]
+    blas_threads: Optional[int]
+    log_level: str
+    no_reduce: bool
+    allow_partial: bool
+    timeout_send: Optional[float]
+    policy: SupervisionPolicy
+    max_in_flight_per_replica: int
+    raft_peer_ports: Optional[Dict[int, List[int]]]   # stateful: runtime.raft.validate_stateful's
+    raft_conf: Optional[Dict[str, Any]]
+    raft_options: Optional[Dict[str, Any]]
+    raft_password: Optional[str]
+    read_consistency: str
+    durability: str
+    monitoring: bool = False   # its replicas serve Prometheus /metrics (runtime.metrics)
+
+
+def local_placement(args: ExecutorArgs, replicas: Optional[int] = None) -> Placement:
+    """This machine's values for an Executor's plan (:class:`~runtime.plan.Placement`), with their side
+    effects: GPUs counted here (``CUDA_VISIBLE_DEVICES=RR...``); stateful, the RAFT ports and folders
+    (:func:`runtime.raft.place_raft`). A local start calls it once; an export gives the containers'."""
+    if args.external:
+        return Placement(devices=())
+    from runtime.gpu import assign_devices, warn_if_cuda_initialised
+    cuda_spec = args.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'))
+    devices = assign_devices(cuda_spec, args.shards * (replicas or args.replicas))
+    if any(d is not None for d in devices) and cuda_spec and cuda_spec.startswith('RR'):
+        warn_if_cuda_initialised()
+    raft = None
+    if args.stateful:
+        from runtime.raft import place_raft
+        raft = place_raft(args)
+    return Placement(devices=tuple(devices), raft=raft)
+
+
+def plan_stage(args: ExecutorArgs, placement: Placement, replicas: Optional[int] = None,
+               replica_port: Optional[int] = None) -> StagePlan:
+    """An Executor as one stage of a request graph, from its checked arguments and ``placement`` --
+    nothing else of this machine is read, nothing written. The one planning function of a
+    Deployment, a Flow's Executors and both exports. ``replicas``: per shard, when scaling;
+    ``replica_port``: ``Flow.add(port=...)``'s fixed port of the one replica.
+
+    >>> plan_stage(Deployment(name='up', replicas=2).executor_args(), Placement((None, None)))  # doctest: +SKIP
+    """
+    replicas = replicas or args.replicas
+    if args.external:
+        shard = [ReplicaPlan(name=f'{args.name}/rep-{i}', shard=0, replica=i, spec=None,
+                             external_address=address) for i, address in enumerate(args.external_addresses)]
+        return StagePlan(args.name, [shard], polling=args.polling.to_config(), needs=args.needs,
+                         timeout_send=args.timeout_send, policy=args.policy)
+    from runtime.gpu import replica_env
+    cuda_spec = args.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'))
+    shards = []
+    for s in range(args.shards):
+        shard = []
+        for r in range(replicas):
+            replica_name = f'{args.name}/shard-{s}/rep-{r}' if args.shards > 1 else f'{args.name}/rep-{r}'
+            replica_spec = ReplicaSpec(name=replica_name, uses=args.uses, uses_with=args.uses_with,
+                                       deployment=args.name, replica_id=r, shard_id=s, shards=args.shards,
+                                       replicas=replicas, workspace=args.workspace, host=LOOPBACK,
+                                       blas_threads=args.blas_threads, log_level=args.log_level,
+                                       port=replica_port or 0, monitoring=args.monitoring)
+            device = placement.devices[s * replicas + r]
+            env = replica_env(args.env, device)
+            if device is None and cuda_spec and cuda_spec.strip().startswith('RR'):
+                env['CUDA_VISIBLE_DEVICES'] = None  # never pass a literal 'RR...' on
+            shard.append(ReplicaPlan(name=replica_name, shard=s, replica=r, spec=replica_spec, env=env))
+        shards.append(shard)
+    plan = StagePlan(args.name, shards, polling=args.polling.to_config(), needs=args.needs,
+                     no_reduce=args.no_reduce, allow_partial=args.allow_partial, stateful=args.stateful,
+                     timeout_send=args.timeout_send, policy=args.policy)
+    from runtime.batching import in_flight_for   # dynamic batching needs room to gather a batch
+    plan.max_in_flight = in_flight_for(args.uses, args.max_in_flight_per_replica)
+    if args.stateful:
+        from runtime.raft import plan_raft
+        plan_raft(args, plan, placement.raft)
+    return plan
 
 
 class Deployment(Orchestration):
@@ -128,45 +224,41 @@ class Deployment(Orchestration):
                 assign_devices(spec, self.shards * self.replicas)
 
     # -- the plan -------------------------------------------------------------------
-    def _plan(self) -> List[StagePlan]:
-        return [self.stage_plan()]
+    def executor_args(self) -> 'ExecutorArgs':
+        """This Deployment's checked arguments, all its stage plan is built from (:func:`plan_stage`)."""
+        return ExecutorArgs(
+            name=self.name, uses=self.uses, uses_with=dict(self.uses_with), replicas=self.replicas,
+            shards=self.shards, polling=self.polling, needs=self.needs, env=dict(self.env),
+            workspace=self.workspace, host=self.host, stateful=self.stateful, external=self.external,
+            external_addresses=tuple(self.external_addresses) if self.external else (),
+            blas_threads=self.blas_threads, log_level=self.log_level, no_reduce=self.no_reduce,
+            allow_partial=self.allow_partial, timeout_send=self.timeout_send, policy=self.policy,
+            max_in_flight_per_replica=self.max_in_flight_per_replica,
+            raft_peer_ports=getattr(self, '_raft_peer_ports', None), raft_conf=getattr(self, '_raft_conf', None),
+            raft_options=getattr(self, '_raft_options', None), raft_password=self.raft_password,
+            read_consistency=self.read_consistency, durability=self.durability, monitoring=self.monitoring)
 
-    def stage_plan(self) -> StagePlan:
-        """This Deployment as one stage of a request graph (a Flow uses it too)."""
-        if self.external:
-            shard = [ReplicaPlan(name=f'{self.name}/rep-{i}', shard=0, replica=i, spec=None,
-                                 external_address=a) for i, a in enumerate(self.external_addresses)]
-            return StagePlan(self.name, [shard], polling=self.polling.to_config(), needs=self.needs,
-                             timeout_send=self.timeout_send, policy=self.policy)
-        from runtime.gpu import assign_devices, replica_env, warn_if_cuda_initialised
-        cuda_spec = self.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES'))
-        devices = assign_devices(cuda_spec, self.shards * self.replicas)
-        if any(d is not None for d in devices) and cuda_spec and cuda_spec.startswith('RR'):
-            warn_if_cuda_initialised()
-        shards = []
-        for s in range(self.shards):
-            shard = []
-            for r in range(self.replicas):
-                rname = (f'{self.name}/shard-{s}/rep-{r}' if self.shards > 1 else f'{self.name}/rep-{r}')
-                replica_spec = ReplicaSpec(name=rname, uses=self.uses, uses_with=self.uses_with, deployment=self.name,
-                                           replica_id=r, shard_id=s, shards=self.shards, replicas=self.replicas,
-                                           workspace=self.workspace, host=LOOPBACK, blas_threads=self.blas_threads,
-                                           log_level=self.log_level, monitoring=self.monitoring)
-                device = devices[s * self.replicas + r]
-                env = replica_env(self.env, device)
-                if device is None and cuda_spec and cuda_spec.strip().startswith('RR'):
-                    env['CUDA_VISIBLE_DEVICES'] = None  # never pass a literal 'RR...' on
-                shard.append(ReplicaPlan(name=rname, shard=s, replica=r, spec=replica_spec, env=env))
-            shards.append(shard)
-        plan = StagePlan(self.name, shards, polling=self.polling.to_config(), needs=self.needs,
-                         no_reduce=self.no_reduce, allow_partial=self.allow_partial, stateful=self.stateful,
-                         timeout_send=self.timeout_send, policy=self.policy)
-        from runtime.batching import in_flight_for   # dynamic batching needs room to gather a batch
-        plan.max_in_flight = in_flight_for(self.uses, self.max_in_flight_per_replica)
-        if self.stateful:
-            from runtime.raft import plan_stateful
-            plan_stateful(self, plan)
-        return plan
+    def _plan(self, placements: Optional[Dict[str, Placement]] = None) -> List[StagePlan]:
+        placement = (placements or {}).get(self.name)
+        return [self.stage_plan(placement if placement is not None else self.placement())]
+
+    def placement(self, replicas: Optional[int] = None) -> Placement:
+        """This machine's values for the plan (:func:`local_placement`, with its side effects); a stateful
+        Deployment keeps the workspace chosen for its next start and says which RAFT ports it uses
+        (``peer_ports_used``)."""
+        placement = local_placement(self.executor_args(), replicas)
+        if placement.raft is not None:
+            self.workspace = placement.raft.workspace
+            self.peer_ports_used = {shard: list(ports) for shard, ports in placement.raft.peer_ports.items()}
+        return placement
+
+    def stage_plan(self, placement: Optional[Placement] = None, replicas: Optional[int] = None,
+                   replica_port: Optional[int] = None) -> StagePlan:
+        """This Deployment as one stage of a request graph: :func:`plan_stage` of its checked arguments
+        and ``placement`` (default: this machine's, :meth:`placement`)."""
+        if placement is None:
+            placement = self.placement(replicas)
+        return plan_stage(self.executor_args(), placement, replicas, replica_port)
 
     # -- poison entries ---------------------------------------------------------------
     def skip_entry(self, index: int, shard: int = 0) -> None:
@@ -186,7 +278,7 @@ class Deployment(Orchestration):
             raise ValueError(f'{self.name!r} has no workspace yet: start it first')
         add_skipped(os.path.join(raft_root(self.workspace, self.name), f'shard-{shard}', SKIP_FILE), index)
         if self._started:
-            names = [r.name for n in self.nodes for r in n.shards[shard]]
+            names = [r.name for stage in self.stages for r in stage.shards[shard]]
             for name in names:
                 self.restart_replica(name)
 
@@ -216,12 +308,7 @@ class Deployment(Orchestration):
     def plan_with_replicas(self, replicas: int) -> StagePlan:
         """This Deployment's stage plan as if it ran ``replicas`` replicas per shard (for scaling)."""
         self.check_scalable()
-        old = self.replicas
-        self.replicas = replicas
-        try:
-            return self.stage_plan()
-        finally:
-            self.replicas = old
+        return self.stage_plan(replicas=replicas)
 
     # -- configs ----------------------------------------------------------------------
     @classmethod

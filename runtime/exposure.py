@@ -39,7 +39,7 @@ def exposure(orch: Any) -> List[str]:
             what = 'Call and Info' if protocol == 'grpc' else 'every endpoint, /status and /docs'
             out.append(f'gateway port {orch.host}:{port} ({protocol}; request plane: {what}, unauthenticated, '
                        f'{tls}; Control is not served there)')
-    for stage in orch.nodes:
+    for stage in orch.stages:
         rafts = [r.spec.raft for r in stage.replicas if r.spec is not None and r.spec.raft is not None]
         exposed = [raft.bind for raft in rafts if not is_loopback(raft.bind.rsplit(':', 1)[0])]
         if exposed:

@@ -30,11 +30,11 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from runtime import config
 from runtime.args import (DEPLOYMENT_ARGS, FLOW_ADD_ARGS, FLOW_ARGS, FLOW_JINA_ONLY, FLOW_WIDE_ARGS, arg_names,
                           check_count, check_kwargs, check_port, check_values, protocol_ports)
-from runtime.deployment import Deployment
+from runtime.deployment import Deployment, ExecutorArgs, local_placement, plan_stage
 from runtime.hosts import check_host
 from runtime.limits import check_processes
 from runtime.orchestration import Orchestration
-from runtime.plan import StagePlan
+from runtime.plan import Placement, StagePlan
 from runtime.specs import GATEWAY
 from runtime.yamlio import ConfigError, source_label
 
@@ -47,12 +47,16 @@ _PROCESS_ARGS = frozenset(_DEPLOYMENT_NAMES) - {'name', 'needs'}
 
 @dataclass
 class FlowEntry:
-    """One Executor of a Flow: a Deployment, or a join handled by the gateway (``deployment=None``)."""
+    """One Executor of a Flow: its checked arguments (``args``, what the Flow plans from), or a join
+    handled by the gateway (``args=None``). ``deployment`` is the Executor as a (never started)
+    Deployment for ``flow[name]`` and the config/export writers; it checked the arguments, and the
+    Flow never plans through it."""
     name: str
     needs: List[str]
     deployment: Optional[Deployment] = None
     replica_port: Optional[int] = None
     floating: bool = False   # Jina's: runs every request, its output goes nowhere (FLOW_ADD_ARGS)
+    args: Optional[ExecutorArgs] = None
     metrics_port: Optional[int] = None   # .add(port_monitoring=P): its one replica's /metrics port
 
     @property
@@ -159,7 +163,8 @@ class Flow(Orchestration):
         dep = Deployment(name=name, needs=needs_list, **kwargs)
         if not dep.external:   # the Flow's total, as well as this Executor's
             check_processes(dep.replicas, dep.shards, f'Flow.add(name={name!r})', self._local_processes())
-        self.entries.append(FlowEntry(name, needs_list, dep, replica_port, floating, metrics_port))
+        self.entries.append(FlowEntry(name, needs_list, dep, replica_port, floating, dep.executor_args(),
+                                      metrics_port))
         return self
 
     def needs(self, needs: Union[str, Sequence[str]], name: str = 'joiner', **kwargs) -> 'Flow':
@@ -233,9 +238,12 @@ class Flow(Orchestration):
         n = check_count(replicas, 'replicas')
         check_processes(n, dep.shards, f'Flow {self.name!r}.scale({executor!r})', self._local_processes(dep))
         self._require_started()
-        target = dep.plan_with_replicas(n)
-        target.needs = next(list(e.needs) for e in self.entries if e.name == executor)
+        dep.check_scalable()
+        entry = next(e for e in self.entries if e.name == executor)
+        target = plan_stage(entry.args, local_placement(entry.args, n), replicas=n)
+        target.needs = list(entry.needs)
         self._scale_stage(target, drain_timeout)
+        entry.args = replace(entry.args, replicas=n)
         dep.replicas = n
         return self
 
@@ -270,7 +278,7 @@ class Flow(Orchestration):
                              + ' (declare the same doc type, or one with the same fields)')
 
     # -- what the base class runs --------------------------------------------------------
-    def _plan(self) -> List[StagePlan]:
+    def _plan(self, placements: Optional[Dict[str, Placement]] = None) -> List[StagePlan]:
         if not self.entries:
             raise ValueError(f'Flow {self.name!r} has no Executors; add one with .add(uses=...)')
         plans = []
@@ -278,14 +286,17 @@ class Flow(Orchestration):
             if e.is_join:
                 plans.append(StagePlan(e.name, [], needs=list(e.needs)))
                 continue
-            plan = e.deployment.stage_plan()
+            placement = (placements or {}).get(e.name)
+            if placement is None:   # this machine's: a stateful Executor keeps its workspace for the next start
+                placement = local_placement(e.args)
+                if placement.raft is not None:
+                    e.args = replace(e.args, workspace=placement.raft.workspace)
+                    e.deployment.workspace = placement.raft.workspace
+            plan = plan_stage(e.args, placement, replica_port=e.replica_port)
             plan.needs = list(e.needs)
             plan.floating = e.floating
             if plan.max_in_flight is None:
-                plan.max_in_flight = e.deployment.max_in_flight_per_replica
-            if e.replica_port is not None:
-                plan.shards = [[replace(r, spec=replace(r.spec, port=e.replica_port)) for r in shard]
-                               for shard in plan.shards]
+                plan.max_in_flight = e.args.max_in_flight_per_replica
             if e.metrics_port is not None:
                 plan.shards = [[replace(r, spec=replace(r.spec, port_monitoring=e.metrics_port)) for r in shard]
                                for shard in plan.shards]

@@ -1,17 +1,17 @@
 """The public port: routes each request through the graph of deployments, on one path.
 
-A Deployment is a graph of one node; a Flow chains nodes (``needs``). Each node is a list
+A Deployment is a graph of one stage; a Flow chains stages (``needs``). Each stage is a list
 of shards, each shard a :class:`~runtime.routing.ReplicaSet` (idle-first balancing, health,
 retries). :meth:`Gateway.route_request` is the one entry every front door calls.
 
-Every request takes the same path: the nodes run in topological order, each on its inputs'
+Every request takes the same path: the stages run in topological order, each on its inputs'
 output. What makes a graph fast is computed once, when it is built (:class:`Graph`):
 
-- a node that nothing can run beside (every other node is its ancestor or its descendant:
-  every node of a straight chain) runs inline, in the request's own coroutine; only the
+- a stage that nothing can run beside (every other stage is its ancestor or its descendant:
+  every stage of a straight chain) runs inline, in the request's own coroutine; only the
   branches of a fork run as tasks;
-- a node fed by the gateway alone gets the client's frame as is, and a reply whose results
-  need no merging goes back as is: one node (a Deployment) forwards both without decoding
+- a stage fed by the gateway alone gets the client's frame as is, and a reply whose results
+  need no merging goes back as is: one stage (a Deployment) forwards both without decoding
   documents; along a chain, only the request header is packed again (once) in front of each
   reply body;
 - documents are decoded only to merge (ALL polling, joins): :mod:`runtime.merging`.
@@ -40,7 +40,7 @@ from runtime.telemetry import RequestStats
 log = logging.getLogger('orchestra.gateway')
 
 
-class NodeError(RuntimeError):
+class StageError(RuntimeError):
     """A node's call failed; carries the error header to pass back to the client."""
 
     def __init__(self, header: Dict[str, Any]):
@@ -53,14 +53,14 @@ class NodeError(RuntimeError):
 
 
 class Output(NamedTuple):
-    """What a node (or the gateway, for the request) hands on: a reply header and body, and the
+    """What a stage (or the gateway, for the request) hands on: a reply header and body, and the
     reply ``frame`` when it can go back to the client as is (else ``None``)."""
     header: Dict[str, Any]
     body: Any
     frame: Optional[bytes]
 
 
-class Node:
+class Stage:
     """One Executor of the graph (a Deployment): its shards, polling and joins."""
 
     def __init__(self, stage: StageSpec, max_in_flight: int, replica_wait_s: float = REPLICA_WAIT_S):
@@ -82,30 +82,30 @@ class Node:
 
     @property
     def is_join(self) -> bool:
-        """A node without processes (``Flow.needs_all()`` without ``uses``): it only joins its inputs."""
+        """A stage without processes (``Flow.needs_all()`` without ``uses``): it only joins its inputs."""
         return not self.shards
 
     async def call(self, header: Dict[str, Any], frame: bytes) -> Output:
-        """Send the request ``frame`` to the shards polling picks; raises :class:`NodeError` on failure."""
+        """Send the request ``frame`` to the shards polling picks; raises :class:`StageError` on failure."""
         endpoint = header.get('endpoint', '/')
         picked = choose_shards(self.polling.mode(endpoint), [s.in_flight for s in self.shards], self._turns)
         if len(picked) == 1:
             reply = await self._send(self.shards[picked[0]], frame, endpoint)
-            h, body = protocol.unpack(reply)
-            if not h.get('ok'):
-                raise NodeError(h)
-            return Output(h, body, reply)
+            reply_header, body = protocol.unpack(reply)
+            if not reply_header.get('ok'):
+                raise StageError(reply_header)
+            return Output(reply_header, body, reply)
         return await self._call_all([self.shards[i] for i in picked], header, frame, endpoint)
 
     async def _send(self, shard: ReplicaSet, frame: bytes, endpoint: str) -> bytes:
-        """One request to one shard; any transport failure becomes a NodeError naming the shard."""
+        """One request to one shard; any transport failure becomes a StageError naming the shard."""
         try:
             return await shard.send(frame, endpoint)
         except NoReplicaAvailable as e:
-            raise NodeError(protocol.error_header(e, shard.name)) from None
+            raise StageError(protocol.error_header(e, shard.name)) from None
         except grpc.aio.AioRpcError as e:
-            err = ConnectionError(f'{shard.name}: {e.code().name}: {e.details()}')
-            raise NodeError(protocol.error_header(err, shard.name)) from None
+            lost = ConnectionError(f'{shard.name}: {e.code().name}: {e.details()}')
+            raise StageError(protocol.error_header(lost, shard.name)) from None
 
     async def _call_all(self, shards: List[ReplicaSet], header: Dict[str, Any], frame: bytes,
                         endpoint: str) -> Output:
@@ -115,23 +115,23 @@ class Node:
         partial_ok = self.allow_partial or bool(header.get('allow_partial'))
         headers, bodies, missing = [], [], []
         for shard, reply in zip(shards, replies):
-            if isinstance(reply, NodeError) and reply.header.get('error', {}).get('type') == 'NoReplicaAvailable':
+            if isinstance(reply, StageError) and reply.header.get('error', {}).get('type') == 'NoReplicaAvailable':
                 if partial_ok:
                     missing.append(shard.name)
                     continue
-                err = reply.header['error']
-                err['message'] = (f'shard {shard.name} is down while polling ALL: {err["message"]} '
-                                  '(pass allow_partial=True to accept results from the other shards)')
+                error = reply.header['error']
+                error['message'] = (f'shard {shard.name} is down while polling ALL: {error["message"]} '
+                                    '(pass allow_partial=True to accept results from the other shards)')
                 raise reply
             if isinstance(reply, BaseException):
                 raise reply
-            h, body = protocol.unpack(reply)
-            if not h.get('ok'):
-                raise NodeError(h)
-            headers.append(h)
+            reply_header, body = protocol.unpack(reply)
+            if not reply_header.get('ok'):
+                raise StageError(reply_header)
+            headers.append(reply_header)
             bodies.append(body)
         if not bodies:
-            raise NodeError(protocol.error_header(
+            raise StageError(protocol.error_header(
                 NoReplicaAvailable(f'every shard of {self.name} is down ({", ".join(missing)})'), self.name))
         out: Dict[str, Any] = {'ok': True, 'replica': self.name}
         results = merge_results(headers)
@@ -153,31 +153,31 @@ class Node:
 
 
 class Graph:
-    """The nodes and what routing needs to know of their shape, computed once.
+    """The stages and what routing needs to know of their shape, computed once.
 
-    ``order``: topological; ``leaves``: nodes nothing needs (their outputs, joined, are the
-    answer), floating ones left out; ``floating``: nodes (``Flow.add(floating=True)``) that run
-    every request while the answer does not wait for them; ``inline``: the nodes that nothing can
-    run beside (every other node is an ancestor or a descendant; never a floating one), which run
+    ``order``: topological; ``leaves``: stages nothing needs (their outputs, joined, are the
+    answer), floating ones left out; ``floating``: stages (``Flow.add(floating=True)``) that run
+    every request while the answer does not wait for them; ``inline``: the stages that nothing can
+    run beside (every other stage is an ancestor or a descendant; never a floating one), which run
     in the request's coroutine instead of a task; ``skips_unknown``:
-    in a Flow (more than one node), a node that does not serve an endpoint passes its input on.
+    in a Flow (more than one stage), a stage that does not serve an endpoint passes its input on.
     """
 
-    def __init__(self, nodes: Dict[str, Node], floating: Optional[set] = None):
-        self.nodes = nodes
-        self.order = _topological(nodes)
+    def __init__(self, stages: Dict[str, Stage], floating: Optional[set] = None):
+        self.stages = stages
+        self.order = _topological(stages)
         self.floating = set(floating or ())
         self.leaves = [n for n in self.order if n not in self.floating
-                       and not any(n in m.needs for m in nodes.values())]
+                       and not any(n in m.needs for m in stages.values())]
         ancestors: Dict[str, set] = {}
         for n in self.order:
-            ancestors[n] = set().union(*({m} | ancestors.get(m, set()) for m in nodes[n].needs))
+            ancestors[n] = set().union(*({m} | ancestors.get(m, set()) for m in stages[n].needs))
             ancestors[n].discard(GATEWAY)
         self.inline = {n: n not in self.floating
                        and all(m == n or m in ancestors[n] or n in ancestors[m] for m in self.order)
                        for n in self.order}
-        self.skips_unknown = len(nodes) > 1
-        self.served = sum(1 for node in nodes.values() if not node.is_join)
+        self.skips_unknown = len(stages) > 1
+        self.served = sum(1 for stage in stages.values() if not stage.is_join)
 
 
 class Gateway:
@@ -188,10 +188,10 @@ class Gateway:
         # how long a request waits for a shard whose replicas are all down (the supervisor
         # restarts crashed replicas) before it fails naming the shard
         wait = float(spec.replica_wait_s or os.environ.get('ORCHESTRA_REPLICA_WAIT_S') or REPLICA_WAIT_S)
-        self.nodes: Dict[str, Node] = {}
+        self.stages: Dict[str, Stage] = {}
         for stage in spec.stages:
-            self.nodes[stage.name] = Node(stage, spec.max_in_flight_per_replica, wait)
-        self.graph = Graph(self.nodes, {stage.name for stage in spec.stages if stage.floating})
+            self.stages[stage.name] = Stage(stage, spec.max_in_flight_per_replica, wait)
+        self.graph = Graph(self.stages, {stage.name for stage in spec.stages if stage.floating})
         self._background: set = set()   # floating nodes' tasks still running after their request
         self.stats = RequestStats()
         self.port: Optional[int] = None
@@ -208,7 +208,7 @@ class Gateway:
         self.metrics = m.Metrics('gateway', labels)
         self.metrics.add_collector(m.ScrapeCollector([
             m.in_flight_reader(labels, lambda: self.stats.in_flight, 'gateway'),
-            m.routing_reader(labels, lambda: self.nodes),
+            m.routing_reader(labels, lambda: self.stages),
             m.process_reader(labels)]))
         server = m.serve_metrics(self.metrics, host, port)
         self.metrics_port = server.port
@@ -216,7 +216,7 @@ class Gateway:
 
     async def route_request(self, frame: bytes) -> bytes:
         """One client request frame through the graph -> the reply frame (an error reply raises
-        :class:`NodeError`, whose ``header`` is the reply). The one entry of every front door."""
+        :class:`StageError`, whose ``header`` is the reply). The one entry of every front door."""
         header, body = protocol.unpack(frame)
         protocol.check_request_header(header)
         if self.metrics is None:
@@ -231,9 +231,9 @@ class Gateway:
             self.metrics.for_endpoint(str(header.get('endpoint', '/'))).observe(time.perf_counter() - t0, ok)
 
     async def _route(self, header: Dict[str, Any], body: Any, frame: bytes) -> bytes:
-        not_targeted = unmatched(header.get('target_executor'), self.nodes)
+        not_targeted = unmatched(header.get('target_executor'), self.stages)
         if not_targeted:
-            raise NodeError(protocol.error_header(LookupError(not_targeted), self.name))
+            raise StageError(protocol.error_header(LookupError(not_targeted), self.name))
         graph = self.graph
         request = Output({'ok': True}, body, None)
         route = _Route(self, header, frame, request)
@@ -241,9 +241,9 @@ class Gateway:
         try:
             for name in graph.order:
                 if graph.inline[name]:
-                    outputs[name] = await route.run(self.nodes[name], outputs)
+                    outputs[name] = await route.run(self.stages[name], outputs)
                 else:
-                    outputs[name] = asyncio.ensure_future(route.run(self.nodes[name], outputs))
+                    outputs[name] = asyncio.ensure_future(route.run(self.stages[name], outputs))
             answers = [await _output(outputs[n]) for n in graph.leaves] or [request]
         finally:
             for name, f in outputs.items():
@@ -267,12 +267,12 @@ class Gateway:
         if not f.cancelled() and f.exception() is not None:
             log.warning('a floating Executor failed: %s', f.exception())
 
-    def _nobody_serves(self, endpoint: str, skipped: List[Tuple[str, NodeError]]) -> NodeError:
+    def _nobody_serves(self, endpoint: str, skipped: List[Tuple[str, StageError]]) -> StageError:
         detail = '; '.join(f'{name}: {e.header["error"].get("message", "")}' for name, e in skipped)
-        err = LookupError(f'no Executor of {self.name} serves endpoint {endpoint!r} ({detail})')
-        header = protocol.error_header(err, self.name)
+        unserved = LookupError(f'no Executor of {self.name} serves endpoint {endpoint!r} ({detail})')
+        header = protocol.error_header(unserved, self.name)
         header['error']['type'] = 'UnknownEndpointError'
-        return NodeError(header)
+        return StageError(header)
 
     # -- gRPC methods -------------------------------------------------------------
     async def call(self, frame: bytes, context) -> bytes:
@@ -280,7 +280,7 @@ class Gateway:
         self.stats.started('*')
         try:
             return await self.route_request(frame)
-        except NodeError as e:
+        except StageError as e:
             self.stats.failed('*')
             return protocol.pack(e.header)
         except Exception as e:
@@ -304,13 +304,15 @@ class Gateway:
                 return json.dumps({'replicas': await self.replicas_info()}).encode()
         return json.dumps({'ready': True, 'role': 'gateway', 'name': self.name, 'pid': os.getpid(),
                            'port': self.port, 'ports': self.ports,
-                           'nodes': {n: node.describe() for n, node in self.nodes.items()},
+                           # 'nodes' (and 'node' in set_replicas): wire names, kept for exported gateways
+                           # of older versions and the readers of Info (docs/architecture.md, names)
+                           'nodes': {name: stage.describe() for name, stage in self.stages.items()},
                            'metrics_port': self.metrics_port, **self.stats.snapshot()}).encode()
 
     async def replicas_info(self, timeout: float = 2.0) -> List[Dict[str, Any]]:
         """Every replica's Info record (``state: 'unreachable'`` where it does not answer), with its
         place in the graph and whether it is in rotation here."""
-        entries = [(name, s, i, r) for name, node in self.nodes.items() for s, shard in enumerate(node.shards)
+        entries = [(name, s, i, r) for name, stage in self.stages.items() for s, shard in enumerate(stage.shards)
                    for i, r in enumerate(shard.replicas)]
 
         async def one(r: Any) -> Optional[Dict[str, Any]]:
@@ -338,20 +340,20 @@ class Gateway:
         try:
             if header.get('op') != 'set_replicas':
                 raise ValueError(f"unknown control op {header.get('op')!r}; allowed: 'set_replicas'")
-            node = self.nodes[header['node']]
-            node.shards[int(header.get('shard', 0))].update(list(header['addresses']), header.get('names'),
+            stage = self.stages[header['node']]
+            stage.shards[int(header.get('shard', 0))].update(list(header['addresses']), header.get('names'),
                                                             header.get('logs'), header.get('stopped'))
             return protocol.pack({'ok': True})
         except Exception as e:
             return protocol.pack(protocol.error_header(e, self.name))
 
     async def close(self):
-        for node in self.nodes.values():
-            await node.close()
+        for stage in self.stages.values():
+            await stage.close()
 
 
 class _Route:
-    """One request's way through the graph: the request, its header packed once, skipped nodes."""
+    """One request's way through the graph: the request, its header packed once, skipped stages."""
 
     def __init__(self, gateway: Gateway, header: Dict[str, Any], frame: bytes, request: Output):
         self.skips_unknown = gateway.graph.skips_unknown
@@ -359,15 +361,15 @@ class _Route:
         self.frame = frame
         self.request = request
         self.head: Optional[bytes] = None
-        self.skipped: List[Tuple[str, NodeError]] = []
+        self.skipped: List[Tuple[str, StageError]] = []
 
-    async def run(self, node: Node, outputs: Dict[str, Any]) -> Output:
-        """``node`` on its inputs' output (joined): its reply, results merged with its inputs'."""
-        if len(node.needs) == 1:
-            given = await _output(outputs[node.needs[0]])
+    async def run(self, stage: Stage, outputs: Dict[str, Any]) -> Output:
+        """``stage`` on its inputs' output (joined): its reply, results merged with its inputs'."""
+        if len(stage.needs) == 1:
+            given = await _output(outputs[stage.needs[0]])
         else:
-            given = _join([await _output(outputs[n]) for n in node.needs])
-        if node.is_join or not runs(self.header, node.name):   # post(target_executor=...): pass docs on
+            given = _join([await _output(outputs[n]) for n in stage.needs])
+        if stage.is_join or not runs(self.header, stage.name):   # post(target_executor=...): pass docs on
             return given
         if given is self.request:
             frame = self.frame            # the client's frame, as is
@@ -376,13 +378,13 @@ class _Route:
                 self.head = protocol.pack(self.header)   # a request frame is head + body
             frame = self.head + given.body
         try:
-            out = await node.call(self.header, frame)
-        except NodeError as e:
+            out = await stage.call(self.header, frame)
+        except StageError as e:
             # In a Flow, an Executor that does not serve an endpoint passes the docs on unchanged
             # (as in Jina); if no Executor of the Flow serves it, the request fails (unlike Jina).
             if not (self.skips_unknown and e.unknown_endpoint):
                 raise
-            self.skipped.append((node.name, e))
+            self.skipped.append((stage.name, e))
             return given
         if given.header.get('results'):
             merged = merge_results([given.header, out.header])
@@ -391,7 +393,7 @@ class _Route:
 
 
 async def _output(value: Any) -> Output:
-    """An Output, or the Task computing it (a node on a branch of a fork)."""
+    """An Output, or the Task computing it (a stage on a branch of a fork)."""
     return value if isinstance(value, Output) else await value
 
 
@@ -404,25 +406,25 @@ def _join(parts: List[Output]) -> Output:
     return Output(header, merge_bodies([p.body for p in parts]), None)
 
 
-def _topological(nodes: Dict[str, Node]) -> List[str]:
+def _topological(stages: Dict[str, Stage]) -> List[str]:
     order, state = [], {}
 
     def visit(n: str, path: Tuple[str, ...]):
         if n == GATEWAY:
             return
-        if n not in nodes:
+        if n not in stages:
             raise ValueError(f'{path[-1]!r} needs {n!r}, which is not in the graph; '
-                             f'known: {", ".join(nodes)}')
+                             f'known: {", ".join(stages)}')
         if state.get(n) == 'done':
             return
         if n in path:
             raise ValueError(f'the graph has a cycle: {" -> ".join(path + (n,))}')
-        for m in nodes[n].needs:
+        for m in stages[n].needs:
             visit(m, path + (n,))
         state[n] = 'done'
         order.append(n)
 
-    for n in nodes:
+    for n in stages:
         visit(n, ())
     return order
 

@@ -30,7 +30,7 @@ from runtime.client import Client, CrudShortcuts
 from runtime.exposure import warn_if_exposed
 from runtime.logfiles import tail
 from runtime.loop import RequestCancelled, run_async, run_sync
-from runtime.plan import RunPlan, StagePlan
+from runtime.plan import Placement, RunPlan, StagePlan
 from runtime.processes import ChildProcess
 from runtime.runner import Runner, RunningStage, ainfo
 from runtime.secrets import private_dir, resolve_secret
@@ -82,7 +82,7 @@ class Orchestration(CrudShortcuts):
         self.tls_cert, self.tls_key = check_tls(tls_cert, tls_key)
         self.monitoring = monitoring                # Prometheus /metrics (runtime.metrics)
         self.port_monitoring = port_monitoring      # the gateway's; None: the OS picks
-        self.nodes: List[RunningStage] = []       # what runs (or ran last): the plan's stages and processes
+        self.stages: List[RunningStage] = []      # what runs (or ran last): the plan's stages and processes
         self._runner: Optional[Runner] = None     # its processes, while started
         self._client: Optional[Client] = None
         self._started = False
@@ -100,10 +100,11 @@ class Orchestration(CrudShortcuts):
             return self
         t0 = time.monotonic()
         plan = self.run_plan()
-        self._secret = resolve_secret(self._secret_arg, [n.secret_file for n in plan.stages if n.secret_file])
+        self._secret = resolve_secret(self._secret_arg,
+                                      [stage.secret_file for stage in plan.stages if stage.secret_file])
         private_dir(self.log_dir)   # 0700; the log files are 0600
         runner = Runner(plan, self._secret, self.log_dir, self.timeout_ready)
-        self._runner, self.nodes = runner, runner.stages
+        self._runner, self.stages = runner, runner.stages
         runner.start(progress)   # raises (having stopped what it started) naming the process that failed
         self._started = True
         self.startup_seconds = time.monotonic() - t0
@@ -279,11 +280,11 @@ class Orchestration(CrudShortcuts):
         return await run_async(self._astatus(timeout))
 
     async def _astatus(self, timeout: float) -> OrchestrationStatus:
-        replicas = [(n, r) for n in self.nodes for r in n.replicas]
+        replicas = [(stage, r) for stage in self.stages for r in stage.replicas]
         infos = await asyncio.gather(*(ainfo(r.address, timeout) for _, r in replicas),
                                      ainfo(f'127.0.0.1:{self._local_port}' if self._local_port else None, timeout))
         out_replicas = []
-        for (node, r), info in zip(replicas, infos[:-1]):
+        for (stage, r), info in zip(replicas, infos[:-1]):
             proc = r.process
             if info is not None:
                 state = 'ready'
@@ -292,7 +293,8 @@ class Orchestration(CrudShortcuts):
                 state = 'stopped' if closing or not self._started else 'down'
             else:
                 state = 'unreachable' if self._started else 'stopped'
-            rec = {'name': r.name, 'node': node.name, 'pid': proc.pid if proc else None,
+            # 'node': the status record's key for the stage, kept for its readers (docs/architecture.md, names)
+            rec = {'name': r.name, 'node': stage.name, 'pid': proc.pid if proc else None,
                    'shard': r.shard, 'replica': r.replica, 'state': state, 'address': r.address,
                    'port': r.port, 'external': r.external_address is not None, 'requests': {}}
             if info:
@@ -332,7 +334,7 @@ class Orchestration(CrudShortcuts):
     def logs(self, replica: Optional[str] = None, n: int = 50) -> str:
         """The last ``n`` lines of each replica's log (or of the one whose name contains ``replica``)."""
         chunks = []
-        procs = [r.process for node in self.nodes for r in node.replicas if r.process]
+        procs = [r.process for stage in self.stages for r in stage.replicas if r.process]
         procs += [self.gateway] if self.gateway else []
         for p in procs:
             if replica is not None and str(replica) not in p.name:
@@ -341,17 +343,20 @@ class Orchestration(CrudShortcuts):
         return '\n'.join(chunks)
 
     # -- the plan ------------------------------------------------------------------------
-    def _plan(self) -> List[StagePlan]:
-        """The stages of the request graph (what a subclass implements)."""
+    def _plan(self, placements: Optional[Dict[str, Placement]] = None) -> List[StagePlan]:
+        """The stages of the request graph (what a subclass implements); ``placements``: see :meth:`run_plan`."""
         raise NotImplementedError
 
-    def run_plan(self) -> RunPlan:
+    def run_plan(self, placements: Optional[Dict[str, Placement]] = None) -> RunPlan:
         """What to start: the stages and the gateway (a door per protocol, on ``port``'s entry for it, or
         one the OS picks).
 
-        The one function behind a local start and both exports (:mod:`runtime.export.plan`);
-        the secret is added by the runner at start, never written in a plan."""
-        stages = tuple(self._plan())
+        The one function behind a local start and both exports (:mod:`runtime.export.plan`).
+        ``placements``: Executor name -> the machine-dependent values (GPU devices, RAFT layout) of
+        the machine that runs it; an Executor not named gets this machine's (with their side
+        effects: ``Deployment.placement``). The secret is added by the runner at start, never
+        written in a plan."""
+        stages = tuple(self._plan(placements))
         gateway = GatewaySpec(name=f'{self.name}/gateway', host=self.host, protocols=tuple(self.protocols),
                               ports=tuple(p or 0 for p in self._door_ports),
                               max_in_flight_per_replica=self.max_in_flight_per_replica,

@@ -19,6 +19,34 @@ from typing import Any, Dict, List, Optional, Tuple
 from runtime.specs import GatewaySpec, ReplicaSpec, StageSpec, SupervisionPolicy
 
 @dataclass(frozen=True)
+class RaftLayout:
+    """Where a stateful Executor's RAFT nodes live on the machine that runs them.
+
+    The machine-dependent part of a stateful stage's plan: a local start chooses it here
+    (:func:`runtime.raft.plan.place_raft`: picks ports, makes the folders, writes
+    ``peers.json``), an export gives the container's (:mod:`runtime.export.plan`)."""
+    workspace: str                          # the RAFT folders are under <workspace>/<name>/.raft
+    peer_ports: Dict[int, Tuple[int, ...]]  # shard -> one RAFT port per replica
+    grpc_ports: Tuple[int, ...]             # one per replica (shard-major) for those without a fixed port
+    bind_host: str = '127.0.0.1'
+    connect_host: str = '127.0.0.1'
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The machine-dependent values of one Executor's plan, supplied by whoever plans it.
+
+    ``devices``: ``CUDA_VISIBLE_DEVICES`` per replica, shard-major (None: leave it as it is);
+    ``raft``: the RAFT layout of a stateful Executor (None otherwise).
+
+    >>> Placement(devices=(None, None))
+    Placement(devices=(None, None), raft=None)
+    """
+    devices: Tuple[Optional[str], ...]
+    raft: Optional[RaftLayout] = None
+
+
+@dataclass(frozen=True)
 class ReplicaPlan:
     """One replica process to run (its :class:`ReplicaSpec` and environment), or an external
     address to use (no spec). What runs it is the runner's (:class:`runtime.runner.RunningReplica`)."""
@@ -34,7 +62,7 @@ class ReplicaPlan:
 class StagePlan:
     """One stage of the request graph: an Executor's shards x replicas, polling, joins (no shards: a join).
 
-    Filled in while the plan is built (``Deployment.stage_plan``, ``plan_stateful``, ``Flow``);
+    Built by ``Deployment.stage_plan`` from the checked arguments and a :class:`Placement`;
     a runner never changes it: scaling plans a new one."""
     name: str
     shards: List[List[ReplicaPlan]]

@@ -132,8 +132,8 @@ def summary_line(obj: Orchestration) -> str:
             parts.append(f'shards={obj.shards}')
         if getattr(obj, 'stateful', False):
             parts.append('stateful')
-    elif obj.nodes:
-        parts.append('executors: ' + ' → '.join(n.name for n in obj.nodes))
+    elif obj.stages:
+        parts.append('executors: ' + ' → '.join(stage.name for stage in obj.stages))
     return ', '.join(parts)
 
 

@@ -3,7 +3,7 @@
 A :class:`Runner` owns the child processes of one running Deployment or Flow: a replica
 process per local :class:`~runtime.plan.ReplicaPlan` of its stages and the gateway. The
 plan stays as it was built; what runs is kept next to it, in :class:`RunningStage` and
-:class:`RunningReplica` (``Deployment.nodes``).
+:class:`RunningReplica` (``Deployment.stages``).
 The owner (:class:`~runtime.orchestration.Orchestration`) plans, then hands the plan to a
 runner; the :class:`~runtime.supervision.Supervisor` drives the runner through this small
 interface only:

@@ -244,7 +244,7 @@ class RaftPeer(_Spec):
 
 @dataclass(frozen=True)
 class RaftSpec(_Spec):
-    """A stateful replica's RAFT node (built by :func:`runtime.raft.plan.plan_stateful`)."""
+    """A stateful replica's RAFT node (built by :func:`runtime.raft.plan.plan_raft`)."""
     replica: int
     shard: int
     name: str

@@ -103,7 +103,7 @@ def wait_converged(dep, writes, timeout=30.0):
 
 def direct(dep, i):
     """A Client talking to replica ``i`` itself."""
-    host, port = dep.nodes[0].replicas[i].address.rsplit(':', 1)
+    host, port = dep.stages[0].replicas[i].address.rsplit(':', 1)
     return Client(host=host, port=int(port))
 
 
@@ -290,7 +290,7 @@ def test_leader_killed_during_writes_loses_no_acknowledged_write(tmp_path):
         t.start()
         try:
             wait_until(lambda: len(acked) >= 30, 30, '30 acknowledged writes before the kill')
-            plan = next(r for r in dep.nodes[0].replicas if r.name == old_leader)
+            plan = next(r for r in dep.stages[0].replicas if r.name == old_leader)
             old_pid = plan.process.pid
             old_term = leader_term(dep, old_leader)
             before = len(acked)
@@ -335,7 +335,7 @@ def test_strong_read_consistency_and_raft_password(tmp_path):
         frame = protocol.pack({'endpoint': '/index', 'parameters': {}, 'request_id': uuid.uuid4().hex},
                               encode_docs(DocList[TextDoc]([TextDoc(id='once', text='x' * 3000)])))
         for i in (0, 1, 2):
-            with grpc.insecure_channel(dep.nodes[0].replicas[i].address) as ch:
+            with grpc.insecure_channel(dep.stages[0].replicas[i].address) as ch:
                 header, _ = protocol.unpack(ch.unary_unary(protocol.CALL)(frame, timeout=30))
             assert header['ok'], header
         wait_converged(dep, 21)

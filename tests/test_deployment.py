@@ -182,12 +182,12 @@ def test_logs_are_prefixed_per_replica():
 
 def test_crashed_replica_is_retried_elsewhere_and_restarted():
     with Deployment(uses='sample_executors:WhoAmI', replicas=2) as dep:
-        victim = dep.nodes[0].replicas[0].process
+        victim = dep.stages[0].replicas[0].process
         old_pid = victim.pid
         victim.kill()
         out = dep.post('/x', DocList[TextDoc]([TextDoc() for _ in range(20)]), request_size=1)
         assert len(out) == 20
-        wait_until(lambda: dep.nodes[0].replicas[0].process.pid != old_pid
+        wait_until(lambda: dep.stages[0].replicas[0].process.pid != old_pid
                    and dep.status()['replicas'][0]['state'] == 'ready', timeout=20,
                    what='the supervisor to restart rep-0')
 
@@ -225,9 +225,9 @@ def test_an_owner_exiting_with_a_deployment_open_stops_it_cleanly(tmp_path):
         from conftest import wait_until
         from orchestra_nb import Deployment
         dep = Deployment(uses='sample_executors:Upper', replicas=2).start()
-        old = dep.nodes[0].replicas[0].process
+        old = dep.stages[0].replicas[0].process
         old.kill()
-        wait_until(lambda: dep.nodes[0].replicas[0].process is not old
+        wait_until(lambda: dep.stages[0].replicas[0].process is not old
                    and dep.status()['replicas'][0]['state'] == 'ready', 30, 'the restart')
         print(' '.join(str(r['pid']) for r in dep.status()['replicas']), dep.gateway.pid, flush=True)
     '''))

@@ -209,7 +209,7 @@ def test_exported_gateway_command_opens_every_door():
     import signal
     import sys
     with Deployment(uses=Upper) as dep:
-        graph = {'name': 'gw', 'stages': [{'name': 'executor', 'shards': [[dep.nodes[0].shards[0][0].address]]}]}
+        graph = {'name': 'gw', 'stages': [{'name': 'executor', 'shards': [[dep.stages[0].shards[0][0].address]]}]}
         proc = subprocess.Popen([sys.executable, '-m', 'runtime.cli', 'gateway', '--graph', json.dumps(graph),
                                  '--host', '127.0.0.1', '--port', '0', '0', '--protocol', 'http', 'grpc'],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

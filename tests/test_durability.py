@@ -144,7 +144,7 @@ def test_restart_after_sigkill_of_every_replica_keeps_every_acknowledged_write(t
             t.start()
         try:
             wait_until(lambda: len(acked) >= 60, 60, '60 acknowledged writes before the kill')
-            for r in dep.nodes[0].replicas:   # every replica at once, mid-write
+            for r in dep.stages[0].replicas:   # every replica at once, mid-write
                 os.kill(r.process.pid, signal.SIGKILL)
             n_killed = len(acked)
             wait_until(lambda: all((r.get('raft') or {}).get('ready') for r in dep.status()['replicas'])
@@ -157,7 +157,7 @@ def test_restart_after_sigkill_of_every_replica_keeps_every_acknowledged_write(t
         assert not any(t.is_alive() for t in ts)
     # a fresh Deployment on the same workspace: every acknowledged write is there, on every replica
     with Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=ws, raft_configuration=cfg) as dep:
-        for i, r in enumerate(dep.nodes[0].replicas):
+        for i, r in enumerate(dep.stages[0].replicas):
             host, port = r.address.rsplit(':', 1)
             c = Client(host=host, port=int(port))
             held = set(c.post('/ids').id)

@@ -47,7 +47,7 @@ def _is_pipe(fd: int) -> bool:
 
 
 def _vias(dep) -> list:
-    return [r.process.via for n in dep.nodes for r in n.replicas] + [dep.gateway.via]
+    return [r.process.via for stage in dep.stages for r in stage.replicas] + [dep.gateway.via]
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_forked_children_have_own_session_env_and_cwd(forkserver_on, monkeypatch
         assert _vias(dep) == ['forkserver'] * 3
         zygote = forkserver.zygote_pid()
         seen = [json.loads(dep.post('/describe', TextDoc()).text[0]) for _ in range(2)]
-        for proc in [r.process for r in dep.nodes[0].replicas] + [dep.gateway]:
+        for proc in [r.process for r in dep.stages[0].replicas] + [dep.gateway]:
             ps = psutil.Process(proc.pid)
             assert ps.ppid() == zygote              # forked by the zygote ...
             assert os.getsid(proc.pid) == proc.pid  # ... in a session of its own
@@ -105,7 +105,7 @@ def test_disabled_by_environment_falls_back_to_subprocesses(monkeypatch):
         assert _vias(dep) == ['subprocess'] * 3
         assert dep.post('/upper', TextDoc(text='a')).text == ['A']
         assert all(psutil.Process(p).ppid() == os.getpid()
-                   for p in [r.process.pid for r in dep.nodes[0].replicas])
+                   for p in [r.process.pid for r in dep.stages[0].replicas])
 
 
 class InChild(Executor):
@@ -153,7 +153,7 @@ def test_zygote_that_cannot_start_falls_back(forkserver_on, monkeypatch):
 
 def test_killed_zygote_is_replaced_and_its_children_still_stop(forkserver_on):
     with Deployment(uses='sample_executors:Upper', replicas=2) as dep:
-        pids = [r.process.pid for r in dep.nodes[0].replicas] + [dep.gateway.pid]
+        pids = [r.process.pid for r in dep.stages[0].replicas] + [dep.gateway.pid]
         zygote = forkserver.zygote_pid()
         os.kill(zygote, signal.SIGKILL)
         wait_until(lambda: forkserver.zygote_pid() != zygote, what='the killed zygote to be noticed')
@@ -166,16 +166,16 @@ def test_killed_zygote_is_replaced_and_its_children_still_stop(forkserver_on):
 
 def test_supervisor_restart_and_scaling_fork_from_the_zygote(forkserver_on):
     with Deployment(uses='sample_executors:WhoAmI', replicas=1) as dep:
-        victim = dep.nodes[0].replicas[0].process
+        victim = dep.stages[0].replicas[0].process
         old = victim.pid
         victim.kill()
         assert pid_gone(old)
-        wait_until(lambda: dep.nodes[0].replicas[0].process.pid != old
+        wait_until(lambda: dep.stages[0].replicas[0].process.pid != old
                    and dep.status()['replicas'][0]['state'] == 'ready', timeout=20,
                    what='the supervisor to restart rep-0')
-        assert dep.nodes[0].replicas[0].process.via == 'forkserver'
+        assert dep.stages[0].replicas[0].process.via == 'forkserver'
         dep.scale(replicas=2)
-        assert [r.process.via for r in dep.nodes[0].replicas] == ['forkserver'] * 2
+        assert [r.process.via for r in dep.stages[0].replicas] == ['forkserver'] * 2
 
 
 OWNER = '''
@@ -184,7 +184,7 @@ sys.path.insert(0, {tests!r})
 from orchestra_nb import Deployment
 from runtime import forkserver
 dep = Deployment(uses='sample_executors:Upper', replicas=2).start()
-procs = [r.process for r in dep.nodes[0].replicas] + [dep.gateway]
+procs = [r.process for r in dep.stages[0].replicas] + [dep.gateway]
 print(json.dumps({{'pids': [p.pid for p in procs], 'via': [p.via for p in procs],
                   'zygote': forkserver.zygote_pid()}}), flush=True)
 {then}
@@ -230,7 +230,7 @@ def test_zygote_stops_at_interpreter_exit(forkserver_on, tmp_path):
 def test_children_do_not_prewarm_a_zygote_of_their_own(forkserver_on):
     with Deployment(uses='sample_executors:Upper', replicas=1) as dep:   # imports orchestra_nb
         dep.post('/upper', TextDoc(text='e'))
-        replica = psutil.Process(dep.nodes[0].replicas[0].process.pid)
+        replica = psutil.Process(dep.stages[0].replicas[0].process.pid)
         assert replica.children() == []
 
 
@@ -246,5 +246,5 @@ def test_blas_works_in_forked_children(forkserver_on):
     import numpy as np
     a = np.arange(300 * 300, dtype=np.float64).reshape(300, 300) / 1e4
     with Deployment(uses=Dot) as dep:
-        assert dep.nodes[0].replicas[0].process.via == 'forkserver'
+        assert dep.stages[0].replicas[0].process.via == 'forkserver'
         assert dep.post('/dot', TextDoc()).text == [f'{float((a @ a).sum()):.6e}']

@@ -219,7 +219,7 @@ def test_raft_port_survives_hostile_bytes_and_frames(tmp_path):
                 time.sleep(0.5)
 
         def held(i: int) -> set:
-            host, port = dep.nodes[0].replicas[i].address.rsplit(':', 1)
+            host, port = dep.stages[0].replicas[i].address.rsplit(':', 1)
             c = Client(host=host, port=int(port))
             try:
                 return set(c.post('/ids').id)

@@ -1,13 +1,13 @@
 """The gateway's graph: what routing computes once (inline nodes, frame forwarding, skipping)."""
 import pytest
 
-from runtime.gateway import GATEWAY, Graph, Node
+from runtime.gateway import GATEWAY, Graph, Stage
 from runtime.specs import StageSpec
 
 
 def _graph(*edges, floating=()):
     """``('a', ['gateway']), ('b', ['a'])`` -> a Graph of nodes without replicas (no processes)."""
-    return Graph({name: Node(StageSpec(name=name, needs=tuple(needs), shards=((),)), 4) for name, needs in edges},
+    return Graph({name: Stage(StageSpec(name=name, needs=tuple(needs), shards=((),)), 4) for name, needs in edges},
                  set(floating))
 
 

@@ -45,7 +45,7 @@ def test_notebook_run_by_nbclient_leaves_nothing_after_kernel_shutdown():
                     entry, t0 = REGISTRY.get('bg'), time.monotonic()
                     while entry.state == 'starting' and time.monotonic() - t0 < 60:
                         time.sleep(0.1)
-                    procs = [r.process for r in bg.nodes[0].replicas] + [bg.gateway]
+                    procs = [r.process for r in bg.stages[0].replicas] + [bg.gateway]
                     print('BG', entry.state, json.dumps([p.pid for p in procs]))
                     ''')),
                 nbformat.v4.new_code_cell('%orchestra status')]

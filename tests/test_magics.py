@@ -45,7 +45,7 @@ def run_failing(ip, code: str, capsys) -> tuple:
 
 
 def pids(dep) -> list:
-    return [r.process.pid for n in dep.nodes for r in n.replicas] + [dep.gateway.pid]
+    return [r.process.pid for stage in dep.stages for r in stage.replicas] + [dep.gateway.pid]
 
 
 def test_up_with_a_class_defined_in_the_shell_then_status_logs_scale_down(ip, capsys):
@@ -92,7 +92,7 @@ def test_up_with_a_class_defined_in_the_shell_then_status_logs_scale_down(ip, ca
     run(ip, '%orchestra down shout')
     assert 'stopped: shout' in capsys.readouterr().out
     assert not dep._started and 'shout' not in REGISTRY.names()
-    all_pids = old + [dep.nodes[0].replicas[0].process.pid]
+    all_pids = old + [dep.stages[0].replicas[0].process.pid]
     wait_until(lambda: all(pid_gone(p) for p in all_pids), 10, 'every replica and the gateway to exit')
 
 

@@ -3,6 +3,7 @@ and the export reading the very same plan."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import pytest
@@ -73,7 +74,7 @@ def test_a_flow_plans_its_stages_joins_and_fixed_ports():
     assert j.shards == [] and j.needs == ['a', 'b']
     assert [(s.name, s.needs, len(s.shards)) for s in plan.gateway.stages] == [
         ('a', ('gateway',), 1), ('b', ('gateway',), 1), ('j', ('a', 'b'), 0)]
-    assert f.nodes == []   # planning starts nothing and changes nothing
+    assert f.stages == []   # planning starts nothing and changes nothing
 
 
 def test_the_export_reads_the_local_run_plan(tmp_path):
@@ -102,3 +103,71 @@ def test_planning_twice_gives_the_same_plan(make):
     one, two = obj.run_plan(), obj.run_plan()
     assert one.gateway == two.gateway
     assert [r.spec for r in one.replicas] == [r.spec for r in two.replicas]
+
+
+def _without_machine_values(stage):
+    """A stage plan with its machine-dependent values (a Placement's: GPU devices, RAFT layout) taken out."""
+    def replica(r):
+        spec = r.spec and dataclasses.replace(r.spec, raft=None, port=0, workspace=None)
+        env = {k: v for k, v in r.env.items() if k != 'CUDA_VISIBLE_DEVICES'}
+        return dataclasses.replace(r, spec=spec, env=env)
+    return dataclasses.replace(stage, shards=[[replica(r) for r in shard] for shard in stage.shards],
+                               secret_file=None)
+
+
+def test_export_and_local_run_plan_a_stateful_gpu_sharded_flow_alike(tmp_path, monkeypatch):
+    """One function plans both: they differ only in the machine-dependent values, and an exported
+    stateful stage is stateful because the plan says so (no copy with it switched off, no patch)."""
+    monkeypatch.setitem(sys.modules, 'pynvml', None)
+    monkeypatch.setenv('CUDA_TOTAL_DEVICES', '2')
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    gpu._reset_nvml()
+    try:
+        f = (Flow(name='f')
+             .add(name='enc', replicas=3, env={'CUDA_VISIBLE_DEVICES': 'RR'})
+             .add(name='idx', shards=2, replicas=2, polling={'/search': 'ALL', '*': 'ANY'})
+             .add(name='kv', replicas=3, shards=2, stateful=True, workspace=str(tmp_path / 'ws')))
+        stages, gateway = local_plan(f)
+        assert not (tmp_path / 'ws').exists()   # the export's plan wrote nothing here, picked no port
+        local = f.run_plan()
+    finally:
+        gpu._reset_nvml()
+    assert (tmp_path / 'ws' / 'kv' / '.raft' / 'peers.json').exists()   # the local start's side effect
+    assert gateway == local.gateway and gateway.stages[2].stateful
+    assert [_without_machine_values(s) for s in stages] == [_without_machine_values(s) for s in local.stages]
+    # what differs is the placement: this machine's GPUs and RAFT layout, or the containers'
+    assert [r.env.get('CUDA_VISIBLE_DEVICES') for r in local.stages[0].replicas] == ['0', '1', '0']
+    assert [r.env.get('CUDA_VISIBLE_DEVICES') for r in stages[0].replicas] == [None] * 3
+    kv = stages[2]
+    assert kv.stateful and all(r.spec.raft is not None and r.spec.workspace == '/orchestra/workspace'
+                               for r in kv.replicas)
+    assert [r.spec.raft.bind for r in kv.shards[1]] == ['0.0.0.0:9203', '0.0.0.0:9204', '0.0.0.0:9205']
+    export = build_plan(f, app_dir='.')
+    assert export.executor('kv').stateful and export.graph.stages[2].stateful
+    assert export.executor('kv').raft_ports == {0: [9200, 9201, 9202], 1: [9203, 9204, 9205]}
+
+
+def test_a_supplied_placement_is_all_the_machine_a_plan_reads(tmp_path):
+    from runtime.plan import Placement, RaftLayout
+    dep = Deployment(name='kv', replicas=3, stateful=True, workspace=str(tmp_path / 'ws'))
+    layout = RaftLayout(workspace='/w', peer_ports={0: (1, 2, 3)}, grpc_ports=(11, 12, 13))
+    stage = dep.stage_plan(Placement(devices=('7', None, '5'), raft=layout))
+    assert not (tmp_path / 'ws').exists()
+    assert [r.env.get('CUDA_VISIBLE_DEVICES') for r in stage.replicas] == ['7', None, '5']
+    assert [(r.spec.port, r.spec.raft.address) for r in stage.replicas] == [
+        (11, '127.0.0.1:1'), (12, '127.0.0.1:2'), (13, '127.0.0.1:3')]
+    assert os.path.dirname(stage.secret_file) == '/w/kv/.raft'
+
+
+def test_a_flow_plans_from_each_executors_checked_arguments_not_from_a_deployment():
+    from runtime.deployment import ExecutorArgs, plan_stage
+    from runtime.plan import Placement
+    f = Flow(name='f').add(name='a', replicas=2, env={'X': '1'}).add(name='b', shards=2)
+    args = f.entries[0].args
+    assert isinstance(args, ExecutorArgs) and (args.name, args.replicas, args.env) == ('a', 2, {'X': '1'})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        args.replicas = 3   # type: ignore[misc]
+    f['a'].replicas = 7   # flow['a'] is a view for users and writers: the Flow never plans through it
+    a, b = f.run_plan().stages
+    assert a.replicas == plan_stage(args, Placement((None, None)), replica_port=None).replicas
+    assert [r.name for r in a.replicas] == ['a/rep-0', 'a/rep-1'] and len(b.shards) == 2

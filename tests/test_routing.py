@@ -118,7 +118,7 @@ def test_shard_down_fails_naming_it_unless_partial_results_are_allowed(monkeypat
     monkeypatch.setenv('ORCHESTRA_REPLICA_WAIT_S', '0.5')   # how long the gateway waits for a restart
     with Deployment(name='idx', uses='topology_executors:ShardedSearch', shards=2) as dep:
         monkeypatch.setattr(dep._runner, 'restart', lambda name: None)  # keep the shard down
-        victim = [r for r in dep.nodes[0].replicas if r.shard == 1][0]
+        victim = [r for r in dep.stages[0].replicas if r.shard == 1][0]
         victim.process.kill()
         with pytest.raises(RemoteError, match=r'shard idx/shard-1 is down while polling ALL') as info:
             dep.post('/search', Query(text='q'))
@@ -131,7 +131,7 @@ def test_allow_partial_deployment_answers_from_live_shards(monkeypatch):
     monkeypatch.setenv('ORCHESTRA_REPLICA_WAIT_S', '0.5')
     with Deployment(name='idx', uses='topology_executors:ShardedSearch', shards=2, allow_partial=True) as dep:
         monkeypatch.setattr(dep._runner, 'restart', lambda name: None)
-        [r for r in dep.nodes[0].replicas if r.shard == 0][0].process.kill()
+        [r for r in dep.stages[0].replicas if r.shard == 0][0].process.kill()
         out = dep.post('/search', Query(text='q'))
         assert out.owner == ['shard1'] and [m.shard for m in out[0].matches] == [1, 1]
 

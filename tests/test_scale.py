@@ -38,7 +38,7 @@ def test_scale_up_and_down_under_load_drops_no_request():
             before = sent[0]
             wait_until(lambda: served['2'] > 0 and served['3'] > 0, 30, 'the new replicas to get requests')
             assert sent[0] > before
-            removed = [r.process for r in dep.nodes[0].replicas[1:]]
+            removed = [r.process for r in dep.stages[0].replicas[1:]]
             dep.scale(1)
             assert [r['name'] for r in dep.status()['replicas']] == ['sc/rep-0']
             wait_until(lambda: all(pid_gone(p.pid) for p in removed), 10, 'the removed replicas to exit')

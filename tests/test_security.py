@@ -63,7 +63,7 @@ def test_forged_control_is_denied_and_routing_is_unchanged():
             assert 'secret' in _denied(local, forged)
             assert 'secret' in _denied(local, forged, 'x' * 43)
             # a replica's Control too (RAFT peers' channel)
-            replica_port = dep.nodes[0].replicas[0].port
+            replica_port = dep.stages[0].replicas[0].port
             _denied(replica_port, {'op': 'status'})
             _denied(replica_port, {'op': 'status'}, 'wrong-secret-wrong-secret')
         finally:
@@ -77,11 +77,11 @@ def test_forged_control_is_denied_and_routing_is_unchanged():
         assert 'local_port' not in gw and str(attacker_port) not in str(addrs)
         # the owner's own control call (with the secret) still works
         h, _ = protocol.unpack(_control(local, {'op': 'set_replicas', 'node': 'sec', 'shard': 0,
-                                                'addresses': [r.address for r in dep.nodes[0].replicas]},
+                                                'addresses': [r.address for r in dep.stages[0].replicas]},
                                         dep._secret))
         assert h['ok'] is True
         # the secret travels in the spec (a private pipe), never in argv or the environment
-        for r in dep.nodes[0].replicas + [dep.gateway]:
+        for r in dep.stages[0].replicas + [dep.gateway]:
             proc = getattr(r, 'process', r)
             for what in ('cmdline', 'environ'):
                 with open(f'/proc/{proc.pid}/{what}', 'rb') as f:

@@ -36,7 +36,7 @@ def answers(dep, on='/x', **kwargs):
 
 
 def direct(dep, i):
-    host, port = dep.nodes[0].replicas[i].address.rsplit(':', 1)
+    host, port = dep.stages[0].replicas[i].address.rsplit(':', 1)
     return Client(host=host, port=int(port))
 
 
@@ -86,8 +86,8 @@ def test_all_stateful_replicas_killed_at_once_come_back_together(tmp_path):
                     workspace=str(tmp_path)) as dep:
         first = docs(*[f'v{i}' for i in range(10)])
         dep.post('/index', first, request_size=2)
-        pids = [r.process.pid for r in dep.nodes[0].replicas]
-        for r in dep.nodes[0].replicas:   # all at once
+        pids = [r.process.pid for r in dep.stages[0].replicas]
+        for r in dep.stages[0].replicas:   # all at once
             r.process.handle.send_signal(signal.SIGKILL)
         wait_until(lambda: all(pid_gone(p) for p in pids), 10, 'the three replicas to die')
         more = docs(*[f'w{i}' for i in range(6)], prefix='e')
@@ -120,7 +120,7 @@ def test_a_crash_loop_stops_restarts_and_status_says_why(tmp_path):
     with Deployment(name='loop', uses='sample_executors:DiesAtStartIf', replicas=2, max_restarts=2,
                     env={'ORCHESTRA_TEST_DIE_FILE': str(die)}) as dep:
         die.write_text('x')
-        dep.nodes[0].replicas[1].process.kill()
+        dep.stages[0].replicas[1].process.kill()
         rec = wait_until(lambda: (lambda r: r if r['state'] == 'crash-loop' else None)(replica(dep, 1)), 60,
                          'replica 1 to be left down in a crash loop')
         assert 'crash loop' in rec['error'] and 'refusing to start: the die file exists' in rec['error']
@@ -136,7 +136,7 @@ def test_a_crash_loop_stops_restarts_and_status_says_why(tmp_path):
 def test_a_stopped_replica_leaves_rotation_is_restarted_and_rejoins():
     with Deployment(name='hang', uses='sample_executors:Poison', replicas=3, health_timeout=1.0,
                     restart_grace=4.0) as dep:
-        victim = dep.nodes[0].replicas[1].process
+        victim = dep.stages[0].replicas[1].process
         pid = victim.pid
         results, errors, stop = [], [], threading.Event()
 

@@ -139,7 +139,7 @@ def test_control_panel_up_scale_down():
         wait_until(lambda: 'panel/rep-2' in panel.status.value, 10, 'the status table to list rep-2')
         assert dep.post('/x', TextDoc(text='hi')).text == ['hi']
 
-        pids = [r.process.pid for r in dep.nodes[0].replicas] + [dep.gateway.pid]
+        pids = [r.process.pid for r in dep.stages[0].replicas] + [dep.gateway.pid]
         panel.down_button.click()
         assert panel.wait_idle(60)
         assert not dep.running and 'panel' not in REGISTRY.names()
@@ -233,7 +233,7 @@ def test_control_panel_manages_what_was_started_elsewhere():
         wait_until(lambda: 'incode' not in panel.running_names(), 10, 'the panel to drop incode')
         assert panel.target.value == 'viamagic'
 
-        pids = [r.process.pid for r in magic_dep.nodes[0].replicas] + [magic_dep.gateway.pid]
+        pids = [r.process.pid for r in magic_dep.stages[0].replicas] + [magic_dep.gateway.pid]
         panel.down()
         assert panel.wait_idle(60) and panel.last_error is None, panel.last_error
         assert not magic_dep.running and REGISTRY.names() == []

@@ -181,10 +181,10 @@ def http_app(gateway: Any, route: Route) -> Any:
 
     def down_shards(info: Dict[str, Any]) -> List[str]:
         down = []
-        for name, node in info.get('nodes', {}).items():
-            for i, shard in enumerate(node.get('shards', [])):
+        for name, stage in info.get('nodes', {}).items():
+            for i, shard in enumerate(stage.get('shards', [])):
                 if not any(r.get('healthy') for r in shard):
-                    down.append(f'{name}/shard-{i}' if len(node['shards']) > 1 else name)
+                    down.append(f'{name}/shard-{i}' if len(stage['shards']) > 1 else name)
         return down
 
     @app.get('/', summary='Health: 200 when every shard has a live replica', tags=['health'])
@@ -201,7 +201,7 @@ def http_app(gateway: Any, route: Route) -> Any:
                                 status_code=503)
         return {'code': 0, 'description': ''}
 
-    @app.get('/status', summary='The gateway\'s Info: nodes, replicas, counters', tags=['health'])
+    @app.get('/status', summary='The gateway\'s Info: stages, replicas, counters', tags=['health'])
     async def status() -> Any:
         return await gateway_info()
 

@@ -45,23 +45,23 @@ class Catalog:
         served, complete = [], True
         graph = self.gateway.graph
         for name in graph.order:
-            node = self.gateway.nodes[name]
-            if node.is_join or name in graph.floating:   # a join serves nothing; a floating node's reply goes nowhere
+            stage = self.gateway.stages[name]
+            if stage.is_join or name in graph.floating:   # a join serves nothing; a floating stage's reply goes nowhere
                 continue
-            eps = node.shards[0].endpoints
+            eps = stage.shards[0].endpoints
             complete = complete and eps is not None
             served.append(eps)
         return served, complete
 
     def snapshot(self) -> Tuple[Dict[str, EndpointSchema], Optional[EndpointSchema], bool]:
         """-> (endpoint -> schema, the schema of any other endpoint (a bare ``@requests``) or None,
-        every node reported)."""
+        every stage reported)."""
         served, complete = self._served()
         endpoints, default = endpoint_schemas(served)
         return endpoints, default, complete
 
     async def wait(self, timeout: float = 5.0) -> Tuple[Dict[str, EndpointSchema], Optional[EndpointSchema], bool]:
-        """:meth:`snapshot`, waiting up to ``timeout`` s for every node to have reported."""
+        """:meth:`snapshot`, waiting up to ``timeout`` s for every stage to have reported."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:

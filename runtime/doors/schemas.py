@@ -114,9 +114,9 @@ def endpoint_schemas(served: List[Optional[Dict[str, Dict[str, Any]]]]
                      ) -> Tuple[Dict[str, EndpointSchema], Optional[EndpointSchema]]:
     """What a graph serves, from each node's ``endpoints`` record (in the order requests pass them).
 
-    -> (endpoint -> :class:`EndpointSchema`, the schema of every other endpoint when some node
+    -> (endpoint -> :class:`EndpointSchema`, the schema of every other endpoint when some stage
     has a bare ``@requests``, else None). In a Flow, an endpoint takes the input of the first
-    node serving it and returns the output of the last one.
+    stage serving it and returns the output of the last one.
 
     >>> endpoint_schemas([{'/a': {'input_schema': None, 'output_schema': None}}])[0]['/a'].name
     '/a'

@@ -82,7 +82,7 @@ async def open_door(protocol: str, gateway: Any, route: Route, host: str, port: 
                     tls_cert: Optional[str] = None, tls_key: Optional[str] = None) -> Door:
     """Start the ``protocol`` door ('http' or 'websocket') of ``gateway`` on ``host:port`` (0: the OS picks).
 
-    ``gateway`` gives the doors what they show besides routing: ``name``, ``nodes``/``order``
+    ``gateway`` gives the doors what they show besides routing: ``name``, ``stages``/``order``
     (the endpoints' schemas) and ``info`` (``/status``).
     """
     if protocol == 'http':

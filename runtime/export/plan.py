@@ -18,14 +18,16 @@ Inside a container, ``orchestra replica`` loads that rewritten spec and calls th
 ``Deployment.stage_plan()`` (:mod:`runtime.export.serve`): the local run, the manifests and
 the containers cannot drift apart.
 
-Two things of the local plan are *not* taken over, on purpose: RAFT ports and folders chosen
-on this machine (``plan_stateful``'s side effects; they are planned in the container), and
-GPU indexes counted on this machine (Compose assigns ``CUDA_VISIBLE_DEVICES=RR`` over the
-Docker host's GPUs, Kubernetes gives each replica ``nvidia.com/gpu: 1``).
+The plan is built by the very code of a local start (``run_plan``); only its machine-dependent
+values (a :class:`~runtime.plan.Placement`) are the containers' instead of this machine's
+(:func:`container_placement`): RAFT ports and folders in the containers (fixed ports, the
+workspace volume; nothing is picked, made or written here), and no GPU index counted here
+(Compose assigns ``CUDA_VISIBLE_DEVICES=RR`` over the Docker host's GPUs, Kubernetes gives each
+replica ``nvidia.com/gpu: 1``). A stateful Executor is stateful in the exported graph because
+it is in the plan: nothing is patched afterwards.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import hmac
@@ -38,6 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from runtime.plan import Placement, RaftLayout
 from runtime.secrets import SECRET_FILE_ENV, SecretError, load_secret
 from runtime.specs import GatewaySpec
 
@@ -277,27 +280,39 @@ def _gpu_spec(dep: Any) -> Optional[str]:
     return spec if spec else None
 
 
-def _twin(dep: Any) -> Any:
-    """``dep`` as the local plan sees it, without this machine's side effects (see the module doc)."""
-    t = copy.copy(dep)
-    t.stateful = False                    # RAFT ports/folders are planned in the container
-    t.env = dict(dep.env, **{_CUDA: ''})  # GPUs are assigned for the target, not this machine
-    return t
+def _raft_ports(dep: Any, index: int) -> Dict[int, List[int]]:
+    """A stateful Executor's RAFT ports in the containers: ``peer_ports`` as given, else fixed ones
+    from :data:`RAFT_PORT_BASE` (Executor ``index``: BASE + 100 index + ...)."""
+    given = getattr(dep, '_raft_peer_ports', None)
+    if given is not None:
+        return {int(s): list(p) for s, p in given.items()}
+    base = RAFT_PORT_BASE + 100 * index
+    return {s: [base + s * dep.replicas + r for r in range(dep.replicas)] for s in range(dep.shards)}
 
 
-def local_plan(obj: Any) -> Tuple[list, GatewaySpec]:
-    """``obj.run_plan()`` -- what a local start runs -- for an export: (stages, gateway)."""
-    if is_flow(obj):
-        clone = copy.copy(obj)
-        clone.entries = [dataclasses.replace(e, deployment=_twin(e.deployment)) if e.deployment else e
-                         for e in obj.entries]
-    else:
-        clone = _twin(obj)
-    plan = clone.run_plan()
-    stateful = {name: dep is not None and dep.stateful for name, dep, _ in _entries(obj)}
-    # the twin planned no RAFT, but the gateway must know: it never retries a stateful @write
-    stages = tuple(dataclasses.replace(s, stateful=stateful.get(s.name, s.stateful)) for s in plan.gateway.stages)
-    return list(plan.stages), dataclasses.replace(plan.gateway, stages=stages)
+def container_placement(dep: Any, raft_ports: Dict[int, List[int]], grpc_port: int) -> Placement:
+    """The machine-dependent values of ``dep``'s plan in the containers: no GPU index (Compose
+    reserves devices, Kubernetes gives ``nvidia.com/gpu: 1``), RAFT in :data:`WORKSPACE_DIR` on
+    ``raft_ports``, every replica on ``grpc_port`` in its own container."""
+    n = 0 if dep.external else dep.shards * dep.replicas
+    raft = None
+    if dep.stateful:
+        raft = RaftLayout(workspace=WORKSPACE_DIR, peer_ports={s: tuple(p) for s, p in raft_ports.items()},
+                          grpc_ports=(grpc_port,) * n, bind_host='0.0.0.0')
+    return Placement(devices=(None,) * n, raft=raft)
+
+
+def local_plan(obj: Any, raft_ports: Optional[Dict[str, Dict[int, List[int]]]] = None) -> Tuple[list, GatewaySpec]:
+    """``obj.run_plan()`` -- the plan a local start runs, built by the same code -- with the
+    containers' placements (:func:`container_placement`) in place of this machine's: (stages, gateway).
+    ``raft_ports``: Executor name -> its RAFT ports (default: :func:`_raft_ports`)."""
+    placements = {}
+    for i, (name, dep, replica_port) in enumerate(_entries(obj)):
+        if dep is not None:
+            ports = (raft_ports or {}).get(name) or (_raft_ports(dep, i) if dep.stateful else {})
+            placements[name] = container_placement(dep, ports, replica_port or REPLICA_PORT)
+    plan = obj.run_plan(placements)
+    return list(plan.stages), plan.gateway
 
 
 def build_plan(obj: Any, app_dir: Optional[str] = None) -> ExportPlan:
@@ -309,31 +324,29 @@ def build_plan(obj: Any, app_dir: Optional[str] = None) -> ExportPlan:
         spec = to_spec(obj)
     except ValueError as e:
         raise ExportError(f'cannot export {obj.name!r}: {e}') from None
-    nodes, gateway_spec = local_plan(obj)
-    by_name = {n.name: n for n in nodes}
+    raft_ports = {name: _raft_ports(dep, i) for i, (name, dep, _) in enumerate(_entries(obj))
+                  if dep is not None and dep.stateful}
+    stages, gateway_spec = local_plan(obj, raft_ports)
+    stage_of = {stage.name: stage for stage in stages}
     executors: List[ExecutorExport] = []
     raft_ports_used: List[int] = []
     sections = spec['executors'] if spec['jtype'] == 'Flow' else [spec['with']]
     for i, (name, dep, replica_port) in enumerate(_entries(obj)):
         if dep is None:
             continue
-        node = by_name[name]
+        stage = stage_of[name]
         gpu = _gpu_spec(dep)
         procs = [[ReplicaExport(r.name, r.shard, r.replica,
                                 {k: str(v) for k, v in r.env.items() if v is not None and k != _CUDA})
-                  for r in shard] for shard in node.shards]
+                  for r in shard] for shard in stage.shards]
         ex = ExecutorExport(name=name, index=i, shards=dep.shards, replicas=dep.replicas,
-                            stateful=dep.stateful, port=replica_port or REPLICA_PORT, processes=procs,
+                            stateful=stage.stateful, port=replica_port or REPLICA_PORT, processes=procs,
                             external=list(dep.external_addresses) if dep.external else None,
                             workspace=bool(dep.workspace) or dep.stateful,
                             raft_password=bool(dep.raft_password), gpu_spec=gpu,
                             monitoring=bool(dep.monitoring) and not dep.external)
-        if dep.stateful:
-            given = getattr(dep, '_raft_peer_ports', None)
-            if given is None:
-                base = RAFT_PORT_BASE + 100 * i
-                given = {s: [base + s * dep.replicas + r for r in range(dep.replicas)] for s in range(dep.shards)}
-            ex.raft_ports = {int(s): list(p) for s, p in given.items()}
+        if stage.stateful:
+            ex.raft_ports = raft_ports[name]
             clash = sorted(set(raft_ports_used) & {p for v in ex.raft_ports.values() for p in v}
                            | {p for v in ex.raft_ports.values() for p in v if p in (ex.port, GATEWAY_PORT)})
             if clash:

@@ -173,7 +173,7 @@ def replica_spec(config_path: str, executor: str, shard: int, replica: Optional[
 
 def retarget_raft(raft: RaftSpec, raft_ports: List[int], hosts: List[str], replica: int,
                   bind_host: str, grpc_port: int, resolver: Resolver) -> RaftSpec:
-    """``plan_stateful``'s RAFT spec with peers at ``hosts[i]`` instead of 127.0.0.1 ports."""
+    """``plan_raft``'s RAFT spec with peers at ``hosts[i]`` instead of 127.0.0.1 ports."""
     def raft_addr(i: int) -> str:
         return resolver.mapped(f'{hosts[i]}:{raft_ports[i]}')
 
@@ -264,7 +264,7 @@ async def serve_gateway(graph: GatewaySpec, host: str, port: Any, stop: asyncio.
     gw.secret = gw.secret or load_secret()   # the replicas' records in Info need it (runtime.remote)
     stops = await open_listeners(gw, host, list(spec.protocols), list(spec.ports), control=gw.control)
     metrics = gw.start_metrics(host, graph.port_monitoring) if graph.monitoring else None
-    tasks = [asyncio.ensure_future(keep_resolving(gw.nodes[n].shards[i], t, resolver, stop, refresh))
+    tasks = [asyncio.ensure_future(keep_resolving(gw.stages[n].shards[i], t, resolver, stop, refresh))
              for n, i, t in dns]
     try:
         if on_ready:

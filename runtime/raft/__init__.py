@@ -48,7 +48,8 @@ Replica-to-replica ``Control`` calls carry the same secret. See ``docs/security.
 
 - ``settings``: ``RaftSettings``, read from a replica's ``ReplicaSpec.raft`` in one place (``settings_from_spec``).
 - ``config``: ``raft_configuration`` -- hashicorp-style names -> pysyncobj ``SyncObjConf``, checks.
-- ``plan``: the Deployment hooks -- ``validate_stateful``, ``plan_stateful`` (RAFT ports, folders).
+- ``plan``: the Deployment hooks -- ``validate_stateful``, ``place_raft`` (this machine's RAFT ports,
+  folders), ``plan_raft`` (the replicas' RAFT specs from a layout).
 - ``common``: ``RaftNotReady``, ``Outcome`` (a proposal's outcome), ``_short`` and file helpers.
 - ``records``: ``Record`` (a NamedTuple; plain tuples in pysyncobj's log), its JSON form for the dump.
 - ``decisions``: the write path's decisions as plain functions and a state machine (``ApplyLedger``),
@@ -73,8 +74,8 @@ from runtime.raft.config import (DEFAULT_OPTIONS, DEFAULT_PYSYNCOBJ, HASHICORP_K
                                  check_syncobj_conf, normalize_raft_configuration, valid_raft_keys)
 from runtime.raft.node import Consensus, make_consensus
 from runtime.raft.payloads import PayloadStore
-from runtime.raft.plan import (MIN_REPLICAS, normalize_peer_ports, plan_stateful, raft_root, require_cryptography,
-                               validate_stateful)
+from runtime.raft.plan import (MIN_REPLICAS, normalize_peer_ports, place_raft, plan_raft, raft_root,
+                               require_cryptography, validate_stateful)
 from runtime.raft.records import INLINE_PAYLOAD_BYTES
 from runtime.raft.settings import RaftSettings, settings_from_spec
 from runtime.raft.skip import SKIP_FILE, add_skipped
@@ -83,7 +84,8 @@ from runtime.raft.snapshots import SnapshotStore
 __all__ = [
     'MIN_REPLICAS', 'HASHICORP_KEYS', 'PYSYNCOBJ_KEYS', 'RESERVED_KEYS', 'DEFAULT_PYSYNCOBJ', 'DEFAULT_OPTIONS',
     'valid_raft_keys', 'normalize_raft_configuration', 'check_syncobj_conf',
-    'normalize_peer_ports', 'validate_stateful', 'require_cryptography', 'raft_root', 'plan_stateful',
+    'normalize_peer_ports', 'validate_stateful', 'require_cryptography', 'raft_root', 'place_raft',
+    'plan_raft',
     'PayloadStore', 'SnapshotStore', 'INLINE_PAYLOAD_BYTES', 'RaftNotReady', 'Consensus', 'make_consensus',
     'RaftSettings', 'settings_from_spec', 'SKIP_FILE', 'add_skipped',
 ]

@@ -1,10 +1,12 @@
 """The Deployment hooks of ``stateful=True``: checks up front and the per-replica plan.
 
 ``validate_stateful`` checks a Deployment's arguments (replicas, ``peer_ports``,
-``raft_configuration``, ``raft_password``); ``plan_stateful`` picks RAFT ports (remembered in
-``<workspace>/<name>/.raft/peers.json``) and folders (private: 0700) and puts them in each
-replica's spec (``ReplicaSpec.raft``, a :class:`~runtime.specs.RaftSpec`); it names the file that
-keeps the Deployment's secret (``StagePlan.secret_file``; :mod:`runtime.secrets`). Relies on :mod:`runtime.raft.config`.
+``raft_configuration``, ``raft_password``); ``place_raft`` picks this machine's RAFT ports
+(remembered in ``<workspace>/<name>/.raft/peers.json``) and folders (private: 0700) -- a
+:class:`~runtime.plan.RaftLayout`, the side effects done once, at start; ``plan_raft`` (pure)
+puts a layout in each replica's spec (``ReplicaSpec.raft``, a :class:`~runtime.specs.RaftSpec`)
+and names the file that keeps the Deployment's secret (``StagePlan.secret_file``;
+:mod:`runtime.secrets`). Relies on :mod:`runtime.raft.config`.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from runtime.raft.common import _write_json
 from runtime.raft.config import normalize_raft_configuration
 from runtime.secrets import SECRET_FILE_NAME, private_dir, private_tree
+from runtime.plan import RaftLayout
 from runtime.specs import RaftPeer, RaftSpec
 
 log = logging.getLogger('orchestra.raft')
@@ -177,56 +180,69 @@ def _remembered_ports(root: str, replicas: int, shards: int) -> Optional[Dict[in
     return ports
 
 
-def plan_stateful(dep: Any, plan: Any) -> None:
-    """Give every replica of a stateful Deployment what its RAFT node needs (``ReplicaSpec.raft``)."""
-    if dep.workspace is None:   # state must live somewhere: a folder for this Deployment object
+def place_raft(executor: Any) -> RaftLayout:
+    """This machine's RAFT layout for a stateful Executor (its checked arguments,
+    ``runtime.deployment.ExecutorArgs``), with the side effects, once, at start: a workspace if
+    none was given, private folders, ports chosen (or remembered) and written to
+    ``<workspace>/<name>/.raft/peers.json``."""
+    workspace = executor.workspace
+    if workspace is None:   # state must live somewhere: a folder for this Deployment object
         import tempfile
-        dep.workspace = tempfile.mkdtemp(prefix=f'orchestra-raft-{dep.name}-')
+        workspace = tempfile.mkdtemp(prefix=f'orchestra-raft-{executor.name}-')
         log.warning('stateful Deployment %r has no workspace; using %s (pass workspace=... to keep '
-                    'the state across Python sessions)', dep.name, dep.workspace)
-        plan.shards = [[replace(r, spec=replace(r.spec, workspace=dep.workspace)) for r in shard]
-                       for shard in plan.shards]
-    root = raft_root(dep.workspace, dep.name)
+                    'the state across Python sessions)', executor.name, workspace)
+    root = raft_root(workspace, executor.name)
     private_dir(os.path.dirname(root))   # <workspace>/<name>: the replicas' folders go in there too
     private_dir(root)
     private_tree(root)   # files an earlier version left readable by others
-    plan.secret_file = os.path.join(root, SECRET_FILE_NAME)
-    bind_host = dep.host or '127.0.0.1'
-    ports = dep._raft_peer_ports
+    bind_host = executor.host or '127.0.0.1'
+    replicas, shards = executor.replicas, executor.shards
+    ports = executor.raft_peer_ports
     if ports is None:
-        ports = _remembered_ports(root, dep.replicas, dep.shards) or {}
-        for s in range(dep.shards):   # remembered ports taken by something else meanwhile: new ones
+        ports = _remembered_ports(root, replicas, shards) or {}
+        for s in range(shards):   # remembered ports taken by something else meanwhile: new ones
             if s in ports and not all(_bindable(p, bind_host) for p in ports[s]):
                 log.warning('RAFT ports %s remembered for %s shard %d are in use now; choosing new ones '
-                            '(the journal is kept)', ports[s], dep.name, s)
+                            '(the journal is kept)', ports[s], executor.name, s)
                 del ports[s]
         taken = [p for v in ports.values() for p in v]
-        for s in range(dep.shards):
+        for s in range(shards):
             if s not in ports:
-                ports[s] = _free_ports(dep.replicas, bind_host, avoid=taken)
+                ports[s] = _free_ports(replicas, bind_host, avoid=taken)
                 taken += ports[s]
     _write_json(os.path.join(root, 'peers.json'),
-                {'peer_ports': {str(s): p for s, p in ports.items()}, 'replicas': dep.replicas,
-                 'shards': dep.shards})
-    dep.peer_ports_used = {s: list(p) for s, p in ports.items()}
+                {'peer_ports': {str(s): p for s, p in ports.items()}, 'replicas': replicas, 'shards': shards})
     connect_host = '127.0.0.1' if bind_host in ('0.0.0.0', '::', '') else bind_host
     all_raft = [p for s in sorted(ports) for p in ports[s]]
-    grpc_ports = _free_ports(len(plan.replicas), avoid=all_raft)
-    k = 0
+    grpc_ports = _free_ports(shards * replicas, avoid=all_raft)
+    return RaftLayout(workspace=workspace, peer_ports={s: tuple(p) for s, p in ports.items()},
+                      grpc_ports=tuple(grpc_ports), bind_host=bind_host, connect_host=connect_host)
+
+
+def plan_raft(executor: Any, plan: Any, layout: RaftLayout) -> None:
+    """Give every replica of a stateful stage what its RAFT node needs (``ReplicaSpec.raft``), from
+    ``layout``; pure: nothing is read from or written to this machine."""
+    root = raft_root(layout.workspace, executor.name)
+    plan.secret_file = os.path.join(root, SECRET_FILE_NAME)
+    ports = layout.peer_ports
+    position = 0
     for s, shard in enumerate(plan.shards):
         members = []
-        for j, r in enumerate(shard):
-            if not r.spec.port:
-                shard[j] = r = replace(r, spec=replace(r.spec, port=grpc_ports[k]))
-            k += 1
-            members.append(RaftPeer(replica=r.replica, name=r.name, raft=f'{connect_host}:{ports[s][r.replica]}',
-                                    grpc=f'127.0.0.1:{r.spec.port}'))
-        for j, (r, me) in enumerate(zip(shard, members)):
-            shard[j] = replace(r, spec=replace(r.spec, raft=RaftSpec(
-                replica=r.replica, shard=s, name=r.name,
-                address=me.raft, bind=f'{bind_host}:{ports[s][r.replica]}',
+        for j, replica in enumerate(shard):
+            spec = replace(replica.spec, workspace=layout.workspace)
+            if not spec.port:
+                spec = replace(spec, port=layout.grpc_ports[position])
+            shard[j] = replica = replace(replica, spec=spec)
+            position += 1
+            members.append(RaftPeer(replica=replica.replica, name=replica.name,
+                                    raft=f'{layout.connect_host}:{ports[s][replica.replica]}',
+                                    grpc=f'127.0.0.1:{replica.spec.port}'))
+        for j, (replica, me) in enumerate(zip(shard, members)):
+            shard[j] = replace(replica, spec=replace(replica.spec, raft=RaftSpec(
+                replica=replica.replica, shard=s, name=replica.name,
+                address=me.raft, bind=f'{layout.bind_host}:{ports[s][replica.replica]}',
                 peers=tuple(m for m in members if m is not me),
-                dir=os.path.join(root, f'shard-{s}', f'rep-{r.replica}'),
-                conf=dict(dep._raft_conf), options=dict(dep._raft_options),
-                password=dep.raft_password,   # None: the Deployment's secret (ReplicaSpec.secret)
-                read_consistency=dep.read_consistency, durability=dep.durability)))
+                dir=os.path.join(root, f'shard-{s}', f'rep-{replica.replica}'),
+                conf=dict(executor.raft_conf), options=dict(executor.raft_options),
+                password=executor.raft_password,   # None: the Deployment's secret (ReplicaSpec.secret)
+                read_consistency=executor.read_consistency, durability=executor.durability)))

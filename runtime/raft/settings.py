@@ -1,7 +1,7 @@
 """What one replica's RAFT node is told: ``RaftSettings``, read from the replica's spec in one place.
 
 :func:`settings_from_spec` is the only reader of ``ReplicaSpec.raft`` (a :class:`~runtime.specs.RaftSpec`
-built by :func:`runtime.raft.plan.plan_stateful`) and of the secret RAFT uses; everything inside
+built by :func:`runtime.raft.plan.plan_raft`) and of the secret RAFT uses; everything inside
 :mod:`runtime.raft` gets resolved, typed values from the ``RaftSettings`` it returns (options
 merged with their defaults, ``durable`` from ``durability``). Relies on :mod:`runtime.raft.config`.
 """
@@ -51,7 +51,7 @@ def settings_from_spec(raft: Optional[RaftSpec], secret: Optional[str], default_
     Raises ``ValueError`` when the replica has no RAFT spec (it is not stateful).
     """
     if raft is None:
-        raise ValueError('a stateful replica needs ReplicaSpec.raft (built by runtime.raft.plan.plan_stateful)')
+        raise ValueError('a stateful replica needs ReplicaSpec.raft (built by runtime.raft.plan.plan_raft)')
     secret = secret or ''
     return RaftSettings(
         replica=raft.replica, name=raft.name or default_name, address=raft.address, bind=raft.bind, dir=raft.dir,
