@@ -32,7 +32,8 @@ from runtime.uses import BUILTIN_EXECUTORS
 #: Executors that ship with the runtime: label -> the short name every entry point accepts (``uses='echo'``)
 BUILTINS = {f'{short} (built-in)': short for short in BUILTIN_EXECUTORS}
 #: the Deployment arguments the panel has a field for (the Executor dropdown is ``uses``)
-PANEL_ARGS = pick(DEPLOYMENT_ARGS, 'uses', 'name', 'replicas', 'shards', 'polling', 'stateful', 'workspace')
+PANEL_ARGS = pick(DEPLOYMENT_ARGS, 'uses', 'name', 'replicas', 'shards', 'polling', 'stateful', 'workspace',
+                  'monitoring')
 
 
 def builtin_executors() -> Dict[str, str]:
@@ -96,10 +97,12 @@ class ControlPanel(widgets.VBox):
                                          layout=widgets.Layout(width='140px'))
         self.workspace = widgets.Text(description='Workspace', placeholder='RAFT state dir (default: temporary)',
                                       style=style, layout=widgets.Layout(width='384px'))
+        self.monitoring = widgets.Checkbox(description='metrics (Prometheus)', indent=False,
+                                           layout=widgets.Layout(width='170px'))
         #: argument name -> its field; the fields' values are what Up passes to Deployment(...)
         self.fields = {'uses': self.executor, 'name': self.name, 'replicas': self.replicas,
                        'shards': self.shards, 'polling': self.polling, 'stateful': self.stateful,
-                       'workspace': self.workspace}
+                       'workspace': self.workspace, 'monitoring': self.monitoring}
         for arg in PANEL_ARGS:
             self.fields[arg.name].tooltip = arg.help
         self.up_button = widgets.Button(description='Up', button_style='success', icon='play',
@@ -119,7 +122,7 @@ class ControlPanel(widgets.VBox):
         self.log_view = widgets.HTML()
         self.dashboard_box = widgets.VBox()
         self._inputs = [self.executor, self.rescan_button, self.name, self.replicas, self.shards,
-                        self.polling, self.stateful, self.workspace]
+                        self.polling, self.stateful, self.workspace, self.monitoring]
         for w, cls in ((self.target, 'running'), (self.replicas, 'replicas'), (self.up_button, 'up'),
                        (self.scale_button, 'scale'), (self.down_button, 'down'),
                        (self.dashboard_button, 'dashboard'), (self.status, 'status'), (self.message, 'message')):
@@ -128,7 +131,7 @@ class ControlPanel(widgets.VBox):
             widgets.HBox([self.executor, self.rescan_button, self.name]),
             widgets.HBox([self.replicas, self.shards, self.polling]),
             widgets.HBox([self.stateful, self.workspace]),
-            widgets.HBox([self.up_button]),
+            widgets.HBox([self.up_button, self.monitoring]),
             widgets.HTML('<hr style="margin: 4px 0">'),
             widgets.HBox([self.target, self.scale_button, self.down_button, self.dashboard_button]),
             self.message, self.status, self.log_choice, self.log_view, self.dashboard_box,

@@ -310,3 +310,26 @@ def test_a_closed_control_panel_leaves_a_picture_of_itself():
     assert 'Running: <b>pictured</b>' in bundle['text/html'] and 'pictured/rep-0' in bundle['text/html']
     assert 'Executor: Tagger (notebook)' in bundle['text/plain'] and 'running: pictured' in bundle['text/plain']
     assert repr(panel).startswith('ControlPanel (running:')
+
+
+def test_control_panel_starts_a_deployment_with_monitoring_when_ticked():
+    import urllib.request
+    panel = ControlPanel(namespace={}, refresh_interval=60)
+    try:
+        assert panel.deployment_kwargs()['monitoring'] is False   # unticked: off, like the schema's default
+        panel.executor.value = 'echo'
+        panel.name.value = 'panel-metrics'
+        panel.monitoring.value = True
+        panel.up_button.click()
+        assert panel.wait_idle(60), 'Up did not finish within 60 s'
+        assert panel.last_error is None, panel.last_error
+        dep = panel.deployment
+        assert dep.monitoring is True
+        port = dep.status()['gateway']['metrics_port']
+        with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=10) as r:
+            assert r.status == 200
+        panel.down_button.click()
+        assert panel.wait_idle(60)
+    finally:
+        panel.close()
+        REGISTRY.close_all()
