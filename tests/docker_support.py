@@ -146,6 +146,27 @@ def docker_image() -> str:
     return tag
 
 
+def prometheus_image() -> str:
+    """The image the export's ``prometheus`` service runs (``runtime.export.compose.PROMETHEUS_IMAGE``):
+    Debian's prometheus package on the base image, built once (no registry serves one here)."""
+    from runtime.export.compose import PROMETHEUS_IMAGE
+    base = ensure_engine()
+    with open('/tmp/orchestra-docker-build.lock', 'w') as lock:   # one build at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _docker('image', 'inspect', PROMETHEUS_IMAGE, check=False).returncode != 0:
+            dockerfile = (f'FROM {base}\nENV DEBIAN_FRONTEND=noninteractive\n'
+                          'RUN apt-get update && apt-get install -y --no-install-recommends prometheus '
+                          '&& rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb\n')
+            t0 = time.monotonic()
+            r = _docker('build', '--force-rm', '-q', '-t', PROMETHEUS_IMAGE, '-', input=dockerfile,
+                        timeout=BUILD_TIMEOUT, check=False, env=_build_env())
+            if r.returncode != 0:
+                pytest.fail(f'docker build of {PROMETHEUS_IMAGE} failed ({r.returncode}):\n{r.stdout[-3000:]}\n'
+                            f'{r.stderr[-3000:]}', pytrace=False)
+            print(f'built {PROMETHEUS_IMAGE} on {base} in {time.monotonic() - t0:.0f} s')
+    return PROMETHEUS_IMAGE
+
+
 class Container:
     def __init__(self, name: str, ports: Dict[int, int]):
         self.name = name

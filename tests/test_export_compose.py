@@ -195,7 +195,9 @@ def test_compose_for_real(tmp_path, runtime_image):
     port, metrics_port = _free_port(), _free_port()
     cfg = write_flow(str(tmp_path), RUN_FLOW.replace('PORT', str(port)).replace('METRICS', str(metrics_port)))
     out = tmp_path / 'deploy' / 'docker-compose.yml'
-    assert main(['export', 'docker-compose', cfg, str(out), '--image', runtime_image]) == 0
+    from docker_support import prometheus_image
+    prometheus_image()   # the image of the export's `prometheus` service (--prometheus)
+    assert main(['export', 'docker-compose', cfg, str(out), '--image', runtime_image, '--prometheus']) == 0
     compose = ['docker-compose', '-p', f'orchestra-test-{uuid.uuid4().hex[:8]}', '-f', str(out)]
     client = prometheus = dash = None
     try:
@@ -281,6 +283,14 @@ def test_compose_for_real(tmp_path, runtime_image):
         wait_until(lambda: _promql(prometheus[1], 'count(count_values("index", orchestra_raft_applied_index))') == 1,
                    60, 'Prometheus to see the 3 store replicas at one applied index')
         assert _promql(prometheus[1], 'sum(orchestra_raft_role{role="leader"})') == 1
+        # and so does the compose file's own Prometheus service, scraping the services by name inside
+        # the compose network (published on the host at PROMETHEUS_HOST_PORT)
+        from runtime.export.compose import PROMETHEUS_HOST_PORT
+        wait_until(lambda: _promql(PROMETHEUS_HOST_PORT, 'sum(orchestra_gateway_requests_total)') == gw_total, 120,
+                   f'the compose Prometheus service to see the gateway answer {gw_total} requests')
+        wait_until(lambda: _promql(PROMETHEUS_HOST_PORT, 'count(up == 1)') == 6, 60,
+                   'the compose Prometheus service to scrape the gateway and the 5 replicas')
+        assert _promql(PROMETHEUS_HOST_PORT, 'sum(orchestra_raft_role{role="leader"})') == 1
         print(f'{len(want)} acknowledged writes on every replica; {len(failed)} not acknowledged; '
               f'leader {victim} killed')
     except BaseException:
