@@ -27,6 +27,7 @@ import ipywidgets as widgets
 from orchestra_nb.registry import REGISTRY, default_name, executor_classes
 from runtime import reprs
 from runtime.args import DEPLOYMENT_ARGS, pick
+from runtime.remote import RemoteGateway
 from runtime.uses import BUILTIN_EXECUTORS
 
 #: Executors that ship with the runtime: label -> the short name every entry point accepts (``uses='echo'``)
@@ -116,6 +117,13 @@ class ControlPanel(widgets.VBox):
                                           tooltip='stop the picked deployment')
         self.dashboard_button = widgets.Button(description='Dashboard', icon='line-chart',
                                                tooltip='show (or hide) the live Dashboard of the picked deployment')
+        # a gateway running elsewhere (Compose, Kubernetes port-forward, another kernel): its Dashboard here
+        self.attach_address = widgets.Text(description='Gateway', placeholder='host:port of a running gateway',
+                                           style=style, layout=widgets.Layout(width='354px'))
+        self.attach_secret = widgets.Password(placeholder="its Deployment's secret",
+                                              layout=widgets.Layout(width='220px'))
+        self.attach_button = widgets.Button(description='Attach', icon='link',
+                                            tooltip="show the live Dashboard of the gateway at that address")
         self.message = widgets.HTML()
         self.status = widgets.HTML('<i>nothing running</i>')
         self.log_choice = widgets.Dropdown(description='Log of', style=style, layout=widgets.Layout(width='354px'))
@@ -134,6 +142,7 @@ class ControlPanel(widgets.VBox):
             widgets.HBox([self.up_button, self.monitoring]),
             widgets.HTML('<hr style="margin: 4px 0">'),
             widgets.HBox([self.target, self.scale_button, self.down_button, self.dashboard_button]),
+            widgets.HBox([self.attach_address, self.attach_secret, self.attach_button]),
             self.message, self.status, self.log_choice, self.log_view, self.dashboard_box,
         ])
         self.add_class('orchestra-control-panel')
@@ -142,6 +151,7 @@ class ControlPanel(widgets.VBox):
         self.scale_button.on_click(lambda _: self.scale())
         self.down_button.on_click(lambda _: self.down())
         self.dashboard_button.on_click(lambda _: self.toggle_dashboard())
+        self.attach_button.on_click(lambda _: self.attach(self.attach_address.value, self.attach_secret.value))
         self.target.observe(self._on_pick, 'value')
         self.rescan()
         self._sync_targets()
@@ -204,7 +214,8 @@ class ControlPanel(widgets.VBox):
         replicas = getattr(dep, 'replicas', None)
         if isinstance(replicas, int) and not self.busy:
             self.replicas.value = replicas      # Scale starts from what runs
-        if self.dashboard is not None and (dep is None or self.dashboard.obj is not dep):
+        attached = isinstance(getattr(self.dashboard, 'obj', None), RemoteGateway)   # not a pick's: stays
+        if self.dashboard is not None and not attached and (dep is None or self.dashboard.obj is not dep):
             self._close_dashboard()
         if not self.busy:
             self._sync_controls()
@@ -241,6 +252,31 @@ class ControlPanel(widgets.VBox):
         self.dashboard = Dashboard(dep, replace=False)
         self.dashboard_box.children = [self.dashboard]
         self.dashboard_button.description = 'Hide dashboard'
+
+    def attach(self, address: str, secret: Optional[str] = None) -> None:
+        """Show the live Dashboard of the gateway at ``address`` (``'host:port'``, running anywhere)
+        under the panel; ``secret``: its Deployment's (the per-replica records need it). A wrong
+        address or secret is one line in the panel.
+
+            >>> panel.attach('127.0.0.1:8080', secret=open('deploy/search-secret').read().strip())  # doctest: +SKIP
+        """
+        address = (address or '').strip()
+        if not address:
+            self._show_error('Attach needs the address of a running gateway, e.g. 127.0.0.1:8080')
+            return
+        from orchestra_nb.dashboard import Dashboard
+        try:
+            dash = Dashboard(address, secret=(secret or '').strip() or None, replace=False)
+        except Exception as e:   # no gateway there, or a missing/wrong secret: one line
+            self._show_error(f'could not attach to {address}: {e}')
+            return
+        self._close_dashboard()
+        self.dashboard = dash
+        self.dashboard_box.children = [dash]
+        self.dashboard_button.description = 'Hide dashboard'
+        self.last_error = None
+        self.message.value = f'attached to the gateway at <code>{reprs.esc(address)}</code>'
+        self._sync_controls()
 
     def _close_dashboard(self) -> None:
         dash, self.dashboard = self.dashboard, None
@@ -320,7 +356,8 @@ class ControlPanel(widgets.VBox):
         REGISTRY.unsubscribe(self._sync_targets)
         self._close_dashboard()
         for w in self._inputs + [self.up_button, self.target, self.scale_button, self.down_button,
-                                 self.dashboard_button, self.message, self.status, self.log_choice,
+                                 self.dashboard_button, self.attach_address, self.attach_secret,
+                                 self.attach_button, self.message, self.status, self.log_choice,
                                  self.log_view, self.dashboard_box]:
             w.close()
         for child in self.children:

@@ -74,3 +74,25 @@ def test_remote_status_and_dashboard_by_address(remote_deployment):
         assert 'RemoteGateway' in dash.header.value and '3/3 replicas ready' in dash.header.value
     finally:
         dash.close()
+
+
+def test_control_panel_attaches_its_dashboard_to_a_gateway_by_address(remote_deployment):
+    from orchestra_nb.widgets import ControlPanel
+    port = remote_deployment
+    Client(port=port).post('/index', DocList[TextDoc]([TextDoc(id='p', text='q')]))
+    panel = ControlPanel(namespace={}, refresh_interval=60)
+    try:
+        panel.attach(f'127.0.0.1:{port}', secret='not-the-secret-but-long-enough-0123456789')
+        assert panel.dashboard is None and 'missing or wrong' in panel.last_error   # one line, nothing shown
+        panel.attach_address.value = f'127.0.0.1:{port}'
+        panel.attach_secret.value = SECRET
+        panel.attach_button.click()
+        assert panel.last_error is None, panel.last_error
+        dash = panel.dashboard
+        assert isinstance(dash.obj, RemoteGateway) and panel.dashboard_box.children == (dash,)
+        wait_until(lambda: 'leader' in dash.raft.value and dash.raft.value.count('follower') == 2, 30,
+                   'the attached Dashboard to show the far RAFT leader and two followers')
+        panel.toggle_dashboard()   # the Dashboard button hides it
+        assert panel.dashboard is None and panel.dashboard_box.children == ()
+    finally:
+        panel.close()
