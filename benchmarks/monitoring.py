@@ -66,7 +66,7 @@ def search_rate(dep: Deployment, queries: DocList) -> tuple:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     ap.add_argument('--requests', type=int, default=2000, help='echo requests per measurement (1 doc each)')
     ap.add_argument('--queries', type=int, default=500, help='search queries per measurement (1 per request)')
     ap.add_argument('--docs', type=int, default=10_000, help='indexed docs (dim 128) for search')
