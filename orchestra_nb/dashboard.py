@@ -46,6 +46,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 
 import ipywidgets as widgets
 
+from orchestra_nb.frames import replace_output, show
 from runtime import orchestration, reprs
 from runtime.client import Client
 from runtime.orchestration import Orchestration
@@ -120,12 +121,8 @@ class Dashboard(widgets.VBox):
     # -- display: live widget, then a static last frame ------------------------------
     def _ipython_display_(self) -> None:
         """Show the widget under a display id, so that :meth:`freeze` can replace it later."""
-        from IPython.display import display
-        if self.snapshot_bundle is not None:
-            display(self.snapshot_bundle, raw=True)
-            return
-        display(self._repr_mimebundle_(), raw=True, display_id=self._display_id)
-        self._displayed = True
+        show(self._repr_mimebundle_(), self.snapshot_bundle, self._display_id)
+        self._displayed = self._displayed or self.snapshot_bundle is None
 
     def snapshot(self) -> Dict[str, Any]:
         """The current frame as a mimebundle: ``image/png`` (header, charts, RAFT and process
@@ -155,13 +152,7 @@ class Dashboard(widgets.VBox):
         bundle = self.snapshot()
         self.snapshot_bundle = bundle
         if self._displayed:
-            try:
-                from IPython import get_ipython
-                from IPython.display import update_display
-                if get_ipython() is not None:   # outside IPython, update_display would print
-                    update_display(bundle, raw=True, display_id=self._display_id)
-            except Exception:  # no display to update (not in IPython any more)
-                pass
+            replace_output(bundle, self._display_id)
         return bundle
 
     def _final_reading(self) -> Optional[Dict[str, Any]]:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import ipywidgets as widgets
 
+from orchestra_nb.frames import replace_output, show
 from orchestra_nb.registry import REGISTRY, default_name, executor_classes
 from runtime import reprs
 from runtime.args import DEPLOYMENT_ARGS, pick
@@ -296,12 +297,8 @@ class ControlPanel(widgets.VBox):
     # -- display: the live panel, then a static picture of it -----------------------------
     def _ipython_display_(self) -> None:
         """Show the widget under a display id, so that :meth:`close` can leave a picture of it."""
-        from IPython.display import display
-        if self.picture_bundle is not None:
-            display(self.picture_bundle, raw=True)
-            return
-        display(self._repr_mimebundle_(), raw=True, display_id=self._display_id)
-        self._displayed = True
+        show(self._repr_mimebundle_(), self.picture_bundle, self._display_id)
+        self._displayed = self._displayed or self.picture_bundle is None
 
     def __repr__(self) -> str:
         """What a front end without the widget shows (text/plain), instead of the children's repr."""
@@ -346,12 +343,10 @@ class ControlPanel(widgets.VBox):
             try:
                 self._refresh_status()          # a fresh reading, not the last refresh
                 self.picture_bundle = self.picture()
-                from IPython import get_ipython
-                from IPython.display import update_display
-                if get_ipython() is not None:
-                    update_display(self.picture_bundle, raw=True, display_id=self._display_id)
-            except Exception:   # no display to update: nothing to leave behind
+            except Exception:   # nothing to leave behind
                 pass
+            else:
+                replace_output(self.picture_bundle, self._display_id)
         self._stop.set()
         REGISTRY.unsubscribe(self._sync_targets)
         self._close_dashboard()
