@@ -309,6 +309,7 @@ class Client(CrudShortcuts):
         # by stateful replicas and applied once. 24 random hex digits per post + 8 of a counter.
         post_id = uuid.uuid4().hex[:24]
         failures: List[BaseException] = []
+        callbacks = o['on_done'] is not None or o['on_always'] is not None
         progress = _progress(o['show_progress'], on)
         attempts, first_wait, max_wait, growth = (o['max_attempts'], o['initial_backoff'], o['max_backoff'],
                                                   o['backoff_multiplier'])
@@ -341,9 +342,10 @@ class Client(CrudShortcuts):
                     raise RemoteError(h.get('error') or {})
                 if h.get('results'):
                     self.last_results.update(h['results'])
-                response = Response(decode_docs(body, out_type), h.get('results') or {}, h)
-                results[i] = response.docs
-                _call_back(o['on_done'], response)
+                results[i] = docs = decode_docs(body, out_type)
+                if callbacks:   # a Response only for Jina's callbacks: none on the plain path
+                    response = Response(docs, h.get('results') or {}, h)
+                    _call_back(o['on_done'], response)
             except Exception as e:
                 response = Response(DocList[in_type](batch))   # a failed request's: the docs sent
                 if o['on_error'] is not None:
@@ -385,7 +387,7 @@ class Client(CrudShortcuts):
                     t.cancel()
             if progress is not None:
                 progress.close()
-        if o['on_done'] is not None or o['on_always'] is not None:
+        if callbacks:
             return None   # Jina: with these callbacks, the responses went to them
         out_type = out_type or TextDoc
         merged = [d for i in sorted(results) for d in results[i]]
