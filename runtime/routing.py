@@ -23,8 +23,20 @@ own key, then ``'*'``, then a plain string, then the defaults (``/search``
 ALL, every other endpoint ANY). Unlike Jina, a plain ``polling='ALL'``
 covers every endpoint, ``/index`` included.
 
+**Writes of a stateful Deployment go to its RAFT leader.** Every replica applies every
+``@write`` anyway; the one that receives it only drives it through consensus, and the leader
+does that with the fewest hops (a follower first pushes the body and its record to the
+leader and waits for the leader's answer). The gateway learns which replica leads from the
+replicas' ``Info`` (its health probe, each second); the leader takes up to ``write_window``
+writes at once -- as many as one log entry carries (``raft_configuration``'s
+``max_append_entries``, 64), so that group commit has them to group. While no leader is
+known, or it is down, or when a write is retried after losing its replica, the write goes
+idle first like any request (a follower forwards it: slower, never wrong). A stale hint
+costs the same detour, for at most a second.
+
 The decisions are pure functions, tested in process: :func:`choose_replica` (which
-replica), :func:`choose_shards` (which shards) and :func:`retry_allowed` (retry or not).
+replica), :func:`choose_writer` (which replica drives a stateful ``@write``),
+:func:`choose_shards` (which shards) and :func:`retry_allowed` (retry or not).
 Merging the shards' documents lives in :mod:`runtime.merging`.
 """
 from __future__ import annotations
@@ -55,6 +67,9 @@ class ReplicaLost(NoReplicaAvailable):
 
 #: a request that lost its replica is sent again at most this many times
 MAX_RETRIES = 1
+
+#: how often the health probe asks a stateful shard's replicas while none is known to lead
+LEADER_PROBE_INTERVAL_S = 0.1
 
 #: why a request lost its replica: its connection broke, the replica missed its health probe
 #: (the request was taken back), or ``timeout_send`` ran out
@@ -87,6 +102,26 @@ def choose_replica(in_flight: Sequence[int], eligible: Sequence[bool], max_in_fl
     if not tied:
         return None
     return tied[0] if len(tied) == 1 else tied[next(turns) % len(tied)]
+
+
+def choose_writer(in_flight: Sequence[int], eligible: Sequence[bool], leading: Sequence[bool], window: int,
+                  max_in_flight: int, turns: Iterator[int]) -> Optional[int]:
+    """Which replica drives a ``@write`` of a stateful shard: the eligible replica that leads its
+    RAFT group, up to ``window`` writes at once (``None``: the write waits for room there); with
+    no eligible leader known, idle first as :func:`choose_replica` (``max_in_flight`` each).
+
+    >>> turns = itertools.count()
+    >>> choose_writer([5, 0, 0], [True] * 3, [True, False, False], 64, 4, turns)    # the leader, though busiest
+    0
+    >>> choose_writer([64, 0, 0], [True] * 3, [True, False, False], 64, 4, turns) is None   # its window is full
+    True
+    >>> choose_writer([1, 0, 2], [False, True, True], [True, False, False], 64, 4, turns)   # leader down: idle first
+    1
+    """
+    for i, (ok, leads) in enumerate(zip(eligible, leading)):
+        if ok and leads:
+            return i if in_flight[i] < window else None
+    return choose_replica(in_flight, eligible, max_in_flight, turns)
 
 
 def choose_shards(mode: str, in_flight: Sequence[int], turns: Iterator[int]) -> List[int]:
@@ -138,6 +173,7 @@ class Replica:
         self.sent = 0
         self.healthy = True
         self.draining = False
+        self.leads = False                # its RAFT role, from its latest Info (stateful replicas)
         self.calls: Dict[Any, str] = {}   # its calls in flight -> endpoint (taken back when it hangs)
         self.abandoned: set = set()       # those taken back
         self.channel = grpc.aio.insecure_channel(address, options=protocol.CHANNEL_OPTIONS)
@@ -157,7 +193,8 @@ class ReplicaSet:
     def __init__(self, addresses: Sequence[str], name: str = 'shard',
                  max_in_flight: int = MAX_IN_FLIGHT_PER_REPLICA,
                  wait_for_replica: float = REPLICA_WAIT_S, timeout_send: Optional[float] = None,
-                 health_timeout: float = HEALTH_TIMEOUT_S, stateful: bool = False):
+                 health_timeout: float = HEALTH_TIMEOUT_S, stateful: bool = False,
+                 write_window: Optional[int] = None):
         if max_in_flight < 1:
             raise ValueError(f'max_in_flight must be >= 1, got {max_in_flight}')
         self.name = name
@@ -166,13 +203,15 @@ class ReplicaSet:
         self.timeout_send = timeout_send
         self.health_timeout = health_timeout
         self.stateful = stateful
+        self.write_window = write_window   # None: max_in_flight x replicas (a graph from an older export)
         self.endpoints: Optional[Dict[str, Any]] = None   # endpoint -> {'write': ...}, from Info
         self.stopped: Dict[str, str] = {}                  # address -> why it is left down
         self.replicas: List[Replica] = []
         self._rr = itertools.count()
         self.retries = 0        # requests retried on another replica (runtime.metrics reads these two)
         self.taken_out = 0      # times a replica was taken out of rotation
-        self._waiters: collections.deque = collections.deque()
+        self._waiters: collections.deque = collections.deque()         # (future, excluded replicas)
+        self._write_waiters: collections.deque = collections.deque()   # the same, for writes to the leader
         self._probes: Dict[str, asyncio.Task] = {}
         self._health: Optional[asyncio.Task] = None
         self.update(addresses)
@@ -223,39 +262,48 @@ class ReplicaSet:
     @property
     def queue_depth(self) -> int:
         """Requests waiting here for a replica with room."""
-        return len(self._waiters)
+        return len(self._waiters) + len(self._write_waiters)
 
-    def _pick(self, exclude: Iterable[Replica] = ()) -> Optional[Replica]:
+    def _pick(self, exclude: Iterable[Replica] = (), write: bool = False) -> Optional[Replica]:
         replicas = self.replicas
-        i = choose_replica([r.in_flight for r in replicas],
-                           [r.healthy and r not in exclude for r in replicas], self.max_in_flight, self._rr)
+        in_flight = [r.in_flight for r in replicas]
+        eligible = [r.healthy and r not in exclude for r in replicas]
+        if write:
+            window = self.write_window or self.max_in_flight * len(replicas)
+            i = choose_writer(in_flight, eligible, [r.leads for r in replicas], window, self.max_in_flight, self._rr)
+        else:
+            i = choose_replica(in_flight, eligible, self.max_in_flight, self._rr)
         return None if i is None else replicas[i]
 
     def _dispatch(self) -> None:
-        while self._waiters:
-            fut, exclude = self._waiters[0]
-            if fut.done():
-                self._waiters.popleft()
-                continue
-            r = self._pick(exclude)
-            if r is None:
-                return
-            self._waiters.popleft()
-            r.in_flight += 1
-            fut.set_result(r)
+        # two FIFOs: writes waiting for the leader's room do not hold up reads the followers can take
+        for waiters, write in ((self._write_waiters, True), (self._waiters, False)):
+            while waiters:
+                fut, exclude = waiters[0]
+                if fut.done():
+                    waiters.popleft()
+                    continue
+                r = self._pick(exclude, write)
+                if r is None:
+                    break
+                waiters.popleft()
+                r.in_flight += 1
+                fut.set_result(r)
 
-    async def acquire(self, exclude: Sequence[Replica] = ()) -> Replica:
-        """Wait for a replica with room; the caller must :meth:`release` it."""
-        if not self._waiters:
-            r = self._pick(exclude)
+    async def acquire(self, exclude: Sequence[Replica] = (), write: bool = False) -> Replica:
+        """Wait for a replica with room (``write``: a stateful ``@write``, see :func:`choose_writer`);
+        the caller must :meth:`release` it."""
+        waiters = self._write_waiters if write else self._waiters
+        if not waiters:
+            r = self._pick(exclude, write)
             if r is not None:
                 r.in_flight += 1
                 return r
         if not any(r.healthy for r in self.replicas if r not in exclude):
             await self._wait_for_healthy(exclude)
-            return await self.acquire(exclude)
+            return await self.acquire(exclude, write)
         fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((fut, tuple(exclude)))
+        waiters.append((fut, tuple(exclude)))
         try:
             return await fut
         except asyncio.CancelledError:
@@ -285,7 +333,9 @@ class ReplicaSet:
         lost: List[Tuple[Replica, str]] = []
         while True:
             tried = [x for x, _ in lost]
-            r = await self.acquire(tried if len(tried) < len(self.replicas) else ())
+            # a write retried after losing its replica goes idle first: the leader may be what was lost
+            r = await self.acquire(tried if len(tried) < len(self.replicas) else (),
+                                   write=self.stateful and not tried and bool(self._is_write(endpoint)))
             call = None
             try:
                 r.sent += 1
@@ -368,7 +418,7 @@ class ReplicaSet:
     async def _probe(self, r: Replica) -> None:
         while not r.draining:
             try:
-                self._learn(await r.info(b'', timeout=self.health_timeout))
+                self._learn(r, await r.info(b'', timeout=self.health_timeout))
                 r.healthy = True
                 log.warning('%s (%s) answers again: back in rotation', r.name, r.address)
                 self._dispatch()
@@ -389,12 +439,15 @@ class ReplicaSet:
         """Each second, every replica in rotation must answer Info within ``health_timeout``."""
         await asyncio.gather(*(self._check(r) for r in self.replicas))   # learn the endpoints now
         while True:
-            await asyncio.sleep(HEALTH_INTERVAL_S)
+            # a stateful shard with no leader known yet (electing, or the gateway started first) asks
+            # again soon: its writes go the long way round until the gateway knows the leader
+            leaderless = self.stateful and not any(r.leads and r.healthy for r in self.replicas)
+            await asyncio.sleep(LEADER_PROBE_INTERVAL_S if leaderless else HEALTH_INTERVAL_S)
             await asyncio.gather(*(self._check(r) for r in self.replicas if r.healthy and not r.draining))
 
     async def _check(self, r: Replica) -> None:
         try:
-            self._learn(await r.info(b'', timeout=self.health_timeout))
+            self._learn(r, await r.info(b'', timeout=self.health_timeout))
         except (grpc.aio.AioRpcError, ValueError) as e:
             if r.healthy and not r.draining:
                 code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else 'a bad answer'
@@ -403,13 +456,23 @@ class ReplicaSet:
                             len(r.calls))
                 self._mark_down(r, abandon=True)
 
-    def _learn(self, info: bytes) -> None:
+    def _learn(self, r: Replica, info: bytes) -> None:
+        """What a replica's Info tells the routing: the endpoints (once), whether it leads (each time)."""
+        answer = json.loads(info)
         if self.endpoints is None:
-            eps = json.loads(info).get('endpoints')
+            eps = answer.get('endpoints')
             if isinstance(eps, dict):
                 self.endpoints = eps
+        raft = answer.get('raft')
+        r.leads = isinstance(raft, dict) and raft.get('role') == 'leader'
+        if r.leads:
+            for other in self.replicas:   # one leader at a time: the newest answer wins
+                if other is not r:
+                    other.leads = False
+            self._dispatch()
 
     def describe(self) -> List[Dict[str, Any]]:
         return [{'name': r.name, 'address': r.address, 'in_flight': r.in_flight, 'sent': r.sent,
-                 'healthy': r.healthy, **({'stopped': self.stopped[r.address]} if r.address in self.stopped else {})}
+                 'healthy': r.healthy, **({'leads': True} if r.leads else {}),
+                 **({'stopped': self.stopped[r.address]} if r.address in self.stopped else {})}
                 for r in self.replicas]

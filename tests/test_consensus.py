@@ -341,6 +341,35 @@ def test_strong_read_consistency_and_raft_password(tmp_path):
         wait_converged(dep, 21)
 
 
+def gateway_leader(dep):
+    """The replica the gateway sends writes to (it learns the leader from the replicas' Info)."""
+    shard = dep.status()['gateway']['nodes'][dep.name]['shards'][0]
+    return next((r['name'] for r in shard if r.get('leads')), None)
+
+
+def test_writes_go_to_the_raft_leader_and_reads_spread(tmp_path):
+    """The gateway sends each @write to the leader (the fewest hops), reads idle first to any replica."""
+    with Deployment(name='kv', uses=KV, replicas=3, stateful=True, workspace=str(tmp_path)) as dep:
+        for attempt in range(3):   # a leader change mid-way (a starved CI machine) sends a few elsewhere: again
+            leader = wait_until(lambda: leader_name(dep), 20, 'a RAFT leader')
+            wait_until(lambda leader=leader: gateway_leader(dep) == leader, 10,
+                       f'the gateway to learn that {leader} leads')
+            term = leader_term(dep, leader)
+            before = {r['name']: dict(r['requests']) for r in dep.status()['replicas']}
+            dep.post('/index', DocList[TextDoc]([TextDoc(id=f'k{attempt}-{i}', text='v') for i in range(40)]),
+                     request_size=1, prefetch=8)
+            for i in range(30):
+                dep.post('/get', TextDoc(id=f'k{attempt}-{i}'))
+            after = {r['name']: dict(r['requests']) for r in dep.status()['replicas']}
+            if leader_name(dep) == leader and leader_term(dep, leader) == term:
+                break
+        writes = {n: after[n].get('/index', 0) - before[n].get('/index', 0) for n in after}
+        reads = {n: after[n].get('/get', 0) - before[n].get('/get', 0) for n in after}
+        assert writes[leader] == 40 and sum(writes.values()) == 40, writes
+        assert all(n > 0 for n in reads.values()), reads
+        wait_converged(dep, 40 * (attempt + 1))
+
+
 # -- validation and configuration -------------------------------------------------------------
 @pytest.mark.parametrize('replicas', [1, 2])
 def test_stateful_needs_three_replicas(replicas):

@@ -1,5 +1,6 @@
 """Shards, polling and reduce, end to end: real replica processes behind a real gateway; the
 balancing decisions (replica, shards, retry) in process."""
+import asyncio
 import itertools
 
 import pytest
@@ -7,7 +8,7 @@ from docarray import DocList
 from docarray.documents import TextDoc
 
 from orchestra_nb import Deployment, RemoteError
-from runtime.routing import PollingPolicy, choose_replica, choose_shards, retry_allowed
+from runtime.routing import PollingPolicy, ReplicaSet, choose_replica, choose_shards, choose_writer, retry_allowed
 from topology_executors import Query, calls
 
 
@@ -153,6 +154,44 @@ def test_choose_replica_idle_first_bounded_ties_round_robin():
     assert choose_replica([4, 4], [True, True], 4, turns) is None           # all full: the request waits (FIFO)
     assert choose_replica([4, 3], [True, True], 4, turns) == 1
     assert choose_replica([], [], 4, turns) is None
+
+
+def test_choose_writer_the_leader_with_the_shards_window_else_idle_first():
+    turns = itertools.count()
+    ok = [True, True, True]
+    assert choose_writer([9, 0, 0], ok, [True, False, False], 12, 4, turns) == 0     # the leader, though busiest
+    assert choose_writer([11, 0, 0], ok, [True, False, False], 12, 4, turns) == 0    # room in its window
+    assert choose_writer([12, 0, 0], ok, [True, False, False], 12, 4, turns) is None  # full: the write waits for it
+    assert choose_writer([0, 2, 1], ok, [False, True, False], 3, 1, turns) == 1
+    assert choose_writer([0, 3, 1], ok, [False, True, False], 3, 1, turns) is None
+    leader_out = [False, True, True]
+    assert choose_writer([1, 0, 2], leader_out, [True, False, False], 12, 4, turns) == 1   # leader out: idle first
+    assert choose_writer([1, 0, 2], ok, [False] * 3, 12, 4, turns) == 1              # no leader known: idle first
+    assert choose_writer([4, 4, 4], ok, [False] * 3, 12, 4, turns) is None           # ... with its bound per replica
+
+
+def test_writes_wait_for_the_leader_without_holding_up_reads():
+    """Two FIFOs: a write waiting for the leader's window does not stop a read a follower can take."""
+    async def scenario():
+        rs = ReplicaSet(['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'], max_in_flight=1, stateful=True,
+                        write_window=3)
+        rs._health.cancel()   # no probes of these addresses: the roles are set here
+        rs.endpoints = {'/index': {'write': True}, '/search': {'write': False}}
+        leader = rs.replicas[1]
+        leader.leads = True
+        held = [await rs.acquire(write=True) for _ in range(3)]     # the leader's write window: 3
+        assert held == [leader] * 3
+        waiting_write = asyncio.ensure_future(rs.acquire(write=True))
+        await asyncio.sleep(0)
+        assert not waiting_write.done() and rs.queue_depth == 1
+        read = await asyncio.wait_for(rs.acquire(), 1)               # a follower takes the read at once
+        assert read is not leader
+        rs.release(held.pop())
+        assert await asyncio.wait_for(waiting_write, 1) is leader    # the leader's room goes to the write
+        leader.healthy = False                                        # leader down: writes go idle first
+        assert await rs.acquire(write=True) not in (leader, read)
+        await rs.close()
+    asyncio.run(scenario())
 
 
 def test_choose_shards_any_all_and_one_shard():
