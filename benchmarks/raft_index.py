@@ -17,6 +17,7 @@ ratios from one run, not absolute times across runs.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import sys
@@ -124,9 +125,14 @@ def apply_floor(uses: Any, docs: DocList[TextDoc]) -> float:
 
 
 def index_run(uses: Any, docs: DocList[TextDoc], replicas: int, stateful: bool,
-              workspace: Optional[str], durability: Optional[str] = None) -> Dict[str, Any]:
-    """Start a Deployment, index ``docs`` (request_size=100), check every replica's count."""
+              workspace: Optional[str], durability: Optional[str] = None, broadcast: bool = False) -> Dict[str, Any]:
+    """Start a Deployment, index ``docs`` (request_size=100), check every replica's count.
+
+    ``broadcast``: ``replicas`` shards with polling ALL instead -- each gets every doc from the
+    gateway, without RAFT or disk: what replicating every doc costs this stack without consensus."""
     kwargs: Dict[str, Any] = dict(uses=uses, replicas=replicas, timeout_ready=120)
+    if broadcast:
+        kwargs.update(replicas=1, shards=replicas, polling='ALL')
     if stateful:
         kwargs.update(stateful=True, workspace=workspace)
         if durability:
@@ -139,7 +145,7 @@ def index_run(uses: Any, docs: DocList[TextDoc], replicas: int, stateful: bool,
         index_cpu = cpu_seconds() - c0
         held = wait_counts(dep, len(docs))
         all_s = time.perf_counter() - t0
-        raft = [r.get('raft') for r in dep.status()['replicas']]
+        raft = [r.get('raft') for r in dep.status()['replicas'] if r.get('raft')]
     return {'index_s': index_s, 'index_cpu': index_cpu, 'all_hold_s': all_s, 'counts': held, 'raft': raft}
 
 
@@ -170,6 +176,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "(e.g. 'fsync,none': both, side by side, ratios to the first); default: the default")
     ap.add_argument('--rounds', type=int, default=1,
                     help='rounds, alternating the order of the setups; medians of the ratios')
+    ap.add_argument('--broadcast', action='store_true',
+                    help='also index into 3 shards with polling ALL each round (every replica gets every doc, '
+                         'no RAFT, no disk): the cost of replication alone on this stack')
     args = ap.parse_args(argv)
     if args.durability:
         return compare_durability(args)
@@ -177,6 +186,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     name = uses if isinstance(uses, str) else f'{uses.__module__}:{uses.__name__}'
     print(f'executor {name}; {args.docs} docs x {args.dim}-d, request_size=100; {os.cpu_count()} CPUs')
     docs = make_docs(args.docs, args.dim)
+    # as `orchestra bench` does: the workload held here would make every full GC of this client walk it
+    gc.collect()
+    gc.freeze()
     floor = sorted(apply_floor(uses, docs) for _ in range(3))[1]
     print(f'apply alone (decode + index, in process): {floor:.2f} CPU s per replica', flush=True)
     ws = tempfile.mkdtemp(prefix='raft-bench-')
@@ -187,6 +199,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cpu3: List[float] = []
     w1s: List[float] = []
     w3s: List[float] = []
+    bcs: List[float] = []
     try:
         for k in range(args.rounds):   # alternating which setup goes first: the machine's load drifts
             order = ('one', 'three') if k % 2 == 0 else ('three', 'one')
@@ -213,6 +226,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                               f'writes {r["writes_applied"]} entries {r["proposals"]["entries"]} '
                               f'records {r["proposals"]["records"]} fetched {r["payloads_fetched"]}')
             print(f'round {k} ratio RAFT / single  : {threes[-1] / ones[-1]:.2f}', flush=True)
+            if args.broadcast:
+                bc = index_run(uses, docs, 3, False, None, broadcast=True)
+                bcs.append(bc['index_s'] / ones[-1])
+                ok = ok and all(c == args.docs for c in bc['counts'])
+                print(f'round {k} 3 shards, polling ALL: index {bc["index_s"]:7.2f} s (CPU {bc["index_cpu"]:.2f} s)'
+                      f'   ratio to single {bcs[-1]:.2f}', flush=True)
             if args.writes:
                 for which in order:
                     if which == 'one':
@@ -231,6 +250,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'index CPU seconds RAFT / single, per round {", ".join(f"{r:.2f}" for r in cpu)}; '
           f'median {cpu[len(cpu) // 2]:.2f} (all processes of the setup); the floor '
           f'(1 replica + 2 more applies) {(c1 + 2 * floor) / c1:.2f}')
+    if bcs:
+        bc = sorted(bcs)
+        print(f'index 3 shards ALL (no RAFT, no disk) / single, per round {", ".join(f"{r:.2f}" for r in bc)}; '
+              f'median {bc[len(bc) // 2]:.2f}')
     if w1s:
         wr = sorted(t / o for t, o in zip(w3s, w1s))
         print(f'small writes RAFT / single, per round {", ".join(f"{r:.2f}" for r in wr)}; '
