@@ -60,6 +60,7 @@ The parts, each an object owning its state:
 
 - ``syncobj``: the replicated log -- pysyncobj behind ``RaftLog`` (the only importer of pysyncobj).
 - ``proposer``: group commit -- records proposed together in one log entry.
+- ``writes``: ``Writes`` -- how a ``@write`` reaches the log and when it is acknowledged; barriers.
 - ``bodies``: ``Bodies`` -- the request bodies: ``payloads`` (``PayloadStore``, segment files) and
   ``pushers`` (one peer's gRPC channel and its batched pushes).
 - ``apply``: the ``Applier`` -- committed entries run on the Executor's thread, in log order.

@@ -6,15 +6,18 @@ request ids seen, counts, the operator's skip list) and answers, for each commit
 what to do with it (:class:`Verdict`). The messages pysyncobj's thread posts to the applier
 (``Apply``, ``Mark``, ``SnapshotDue``, ``Install``) are declared here. Everything in this module
 is plain data and functions: ``tests/test_raft_decisions.py`` drives it in process, with no
-sockets, threads or child processes. Relies on :mod:`runtime.raft.records` only.
+sockets, threads or child processes. Relies on :mod:`runtime.raft.records` and
+:mod:`runtime.raft.common` (``Outcome``) only.
 """
 from __future__ import annotations
 
 import collections
 import enum
+import json
 from typing import Any, Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
-from runtime.raft.records import Record
+from runtime.raft.common import Outcome
+from runtime.raft.records import INLINE_PAYLOAD_BYTES, Record
 
 
 # -- what pysyncobj's thread posts to the applier (the loop thread), in log order -----------------
@@ -193,6 +196,77 @@ def body_step(rec: Record, local_digest: Optional[str], replica: int, waited: bo
     if rec.origin != replica and not waited:
         return BodyStep.WAIT_FOR_ORIGIN
     return BodyStep.FETCH
+
+
+# -- how a write is ordered (runtime.raft.writes) -------------------------------------------------
+#: a write's parameters travel in its record (JSON); documents are for data
+MAX_WRITE_PARAMETERS_BYTES = 32 * 1024
+
+
+class WriteRoute(enum.Enum):
+    """How a ``@write`` request reaches the log, from the replica that received it."""
+    INLINE = 'inline'        # a small body rides in the record (journaled by pysyncobj): we propose it
+    DELEGATE = 'delegate'    # a peer leads: the body stored here, then pushed; the push to the leader
+                             # carries the record and the leader proposes it (R + leader: a majority)
+    MAJORITY = 'majority'    # we lead, or no leader is known: the body stored here and on a majority
+                             # of peers, then we propose it
+
+
+def write_route(body_bytes: int, peer_leads: bool) -> WriteRoute:
+    """:class:`WriteRoute` of a write whose body is ``body_bytes`` long; ``peer_leads``: our node
+    sees another replica as the leader.
+
+    >>> write_route(100, True).name, write_route(50_000, True).name, write_route(50_000, False).name
+    ('INLINE', 'DELEGATE', 'MAJORITY')
+    """
+    if body_bytes <= INLINE_PAYLOAD_BYTES:
+        return WriteRoute.INLINE
+    return WriteRoute.DELEGATE if peer_leads else WriteRoute.MAJORITY
+
+
+def write_parameters(endpoint: str, parameters: Optional[Dict[str, Any]]) -> str:
+    """A write's parameters as the record carries them (sorted, compact JSON); raises ValueError
+    naming the endpoint when they exceed :data:`MAX_WRITE_PARAMETERS_BYTES`.
+
+    >>> write_parameters('/index', {'b': 1, 'a': [2]})
+    '{"a":[2],"b":1}'
+    """
+    params = json.dumps(parameters or {}, sort_keys=True, separators=(',', ':'))
+    if len(params) > MAX_WRITE_PARAMETERS_BYTES:
+        raise ValueError(f'parameters of a write to {endpoint!r} are {len(params)} bytes as JSON; stateful writes '
+                         f'accept up to {MAX_WRITE_PARAMETERS_BYTES // 1024} KB of parameters (send data as documents)')
+    return params
+
+
+class CommitStep(enum.Enum):
+    """What a write does after a proposal of its record (ours, or the leader's for us) ended."""
+    AWAIT_APPLY = 'await apply'   # committed: the applier is about to apply it here; the write waits for that
+    PROPOSE = 'propose'           # not committed (no leader, leader changed, refused, no answer): propose it
+                                  # ourselves, after :func:`retry_delay` (a record id is applied once)
+
+
+def commit_step(outcome: Outcome) -> CommitStep:
+    """The step after a proposal ended with ``outcome``.
+
+    >>> commit_step(Outcome.COMMITTED).name, commit_step(Outcome.NOT_LEADER).name
+    ('AWAIT_APPLY', 'PROPOSE')
+    """
+    return CommitStep.AWAIT_APPLY if outcome == Outcome.COMMITTED else CommitStep.PROPOSE
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before proposing again after ``attempt`` proposals that did not commit: a growing
+    pause (an election takes 0.4-1.4 s), at most 0.25 s.
+
+    >>> retry_delay(1), retry_delay(10), retry_delay(1000)
+    (0.01, 0.1, 0.25)
+    """
+    return min(0.01 * attempt, 0.25)
+
+
+def retry_logged(attempt: int) -> bool:
+    """Whether the ``attempt``-th retry is worth a log line (the 5th, the 20th, then every 100th)."""
+    return attempt in (5, 20) or attempt % 100 == 0
 
 
 # -- when a write is acknowledged ----------------------------------------------------------------

@@ -5,9 +5,9 @@ through its methods: ``Bodies`` (:mod:`runtime.raft.bodies`), ``Snapshots``
 (:mod:`runtime.raft.snapshots`), the ``Applier`` (:mod:`runtime.raft.apply`), ``PeerControl``
 (:mod:`runtime.raft.control`), the ``CompactionDump`` (:mod:`runtime.raft.dump`), the
 ``ApplyLedger`` (:mod:`runtime.raft.decisions`), the proposer and pysyncobj's ``RaftLog``
-(:mod:`runtime.raft.syncobj`). Itself it orders ``@write`` requests through the log
-(:meth:`Consensus.write`: when a write is acknowledged), gates reads and readiness on
-barrier records and hands pysyncobj's callbacks to the parts.
+(:mod:`runtime.raft.syncobj`), and ``Writes`` (:mod:`runtime.raft.writes`: how a ``@write``
+reaches the log and when it is acknowledged). Itself it starts and stops them, gates reads
+and readiness on barrier records and hands pysyncobj's callbacks to the parts.
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ import json
 import logging
 import os
 import time
-import uuid
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import IO, Any, Dict, Optional, Sequence, Set, Tuple
 
 from runtime.raft.apply import Applier
 from runtime.raft.bodies import Bodies
@@ -27,13 +26,13 @@ from runtime.raft.control import PeerControl
 from runtime.raft.decisions import Action, Apply, ApplyLedger, Mark
 from runtime.raft.dump import CompactionDump
 from runtime.raft.durable import Trace
-from runtime.raft.payloads import _RID, _digest
 from runtime.raft.proposer import _Proposer
-from runtime.raft.records import INLINE_PAYLOAD_BYTES, Record
+from runtime.raft.records import Record
 from runtime.raft.settings import PeerAddress, RaftSettings, settings_from_spec
 from runtime.raft.skip import read_skipped, skip_file
 from runtime.raft.snapshots import Snapshots, SnapshotStore
 from runtime.raft.syncobj import LEADER, ROLES, RaftLog, SyncObjConf, quiet_pysyncobj, shrink_journal
+from runtime.raft.writes import Writes
 
 log = logging.getLogger('orchestra.raft')
 
@@ -84,6 +83,7 @@ class Consensus:
     ledger: ApplyLedger                  # what is applied: indexes, request ids, counts (runtime.raft.decisions)
     applier: Applier                     # applies committed entries; a write waits on it (runtime.raft.apply)
     peer_control: PeerControl            # answers peers' Control calls (runtime.raft.control)
+    writes: Writes                       # orders @write requests and barriers through the log (runtime.raft.writes)
     dump: CompactionDump                 # the records since the latest snapshot: pysyncobj's dump (runtime.raft.dump)
     _last_marked: int                    # pysyncobj's last applied index last posted as ``Mark`` (pysyncobj thread)
     # -- figures for ``status()`` ---------------------------------------------------------------
@@ -126,6 +126,9 @@ class Consensus:
                                server, self.trace)
         self.peer_control = PeerControl(self.name, self.bodies, self.snapshots, self.status, self._leading,
                                         self._propose)
+        self.writes = Writes(self.name, self.replica, self.peers, self.options['write_timeout'], self.bodies,
+                             self.applier, self._leader_peer, self.status, lambda: self._closing, self._spawn,
+                             self.trace)
         self._last_marked = 0
         self.ready_seconds = None
 
@@ -162,6 +165,7 @@ class Consensus:
         self.node = self._make_node()
         self.node.add_on_tick(self._on_tick)
         self._proposer = _Proposer(self.loop, self.node.propose, self.options['max_append_entries'])
+        self.writes.start(self.loop, self._proposer.submit)
         try:
             await asyncio.to_thread(self.node.wait_bound)
         except Exception:
@@ -172,7 +176,7 @@ class Consensus:
                  self.name, self.settings.address, ', '.join(p.raft for p in self.peers), self.ledger.snapshot_index)
         progress = asyncio.ensure_future(self._report_progress(t0))
         try:
-            await self._commit(self._barrier(), None, 'the readiness barrier')
+            await self.writes.commit(self.writes.barrier(), None, 'the readiness barrier')
         finally:
             progress.cancel()
         self.ready_seconds = time.monotonic() - t0
@@ -233,52 +237,11 @@ class Consensus:
     # -- the worker's hooks ------------------------------------------------------------------
     async def write(self, endpoint: str, parameters: dict, body: bytes,
                     request_id: Optional[str] = None) -> Tuple[Dict[str, Any], bytes]:
-        """Order a ``@write`` request through RAFT; return its reply once applied here.
-
-        ``request_id`` (32 hex digits, set by :class:`~runtime.client.Client`) makes a retried
-        request idempotent: whichever copy commits first is applied, later ones are skipped.
-        """
+        """Order a ``@write`` request through RAFT; return its reply once applied here (``Writes.write``)."""
         await self._started.wait()
         if self._closing:
             raise RaftNotReady(f'{self.name} is shutting down')
-        params = json.dumps(parameters or {}, sort_keys=True, separators=(',', ':'))
-        if len(params) > 32 * 1024:
-            raise ValueError(f'parameters of a write to {endpoint!r} are {len(params)} bytes as JSON; '
-                             'stateful writes accept up to 32 KB of parameters (send data as documents)')
-        timeout = self.options['write_timeout']
-        t0 = self.loop.time()
-        deadline = t0 + timeout
-        rid = request_id if isinstance(request_id, str) and _RID.match(request_id) else uuid.uuid4().hex
-        digest = _digest(body)
-        delegate: Optional[Callable[[], Any]] = None
-        if len(body) <= INLINE_PAYLOAD_BYTES:   # small: the log entry carries it (journaled by pysyncobj)
-            record = Record(rid, endpoint, params, len(body), digest, self.replica, bytes(body))
-        else:                                   # large: stored on a majority first, ordered by id
-            record = Record(rid, endpoint, params, len(body), digest, self.replica)
-            await self.bodies.store(rid, body, digest)   # in our workspace before any peer may propose it
-            leader = self._leader_peer()
-            pushes = {p.name: self._spawn(self.bodies.push(p.name, rid, digest, body, deadline,
-                                                           record if p is leader else None)) for p in self.peers}
-            if leader is None:   # we lead (or no leader yet): a majority holds it, then we propose
-                await self.bodies.majority(pushes, deadline)
-            else:                # the leader proposes it once stored there (R + leader: a majority)
-                async def leader_proposes() -> Outcome:
-                    pushed = await pushes[leader.name]
-                    if pushed.stored and pushed.outcome == Outcome.COMMITTED:
-                        return Outcome.COMMITTED
-                    await self.bodies.majority(pushes, deadline)   # else: stored on a majority, we propose
-                    return Outcome.REFUSED if pushed.outcome is None else pushed.outcome
-                delegate = leader_proposes
-        t1 = self.loop.time()
-        trace: List[Any] = []
-        header, reply = await self._commit(record, max(0.1, deadline - t1), f'write to {endpoint!r}', trace,
-                                           delegate if delegate is not None else None)
-        took = self.loop.time() - t0
-        self.trace('ack', rid)
-        if took > 2.0:   # say where the time went: the payload's majority, or the log
-            log.warning('%s: slow write to %s: %.2f s (payload on a majority %.2f s, commit and apply %.2f s; '
-                        'proposal outcomes %s; %s, leader %s)', self.name, endpoint, took, t1 - t0,
-                        took - (t1 - t0), trace, self.role, self.status().get('leader'))
+        header, reply = await self.writes.write(endpoint, parameters, body, request_id)
         return dict(header), reply
 
     async def before_read(self, header: Dict[str, Any]) -> None:
@@ -298,7 +261,7 @@ class Consensus:
     async def wait_applied_commit(self) -> None:
         """Return once everything committed when called is applied here (a barrier through the log)."""
         await self._started.wait()
-        await self._commit(self._barrier(), self.options['write_timeout'], 'a strong read')
+        await self.writes.commit(self.writes.barrier(), self.options['write_timeout'], 'a strong read')
 
     def status(self) -> Dict[str, Any]:
         """role, term, commit_index, applied_index, writes_applied, leader, ... (JSON-able)."""
@@ -328,81 +291,6 @@ class Consensus:
             except Exception:   # racing pysyncobj's thread: report what we have
                 pass
         return st
-    # -- proposing -----------------------------------------------------------------------------
-    def _barrier(self) -> Record:
-        return Record(uuid.uuid4().hex, None, '', 0, '', self.replica)
-
-    async def _commit(self, record: Record, timeout: Optional[float], what: str,
-                      trace: Optional[List[Any]] = None,
-                      delegate: Optional[Callable[[], Any]] = None) -> Tuple[Dict[str, Any], bytes]:
-        """Propose ``record`` (retrying on leader changes) until applied here; -> its reply.
-
-        ``trace`` collects (outcome, seconds) per proposal, for diagnostics.
-        ``delegate``: a coroutine function that has the leader propose the record (the payload
-        push carries it) and returns its ``Outcome``; on anything but ``COMMITTED`` we propose.
-        """
-        rid = record.rid
-        existing = self.applier.waiter(rid)
-        if existing is not None and not existing.done():   # the same request again: share its outcome
-            done, _ = await asyncio.wait({existing}, timeout=timeout)
-            if not done:
-                raise TimeoutError(f'{what} was not committed and applied by {self.name} within {timeout:.0f} s')
-            return existing.result()
-        fut = self.applier.expect(rid)
-        deadline = None if timeout is None else self.loop.time() + timeout
-        attempt = 0
-
-        def remaining() -> Optional[float]:
-            return None if deadline is None else max(0.0, deadline - self.loop.time())
-
-        try:
-            if delegate is not None:
-                tp = self.loop.time()
-                task = self._spawn(delegate())
-                done, _ = await asyncio.wait({fut, task}, timeout=remaining(), return_when=asyncio.FIRST_COMPLETED)
-                if fut.done():
-                    return fut.result()
-                if not done:
-                    raise TimeoutError(f'{what} was not committed and applied by {self.name} within '
-                                       f'{timeout:.0f} s (raft: {json.dumps(self.status())})')
-                err = task.result()   # raises if no majority holds the payload
-                if trace is not None:
-                    trace.append(('by the leader: ' + err.label, round(self.loop.time() - tp, 3)))
-                if err == Outcome.COMMITTED:   # committed by the leader: our applier is about to apply it
-                    await asyncio.wait({fut}, timeout=remaining())
-                    if fut.done():
-                        return fut.result()
-                    raise TimeoutError(f'{what} was committed but not applied by {self.name} within '
-                                       f'{timeout:.0f} s (raft: {json.dumps(self.status())})')
-            while True:
-                if self._closing:
-                    raise RaftNotReady(f'{self.name} is shutting down')
-                proposal = self._proposer.submit(record)
-                tp = self.loop.time()
-                done, _ = await asyncio.wait({fut, proposal}, timeout=remaining(),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if fut.done():
-                    return fut.result()
-                if not done:
-                    break
-                err = proposal.result()
-                if trace is not None:
-                    trace.append((err.label, round(self.loop.time() - tp, 3)))
-                if err == Outcome.COMMITTED:   # committed: our applier is about to apply it
-                    await asyncio.wait({fut}, timeout=remaining())
-                    if fut.done():
-                        return fut.result()
-                    break
-                attempt += 1
-                if attempt in (5, 20) or attempt % 100 == 0:
-                    log.info('%s: %s not committed yet (%s, attempt %d); retrying',
-                             self.name, what, err.label, attempt)
-                await asyncio.sleep(min(0.01 * attempt, 0.25))
-            raise TimeoutError(f'{what} was not committed and applied by {self.name} within {timeout:.0f} s '
-                               f'(raft: {json.dumps(self.status())}); is a majority of replicas up?')
-        finally:
-            self.applier.forget(rid, fut)
-
     async def control(self, header: Dict[str, Any], body: bytes) -> bytes:
         """A peer replica's ``Control`` call (the server checked its secret): see ``PeerControl``."""
         return await self.peer_control.answer(header, body)
