@@ -281,8 +281,8 @@ class BenchResult:
         out.append(f"machine: {m.get('cpus')} cores, {m.get('memory_gib')} GiB, {m.get('blas')}, "
                    f"GPU: {m.get('gpu') or 'none'}")
         out.append('index s for RAFT: until the reply / until every replica holds every doc; a write request '
-                   'goes to one replica, RAFT applies it on every replica; CPU ms per query: the search phase, '
-                   'all replicas together')
+                   'goes to the RAFT leader, which orders it, and every replica applies it; CPU ms per query: '
+                   'the search phase, all replicas together')
         for s in self.setups:
             if s.error:
                 out.append(f'{s.name}: ERROR {s.error.splitlines()[0]}')
