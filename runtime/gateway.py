@@ -71,7 +71,7 @@ class Stage:
         self.allow_partial: bool = stage.allow_partial
         self.shards: List[ReplicaSet] = [
             ReplicaSet(list(addrs), name=self._shard_name(i, len(stage.shards)),
-                       max_in_flight=stage.max_in_flight or max_in_flight, write_window=stage.write_window,
+                       max_in_flight=stage.max_in_flight or max_in_flight,
                        wait_for_replica=replica_wait_s, timeout_send=stage.timeout_send,
                        health_timeout=stage.health_timeout, stateful=stage.stateful)
             for i, addrs in enumerate(stage.shards)]

@@ -72,7 +72,6 @@ class StagePlan:
     allow_partial: bool = False
     stateful: bool = False
     max_in_flight: Optional[int] = None
-    write_window: Optional[int] = None  # stateful: @writes the leader takes at once (runtime.raft.plan_raft)
     secret_file: Optional[str] = None   # stateful: where the Deployment's secret is kept (runtime.secrets)
     timeout_send: Optional[float] = None    # the gateway's deadline per request to a replica
     policy: SupervisionPolicy = field(default_factory=SupervisionPolicy)
@@ -82,8 +81,7 @@ class StagePlan:
         """What the gateway needs of this stage (its shards' addresses come later, by ``set_replicas``)."""
         return StageSpec(name=self.name, needs=tuple(self.needs) if self.needs is not None else None,
                          polling=self.polling, no_reduce=self.no_reduce, allow_partial=self.allow_partial,
-                         stateful=self.stateful, max_in_flight=self.max_in_flight,
-                         write_window=self.write_window, timeout_send=self.timeout_send,
+                         stateful=self.stateful, max_in_flight=self.max_in_flight, timeout_send=self.timeout_send,
                          health_timeout=self.policy.health_timeout, shards=tuple(() for _ in self.shards),
                          floating=self.floating)
 

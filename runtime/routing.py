@@ -27,12 +27,13 @@ covers every endpoint, ``/index`` included.
 ``@write`` anyway; the one that receives it only drives it through consensus, and the leader
 does that with the fewest hops (a follower first pushes the body and its record to the
 leader and waits for the leader's answer). The gateway learns which replica leads from the
-replicas' ``Info`` (its health probe, each second); the leader takes up to ``write_window``
-writes at once -- as many as one log entry carries (``raft_configuration``'s
-``max_append_entries``, 64), so that group commit has them to group. While no leader is
-known, or it is down, or when a write is retried after losing its replica, the write goes
-idle first like any request (a follower forwards it: slower, never wrong). A stale hint
-costs the same detour, for at most a second.
+replicas' ``Info`` (its health probe, each second); the leader takes up to ``max_in_flight``
+x replicas writes at once -- as many as the shard held when they were spread over its
+replicas -- so group commit has them to group, and no write queues inside a replica longer
+than before (a write's ``write_timeout`` counts from its arrival there, the wait behind slow
+applies included). While no leader is known, or it is down, or when a write is retried
+after losing its replica, the write goes idle first like any request (a follower forwards
+it: slower, never wrong). A stale hint costs the same detour, for at most a second.
 
 The decisions are pure functions, tested in process: :func:`choose_replica` (which
 replica), :func:`choose_writer` (which replica drives a stateful ``@write``),
@@ -193,8 +194,7 @@ class ReplicaSet:
     def __init__(self, addresses: Sequence[str], name: str = 'shard',
                  max_in_flight: int = MAX_IN_FLIGHT_PER_REPLICA,
                  wait_for_replica: float = REPLICA_WAIT_S, timeout_send: Optional[float] = None,
-                 health_timeout: float = HEALTH_TIMEOUT_S, stateful: bool = False,
-                 write_window: Optional[int] = None):
+                 health_timeout: float = HEALTH_TIMEOUT_S, stateful: bool = False):
         if max_in_flight < 1:
             raise ValueError(f'max_in_flight must be >= 1, got {max_in_flight}')
         self.name = name
@@ -203,7 +203,6 @@ class ReplicaSet:
         self.timeout_send = timeout_send
         self.health_timeout = health_timeout
         self.stateful = stateful
-        self.write_window = write_window   # None: max_in_flight x replicas (a graph from an older export)
         self.endpoints: Optional[Dict[str, Any]] = None   # endpoint -> {'write': ...}, from Info
         self.stopped: Dict[str, str] = {}                  # address -> why it is left down
         self.replicas: List[Replica] = []
@@ -269,8 +268,8 @@ class ReplicaSet:
         in_flight = [r.in_flight for r in replicas]
         eligible = [r.healthy and r not in exclude for r in replicas]
         if write:
-            window = self.write_window or self.max_in_flight * len(replicas)
-            i = choose_writer(in_flight, eligible, [r.leads for r in replicas], window, self.max_in_flight, self._rr)
+            i = choose_writer(in_flight, eligible, [r.leads for r in replicas], self.max_in_flight * len(replicas),
+                              self.max_in_flight, self._rr)
         else:
             i = choose_replica(in_flight, eligible, self.max_in_flight, self._rr)
         return None if i is None else replicas[i]

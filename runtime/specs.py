@@ -306,7 +306,6 @@ class StageSpec(_Spec):
     allow_partial: bool = False
     stateful: bool = False                      # a stateful @write is never retried elsewhere
     max_in_flight: Optional[int] = None         # None: the gateway's max_in_flight_per_replica
-    write_window: Optional[int] = None          # stateful: @writes its leader takes at once (None: in flight x reps)
     timeout_send: Optional[float] = None
     health_timeout: float = HEALTH_TIMEOUT_S
     shards: Tuple[Tuple[str, ...], ...] = ()

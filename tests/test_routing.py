@@ -173,13 +173,12 @@ def test_choose_writer_the_leader_with_the_shards_window_else_idle_first():
 def test_writes_wait_for_the_leader_without_holding_up_reads():
     """Two FIFOs: a write waiting for the leader's window does not stop a read a follower can take."""
     async def scenario():
-        rs = ReplicaSet(['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'], max_in_flight=1, stateful=True,
-                        write_window=3)
+        rs = ReplicaSet(['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'], max_in_flight=1, stateful=True)
         rs._health.cancel()   # no probes of these addresses: the roles are set here
         rs.endpoints = {'/index': {'write': True}, '/search': {'write': False}}
         leader = rs.replicas[1]
         leader.leads = True
-        held = [await rs.acquire(write=True) for _ in range(3)]     # the leader's write window: 3
+        held = [await rs.acquire(write=True) for _ in range(3)]     # the leader's window: 1 x 3 replicas
         assert held == [leader] * 3
         waiting_write = asyncio.ensure_future(rs.acquire(write=True))
         await asyncio.sleep(0)

@@ -224,8 +224,6 @@ def plan_raft(executor: Any, plan: Any, layout: RaftLayout) -> None:
     ``layout``; pure: nothing is read from or written to this machine."""
     root = raft_root(layout.workspace, executor.name)
     plan.secret_file = os.path.join(root, SECRET_FILE_NAME)
-    # the gateway lets the leader hold as many writes as one log entry carries (group commit)
-    plan.write_window = executor.raft_options['max_append_entries']
     ports = layout.peer_ports
     position = 0
     for s, shard in enumerate(plan.shards):
