@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import cloudpickle
 
 from runtime import forkserver  # before our atexit hook: the zygote is stopped after the children
+from runtime.applying import read_applying
 from runtime.logfiles import tail
 from runtime.secrets import private_dir
 
@@ -63,9 +64,8 @@ class ChildProcess:
         self.lifeline: Optional[typing.BinaryIO] = None  # the write end of the child's stdin
         self.info: Dict[str, Any] = {}
         self.failure: Optional[str] = None
-        #: the RAFT log entry a stateful replica is applying now ({'index', 'endpoint'}), else None:
-        #: the one it was applying when it died (runtime.supervision names a poison entry by it)
-        self.applying: Optional[Dict[str, Any]] = None
+        #: a stateful replica's file saying which RAFT log entry it applies (runtime.applying)
+        self.applying_file: Optional[str] = None
         self._ready = threading.Event()
         self.started_at = 0.0
 
@@ -143,10 +143,8 @@ class ChildProcess:
                 elif msg.get('event') == 'failed':
                     self.failure = msg.get('error', 'failed')
                     self._ready.set()
-                elif msg.get('event') == 'applying':
-                    self.applying = {'index': msg.get('index'), 'endpoint': msg.get('endpoint')}
-                elif msg.get('event') == 'applied':
-                    self.applying = None
+                elif msg.get('event') == 'applying_file':
+                    self.applying_file = msg.get('path')
                 else:
                     self.info.update(msg)
         if not self._ready.is_set():  # EOF before ready: the process died
@@ -166,6 +164,12 @@ class ChildProcess:
     def wait_reported(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until it reported ready or failed (or died); True when it did."""
         return self._ready.wait(timeout)
+
+    @property
+    def applying(self) -> Optional[Dict[str, Any]]:
+        """The RAFT log entry a stateful replica is applying now ({'index', 'endpoint'}), else None:
+        the one it was applying when it died (runtime.supervision names a poison entry by it)."""
+        return read_applying(self.applying_file)
 
     @property
     def pid(self) -> Optional[int]:

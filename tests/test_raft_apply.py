@@ -33,6 +33,19 @@ class Server:
     def report(self, **event):
         self.reports.append(event)
 
+    @property
+    def mark(self):
+        """An ApplyingMark stand-in: what the owner would read, in order."""
+        server = self
+
+        class Mark:
+            def set(self, index, endpoint):
+                server.reports.append({'event': 'applying', 'index': index, 'endpoint': endpoint})
+
+            def clear(self):
+                server.reports.append({'event': 'applied'})
+        return Mark()
+
 
 def rec(n, body=b'doc', origin=0):
     return Record(f'{n:032x}', '/index', '{}', len(body), _digest(body), origin, body)
@@ -44,7 +57,8 @@ def run(tmp_path, script, skipped=(), pool=None):
         bodies = Bodies('kv/rep-0', '', [], str(tmp_path / 'payloads'))
         snapshots = Snapshots('kv/rep-0', SnapshotStore(str(tmp_path / 'snapshots')), None, server.pool, ledger,
                               bodies, [], trailing_logs=0, restore_on_start=True, on_covered=lambda i: None)
-        applier = Applier('kv/rep-0', 0, [], ledger, bodies, snapshots, server, Trace('kv/rep-0', folder=''))
+        applier = Applier('kv/rep-0', 0, [], ledger, bodies, snapshots, server, Trace('kv/rep-0', folder=''),
+                          server.mark)
         loop = asyncio.get_running_loop()
         for part in (bodies, snapshots, applier):
             part.start(loop)

@@ -28,6 +28,7 @@ from runtime.raft.payloads import _digest
 from runtime.raft.records import Record
 
 if TYPE_CHECKING:
+    from runtime.applying import ApplyingMark
     from runtime.raft.bodies import Bodies
     from runtime.raft.durable import Trace
     from runtime.raft.settings import PeerAddress
@@ -41,15 +42,15 @@ Reply = Tuple[Dict[str, Any], bytes]
 class Applier:
     """Applies committed entries in log order (the loop thread; Executor calls on its thread).
 
-    >>> applier = Applier('kv/rep-0', 0, peers, ledger, bodies, snapshots, server, trace)   # doctest: +SKIP
+    >>> applier = Applier('kv/rep-0', 0, peers, ledger, bodies, snapshots, server, trace, mark)   # doctest: +SKIP
     >>> applier.start(loop); reply = await applier.expect(rid)                              # doctest: +SKIP
     """
 
     def __init__(self, name: str, replica: int, peers: Sequence['PeerAddress'], ledger: ApplyLedger,
-                 bodies: 'Bodies', snapshots: 'Snapshots', server: Any, trace: 'Trace'):
+                 bodies: 'Bodies', snapshots: 'Snapshots', server: Any, trace: 'Trace', mark: 'ApplyingMark'):
         self.name, self.replica, self._peers = name, replica, tuple(peers)
         self._ledger, self._bodies, self._snapshots = ledger, bodies, snapshots
-        self._server, self._trace = server, trace
+        self._server, self._trace, self._mark = server, trace, mark
         self._actions: Deque[Action] = collections.deque()   # posted by pysyncobj's thread, in order
         self._news = asyncio.Event()                          # set when ``_actions`` has news
         self._handoff: Deque[Action] = collections.deque()   # posted from pysyncobj's thread, not yet taken
@@ -200,12 +201,12 @@ class Applier:
     def _apply_sync(self, prepared: List[Tuple[int, Record, Optional[bytes]]], last: int) -> List[Tuple[str, Any]]:
         """On the Executor's thread: run each record's endpoint, in log order.
 
-        Before each call the owner hears which entry is being applied (the status pipe's
-        ``applying`` event; ``applied`` after the batch): a replica that dies in the call is
-        named with the entry (runtime.supervision). Entries in the skip list are no-ops.
+        Before each call the entry is marked (:class:`runtime.applying.ApplyingMark`, a file the
+        owner reads when the replica dies; cleared after the batch): a replica that dies in the
+        call is named with the entry (runtime.supervision). Entries in the skip list are no-ops.
         """
         out: List[Tuple[str, Any]] = []
-        reported = False
+        marked = False
         for index, rec, payload in prepared:
             rid, endpoint = rec.rid, rec.endpoint
             verdict = self._ledger.verdict(index, rec)
@@ -218,8 +219,8 @@ class Applier:
             if verdict is Verdict.SKIPPED:
                 out.append((rid, self._skip(index, rec)))
                 continue
-            self._server.report(event='applying', index=index, endpoint=endpoint)
-            reported = True
+            self._mark.set(index, endpoint)
+            marked = True
             reply = None
             try:
                 ep = self._server.endpoints.lookup(endpoint)
@@ -235,8 +236,8 @@ class Applier:
             self._bodies.applied(rid, index)
             self._trace('applied', rid, index)
             out.append((rid, reply))
-        if reported:
-            self._server.report(event='applied', index=last)
+        if marked:
+            self._mark.clear()
         self._ledger.executed(last)
         return out
 

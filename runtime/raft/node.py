@@ -19,6 +19,7 @@ import os
 import time
 from typing import IO, Any, Dict, Optional, Sequence, Set, Tuple
 
+from runtime.applying import ApplyingMark
 from runtime.raft.apply import Applier
 from runtime.raft.bodies import Bodies
 from runtime.raft.common import Outcome, RaftNotReady
@@ -82,6 +83,7 @@ class Consensus:
     # -- applying -------------------------------------------------------------------------------
     ledger: ApplyLedger                  # what is applied: indexes, request ids, counts (runtime.raft.decisions)
     applier: Applier                     # applies committed entries; a write waits on it (runtime.raft.apply)
+    applying: ApplyingMark               # the entry being applied, for the owner if we die (runtime.applying)
     peer_control: PeerControl            # answers peers' Control calls (runtime.raft.control)
     writes: Writes                       # orders @write requests and barriers through the log (runtime.raft.writes)
     dump: CompactionDump                 # the records since the latest snapshot: pysyncobj's dump (runtime.raft.dump)
@@ -122,8 +124,9 @@ class Consensus:
                                    trailing_logs=self.options['trailing_logs'],
                                    restore_on_start=not self.options['no_snapshot_restore_on_start'],
                                    on_covered=self.dump.covered)
+        self.applying = ApplyingMark(os.path.join(self.dir, 'applying'))   # read by the owner if we die
         self.applier = Applier(self.name, self.replica, self.peers, self.ledger, self.bodies, self.snapshots,
-                               server, self.trace)
+                               server, self.trace, self.applying)
         self.peer_control = PeerControl(self.name, self.bodies, self.snapshots, self.status, self._leading,
                                         self._propose)
         self.writes = Writes(self.name, self.replica, self.peers, self.options['write_timeout'], self.bodies,
@@ -156,6 +159,7 @@ class Consensus:
         """Restore the newest local snapshot, start pysyncobj, then wait until caught up."""
         t0 = time.monotonic()
         self.loop = asyncio.get_running_loop()
+        self.server.report(event='applying_file', path=self.applying.path)
         self.bodies.start(self.loop)
         quiet_pysyncobj(self.options['log_level'])
         self.snapshots.start(self.loop)
@@ -233,6 +237,7 @@ class Consensus:
                 await asyncio.to_thread(join, 2.0)
         await self.bodies.close()
         self.trace.close()
+        self.applying.close()
 
     # -- the worker's hooks ------------------------------------------------------------------
     async def write(self, endpoint: str, parameters: dict, body: bytes,
