@@ -1,6 +1,8 @@
 """Shared fixtures. Every test is checked for leaked processes and listening ports."""
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
 import time
 
@@ -67,3 +69,30 @@ def wait_until(predicate, timeout: float = 10.0, what: str = 'a condition', inte
             return value
         time.sleep(interval)
     pytest.fail(f'timed out after {timeout} s waiting for {what}')
+
+
+# -- ports ----------------------------------------------------------------------------------------
+def free_ports(n: int) -> list:
+    """``n`` loopback ports that were free a moment ago (all bound at once, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port() -> int:
+    """One loopback port that was free a moment ago."""
+    return free_ports(1)[0]
+
+
+@contextlib.contextmanager
+def busy_port():
+    """A loopback port something listens on while the block runs: ``with busy_port() as port: ...``."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        s.listen()
+        yield s.getsockname()[1]

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import nbformat
 import psutil
 import pytest
 
-from conftest import pid_gone, wait_until
+from conftest import free_port, pid_gone, wait_until
 
 CHROMIUM = '/usr/bin/chromium'
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -90,12 +89,6 @@ def open_notebook(p, base: str, tmp_path, name: str):
     page.goto(f'{base}/lab/tree/{name}')
     page.wait_for_function(KERNEL_UP)
     return ctx, page
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def http(url: str, method: str = 'GET', timeout: float = 5.0):

@@ -3,7 +3,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,7 @@ import threading
 
 import pytest
 
-from conftest import pid_gone, wait_until
+from conftest import busy_port, free_port, pid_gone, wait_until
 from orchestra_nb import Client, Deployment
 from runtime.cli import main, parse_address
 
@@ -148,10 +147,7 @@ def test_executor_subcommand_serves_one_replica(tmp_path):
 
 
 def test_executor_subcommand_reports_a_busy_port(tmp_path):
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        s.listen()
-        port = s.getsockname()[1]
+    with busy_port() as port:
         cli = Cli('executor', '--uses', 'topology_executors:Append', '--port', str(port), cwd=str(tmp_path))
         try:
             assert cli.proc.wait(60) == 1
@@ -165,9 +161,7 @@ def test_ping_exit_codes(capsys):
         assert main(['ping', dep.address]) == 0
         assert main(['ping', f'grpc://127.0.0.1:{dep.port}']) == 0
         assert 'ready: gateway' in capsys.readouterr().out
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        free = s.getsockname()[1]
+    free = free_port()
     assert main(['ping', f'127.0.0.1:{free}', '--timeout', '0.5']) == 1
     assert 'not ready' in capsys.readouterr().err
     assert main(['ping', 'no-port-here']) == 2

@@ -5,7 +5,6 @@ each with a timeout and a message. Replicas are queried directly (not through th
 gateway) to check what each one holds.
 """
 import os
-import socket
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ from docarray import DocList
 from docarray.documents import TextDoc
 from docarray.index.backends.in_memory import InMemoryExactNNIndex
 
-from conftest import wait_until
+from conftest import free_ports, wait_until
 from orchestra_nb import Client, Deployment, Executor, requests, write
 from runtime import protocol
 from runtime.codec import encode_docs
@@ -73,17 +72,6 @@ from sample_executors import KV  # noqa: E402
 
 
 # -- helpers --------------------------------------------------------------------------
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(('127.0.0.1', 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def rafts(dep):
     """Each replica's raft record (None while it does not answer)."""
     return [r.get('raft') for r in dep.status()['replicas']]

@@ -2,7 +2,6 @@
 import collections
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import pytest
 from docarray import DocList
 from docarray.documents import TextDoc
 
-from conftest import pid_gone, wait_until
+from conftest import busy_port, pid_gone, wait_until
 from orchestra_nb import Client, Deployment, Executor, RemoteError, requests
 
 
@@ -116,10 +115,7 @@ def test_unknown_endpoint_names_it_and_the_known_ones():
 
 
 def test_busy_port_is_named():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        s.listen()
-        port = s.getsockname()[1]
+    with busy_port() as port:
         with pytest.raises(Exception, match=str(port)) as info:
             Deployment(uses='sample_executors:Upper', port=port).start()
         assert 'in use' in str(info.value)

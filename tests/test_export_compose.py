@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import uuid
@@ -25,7 +24,7 @@ import uuid
 import pytest
 import yaml
 
-from conftest import wait_until
+from conftest import free_port, free_ports, wait_until
 from test_export_kubernetes import write_flow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,12 +143,6 @@ def runtime_image():
     return docker_image()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _in_container(compose, service: str, code: str) -> str:
     """Run Python in a service's container (the replicas' ports are not published)."""
     return _run(compose + ['exec', '-T', service, 'python', '-c', code], timeout=60).stdout
@@ -166,7 +159,7 @@ def _host_prometheus(tmp_path, config) -> tuple:
     binary = shutil.which('prometheus') or '/usr/bin/prometheus'
     if not os.path.exists(binary):
         pytest.skip("Debian's prometheus package is not installed (.ci/apt-packages.txt)")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, f'--config.file={config}', f'--storage.tsdb.path={tmp_path / "tsdb"}',
                              f'--web.listen-address=127.0.0.1:{port}'], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -192,7 +185,7 @@ def test_compose_for_real(tmp_path, runtime_image):
     from docarray.documents import TextDoc
     from runtime.cli import main
     from runtime.client import Client
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_ports(2)
     cfg = write_flow(str(tmp_path), RUN_FLOW.replace('PORT', str(port)).replace('METRICS', str(metrics_port)))
     out = tmp_path / 'deploy' / 'docker-compose.yml'
     from docker_support import prometheus_image

@@ -1,10 +1,10 @@
 """Up-front refusals: too many processes, a host that is not one, a binary YAML file, a bind that fails."""
 import asyncio
-import socket
 
 import grpc
 import pytest
 
+from conftest import busy_port
 from runtime.deployment import Deployment
 from runtime.flow import Flow
 from runtime.limits import FLOOR, MAX_PROCESSES_ENV, check_processes, machine_default, max_processes
@@ -100,10 +100,7 @@ def try_bind(host, port):
 
 
 def test_a_bind_failure_says_what_it_is():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        s.listen()
-        port = s.getsockname()[1]
+    with busy_port() as port:
         with pytest.raises(PortInUseError, match=rf'127.0.0.1:{port}: the port is already in use'):
             try_bind('127.0.0.1', port)
     # a valid address that is not this machine's: not "in use"

@@ -5,7 +5,6 @@ import re
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -16,6 +15,7 @@ from docarray import DocList
 from docarray.documents import TextDoc
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import busy_port, free_port
 from runtime import metrics as m
 from runtime.deployment import Deployment
 from runtime.export.prometheus import scrape_config
@@ -119,10 +119,7 @@ def test_metrics_server_serves_metrics_only():
 
 
 def test_port_in_use_is_named():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        s.listen()
-        port = s.getsockname()[1]
+    with busy_port() as port:
         with pytest.raises(OSError, match=f'port_monitoring={port}: cannot listen on 127.0.0.1:{port}'):
             m.serve_metrics(m.Metrics('gateway', {'gateway': 'g'}), '127.0.0.1', port)
 
@@ -220,12 +217,6 @@ def test_flow_with_a_stateful_executor_reports_raft(tmp_path):
 PROMETHEUS = shutil.which('prometheus') or '/usr/bin/prometheus'
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _query(port, promql):
     url = f'http://127.0.0.1:{port}/api/v1/query?' + urllib.parse.urlencode({'query': promql})
     data = json.loads(urllib.request.urlopen(url, timeout=5).read())
@@ -242,7 +233,7 @@ def test_a_real_prometheus_scrapes_a_flow(tmp_path):
     with flow:
         _send(flow, 12, '/index')
         (tmp_path / 'prometheus.yml').write_text(flow.prometheus_config(scrape_interval='1s'))
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen([PROMETHEUS, f'--config.file={tmp_path / "prometheus.yml"}',
                                  f'--storage.tsdb.path={tmp_path / "tsdb"}', f'--web.listen-address=127.0.0.1:{port}'],
                                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / 'prometheus.log', 'wb'),

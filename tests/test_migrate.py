@@ -5,27 +5,17 @@ with fixed ports replaced by free ones, `d.block()` by requests, 100000 docs by 
 client's `time.sleep(2)` "for the data to be replicated" by a strongly consistent read); a small
 Jina project with a Flow YAML is migrated and served."""
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from conftest import free_ports
 from runtime.cli import main
 from runtime.migrate import check_yaml, migrate_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(('127.0.0.1', 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def run_python(path, cwd, timeout=240):
