@@ -456,19 +456,24 @@ class ReplicaSet:
                 self._mark_down(r, abandon=True)
 
     def _learn(self, r: Replica, info: bytes) -> None:
-        """What a replica's Info tells the routing: the endpoints (once), whether it leads (each time)."""
+        """What a replica's Info tells the routing: the endpoints (once) and, on a stateful shard,
+        whether it leads (each time)."""
+        if self.endpoints is not None and not self.stateful:
+            return
         answer = json.loads(info)
         if self.endpoints is None:
             eps = answer.get('endpoints')
             if isinstance(eps, dict):
                 self.endpoints = eps
         raft = answer.get('raft')
-        r.leads = isinstance(raft, dict) and raft.get('role') == 'leader'
-        if r.leads:
-            for other in self.replicas:   # one leader at a time: the newest answer wins
-                if other is not r:
-                    other.leads = False
+        leads = isinstance(raft, dict) and raft.get('role') == 'leader'
+        if leads and not r.leads:   # a new leader: one at a time (the newest answer wins); its writes may go
+            for other in self.replicas:
+                other.leads = False
+            r.leads = True
             self._dispatch()
+        elif not leads:
+            r.leads = False
 
     def describe(self) -> List[Dict[str, Any]]:
         return [{'name': r.name, 'address': r.address, 'in_flight': r.in_flight, 'sent': r.sent,

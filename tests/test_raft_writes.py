@@ -93,9 +93,9 @@ def make(outcomes=(Outcome.COMMITTED,), leader=None, leader_outcome=None, timeou
 
     def spawn(coro):
         return asyncio.ensure_future(coro)
-    writes = Writes('kv/rep-0', 0, PEERS, timeout, bodies, applier, lambda: leader,
+    writes = Writes('kv/rep-0', 0, PEERS, timeout, bodies, applier, proposer.submit, lambda: leader,
                     lambda: {'role': 'follower', 'leader': None}, lambda: closing, spawn, lambda event, rid: None)
-    writes.start(asyncio.get_running_loop(), proposer.submit)
+    writes.start(asyncio.get_running_loop())
     return writes, bodies, proposer, applier
 
 

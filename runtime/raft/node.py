@@ -130,8 +130,8 @@ class Consensus:
         self.peer_control = PeerControl(self.name, self.bodies, self.snapshots, self.status, self._leading,
                                         self._propose)
         self.writes = Writes(self.name, self.replica, self.peers, self.options['write_timeout'], self.bodies,
-                             self.applier, self._leader_peer, self.status, lambda: self._closing, self._spawn,
-                             self.trace)
+                             self.applier, self._propose, self._leader_peer, self.status, lambda: self._closing,
+                             self._spawn, self.trace)
         self._last_marked = 0
         self.ready_seconds = None
 
@@ -169,7 +169,7 @@ class Consensus:
         self.node = self._make_node()
         self.node.add_on_tick(self._on_tick)
         self._proposer = _Proposer(self.loop, self.node.propose, self.options['max_append_entries'])
-        self.writes.start(self.loop, self._proposer.submit)
+        self.writes.start(self.loop)
         try:
             await asyncio.to_thread(self.node.wait_bound)
         except Exception:

@@ -6,7 +6,7 @@ applier's future for its request id). How the record reaches the log is decided 
 once a majority holds the body), and what happens after each proposal by
 :func:`~runtime.raft.decisions.commit_step` and :func:`~runtime.raft.decisions.retry_delay`.
 ``Writes`` is given the parts it drives -- the body store (``store``/``push``/``majority``), the
-applier (``waiter``/``expect``/``forget``), the proposer's ``submit`` and a few callables of the
+applier (``waiter``/``expect``/``forget``), a door to the proposer and a few callables of the
 node -- and owns no state of theirs. ``tests/test_raft_writes.py`` drives it in process, with
 stand-ins for those parts.
 """
@@ -40,25 +40,27 @@ class Writes:
     ``bodies``: ``store(rid, body, digest)``, ``push(peer, rid, digest, body, deadline, record)``,
     ``majority(pushes, deadline)`` (:class:`runtime.raft.bodies.Bodies`); ``applier``:
     ``waiter(rid)``, ``expect(rid)``, ``forget(rid, fut)`` (:class:`runtime.raft.apply.Applier`);
+    ``propose(record)``: the proposer's future of the record's ``Outcome`` (group commit, the same
+    door ``PeerControl`` proposes through);
     ``leader_peer()``: the peer our node sees leading (None: we lead, or none); ``status()``: the
     node's status, for error messages; ``closing()``: the node is shutting down; ``spawn(coro)``:
     a task the node cancels at close; ``trace(event, rid)``: the test-only durability trace.
     """
 
     def __init__(self, name: str, replica: int, peers: Sequence[PeerAddress], write_timeout: float,
-                 bodies: Any, applier: Any, leader_peer: Callable[[], Optional[PeerAddress]],
+                 bodies: Any, applier: Any, propose: Callable[[Record], 'asyncio.Future[Outcome]'],
+                 leader_peer: Callable[[], Optional[PeerAddress]],
                  status: Callable[[], Dict[str, Any]], closing: Callable[[], bool],
                  spawn: Callable[[Awaitable[Any]], 'asyncio.Task[Any]'], trace: Callable[[str, str], None]):
         self.name, self.replica, self.peers, self.write_timeout = name, replica, tuple(peers), write_timeout
-        self._bodies, self._applier = bodies, applier
+        self._bodies, self._applier, self._propose = bodies, applier, propose
         self._leader_peer, self._status, self._closing = leader_peer, status, closing
         self._spawn, self._trace = spawn, trace
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._submit: Optional[Callable[[Record], 'asyncio.Future[Outcome]']] = None
 
-    def start(self, loop: asyncio.AbstractEventLoop, submit: Callable[[Record], 'asyncio.Future[Outcome]']) -> None:
-        """``submit``: the proposer's (group commit), once the log runs."""
-        self._loop, self._submit = loop, submit
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Once the log runs (``propose`` may be called from then on)."""
+        self._loop = loop
 
     def barrier(self) -> Record:
         """A record without an endpoint: applied, it says everything committed before it is applied here."""
@@ -121,8 +123,8 @@ class Writes:
         coroutine function that has the leader propose the record (the body's push carries it)
         and returns its ``Outcome``; on anything but ``COMMITTED`` we propose it ourselves.
         """
-        loop, submit = self._loop, self._submit
-        assert loop is not None and submit is not None, 'Writes.start() first'
+        loop = self._loop
+        assert loop is not None, 'Writes.start() first'
         rid = record.rid
         existing = self._applier.waiter(rid)
         if existing is not None and not existing.done():   # the same request again: share its outcome
@@ -170,7 +172,7 @@ class Writes:
                     raise RaftNotReady(f'{self.name} is shutting down')
                 if remaining() == 0.0:   # proposals that fail at once must not retry past the deadline
                     raise not_applied('not committed and applied')
-                reply, outcome = await settle(submit(record), '')
+                reply, outcome = await settle(self._propose(record), '')
                 if reply is not None:
                     return reply
                 attempt += 1
